@@ -1,0 +1,52 @@
+# hypersphere: `make` builds the environment and runs the whole replication at the chosen PROFILE;
+# `make test` runs the test suite. `make help` lists targets and variables.
+
+PROFILE  ?= quick#        smoke (seconds, for tests) | quick (laptop CPU, minutes) | paper (GPUs)
+DATA_DIR ?= data#         where datasets live (downloaded ones are git-ignored)
+DEVICE   ?= auto#         auto | cpu | cuda | cuda:1 ...
+PYTHON   ?= python3#      interpreter used to create the venv (3.10+)
+VENV     ?= .venv
+PYTEST_ARGS ?=
+
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+BUILD    := build/$(PROFILE)
+FIGURES  := figures
+SRC      := $(wildcard src/hypersphere/*.py)
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
+
+.PHONY: all setup notebooks test help clean distclean
+all: notebooks ## (default) set up, then execute every notebook at PROFILE; figures land in figures/
+
+setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name hypersphere --display-name "hypersphere (.venv)" >/dev/null
+	@touch $@
+
+notebooks: $(EXECUTED) ## execute the notebooks through papermill into build/PROFILE/
+
+# Each notebook is re-executed when it, the package or the profile's inputs change.
+$(BUILD)/%.ipynb: notebooks/%.ipynb $(SRC) $(STAMP)
+	@mkdir -p $(BUILD) $(FIGURES)
+	$(BIN)/papermill --log-output --request-save-on-cell-execute $< $@.tmp.ipynb -k hypersphere \
+	    -p profile $(PROFILE) -p figures_dir $(CURDIR)/$(FIGURES) -p data_dir $(abspath $(DATA_DIR)) \
+	    -p device $(DEVICE)
+	@mv $@.tmp.ipynb $@
+
+test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+help: ## list targets and variables
+	@echo "targets:"; grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "variables (make VAR=value):"; grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ *\?= */=/; s/# */\t# /' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+
+clean: ## remove build outputs (executed notebooks, figures); keeps data/ and finished runs
+	rm -rf build $(FIGURES)/*.png $(FIGURES)/*.pdf $(FIGURES)/*.csv $(FIGURES)/*.md $(FIGURES)/*.tex
+
+distclean: clean ## also remove the venv, finished runs and results (never data/)
+	rm -rf $(VENV) runs results
