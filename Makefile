@@ -4,6 +4,9 @@
 PROFILE  ?= quick#        smoke (seconds, for tests) | quick (laptop CPU, minutes) | paper (GPUs)
 DATA_DIR ?= data#         where datasets live (downloaded ones are git-ignored)
 DEVICE   ?= auto#         auto | cpu | cuda | cuda:1 ...
+DOWNLOAD ?= false#        true: let torchvision download missing datasets (paper profile)
+EXECUTOR ?= local#        local | ray (one Ray task per run; RAY_ADDRESS picks a cluster)
+SWEEP_ARGS ?=#            extra options for `python -m hypersphere sweep`, e.g. --gpus-per-run 0.25
 PYTHON   ?= python3#      interpreter used to create the venv (3.10+)
 VENV     ?= .venv
 PYTEST_ARGS ?=
@@ -15,8 +18,10 @@ FIGURES  := figures
 SRC      := $(wildcard src/hypersphere/*.py)
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
+SWEEPS   := $(sort $(wildcard configs/sweeps/$(PROFILE)/*.yaml))
+RESULTS  := $(patsubst configs/sweeps/$(PROFILE)/%.yaml,results/$(PROFILE)/%.csv,$(SWEEPS))
 
-.PHONY: all setup notebooks test help clean distclean
+.PHONY: all setup sweep notebooks test help clean distclean
 all: notebooks ## (default) set up, then execute every notebook at PROFILE; figures land in figures/
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
@@ -28,14 +33,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name hypersphere --display-name "hypersphere (.venv)" >/dev/null
 	@touch $@
 
+sweep: $(RESULTS) ## train every sweep of PROFILE (finished runs are skipped) into results/PROFILE/*.csv
+
+# The sweep command itself skips finished runs, so re-making a table after a code change is cheap.
+results/$(PROFILE)/%.csv: configs/sweeps/$(PROFILE)/%.yaml $(SRC) $(STAMP)
+	$(BIN)/python -m hypersphere sweep $< --profile $(PROFILE) --executor $(EXECUTOR) \
+	    --set data_dir=$(abspath $(DATA_DIR)) device=$(DEVICE) download=$(DOWNLOAD) $(SWEEP_ARGS)
+
 notebooks: $(EXECUTED) ## execute the notebooks through papermill into build/PROFILE/
+
+# The figure notebooks read the sweep tables; the theory notebook trains nothing and needs none.
+$(filter-out $(BUILD)/01_theory.ipynb,$(EXECUTED)): $(RESULTS)
 
 # Each notebook is re-executed when it, the package or the profile's inputs change.
 $(BUILD)/%.ipynb: notebooks/%.ipynb $(SRC) $(STAMP)
 	@mkdir -p $(BUILD) $(FIGURES)
 	$(BIN)/papermill --log-output --request-save-on-cell-execute $< $@.tmp.ipynb -k hypersphere \
 	    -p profile $(PROFILE) -p figures_dir $(CURDIR)/$(FIGURES) -p data_dir $(abspath $(DATA_DIR)) \
-	    -p device $(DEVICE)
+	    -p device $(DEVICE) -p results_dir $(CURDIR)/results/$(PROFILE)
 	@mv $@.tmp.ipynb $@
 
 test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)

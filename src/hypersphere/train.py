@@ -41,7 +41,7 @@ class TrainConfig:
     dim: int = 128
     init: str = ""                  # "" (from scratch) or a finished run directory to fine-tune from (Fig. 8)
     # optimisation: SGD, momentum 0.9, weight decay 1e-4, lr x0.1 at 155/170/185 of 200 epochs
-    epochs: int = 200
+    epochs: int = 200               # 0 evaluates the randomly initialised encoder (Fig. 3, first row)
     batch_size: int = 768
     lr: float = 0.0                 # 0: linear scaling, 0.12 per 256 images of batch
     momentum: float = 0.9
@@ -71,9 +71,9 @@ class TrainConfig:
             raise ValueError(f"unknown arch {self.arch!r}; choose from auto, {', '.join(ARCHS)}")
         if not self.supervised:
             Objective.parse(self.objective)
-        for key in ("epochs", "batch_size", "dim", "probe_epochs"):
-            if getattr(self, key) < (2 if key in ("batch_size", "dim") else 1):
-                raise ValueError(f"{key} must be >= {2 if key in ('batch_size', 'dim') else 1}, got {getattr(self, key)}")
+        for key, least in (("epochs", 0), ("batch_size", 2), ("dim", 2), ("probe_epochs", 1), ("cv_folds", 0)):
+            if getattr(self, key) < least:
+                raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
         for key in ("lr", "momentum", "weight_decay"):
             if getattr(self, key) < 0 or not math.isfinite(getattr(self, key)):
                 raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
@@ -96,6 +96,7 @@ class TrainConfig:
         """The fields that define the computation, objective in canonical form."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_HASHED}
         d["objective"] = self.canonical_objective
+        d["init"] = Path(self.init).name  # the parent run's name-hash, wherever runs/ lives
         d["taps"], d["lr_decay_at"], d["snapshot_epochs"] = (list(d[k]) for k in ("taps", "lr_decay_at", "snapshot_epochs"))
         return d
 
@@ -138,6 +139,17 @@ def _load_parent(cfg: TrainConfig, encoder: nn.Module) -> None:
         encoder.load_state_dict(state["encoder"])
     except (RuntimeError, KeyError) as e:
         raise runs.RunError(f"checkpoint of {parent} does not fit this encoder (arch/dim/dataset differ): {e}") from None
+
+
+def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data") -> tuple[nn.Module, TrainConfig, ImageData]:
+    """A finished run's encoder (eval mode), its config and its dataset, e.g. for the figure notebooks."""
+    run_dir = Path(run_dir)
+    runs.load_result(run_dir)  # checks the record is complete and consistent
+    cfg = TrainConfig.from_dict({**runs.read_json(run_dir / runs.CONFIG), "data_dir": data_dir, "init": ""})
+    data = load_dataset(cfg.dataset, data_dir)
+    encoder = make_encoder(cfg, data)
+    encoder.load_state_dict(runs.load_checkpoint(run_dir / runs.CHECKPOINT, device)["encoder"])
+    return encoder.to(device).eval(), cfg, data
 
 
 def _snapshot(encoder, data: ImageData, cfg: TrainConfig, device, epoch: int) -> dict[str, float]:
@@ -234,7 +246,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "config_hash": runs.config_hash(cfg.hashed()),
         "run": run_dir.name,
         **metrics,
-        "final_loss": log[-1]["loss"],
+        "final_loss": log[-1]["loss"] if log else None,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - t0, 2),
         "images_per_s": round(cfg.epochs * steps * batch * (1 if cfg.supervised else 2) / train_seconds, 1),

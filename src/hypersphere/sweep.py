@@ -1,0 +1,237 @@
+"""Sweeps: many run configs from one YAML file, run with caching and resumption, tabulated as one CSV.
+
+A sweep file (configs/sweeps/<profile>/<name>.yaml) is data a person reads:
+
+    defaults: {dataset: digits-color, epochs: 20, batch_size: 128, dim: 32}
+    runs:
+      - {objective: "align(alpha=2) + uniform(t=2)"}            # one run
+      - grid: {objective: ["contrastive(tau=0.1)", "contrastive(tau=0.5)"], batch_size: [32, 128]}
+      - {id: poor, objective: "contrastive(tau=2.5)"}             # named, so others can start from it
+      - {init: poor, epochs: 4, objective: "align(alpha=2)"}      # fine-tune from the run named `poor`
+      - {table: data/reference/stl10_encoders.csv, where: {init: rand}}  # a run per row of the paper's table
+
+Every entry is validated (unknown keys, bad values, a missing parent) before anything trains, and
+reported with the entry it came from. Finished runs are skipped, fine-tunes run after their parents,
+diverged runs are recorded as failed (rerun with --retry-failed), and the table
+results/<profile>/<sweep>.csv is rewritten atomically after every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from . import runs
+from .losses import Objective
+from .train import Diverged, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEPS_DIR = ROOT / "configs" / "sweeps"
+ENTRY_KEYS = {"id", "grid", "table", "where", "init"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    config: TrainConfig
+    origin: str                        # which entry of the sweep file made it (for messages)
+    paper: dict[str, Any]              # the paper's reported numbers for this config (table entries)
+    parent: str = ""                   # run_dir of the parent for fine-tunes
+    id: str = ""                       # the entry's `id`, so notebooks can pick named runs
+
+
+# ----------------------------------------------------------------------------- reading sweep files
+
+def sweep_path(name: str, profile: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = SWEEPS_DIR / profile / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (SWEEPS_DIR / profile).glob("*.yaml"))
+        raise FileNotFoundError(f"no sweep {name!r} for profile {profile!r} (looked at {path}); known: {', '.join(known) or 'none'}")
+    return path
+
+
+def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Configs and reported numbers from one of the paper's appendix tables (data/reference/*.csv)."""
+    df = pd.read_csv(path, dtype={"init": str})
+    for key, value in where.items():
+        df = df[df[key].astype(str) == str(value)]
+    out = []
+    for row in df.to_dict("records"):
+        terms = []
+        for name, w, p, pname in (("contrastive", "contr_w", "contr_tau", "tau"), ("align", "align_w", "align_alpha", "alpha"),
+                                  ("uniform", "unif_w", "unif_t", "t")):
+            if row[w] > 0:
+                terms.append(f"{row[w]:g}*{name}({pname}={row[p]:g})")
+        config = {"objective": " + ".join(terms), "epochs": int(row["epochs"]), "batch_size": int(row["batch_size"]),
+                  "lr": float(row["lr"]), "dim": int(row["dim"])}
+        if row.get("init") not in (None, "rand") and isinstance(row.get("init"), str):
+            config["init"] = row["init"]
+        if isinstance(row.get("init_marker"), str):
+            config["id"] = row["init_marker"]
+        paper = {f"paper_{k}": v for k, v in row.items() if k.startswith(("cv_", "val_")) or k == "row"}
+        out.append((config, paper))
+    return out
+
+
+def _expand(entry: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
+    if "table" in entry:
+        for config, paper in table_configs(ROOT / entry["table"], entry.get("where", {})):
+            yield {**{k: v for k, v in entry.items() if k not in ("table", "where")}, **config}, paper
+        return
+    grid = entry.get("grid", {})
+    fixed = {k: v for k, v in entry.items() if k != "grid"}
+    for values in itertools.product(*grid.values()):
+        yield {**fixed, **dict(zip(grid, values))}, {}
+
+
+def load_sweep(path: Path, overrides: dict[str, Any] | None = None) -> list[SweepRun]:
+    """Expand and validate a sweep file; parents are ordered before their fine-tunes."""
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    if unknown := set(spec) - {"defaults", "runs", "description"}:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)} (expected defaults, runs, description)")
+    defaults = {**spec.get("defaults", {}), **(overrides or {})}
+    # absolute paths, so that Ray workers started anywhere find the same files
+    defaults["runs_dir"] = str(Path(defaults.get("runs_dir", "runs")).resolve())
+    defaults["data_dir"] = str(Path(defaults.get("data_dir", "data")).resolve())
+    expanded: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for i, entry in enumerate(spec.get("runs", [])):
+        origin = f"{Path(path).name} entry {i + 1} ({entry})"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{origin}: each entry must be a mapping of config keys")
+        for config, paper in _expand(entry):
+            expanded.append((origin, {**defaults, **config}, paper))
+
+    by_id: dict[str, TrainConfig] = {}
+    todo, result = expanded, []
+    while todo:  # resolve parents first: a fine-tune's run name depends on its parent's
+        waiting = []
+        for origin, config, paper in todo:
+            parent_id = config.pop("init", "")
+            if parent_id and parent_id not in by_id:
+                waiting.append((origin, {**config, "init": parent_id}, paper))
+                continue
+            run_id = config.pop("id", None)
+            try:
+                cfg = TrainConfig.from_dict({**config, **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{origin}: {e}") from None
+            if run_id:
+                by_id[run_id] = cfg
+            result.append(SweepRun(cfg, origin, paper, cfg.init, str(run_id or "")))
+        if len(waiting) == len(todo):
+            origin, config, _ = waiting[0]
+            raise ValueError(f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines with that id")
+        todo = waiting
+    return result
+
+
+# ----------------------------------------------------------------------------- running
+
+def check_writable(*dirs: Path) -> None:
+    """Fail at once, in one line, when an output directory cannot be written."""
+    for d in dirs:
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise OSError(f"cannot write to {d} ({e.strerror}): free disk space or choose another directory") from None
+
+
+def status(run: SweepRun) -> str:
+    run_dir = run.config.run_dir()
+    if runs.is_complete(run_dir):
+        return "done"
+    return "failed" if (run_dir / runs.FAILED).exists() else "todo"
+
+
+def run_one(cfg: TrainConfig) -> str:
+    """Train one run; returns its status. Used by both executors (a Ray task calls exactly this)."""
+    try:
+        train(cfg, progress=False)
+        return "done"
+    except Diverged:
+        return "failed"
+
+
+def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
+    """One tidy row per run: config columns, metrics, accuracies, status, the paper's numbers."""
+    rows = []
+    for run in sweep_runs:
+        cfg, run_dir = run.config, run.config.run_dir()
+        row = {"run": run_dir.name, "run_dir": str(run_dir), "id": run.id, "status": status(run), "objective": cfg.canonical_objective,
+               **{k: v for k, v in cfg.hashed().items() if k not in ("objective", "taps", "lr_decay_at", "snapshot_epochs")}}
+        row["init"] = Path(cfg.init).name if cfg.init else "rand"
+        objective = None if cfg.supervised else Objective.parse(cfg.objective)
+        for name in ("contrastive", "align", "uniform"):
+            row[f"w_{name}"] = objective.weight(name) if objective else 0.0
+        if row["status"] == "done":
+            result = runs.load_result(run_dir)
+            row.update({k: v for k, v in result.items() if k not in ("trajectory", "config_hash", "run")})
+        elif row["status"] == "failed":
+            failed = runs.read_json(run_dir / runs.FAILED)
+            row.update({"failed_epoch": failed["epoch"], "failed_reason": failed["reason"]})
+        rows.append({**row, **run.paper})
+    return pd.DataFrame(rows)
+
+
+def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
+    df = results_table(sweep_runs)
+    runs._atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+    return df
+
+
+def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", retry_failed: bool = False,
+              gpus_per_run: float = 0.0, cpus_per_run: float = 1.0, progress: bool = True) -> pd.DataFrame:
+    """Run every run whose record is missing (and failed ones with retry_failed), parents first."""
+    check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
+    todo = [r for r in sweep_runs if status(r) == "todo" or (retry_failed and status(r) == "failed")]
+    for run in todo:
+        (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
+    bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
+    if executor == "local":
+        for run in todo:
+            bar.set_postfix_str(run.config.run_dir().name)
+            run_one(run.config)
+            write_table(sweep_runs, table)
+            bar.update()
+    elif executor == "ray":
+        _run_on_ray(todo, lambda: (write_table(sweep_runs, table), bar.update()), gpus_per_run, cpus_per_run)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+    bar.close()
+    return write_table(sweep_runs, table)
+
+
+def _run_on_ray(todo: list[SweepRun], on_done: Callable[[], Any], gpus: float, cpus: float) -> None:
+    """Each run is a Ray task (fractional GPUs let small encoders share a card). Runs write to the same
+    run directories, which every node must see (a shared filesystem), so caching works as locally.
+    Fine-tunes are submitted once their parent has finished."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray executor needs Ray: pip install 'hypersphere[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_one)
+    pending, running = list(todo), {}
+    while pending or running:
+        running_dirs = {str(r.config.run_dir()) for r in running.values()}
+        pending_dirs = {str(r.config.run_dir()) for r in pending}
+        for run in [r for r in pending if r.parent not in running_dirs | pending_dirs]:
+            pending.remove(run)
+            running[task.remote(run.config)] = run
+        done, _ = ray.wait(list(running), num_returns=1)
+        ray.get(done[0])
+        del running[done[0]]
+        on_done()
