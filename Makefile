@@ -6,6 +6,8 @@ DATA_DIR ?= data#         where datasets live (downloaded ones are git-ignored)
 DEVICE   ?= auto#         auto | cpu | cuda | cuda:1 ...
 DOWNLOAD ?= false#        true: let torchvision download missing datasets (paper profile)
 EXECUTOR ?= local#        local | ray (one Ray task per run; RAY_ADDRESS picks a cluster)
+WORKERS  ?= 2#            local executor: runs trained at a time (one CPU thread each)
+DATASET  ?= stl10#        for `make data`
 SWEEP_ARGS ?=#            extra options for `python -m hypersphere sweep`, e.g. --gpus-per-run 0.25
 PYTHON   ?= python3#      interpreter used to create the venv (3.10+)
 VENV     ?= .venv
@@ -21,7 +23,7 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 SWEEPS   := $(sort $(wildcard configs/sweeps/$(PROFILE)/*.yaml))
 RESULTS  := $(patsubst configs/sweeps/$(PROFILE)/%.yaml,results/$(PROFILE)/%.csv,$(SWEEPS))
 
-.PHONY: all setup sweep notebooks test help clean distclean
+.PHONY: all setup data sweep notebooks report test help clean distclean
 all: notebooks ## (default) set up, then execute every notebook at PROFILE; figures land in figures/
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
@@ -37,8 +39,11 @@ sweep: $(RESULTS) ## train every sweep of PROFILE (finished runs are skipped) in
 
 # The sweep command itself skips finished runs, so re-making a table after a code change is cheap.
 results/$(PROFILE)/%.csv: configs/sweeps/$(PROFILE)/%.yaml $(SRC) $(STAMP)
-	$(BIN)/python -m hypersphere sweep $< --profile $(PROFILE) --executor $(EXECUTOR) \
+	$(BIN)/python -m hypersphere sweep $< --profile $(PROFILE) --executor $(EXECUTOR) --workers $(WORKERS) \
 	    --set data_dir=$(abspath $(DATA_DIR)) device=$(DEVICE) download=$(DOWNLOAD) $(SWEEP_ARGS)
+
+data: $(STAMP) ## download DATASET (stl10, cifar10) into DATA_DIR with torchvision, e.g. make data DATASET=stl10
+	$(BIN)/python -m hypersphere data $(DATASET) --data-dir $(DATA_DIR)
 
 notebooks: $(EXECUTED) ## execute the notebooks through papermill into build/PROFILE/
 
@@ -53,15 +58,23 @@ $(BUILD)/%.ipynb: notebooks/%.ipynb $(SRC) $(STAMP)
 	    -p device $(DEVICE) -p results_dir $(CURDIR)/results/$(PROFILE)
 	@mv $@.tmp.ipynb $@
 
+report: notebooks ## render build/PROFILE/*.ipynb to HTML, with an index of paper items, figures and verdicts
+	$(BIN)/python -m hypersphere.report $(BUILD) $(FIGURES) $(BUILD)/report
+
 test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# bench/ is also a folder, so the target must be phony or make would call it up to date.
+.PHONY: bench
+bench: $(STAMP) ## speed ratios against reference implementations, measured side by side -> bench/results/
+	$(BIN)/python bench/run.py --out bench/results
 
 help: ## list targets and variables
 	@echo "targets:"; grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "variables (make VAR=value):"; grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ *\?= */=/; s/# */\t# /' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 
 clean: ## remove build outputs (executed notebooks, figures); keeps data/ and finished runs
-	rm -rf build $(FIGURES)/*.png $(FIGURES)/*.pdf $(FIGURES)/*.csv $(FIGURES)/*.md $(FIGURES)/*.tex
+	rm -rf build $(FIGURES)/*.png $(FIGURES)/*.pdf $(FIGURES)/*.csv $(FIGURES)/*.md $(FIGURES)/*.tex $(FIGURES)/*.json
 
 distclean: clean ## also remove the venv, finished runs and results (never data/)
 	rm -rf $(VENV) runs results

@@ -19,6 +19,13 @@ def cfg(tmp_path, **kw):
     return TrainConfig(**{**FAST, "runs_dir": str(tmp_path / "runs"), **kw})
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished contrastive run shared by the tests that only read it."""
+    config = cfg(tmp_path_factory.mktemp("shared"), objective="contrastive(tau=2.5)")
+    return config, train(config, progress=False)
+
+
 @pytest.mark.parametrize("objective, supervised", [
     ("align(alpha=2) + uniform(t=2)", False),
     ("contrastive(tau=0.5)", False),
@@ -39,9 +46,9 @@ def test_one_short_run_per_objective_family(tmp_path, objective, supervised):
 
 
 def test_same_config_and_seed_give_identical_numbers(tmp_path):
-    a = train(cfg(tmp_path / "a", seed=3), progress=False)
-    b = train(cfg(tmp_path / "b", seed=3), progress=False)
-    c = train(cfg(tmp_path / "c", seed=4), progress=False)
+    a = train(cfg(tmp_path / "a", seed=3, epochs=1), progress=False)
+    b = train(cfg(tmp_path / "b", seed=3, epochs=1), progress=False)
+    c = train(cfg(tmp_path / "c", seed=4, epochs=1), progress=False)
     assert a.name == b.name != c.name
     ra, rb = runs.load_result(a), runs.load_result(b)
     keys = [k for k in ra if k.startswith(("val_", "cv_")) or k in ("align", "uniform", "final_loss")]
@@ -52,16 +59,15 @@ def test_same_config_and_seed_give_identical_numbers(tmp_path):
     assert runs.load_result(c)["final_loss"] != ra["final_loss"]
 
 
-def test_finished_run_is_not_retrained(tmp_path):
-    config = cfg(tmp_path)
-    run_dir = train(config, progress=False)
+def test_finished_run_is_not_retrained(finished):
+    config, run_dir = finished
     stamp = os.stat(run_dir / runs.RESULT).st_mtime_ns
     assert train(config, progress=False) == run_dir
     assert os.stat(run_dir / runs.RESULT).st_mtime_ns == stamp
 
 
-def test_fine_tuning_starts_from_the_parent_weights(tmp_path):
-    parent = train(cfg(tmp_path, objective="contrastive(tau=2.5)"), progress=False)
+def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
+    parent = finished[1]
     child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=1)
     encoder = make_encoder(child_cfg, load_dataset("digits"))
     _load_parent(child_cfg, encoder)
@@ -75,7 +81,7 @@ def test_fine_tuning_starts_from_the_parent_weights(tmp_path):
 def test_missing_parent_and_corrupt_records_fail_clearly(tmp_path):
     with pytest.raises(runs.RunError, match="not a finished run"):
         train(cfg(tmp_path, init=str(tmp_path / "nope")), progress=False)
-    run_dir = train(cfg(tmp_path), progress=False)
+    run_dir = train(cfg(tmp_path, epochs=1), progress=False)
     (run_dir / runs.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(runs.RunError, match="corrupt.*delete"):
         runs.load_checkpoint(run_dir / runs.CHECKPOINT)

@@ -1,4 +1,4 @@
-"""Command line: `python -m hypersphere {train,eval,sweep} ...` (`--help` on each)."""
+"""Command line: `python -m hypersphere {train,eval,sweep,data} ...` (`--help` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import runs, sweep
+from .data import DATASETS, load_dataset
 from .train import Diverged, TrainConfig, train
 
 EXAMPLES = """examples:
@@ -60,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     p_sweep.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
     p_sweep.add_argument("--executor", choices=("local", "ray"), default="local",
                          help="ray: one Ray task per run, on a local instance or the cluster at $RAY_ADDRESS")
+    p_sweep.add_argument("--workers", type=int, default=1, help="local: runs at a time, in worker processes")
     p_sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a card)")
-    p_sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs per run")
+    p_sweep.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (Ray: CPUs reserved per task)")
     p_sweep.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed (diverged)")
     p_sweep.add_argument("--results-dir", type=Path, default=Path("results"))
     p_sweep.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                          help="override a default of every run, e.g. --set data_dir=/data device=cuda")
     p_sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs and their status, train nothing")
+    p_data = sub.add_parser("data", help="download a dataset (torchvision's official files) and check it loads")
+    p_data.add_argument("dataset", choices=DATASETS)
+    p_data.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)
 
     try:
@@ -76,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = train(cfg, progress=not args.quiet)
             print(run_dir)
             print(json.dumps({k: v for k, v in runs.load_result(run_dir).items() if k != "trajectory"}, indent=2))
+        elif args.command == "data":
+            try:
+                data = load_dataset(args.dataset, args.data_dir, download=True)
+            except OSError as e:
+                raise OSError(f"downloading {args.dataset} into {args.data_dir} failed ({e}); check the network, "
+                              "or put the official files there by hand") from None
+            print(f"{args.dataset}: {len(data.encoder_images)} encoder images, {len(data.train_images)} labeled train, "
+                  f"{len(data.val_images)} validation, {tuple(data.train_images.shape[1:])} uint8, under {args.data_dir}")
         elif args.command == "sweep":
             path = sweep.sweep_path(args.name, args.profile)
             sweep_runs = sweep.load_sweep(path, dict(_parse_override(kv) for kv in args.set))
@@ -84,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 for run in sweep_runs:
                     print(f"{sweep.status(run):7s} {run.config.run_dir().name:32s} {run.config.canonical_objective}")
                 return 0
-            df = sweep.run_sweep(sweep_runs, table, args.executor, args.retry_failed, args.gpus_per_run, args.cpus_per_run)
+            df = sweep.run_sweep(sweep_runs, table, args.executor, args.retry_failed, args.workers, args.gpus_per_run,
+                                 args.cpus_per_run)
             print(f"{table}: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()))
         else:
             result = runs.load_result(args.run_dir)

@@ -30,17 +30,23 @@ from scipy.stats import rankdata, spearmanr
 FAMILIES = ("contrastive only", "align + uniform only", "all three")
 FAMILY_MARKERS = {"contrastive only": "+", "align + uniform only": "o", "all three": "^"}
 
-# Every item of the paper (PAPER.md section 3), the notebook that covers it, or why none does.
-PAPER_ITEMS = {
-    "Theorem 1": "01_theory", "Propositions 1-2": "01_theory",
-    "Figure 3": "02_hypersphere_2d", "Figure 4": "02_hypersphere_2d",
-    "Figure 5a": "03_metrics_vs_accuracy",
-    "Figure 5b": "not replicated: needs NYU-Depth-V2 depth prediction",
-    "Figure 7": "04_weighting", "Figure 8": "05_finetuning",
-    "Figure 9a": "not replicated: needs ImageNet-100 with MoCo", "Figure 9b": "not replicated: needs BookCorpus",
-    "Table 1": "06_table1",
-    "Table 2": "not replicated: needs NYU-Depth-V2", "Table 3": "not replicated: needs ImageNet-100",
-    "Table 4": "not replicated: needs BookCorpus",
+# Every item of the paper (PAPER.md section 3): the notebook that covers it and its figures, or why none does.
+PAPER_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Theorem 1": ("01_theory", ("theorem1_convergence",)),
+    "Propositions 1-2": ("01_theory", ("prop1_optimized_points", "prop2_convergence", "uniformity_bound")),
+    "Figure 3": ("02_hypersphere_2d", ("fig3_hypersphere_2d",)),
+    "Figure 4": ("02_hypersphere_2d", ("fig4_potentials",)),
+    "Figure 4 (synthetic)": ("01_theory", ("fig4_synthetic",)),
+    "Figure 5a": ("03_metrics_vs_accuracy", ("fig5a_metrics_vs_accuracy", "fig5a_statistics", "fig5a_ours_vs_paper")),
+    "Figure 5b": ("not replicated: needs NYU-Depth-V2 depth prediction", ()),
+    "Figure 7": ("04_weighting", ("fig7_weighting",)),
+    "Figure 8": ("05_finetuning", ("fig8_finetuning",)),
+    "Figure 9a": ("not replicated: needs ImageNet-100 with MoCo", ()),
+    "Figure 9b": ("not replicated: needs BookCorpus with Quick-Thought", ()),
+    "Table 1": ("06_table1", ("table1",)),
+    "Table 2": ("not replicated: needs NYU-Depth-V2", ()),
+    "Table 3": ("not replicated: needs ImageNet-100", ()),
+    "Table 4": ("not replicated: needs BookCorpus", ()),
 }
 
 
@@ -58,8 +64,8 @@ def load_results(results_dir: str | Path, sweep: str, need: Sequence[str] = ()) 
                                 f"(or pass results_dir=<folder holding {sweep}.csv>)")
     df = pd.read_csv(path, dtype={"id": str, "init": str}, keep_default_na=True)
     if missing := [c for c in ("status", *need) if c not in df.columns]:
-        raise ValueError(f"{path} lacks columns {missing}: it was written by an older version; "
-                         f"rerun `make sweep` to rewrite it (finished runs are not retrained)")
+        raise ValueError(f"{path} lacks columns {missing}: an older version wrote it; rewrite it with `python -m "
+                         f"hypersphere sweep {sweep} --profile <profile>` (finished runs are not retrained)")
     df["id"] = df["id"].fillna("") if "id" in df.columns else ""
     done = df[df["status"] == "done"].reset_index(drop=True)
     counts = df["status"].value_counts()
@@ -226,22 +232,30 @@ def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | 
         _notebook_html(nb, out_dir / f"{nb.stem}.html")
     rendered = {nb.stem for nb in notebooks}
     verdicts = read_verdicts(figures_dir)
+    if any(v["profile"] == build_dir.name for v in verdicts):  # build/<profile>: figures/ may hold other profiles'
+        verdicts = [v for v in verdicts if v["profile"] == build_dir.name]
 
     def link(path: Path, text: str) -> str:
         return f'<a href="{html.escape(os.path.relpath(path, out_dir))}">{html.escape(text)}</a>'
 
+    def figure_links(names) -> str:
+        return " ".join(link(figures_dir / f"{name}.{ext}", f"{name}.{ext}") for name in names
+                        for ext in ("png", "pdf", "csv", "md", "tex") if (figures_dir / f"{name}.{ext}").exists())
+
+    def notebook_link(name: str) -> str:
+        return link(out_dir / f"{name}.html", name) if name in rendered else html.escape(name)
+
     rows = []
-    for item, where in PAPER_ITEMS.items():
+    for item, (where, figures) in PAPER_ITEMS.items():
         found = [v for v in verdicts if v["item"] == item]
         if not found:
-            nb = link(out_dir / f"{where}.html", where) if where in rendered else html.escape(where)
-            rows.append((item, nb, "", "", "no verdict" if where in rendered else "", ""))
+            status = ("" if where.startswith("not replicated") else
+                      "no verdict (see the notebook)" if where in rendered else "not built")
+            rows.append((item, notebook_link(where), figure_links(figures), "", status, ""))
         for v in found:
-            figs = " ".join(link(figures_dir / f"{name}.{ext}", f"{name}.{ext}") for name in v["figures"]
-                            for ext in ("png", "pdf", "csv", "md", "tex") if (figures_dir / f"{name}.{ext}").exists())
             verdict = {True: "yes", False: "no", None: "undecided"}[v["holds"]]
-            nb = link(out_dir / f"{v['notebook']}.html", v["notebook"]) if v["notebook"] in rendered else v["notebook"]
-            rows.append((item, nb, figs, html.escape(v["claim"]), verdict, html.escape(v["evidence"])))
+            rows.append((item, notebook_link(v["notebook"]), figure_links(v["figures"] or figures),
+                         html.escape(v["claim"]), verdict, html.escape(v["evidence"])))
     colour = {"yes": "#d4f4dd", "no": "#fbd9d3", "undecided": "#fff3c4"}
     body = "\n".join(
         f'<tr><td>{i}</td><td>{n}</td><td>{f}</td><td>{c}</td>'

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -155,13 +158,18 @@ def status(run: SweepRun) -> str:
     return "failed" if (run_dir / runs.FAILED).exists() else "todo"
 
 
-def run_one(cfg: TrainConfig) -> str:
-    """Train one run; returns its status. Used by both executors (a Ray task calls exactly this)."""
+def run_one(cfg: TrainConfig, threads: int) -> str:
+    """Train one run with `threads` CPU threads; returns its status. Both executors call exactly this,
+    so a run gives the same numbers locally and on Ray (CPU results depend on the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         train(cfg, progress=False)
         return "done"
     except Diverged:
         return "failed"
+    finally:
+        torch.set_num_threads(before)
 
 
 def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
@@ -192,46 +200,64 @@ def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
 
 
 def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", retry_failed: bool = False,
-              gpus_per_run: float = 0.0, cpus_per_run: float = 1.0, progress: bool = True) -> pd.DataFrame:
-    """Run every run whose record is missing (and failed ones with retry_failed), parents first."""
+              workers: int = 1, gpus_per_run: float = 0.0, cpus_per_run: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Run every run whose record is missing (and failed ones with retry_failed), parents first.
+
+    local: `workers` runs at a time (worker processes when > 1); ray: one Ray task per run, reserving
+    `cpus_per_run` CPUs and `gpus_per_run` GPUs. Each run uses `cpus_per_run` CPU threads (one by
+    default: small encoders gain little from more, and threads stall badly when processes share cores)."""
     check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
     todo = [r for r in sweep_runs if status(r) == "todo" or (retry_failed and status(r) == "failed")]
     for run in todo:
         (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
     bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
-    if executor == "local":
+
+    def finished(run: SweepRun) -> None:
+        write_table(sweep_runs, table)
+        bar.set_postfix_str(run.config.run_dir().name)
+        bar.update()
+
+    if executor == "local" and workers == 1:
         for run in todo:
-            bar.set_postfix_str(run.config.run_dir().name)
-            run_one(run.config)
-            write_table(sweep_runs, table)
-            bar.update()
+            run_one(run.config, cpus_per_run)
+            finished(run)
+    elif executor == "local":
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            _schedule(todo, lambda cfg: pool.submit(run_one, cfg, cpus_per_run),
+                      lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done)), finished)
     elif executor == "ray":
-        _run_on_ray(todo, lambda: (write_table(sweep_runs, table), bar.update()), gpus_per_run, cpus_per_run)
+        ray = _ray()
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_one)
+        _schedule(todo, lambda cfg: task.remote(cfg, cpus_per_run), lambda refs: ray.wait(refs, num_returns=1)[0][0],
+                  finished, ray.get)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
     bar.close()
     return write_table(sweep_runs, table)
 
 
-def _run_on_ray(todo: list[SweepRun], on_done: Callable[[], Any], gpus: float, cpus: float) -> None:
-    """Each run is a Ray task (fractional GPUs let small encoders share a card). Runs write to the same
-    run directories, which every node must see (a shared filesystem), so caching works as locally.
-    Fine-tunes are submitted once their parent has finished."""
+def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finished: Callable[[SweepRun], None],
+              result: Callable = lambda future: future.result()) -> None:
+    """Submit every run whose parent is neither pending nor running, wait for one to finish, repeat:
+    fine-tunes start once their parent's record is complete."""
+    pending, running = list(todo), {}
+    while pending or running:
+        busy = {str(r.config.run_dir()) for r in [*pending, *running.values()]}
+        for run in [r for r in pending if r.parent not in busy]:
+            pending.remove(run)
+            running[submit(run.config)] = run
+        done = wait_one(list(running))
+        result(done)  # re-raises a worker's exception here
+        finished(running.pop(done))
+
+
+def _ray():
+    """Ray, connected to the cluster at $RAY_ADDRESS or a new local instance. Runs write to the same run
+    directories, which every node must see (a shared filesystem), so caching works as locally."""
     try:
         import ray
     except ImportError:
         raise ImportError("the ray executor needs Ray: pip install 'hypersphere[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_one)
-    pending, running = list(todo), {}
-    while pending or running:
-        running_dirs = {str(r.config.run_dir()) for r in running.values()}
-        pending_dirs = {str(r.config.run_dir()) for r in pending}
-        for run in [r for r in pending if r.parent not in running_dirs | pending_dirs]:
-            pending.remove(run)
-            running[task.remote(run.config)] = run
-        done, _ = ray.wait(list(running), num_returns=1)
-        ray.get(done[0])
-        del running[done[0]]
-        on_done()
+    return ray

@@ -1,0 +1,78 @@
+"""`bench/run.py --quick` end to end on tiny sizes: every row is there, ratios are positive finite numbers, the
+results files name the machine, and the correctness fact the benchmark reports holds. Speed targets are the
+benchmark's business, not the tests' (they depend on the machine and its load)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # trains small encoders (about 30 s in all)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # One thread: the run's length must not depend on what else the machine is doing (see bench/run.py).
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--threads", "1",
+                           "--name", "testbox", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_quick_run_writes_both_files_named_after_the_machine(quick_run):
+    out, _ = quick_run
+    assert sorted(p.name for p in out.iterdir()) == ["testbox-quick.json", "testbox-quick.md"]
+    record = json.loads((out / "testbox-quick.json").read_text())
+    machine = record["machine"]
+    for key in ("cpu", "cores", "torch", "threads", "device", "load_average_start", "load_average_end"):
+        assert machine.get(key) not in (None, ""), key
+    assert machine["threads"] == 1 and machine["torch"] == torch.__version__
+    md = (out / "testbox-quick.md").read_text()
+    assert machine["cpu"] in md and "threads: 1" in md
+
+
+def test_every_benchmark_has_its_rows_with_positive_finite_ratios(quick_run):
+    out, stdout = quick_run
+    rows = json.loads((out / "testbox-quick.json").read_text())["rows"]
+    benches = [r["bench"] for r in rows]
+    timed = {"loss": 2, "augment": 1, "train": 2, "probe": 1}  # quick sizes: B 256/768; B 256; 2 models; 1 epoch count
+    for bench, n in timed.items():
+        with_ratio = [r for r in rows if r["bench"] == bench and r["ratio"] is not None]
+        assert len(with_ratio) == n, (bench, with_ratio)
+        for r in with_ratio:
+            assert math.isfinite(r["ratio"]) and r["ratio"] > 0, r
+            assert r["met"] in ("yes", "no", "-") and r["ours"] and r["reference"]
+            assert len(r["raw"]["ours_s"]) == len(r["raw"]["reference_s"]) >= 1
+    assert "cuda" in benches
+    if not torch.cuda.is_available():
+        (cuda_row,) = [r for r in rows if r["bench"] == "cuda"]
+        assert cuda_row["met"] == "skipped" and "no CUDA" in cuda_row["note"]
+    # the printed table and the markdown table carry every row
+    md = (out / "testbox-quick.md").read_text()
+    for r in rows:
+        assert f"| {r['bench']} | {r['case']} |" in md and r["case"] in stdout
+
+
+def test_our_uniform_loss_is_finite_where_pdist_underflows(quick_run):
+    out, _ = quick_run
+    rows = json.loads((out / "testbox-quick.json").read_text())["rows"]
+    (fact,) = [r for r in rows if r["bench"] == "loss" and r["case"].startswith("finite")]
+    raw = fact["raw"]
+    assert math.isfinite(float(raw["ours_loss"])) and raw["ours_grad_finite"]
+    assert float(raw["pdist_loss"]) == -math.inf and not raw["pdist_grad_finite"]
+    assert fact["met"] == "yes"
+
+
+def test_probe_rows_report_both_accuracies(quick_run):
+    out, _ = quick_run
+    rows = json.loads((out / "testbox-quick.json").read_text())["rows"]
+    (probe,) = [r for r in rows if r["bench"] == "probe"]
+    for key in ("cached_linear", "cached_5nn", "full_linear"):
+        assert 0 <= probe["raw"][key] <= 100
+    assert probe["raw"]["cached_5nn"] > 20  # a trained digits encoder: 5-NN well above chance (10%)
