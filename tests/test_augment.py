@@ -271,3 +271,14 @@ def test_eval_transform_matches_torchvision(h, w, resize, crop):
     torch.testing.assert_close(out, ref(x.float() / 255), atol=1e-5, rtol=0)  # same maths on float
     normed = eval_transform(x, crop, resize, MEAN3, STD3)
     torch.testing.assert_close(normed, normalize_ref(out, MEAN3, STD3), atol=1e-5, rtol=0)
+
+
+def test_augment_inside_bf16_autocast_stays_float32():
+    """The trainer runs the encoder under bf16 autocast on CUDA; augmentation must not be caught by it
+    (a matmul into an fp32 `out` failed under autocast). CPU autocast reproduces the CUDA behaviour."""
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = augment(images, AugmentConfig(crop_size=24), (0.5,) * 3, (0.25,) * 3, g)
+    ref = augment(images, AugmentConfig(crop_size=24), (0.5,) * 3, (0.25,) * 3, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and torch.equal(out, ref)

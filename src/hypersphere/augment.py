@@ -106,12 +106,13 @@ def resized_crop(images: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
     B, C, H, W = images.shape
     out = torch.empty(B, C, size, size, device=images.device)
     step = 64 if images.device.type == "cpu" else B
-    for i in range(0, B, step):
-        s = slice(i, i + step)
-        wy = _resize_weights(top[s], h[s], H, size, scale=scale)  # [b, size, H]
-        wx = _resize_weights(left[s], w[s], W, size, None if flip is None else flip[s])  # [b, size, W]
-        cols = torch.bmm(images[s].float().view(-1, C * H, W), wx.transpose(1, 2))  # [b, C * H, size]
-        torch.matmul(wy[:, None], cols.view(-1, C, H, size), out=out[s])  # [b, C, size, size]
+    with torch.autocast(images.device.type, enabled=False):  # fp32 resampling even inside bf16 autocast
+        for i in range(0, B, step):
+            s = slice(i, i + step)
+            wy = _resize_weights(top[s], h[s], H, size, scale=scale)  # [b, size, H]
+            wx = _resize_weights(left[s], w[s], W, size, None if flip is None else flip[s])  # [b, size, W]
+            cols = torch.bmm(images[s].float().view(-1, C * H, W), wx.transpose(1, 2))  # [b, C * H, size]
+            torch.matmul(wy[:, None], cols.view(-1, C, H, size), out=out[s])  # [b, C, size, size]
     return out
 
 

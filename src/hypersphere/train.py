@@ -168,15 +168,18 @@ def _snapshot(encoder, data: ImageData, cfg: TrainConfig, device, epoch: int) ->
 def _batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective | None, data: ImageData,
                 images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor, gen: torch.Generator):
     """Loss and its unweighted terms on one batch: the objective on two augmented views of each image
-    (one forward pass over both, as the official code), or cross-entropy of a linear head (supervised)."""
+    (one forward pass over both, as the official code), or cross-entropy of a linear head (supervised).
+    Only the encoder runs under bf16 autocast (on CUDA); augmentation and losses stay in fp32."""
+    views = 1 if head is not None else 2
+    x = torch.cat([augment(images[idx], data.augment, data.mean, data.std, gen) for _ in range(views)])
+    device = x.device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        z = encoder(x.contiguous(memory_format=torch.channels_last))
+    z = z.float()
     if head is not None:
-        x = augment(images[idx], data.augment, data.mean, data.std, gen)
-        logits = head(encoder(x.contiguous(memory_format=torch.channels_last)).float()) * SUPERVISED_LOGIT_SCALE
-        ce = F.cross_entropy(logits, labels[idx])
+        ce = F.cross_entropy(head(z) * SUPERVISED_LOGIT_SCALE, labels[idx])
         return ce, {"cross_entropy": ce}
-    both = torch.cat([augment(images[idx], data.augment, data.mean, data.std, gen) for _ in range(2)])
-    zx, zy = encoder(both.contiguous(memory_format=torch.channels_last)).float().chunk(2)
-    return objective(zx, zy)
+    return objective(*z.chunk(2))
 
 
 def train(cfg: TrainConfig, progress: bool = True, data: ImageData | None = None) -> Path:
@@ -225,8 +228,7 @@ def train(cfg: TrainConfig, progress: bool = True, data: ImageData | None = None
         perm = torch.randperm(n, generator=gen, device=device)
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, terms = _batch_loss(encoder, head, objective, data, images, labels, idx, gen)
+            loss, terms = _batch_loss(encoder, head, objective, data, images, labels, idx, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
