@@ -22,7 +22,6 @@ import itertools
 import multiprocessing
 import os
 import tempfile
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable
