@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-            cfg = TrainConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+            cfg = TrainConfig.from_dict(values)
             run_dir = train(cfg, progress=not args.quiet)
             print(run_dir)
             print(json.dumps({k: v for k, v in runs.load_result(run_dir).items() if k != "trajectory"}, indent=2))

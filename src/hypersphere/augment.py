@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _gray(x: Tensor) -> Tensor:
     """Luminance [B, 1, H, W] of RGB (or the image itself if 1 channel), torchvision weights."""
     if x.shape[1] == 1:
         return x
-    return _GRAY[0] * x[:, 0:1] + _GRAY[1] * x[:, 1:2] + _GRAY[2] * x[:, 2:3]
+    return GRAY_WEIGHTS[0] * x[:, 0:1] + GRAY_WEIGHTS[1] * x[:, 1:2] + GRAY_WEIGHTS[2] * x[:, 2:3]
 
 
 def _blend(x: Tensor, y: Tensor, f: Tensor) -> Tensor:

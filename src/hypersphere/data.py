@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from .augment import AugmentConfig
+from .augment import GRAY_WEIGHTS, AugmentConfig
 
 DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder")
 
@@ -41,7 +41,6 @@ DIGITS_COLOR_AUGMENT = AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False)
 DIGITS_EVAL_RESIZE = 26  # Resize(26) + CenterCrop(24) ~ the paper's Resize(70) + CenterCrop(64)
 DIGITS_SIDE, DIGITS_VAL_SIZE, DIGITS_SPLIT_SEED = 28, 450, 0
 MIN_LUMA_CONTRAST = 0.25  # digits-color: foreground and background luminance differ by at least this
-_LUMA = (0.2989, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def _colorize(gray: Tensor, generator: torch.Generator, tries: int = 16) -> Tens
     visible in grayscale."""
     n = len(gray)
     pairs = torch.rand(n, tries, 2, 3, generator=generator)  # (foreground, background) candidates
-    contrast = (pairs @ torch.tensor(_LUMA)).diff(dim=2).abs().squeeze(2)  # [n, tries]
+    contrast = (pairs @ torch.tensor(GRAY_WEIGHTS)).diff(dim=2).abs().squeeze(2)  # [n, tries]
     ok = contrast >= MIN_LUMA_CONTRAST
     pick = torch.where(ok.any(1), ok.int().argmax(1), contrast.argmax(1))
     fg, bg = pairs[torch.arange(n), pick].unbind(1)  # [n, 3] each

@@ -4,8 +4,6 @@ angles), written for any [N, 2] unit-norm features: synthetic samples here, real
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +13,8 @@ import seaborn as sns
 import torch
 from scipy.special import ive
 from scipy.stats import gaussian_kde
+
+from .runs import atomic_write
 
 DPI = 150
 CMAP = "viridis"
@@ -41,19 +41,10 @@ def set_style() -> None:
 def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path) -> tuple[Path, Path]:
     """Write `figures_dir/name.png` (dpi 150) and `name.pdf`, each through a temporary file in the same
     folder and os.replace, so a reader never sees a half-written figure. Returns the two paths."""
-    figures_dir = Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        path = figures_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{ext}", dir=figures_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=ext, dpi=DPI, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        path = Path(figures_dir) / f"{name}.{ext}"
+        atomic_write(path, lambda fh: fig.savefig(fh, format=ext, dpi=DPI, bbox_inches="tight"))
         paths.append(path)
     return paths[0], paths[1]
 

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata, spearmanr
 
+from . import runs
+
 FAMILIES = ("contrastive only", "align + uniform only", "all three")
 FAMILY_MARKERS = {"contrastive only": "+", "align + uniform only": "o", "all three": "^"}
 
@@ -196,8 +198,7 @@ def write_verdicts(figures_dir: str | Path, notebook: str, profile: str, verdict
         v["holds"] = None if v["holds"] is None else bool(v["holds"])
         v.setdefault("figures", [])
     path = Path(figures_dir) / f"verdicts_{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"notebook": notebook, "profile": profile, "verdicts": verdicts}, indent=2) + "\n")
+    runs.write_json(path, {"notebook": notebook, "profile": profile, "verdicts": verdicts})
     return path
 
 

@@ -194,7 +194,7 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
 
 def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
     df = results_table(sweep_runs)
-    runs._atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+    runs.atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
     return df
 
 
@@ -206,7 +206,8 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     `cpus_per_run` CPUs and `gpus_per_run` GPUs. Each run uses `cpus_per_run` CPU threads (one by
     default: small encoders gain little from more, and threads stall badly when processes share cores)."""
     check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
-    todo = [r for r in sweep_runs if status(r) == "todo" or (retry_failed and status(r) == "failed")]
+    wanted = ("todo", "failed") if retry_failed else ("todo",)
+    todo = [r for r in sweep_runs if status(r) in wanted]
     for run in todo:
         (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
     bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
