@@ -1,86 +1,139 @@
-"""Command line: `python -m hypersphere {train,eval,sweep,data} ...` (`--help` on each)."""
+"""Command line: `python -m hypersphere {train,evaluate,sweep,data,notebook,report,profile} ...` (`--help` on each)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 
 import yaml
 
-from . import runs, sweep
+from . import notebook, profiles, report, runs, sweep
 from .data import DATASETS, load_dataset
+from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train
 
 EXAMPLES = """examples:
   python -m hypersphere train --dataset digits --objective "align(alpha=2) + uniform(t=2)" --epochs 30 --batch-size 128 --dim 32
-  python -m hypersphere train --dataset stl10 --objective "contrastive(tau=0.19)" --download
-  python -m hypersphere eval runs/digits-1a2b3c4d5e
-  python -m hypersphere sweep cloud --profile quick
+  python -m hypersphere evaluate runs/digits-1a2b3c4d5e --probe adam --cv-folds 0
+  python -m hypersphere sweep cloud --profile quick --eval probe=adam
   RAY_ADDRESS=auto python -m hypersphere sweep cloud --profile paper --executor ray --gpus-per-run 0.25
+  python -m hypersphere notebook notebooks/03_metrics_vs_accuracy.ipynb --profile quick
+  python -m hypersphere report --profile quick
+  python -m hypersphere profile new mystudy --from quick
 """
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, its default and comment shown by --help."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
+def _add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the config dataclass `cls`, its default shown by --help."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         elif typing.get_origin(hint) is tuple:
             item = typing.get_args(hint)[0]
             parser.add_argument(flag, type=item, nargs="*", default=f.default, metavar=item.__name__.upper())
+        elif hint is typing.Any:  # e.g. an augmentation recipe: a name or a YAML mapping
+            parser.add_argument(flag, type=yaml.safe_load, default=f.default, help=f"(default: {f.default!r})")
         else:
             parser.add_argument(flag, type=hint, default=f.default, help=f"(default: {f.default!r})")
 
 
-def _parse_override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+def _from_args(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()):
+    return cls.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip})
 
 
-def main(argv: list[str] | None = None) -> int:
+def _key_values(items: list[str]) -> dict[str, object]:
+    out = {}
+    for text in items:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {text!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hypersphere", description=__doc__,
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train and evaluate one encoder (skipped when its run is finished)",
-                             description=TrainConfig.__doc__)
-    _add_config_options(p_train)
-    p_train.add_argument("--quiet", action="store_true", help="no progress bar")
-    p_eval = sub.add_parser("eval", help="print a finished run's config and results")
-    p_eval.add_argument("run_dir", type=Path)
-    p_sweep = sub.add_parser("sweep", help="run a sweep file's missing runs and write results/<profile>/<name>.csv",
-                             description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_sweep.add_argument("name", help="a sweep of configs/sweeps/<profile>/ (e.g. cloud) or a path to a .yaml file")
-    p_sweep.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
-    p_sweep.add_argument("--executor", choices=("local", "ray"), default="local",
-                         help="ray: one Ray task per run, on a local instance or the cluster at $RAY_ADDRESS")
-    p_sweep.add_argument("--workers", type=int, default=1, help="local: runs at a time, in worker processes")
-    p_sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a card)")
-    p_sweep.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (Ray: CPUs reserved per task)")
-    p_sweep.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed (diverged)")
-    p_sweep.add_argument("--results-dir", type=Path, default=Path("results"))
-    p_sweep.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                         help="override a default of every run, e.g. --set data_dir=/data device=cuda")
-    p_sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs and their status, train nothing")
-    p_data = sub.add_parser("data", help="download a dataset (torchvision's official files) and check it loads")
-    p_data.add_argument("dataset", choices=DATASETS)
-    p_data.add_argument("--data-dir", default="data")
-    args = parser.parse_args(argv)
+    p = sub.add_parser("train", help="train one encoder (skipped when its run is finished)")
+    _add_options(p, TrainConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("evaluate", help="evaluate finished runs (cached per evaluation config) and print the results")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN")
+    _add_options(p, EvalConfig)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default="data")
+    p = sub.add_parser("sweep", help="train and evaluate a sweep's missing runs into results/<profile>/<name>.csv",
+                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="a sweep of configs/sweeps/<profile>/ (e.g. cloud) or a path to a .yaml file")
+    p.add_argument("--profile", default="quick", help=f"one of {', '.join(profiles.names())} (default: quick)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="ray: one Ray task per run, on a local instance or the cluster at $RAY_ADDRESS")
+    p.add_argument("--workers", default=None, help="local: runs at a time, in worker processes, or auto "
+                                                   "(all cores; default: the profile's)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a card)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (Ray: CPUs reserved per task)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed (diverged)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override a training default of every run, e.g. --set data_dir=/data device=cuda")
+    p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override the sweep's evaluation config, e.g. --eval probe=adam cv_folds=3")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs and their status, train nothing")
+    p = sub.add_parser("data", help="download a dataset (torchvision's official files) and check it loads")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--data-dir", default="data")
+    p = sub.add_parser("notebook", help="execute a notebook at a profile into build/<profile>/")
+    p.add_argument("path", type=Path)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--device", default="auto")
+    p = sub.add_parser("report", help="render build/<profile>/ to HTML with an index of paper items and verdicts")
+    p.add_argument("--profile", default="quick")
+    p = sub.add_parser("profile", help="show a profile, or create one to edit (`profile new NAME --from quick`)")
+    p.add_argument("action", choices=("show", "new"))
+    p.add_argument("name")
+    p.add_argument("--from", dest="base", default="quick")
+    return parser
 
+
+def _workers(value: str | None, profile: profiles.Profile) -> int:
+    if value is None:
+        return profile.workers
+    return (os.cpu_count() or 1) if value == "auto" else int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-            cfg = TrainConfig.from_dict(values)
-            run_dir = train(cfg, progress=not args.quiet)
+            run_dir = train(_from_args(TrainConfig, args), progress=not args.quiet)
             print(run_dir)
-            print(json.dumps({k: v for k, v in runs.load_result(run_dir).items() if k != "trajectory"}, indent=2))
+            print(json.dumps(runs.load_summary(run_dir), indent=2))
+        elif args.command == "evaluate":
+            cfg = _from_args(EvalConfig, args)
+            for run_dir in args.run_dirs:
+                record = evaluate_run(run_dir, cfg, args.device, args.data_dir)
+                print(json.dumps({"run": record["run"], **record["results"]}, indent=2))
+        elif args.command == "sweep":
+            prof = profiles.load(args.profile)
+            path = sweep.sweep_path(args.name, args.profile)
+            sweep_runs = sweep.load_sweep(path, _key_values(args.set), _key_values(args.eval))
+            table = prof.results_dir / f"{path.stem}.csv"
+            if args.dry_run:
+                for run in sweep_runs:
+                    print(f"{sweep.status(run):11s} {run.config.run_dir().name:32s} {run.config.canonical_objective}")
+                return 0
+            df = sweep.run_sweep(sweep_runs, table, args.executor, args.retry_failed, _workers(args.workers, prof),
+                                 args.gpus_per_run, args.cpus_per_run)
+            print(f"{table}: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()))
         elif args.command == "data":
             try:
                 data = load_dataset(args.dataset, args.data_dir, download=True)
@@ -89,21 +142,17 @@ def main(argv: list[str] | None = None) -> int:
                               "or put the official files there by hand") from None
             print(f"{args.dataset}: {len(data.encoder_images)} encoder images, {len(data.train_images)} labeled train, "
                   f"{len(data.val_images)} validation, {tuple(data.train_images.shape[1:])} uint8, under {args.data_dir}")
-        elif args.command == "sweep":
-            path = sweep.sweep_path(args.name, args.profile)
-            sweep_runs = sweep.load_sweep(path, dict(_parse_override(kv) for kv in args.set))
-            table = args.results_dir / args.profile / f"{path.stem}.csv"
-            if args.dry_run:
-                for run in sweep_runs:
-                    print(f"{sweep.status(run):7s} {run.config.run_dir().name:32s} {run.config.canonical_objective}")
-                return 0
-            df = sweep.run_sweep(sweep_runs, table, args.executor, args.retry_failed, args.workers, args.gpus_per_run,
-                                 args.cpus_per_run)
-            print(f"{table}: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()))
+        elif args.command == "notebook":
+            print(notebook.execute(args.path, args.profile, ".", args.data_dir, args.device))
+        elif args.command == "report":
+            prof = profiles.load(args.profile)
+            print(report.build_report(prof.build_dir, prof.figures_dir, prof.build_dir / "report"))
+        elif args.action == "new":
+            print(f"{profiles.new(args.name, args.base)}: edit it and configs/sweeps/{args.name}/, then "
+                  f"`make PROFILE={args.name}`")
         else:
-            result = runs.load_result(args.run_dir)
-            print(json.dumps({"config": runs.read_json(args.run_dir / runs.CONFIG), "result": result}, indent=2))
-    except (ValueError, OSError, runs.RunError, Diverged) as e:
+            print(profiles.path(args.name).read_text())
+    except (ValueError, OSError, KeyError, runs.RunError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from .augment import GRAY_WEIGHTS, AugmentConfig
+from .augment import GRAY_WEIGHTS, AugmentConfig, recipe
 
 DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder")
 
@@ -28,16 +28,6 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGEFOLDER_SIDE = 96
 
-# Digits (28 px, the digit fills most of the frame). Crops of at least 30% of the area: at the paper's 8%
-# a crop is 8x8 px, about 2x2 of the original 8x8 digit pixels, which carries no shape; at 30% it is
-# 15x15 px, about half the digit in each direction. No flip: a mirrored digit is not a digit (a mirrored 3
-# or 7 is not a 3 or 7), unlike a mirrored natural image, so flip invariance is not a nuisance to learn.
-# Grayscale images: brightness and contrast jitter only (the paper's 0.4), no saturation/hue/grayscale.
-DIGITS_AUGMENT = AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False, jitter=(0.4, 0.4, 0.0, 0.0),
-                               grayscale_p=0.0)
-# Coloured digits: the same crops (so the two digit sets differ only in colour) with the paper's full
-# colour recipe, ColorJitter(0.4, 0.4, 0.4, 0.4) and RandomGrayscale(0.2).
-DIGITS_COLOR_AUGMENT = AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False)
 DIGITS_EVAL_RESIZE = 26  # Resize(26) + CenterCrop(24) ~ the paper's Resize(70) + CenterCrop(64)
 DIGITS_SIDE, DIGITS_VAL_SIZE, DIGITS_SPLIT_SEED = 28, 450, 0
 MIN_LUMA_CONTRAST = 0.25  # digits-color: foreground and background luminance differ by at least this
@@ -55,7 +45,7 @@ class ImageData:
     mean: tuple[float, ...]  # per channel, 0-1 scale
     std: tuple[float, ...]
     num_classes: int
-    augment: AugmentConfig  # the positive-pair recipe
+    augment: AugmentConfig  # the positive-pair recipe (the dataset's default from augment.RECIPES; a run may set another)
     eval_resize: int  # evaluation: Resize(eval_resize) then CenterCrop(augment.crop_size)
 
     def to(self, device) -> "ImageData":
@@ -117,7 +107,7 @@ def _digits(color_seed: int | None = None) -> ImageData:
         name="digits" if color_seed is None else "digits-color",
         encoder_images=train_images, train_images=train_images, train_labels=labels[train],
         val_images=images[val], val_labels=labels[val], mean=mean, std=std, num_classes=10,
-        augment=DIGITS_AUGMENT if color_seed is None else DIGITS_COLOR_AUGMENT, eval_resize=DIGITS_EVAL_RESIZE)
+        augment=recipe("digits" if color_seed is None else "digits-color"), eval_resize=DIGITS_EVAL_RESIZE)
 
 
 def _colorize(gray: Tensor, generator: torch.Generator, tries: int = 16) -> Tensor:
@@ -155,7 +145,7 @@ def _stl10(root: Path, download: bool) -> ImageData:
     return ImageData(
         name="stl10", encoder_images=images, train_images=images[labeled], train_labels=labels[labeled],
         val_images=torch.from_numpy(test.data).contiguous(), val_labels=torch.from_numpy(test.labels).long(),
-        mean=STL10_MEAN, std=STL10_STD, num_classes=10, augment=AugmentConfig(), eval_resize=70)
+        mean=STL10_MEAN, std=STL10_STD, num_classes=10, augment=recipe("stl10"), eval_resize=70)
 
 
 def _cifar10(root: Path, download: bool) -> ImageData:
@@ -173,7 +163,7 @@ def _cifar10(root: Path, download: bool) -> ImageData:
         train_labels=torch.tensor(train.targets, dtype=torch.int64),
         val_images=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
         val_labels=torch.tensor(test.targets, dtype=torch.int64), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        num_classes=10, augment=AugmentConfig(crop_size=32), eval_resize=35)
+        num_classes=10, augment=recipe("cifar10"), eval_resize=35)
 
 
 def _imagefolder(root: Path, download: bool) -> ImageData:
@@ -194,5 +184,5 @@ def _imagefolder(root: Path, download: bool) -> ImageData:
         name="imagefolder", encoder_images=images, train_images=images,
         train_labels=torch.tensor(train.targets, dtype=torch.int64),
         val_images=torch.stack([img for img, _ in val]), val_labels=torch.tensor(val.targets, dtype=torch.int64),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes), augment=AugmentConfig(),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes), augment=recipe("stl10"),
         eval_resize=70)

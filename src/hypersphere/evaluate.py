@@ -1,224 +1,82 @@
-"""Evaluation of a frozen encoder (Wang & Isola, ICML 2020, Sec. 3 "common image setup", Table 1, Fig. 5).
+"""Evaluation records: what a frozen encoder achieves downstream, kept beside its run (runs.py).
 
-- linear probe on a tap ("output", "fc7", "conv5"): the paper's protocol (`linear_probe_full`: fresh random
-  crops, RandomResizedCrop + flip for STL-10, through the frozen encoder every epoch) or a fast variant on cached
-  evaluation-transform features (`linear_probe_cached`);
-- k-NN (k = 5, cosine similarity, majority vote);
-- stratified 5-fold cross-validation on the labeled train split (Table 1 selects encoders by it);
-- L_align(alpha=2), L_uniform(t=2) (and optionally L_contrastive(tau)) on the validation split (Fig. 5).
-All accuracies are in percent. Everything runs on the encoder's device unless `device` says otherwise.
+An evaluation is identified by its own config (EvalConfig: kind, probe and its settings, taps, k of k-NN,
+CV folds, snapshots) plus EVAL_VERSION, never by the training config: a new probe re-evaluates every
+cached encoder without retraining it.
+
+    python -m hypersphere evaluate runs/digits-color-* --probe adam --cv-folds 0
+
+Kinds (EVALUATIONS), one per downstream task; a domain lists the kinds that apply to it:
+  classify  linear probe and k-NN accuracy on taps, k-fold CV on the labeled train split (Table 1 selects
+            encoders by it), and L_align(alpha=2), L_uniform(t=2) (and L_contrastive(tau) for runs trained
+            with it) on validation positive pairs (the axes of Fig. 5). With `snapshots`, the same metrics
+            and an output probe at each snapshot epoch of the run (Fig. 8 trajectories).
 """
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
+from tqdm.auto import tqdm
 
-from .augment import augment, eval_transform
+from . import runs
+from .augment import augment
 from .data import ImageData
-from .losses import contrastive_loss
+from .losses import Objective, contrastive_loss
 from .metrics import alignment, uniformity
+from .probes import (ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy, lbfgs_probe,
+                     linear_probe_cached, linear_probe_full)
 
-PROBE_MODES = ("full", "cached")
+# Bump in any commit that changes what an evaluation config computes: older records are then ignored.
+EVAL_VERSION = 1
+PROBES = ("lbfgs", "adam", "adam-full")
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    """Linear-probe settings. Defaults are the paper's (Sec. 3): Adam(lr 1e-3, betas (0.5, 0.999)), batch 128,
-    100 epochs, lr x0.2 at epochs 60 and 80 (milestones are given for 100 epochs and scaled by epochs / 100).
+class EvalConfig:
+    """How to evaluate a trained encoder. probe: lbfgs (converged logistic regression, L2 picked from
+    `l2_grid` by `l2_folds`-fold CV on the labeled train split; the default), adam (the paper's Adam probe on
+    cached features) or adam-full (the paper's protocol: Adam on fresh augmented crops every epoch)."""
+    kind: str = "classify"
+    probe: str = "lbfgs"
+    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+    l2_folds: int = 3
+    probe_epochs: int = 100         # adam and adam-full
+    taps: tuple[str, ...] = ("fc7", "output")
+    knn_k: int = 5
+    cv_folds: int = 5               # k-fold CV on the labeled train split (Table 1 selection); 0 skips it
+    snapshots: bool = False         # also evaluate the run's snapshot epochs (Fig. 8 trajectories)
+    seed: int = 0                   # CV folds, validation pairs and probe batches
 
-    mode "full": the paper's protocol, new augmented training crops through the frozen encoder every epoch.
-    mode "cached": trains on features extracted once with the evaluation transform (no augmentation); much
-    faster, and what cross-validation always uses.
-    """
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 128
-    epochs: int = 100
-    milestones: tuple[int, ...] = (60, 80)
-    gamma: float = 0.2
-    mode: str = "full"
-    seed: int = 0
+    def __post_init__(self) -> None:
+        if self.kind not in EVALUATIONS:
+            raise ValueError(f"unknown evaluation kind {self.kind!r}; choose from {', '.join(EVALUATIONS)}")
+        if self.probe not in PROBES:
+            raise ValueError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
+        for key, least in (("probe_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2)):
+            if getattr(self, key) < least:
+                raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds must be 0 (no cross-validation) or >= 2, got 1")
+        if not self.l2_grid or min(self.l2_grid) <= 0:
+            raise ValueError(f"l2_grid must hold positive values, got {list(self.l2_grid)}")
 
-    def __post_init__(self):
-        if self.mode not in PROBE_MODES:
-            raise ValueError(f"unknown probe mode {self.mode!r}; choose from {PROBE_MODES}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+    def hashed(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {**d, "l2_grid": list(d["l2_grid"]), "taps": list(d["taps"]), "eval_version": EVAL_VERSION}
 
-    def lr_milestones(self) -> list[int]:
-        """Epochs at which the lr is multiplied by gamma: (60, 80) scaled to this run's length."""
-        return [round(m * self.epochs / 100) for m in self.milestones]
-
-
-def _device(encoder: nn.Module, device) -> torch.device:
-    return torch.device(device) if device is not None else next(encoder.parameters()).device
-
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images: Tensor, data: ImageData, taps: Sequence[str] = ("output",),
-                     batch_size: int = 512, device=None) -> dict[str, Tensor]:
-    """Features of uint8 `images` at each tap, float32, on `device` (default: the encoder's).
-
-    Eval mode, no grad, the evaluation transform of `data` (Resize(data.eval_resize) + CenterCrop(crop) +
-    normalise; the paper's Resize(70) + CenterCrop(64) for STL-10). The encoder's train/eval mode is restored.
-    """
-    device = _device(encoder, device)
-    was_training = encoder.training
-    encoder.eval()
-    chunks = {tap: [] for tap in taps}
-    for batch in images.split(batch_size):
-        x = eval_transform(batch.to(device), data.augment.crop_size, data.eval_resize, data.mean, data.std)
-        for tap, f in encoder.forward_taps(x, taps).items():
-            chunks[tap].append(f.float())
-    encoder.train(was_training)
-    return {tap: torch.cat(c) for tap, c in chunks.items()}
-
-
-def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim: int, num_classes: int,
-                  cfg: ProbeConfig, device) -> nn.Linear:
-    """Train a linear classifier with the paper's schedule; `featurize(idx)` gives the batch's features.
-
-    The classifier starts at zero (the problem is convex, and it needs no random init to be deterministic);
-    batches come from a CPU generator seeded with cfg.seed, so runs are reproducible.
-    """
-    gen = torch.Generator().manual_seed(cfg.seed)
-    clf = nn.Linear(in_dim, num_classes).to(device)
-    nn.init.zeros_(clf.weight)
-    nn.init.zeros_(clf.bias)
-    opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr, betas=cfg.betas)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
-    labels = labels.to(device)
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
-            loss = F.cross_entropy(clf(featurize(idx)), labels[idx.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return clf
-
-
-@torch.no_grad()
-def _accuracy(clf: nn.Linear, f: Tensor, y: Tensor) -> float:
-    return 100.0 * (clf(f).argmax(1) == y.to(f.device)).float().mean().item()
-
-
-def linear_probe_cached(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, cfg: ProbeConfig) -> float:
-    """Validation accuracy (%) of a linear classifier trained on fixed features with the paper's optimiser.
-
-    Features are used raw, not standardised, as in the paper's probe (and `linear_probe_full`), so the cached
-    and full probes differ only in the training augmentation. Standardising keeps the function class but not
-    the optimisation: Adam moves weights ~lr per step whatever the feature scale, so with the fixed budget a
-    concentrated representation (small spread around its mean, i.e. poor uniformity) is harder to separate.
-    That is the effect the paper measures, and standardising would undo it: on digits, a random-init DigitsNet
-    gets 69.6% on raw outputs but 88.4% standardised (a trained align+uniform one 88.2% raw), and 69.1% vs
-    96.9% on fc7.
-    """
-    num_classes = int(max(train_y.max(), val_y.max())) + 1
-    train_f = train_f.float()
-    clf = _train_linear(lambda idx: train_f[idx.to(train_f.device)], train_y, train_f.shape[1],
-                        num_classes, cfg, train_f.device)
-    return _accuracy(clf, val_f.float(), val_y)
-
-
-def sanity_check(state_dict_before: dict[str, Tensor], encoder: nn.Module) -> None:
-    """Raise if any encoder parameter or buffer (BN running stats included) differs from `state_dict_before`.
-
-    As in MoCo's linear evaluation: catches a probe that forgot eval() (BN running stats drift), no_grad, or
-    handed encoder parameters to the optimiser. Take the snapshot with
-    `{k: v.detach().clone() for k, v in encoder.state_dict().items()}`.
-    """
-    after = encoder.state_dict()
-    if after.keys() != state_dict_before.keys():
-        raise RuntimeError("sanity check failed: the encoder's state_dict keys changed during the linear probe")
-    for k, v in after.items():
-        if not torch.equal(v, state_dict_before[k].to(v.device)):
-            raise RuntimeError(f"sanity check failed: encoder entry {k!r} changed during the linear probe "
-                               "(the encoder must stay frozen: eval mode, no grad, not in the optimiser)")
-
-
-def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeConfig, device=None) -> float:
-    """The paper's linear evaluation (Sec. 3): validation accuracy (%) of a linear classifier on `tap` of the
-    frozen encoder (eval mode, no grad), trained each epoch on new random crops of the labeled train split,
-    tested on evaluation-transform crops of the validation split. Ends with `sanity_check` that the encoder is
-    unchanged.
-
-    Training crops are the dataset's crop recipe without colour augmentation: data.augment with jitter 0 and
-    grayscale 0. For STL-10 / CIFAR-10 that is exactly the paper's RandomResizedCrop(scale 0.08-1) + flip; for
-    digits it keeps that dataset's milder crops and no flip (a mirrored digit is not a digit)."""
-    device = _device(encoder, device)
-    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    was_training = encoder.training
-    encoder.eval()
-    crops = replace(data.augment, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # augment() draws on the images' device
-
-    @torch.no_grad()
-    def featurize(idx: Tensor) -> Tensor:
-        x = augment(data.train_images[idx.to(data.train_images.device)].to(device), crops, data.mean, data.std, gen)
-        return encoder.forward_taps(x, (tap,))[tap].float()
-
-    clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device)
-    val_f = extract_features(encoder, data.val_images, data, (tap,), device=device)[tap]
-    encoder.train(was_training)
-    sanity_check(before, encoder)
-    return _accuracy(clf, val_f, data.val_labels)
-
-
-@torch.no_grad()
-def knn_accuracy(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, k: int = 5,
-                 chunk_size: int = 1024) -> float:
-    """k-NN validation accuracy (%) (the paper's "5-NN" columns): cosine similarity between l2-normalised
-    features, majority vote among the k most similar training points. Ties between classes with equally many
-    votes go to the tied class whose best-ranked neighbour is nearest (for k = 5 with votes 2-2-1, the class of
-    the nearer of the two pairs). Computed over chunks of `chunk_size` validation points."""
-    if not 1 <= k <= len(train_f):
-        raise ValueError(f"k must be between 1 and the number of training points ({len(train_f)}), got {k}")
-    train_f = F.normalize(train_f.float(), dim=1)
-    train_y = train_y.to(train_f.device)
-    num_classes = int(train_y.max()) + 1
-    correct = 0
-    for f, y in zip(val_f.split(chunk_size), val_y.split(chunk_size)):
-        sims = F.normalize(f.float().to(train_f.device), dim=1) @ train_f.T
-        nn_labels = train_y[sims.topk(k, dim=1).indices]                     # [n, k], nearest first
-        votes = F.one_hot(nn_labels, num_classes).sum(1)                     # [n, C]
-        neighbour_votes = votes.gather(1, nn_labels)                         # votes for each neighbour's class
-        first_winner = (neighbour_votes == neighbour_votes.max(1, keepdim=True).values).int().argmax(1)
-        pred = nn_labels.gather(1, first_winner[:, None]).squeeze(1)
-        correct += (pred == y.to(pred.device)).sum().item()
-    return 100.0 * correct / len(val_f)
-
-
-def stratified_folds(labels: Tensor, folds: int = 5, seed: int = 0) -> list[Tensor]:
-    """Disjoint validation-index sets covering all points; every class is split as evenly as possible
-    (shuffle with `seed`, group by class, deal positions round-robin into the folds)."""
-    if not 2 <= folds <= len(labels):
-        raise ValueError(f"folds must be between 2 and the number of points ({len(labels)}), got {folds}")
-    labels = labels.cpu()
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    order = perm[torch.argsort(labels[perm], stable=True)]
-    fold_of = torch.empty(len(labels), dtype=torch.long)
-    fold_of[order] = torch.arange(len(labels)) % folds
-    return [torch.nonzero(fold_of == i).flatten() for i in range(folds)]
-
-
-def cross_validate(features: Tensor, labels: Tensor, probe_fn: Callable[[Tensor, Tensor, Tensor, Tensor], float],
-                   folds: int = 5, seed: int = 0) -> float:
-    """Mean accuracy of `probe_fn(train_f, train_y, val_f, val_y)` over stratified `folds`-fold CV of one labeled
-    split (Table 1 picks encoders by 5-fold CV of output + linear accuracy on the STL-10 train split).
-    Works with `partial(linear_probe_cached, cfg=...)` and `partial(knn_accuracy, k=5)`."""
-    accs = []
-    for val_idx in stratified_folds(labels, folds, seed):
-        is_train = torch.ones(len(labels), dtype=torch.bool)
-        is_train[val_idx] = False
-        fi, yi = is_train.to(features.device), is_train.to(labels.device)
-        fv, yv = val_idx.to(features.device), val_idx.to(labels.device)
-        accs.append(probe_fn(features[fi], labels[yi], features[fv], labels[yv]))
-    return sum(accs) / len(accs)
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if unknown := set(d) - fields:
+            raise ValueError(f"unknown evaluation config keys {sorted(unknown)}; known: {', '.join(sorted(fields))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @torch.no_grad()
@@ -234,7 +92,7 @@ def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator
     the only one), averaged. Encoder in eval mode (mode restored afterwards). `generator` must live on `device`
     (the encoder's by default), as augment() requires.
     """
-    device = _device(encoder, device)
+    device = device or next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
     fx, fy = [], []
@@ -254,31 +112,76 @@ def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator
     return out
 
 
-def evaluate(encoder: nn.Module, data: ImageData, taps: Sequence[str] = ("fc7", "output"),
-             probe: ProbeConfig = ProbeConfig(), knn_k: int = 5, cv_folds: int = 5, device=None, seed: int = 0,
-             tau: float | None = None, batch_size: int = 768) -> dict[str, float | str]:
-    """All evaluations of one encoder as a flat dict:
-      val_{tap}_linear, val_{tap}_{k}nn     validation accuracy (%) of the linear probe (probe.mode) and k-NN,
-      cv_{tap}_linear, cv_{tap}_{k}nn       stratified `cv_folds`-fold CV on the labeled train split (skipped when
-                                            cv_folds == 0); the linear CV always uses the cached probe,
-      align, uniform (, contrastive)        `pair_metrics` on the validation split (contrastive when tau is given),
-      probe_mode                            "full" or "cached".
-    `seed` drives the CV folds and the augmentation of the validation pairs; `probe.seed` the probe.
-    """
-    out: dict[str, float | str] = {"probe_mode": probe.mode}
+def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg: EvalConfig, device) -> dict:
+    """Validation accuracy of the configured probe on one tap (and, for lbfgs, the chosen L2 and convergence)."""
+    if cfg.probe == "lbfgs":
+        l2, _ = choose_l2(train_f, data.train_labels, cfg.l2_grid, cfg.l2_folds, cfg.seed)
+        acc, info = lbfgs_probe(train_f, data.train_labels, val_f, data.val_labels, l2)
+        return {"linear": acc, "linear_l2": l2, "linear_iterations": info["iterations"], "linear_grad": info["grad_max"]}
+    adam = ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed)
+    if cfg.probe == "adam":
+        return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, adam)}
+    return {"linear": linear_probe_full(encoder, tap, data, adam, device)}
+
+
+def classify(encoder: nn.Module, data: ImageData, cfg: EvalConfig, device, tau: float | None = None,
+             batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """All classification evaluations of one encoder as a flat dict:
+      val_{tap}_linear, val_{tap}_{k}nn   validation accuracy (%) of the probe and of k-NN,
+      val_{tap}_linear_l2 (, _iterations, _grad)   the lbfgs probe's chosen L2 and its convergence,
+      cv_{tap}_linear, cv_{tap}_{k}nn     stratified `cv_folds`-fold CV on the labeled train split (the
+                                          linear one with the probe's optimiser on cached features),
+      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    taps = cfg.taps if taps is None else taps
+    out: dict[str, float] = {}
     train_f = extract_features(encoder, data.train_images, data, taps, device=device)
     val_f = extract_features(encoder, data.val_images, data, taps, device=device)
-    linear = partial(linear_probe_cached, cfg=probe)
-    knn = partial(knn_accuracy, k=knn_k)
+    knn = partial(knn_accuracy, k=cfg.knn_k)
     for tap in taps:
-        if probe.mode == "full":
-            out[f"val_{tap}_linear"] = linear_probe_full(encoder, tap, data, probe, device)
-        else:
-            out[f"val_{tap}_linear"] = linear(train_f[tap], data.train_labels, val_f[tap], data.val_labels)
-        out[f"val_{tap}_{knn_k}nn"] = knn(train_f[tap], data.train_labels, val_f[tap], data.val_labels)
-        if cv_folds:
-            out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, linear, cv_folds, seed)
-            out[f"cv_{tap}_{knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cv_folds, seed)
-    generator = torch.Generator(device=_device(encoder, device)).manual_seed(seed)
+        linear = _linear(encoder, tap, data, train_f[tap], val_f[tap], cfg, device)
+        out.update({f"val_{tap}_{k}": v for k, v in linear.items()})
+        out[f"val_{tap}_{cfg.knn_k}nn"] = knn(train_f[tap], data.train_labels, val_f[tap], data.val_labels)
+        if cfg.cv_folds:
+            if cfg.probe == "lbfgs":
+                probe = lambda *a, l2=linear["linear_l2"]: lbfgs_probe(*a, l2)[0]  # noqa: E731
+            else:
+                probe = partial(linear_probe_cached, cfg=ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed))
+            out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)
+            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
     return out
+
+
+EVALUATIONS = {"classify": classify}
+
+
+def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
+                 data_dir: str = "data", progress: bool = True) -> dict[str, Any]:
+    """The evaluation record of a finished run for `cfg`: read when it exists, else computed and written to
+    run_dir/evals/<kind>-<hash>.json. Returns {"config", "run", "results", "trajectory", "seconds"}."""
+    from .train import load_encoder, resolve_device  # train imports the domains, which name the evaluations
+
+    run_dir, config = Path(run_dir), cfg.hashed()
+    if (record := runs.load_eval(run_dir, cfg.kind, config)) is not None:
+        return record
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
+    data = data.to(device)
+    tau = Objective.parse(train_cfg.objective).param("contrastive")
+    batch = min(train_cfg.batch_size, len(data.val_images))
+    evaluation = partial(EVALUATIONS[cfg.kind], data=data, cfg=cfg, device=device, tau=tau, batch_size=batch)
+    results = evaluation(encoder)
+    trajectory = []
+    if cfg.snapshots:
+        snap_cfg = dataclasses.replace(cfg, cv_folds=0)
+        for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
+                          disable=not progress):
+            snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)
+            point = EVALUATIONS[cfg.kind](snap, data, snap_cfg, device, tau, batch, taps=("output",))
+            trajectory.append({"epoch": epoch, **point})
+    record = {"config": config, "run": run_dir.name, "results": results, "trajectory": trajectory,
+              "seconds": round(time.perf_counter() - t0, 2), "device": str(device)}
+    runs.write_json(runs.eval_path(run_dir, cfg.kind, config), record)
+    return record

@@ -73,6 +73,10 @@ TERMS: dict[str, tuple[str, float | None]] = {
     "contrastive": ("tau", None),
     "align": ("alpha", 2.0),
     "uniform": ("t", 2.0),
+    # Supervised training (Fig. 3): cross-entropy of a linear head on the unit-norm output, its logits times
+    # `scale`, as cosine classifiers do. Unscaled, the logits can only be as large as the head's weights and
+    # cross-entropy stays near log C for many epochs (digits-color at dim 2).
+    "xent": ("scale", 10.0),
 }
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _TERM = re.compile(
@@ -87,9 +91,9 @@ def _fmt(v: float) -> str:
 
 @dataclass(frozen=True)
 class Term:
-    name: str      # "contrastive", "align" or "uniform"
+    name: str      # a key of TERMS
     weight: float
-    param: float   # tau, alpha or t
+    param: float   # tau, alpha, t or scale
 
     def __str__(self) -> str:
         weight = "" if self.weight == 1 else f"{_fmt(self.weight)}*"
@@ -98,11 +102,11 @@ class Term:
 
 @dataclass(frozen=True)
 class Objective:
-    """A weighted sum of the three losses, e.g. `Objective.parse("0.98*align(alpha=2) + 0.96*uniform(t=2)")`.
+    """A weighted sum of losses, e.g. `Objective.parse("0.98*align(alpha=2) + 0.96*uniform(t=2)")`.
 
-    `str(obj)` gives the canonical spec (terms in the order contrastive, align, uniform), and
-    `Objective.parse(str(obj)) == obj`. Calling it on the two views' features returns the total and
-    each unweighted term; uniformity averages the two views, as the paper does (Sec. 4).
+    `str(obj)` gives the canonical spec (terms in the order of TERMS), and `Objective.parse(str(obj)) == obj`.
+    Calling it on the two views' features returns the total and each unweighted term; uniformity averages
+    the two views, as the paper does (Sec. 4). The `xent` term needs the head's logits and the labels.
     """
     terms: tuple[Term, ...]
 
@@ -151,14 +155,26 @@ class Objective:
     def param(self, name: str) -> float | None:
         return next((term.param for term in self.terms if term.name == name), None)
 
-    def __call__(self, zx: Tensor, zy: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    @property
+    def views(self) -> int:
+        """Views of each input the objective needs: 1 for cross-entropy alone, else 2 (a positive pair)."""
+        return 1 if self.needs_labels and len(self.terms) == 1 else 2
+
+    @property
+    def needs_labels(self) -> bool:
+        return any(term.name == "xent" for term in self.terms)
+
+    def __call__(self, zx: Tensor, zy: Tensor | None = None, logits: Tensor | None = None,
+                 labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         values: dict[str, Tensor] = {}
         for term in self.terms:
             if term.name == "contrastive":
                 values[term.name] = contrastive_loss(zx, zy, term.param)
             elif term.name == "align":
                 values[term.name] = align_loss(zx, zy, term.param)
-            else:
+            elif term.name == "uniform":
                 values[term.name] = (uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2
+            else:
+                values[term.name] = F.cross_entropy(term.param * _fp32(logits), labels)
         total = sum(term.weight * values[term.name] for term in self.terms)
         return total, values

@@ -88,3 +88,17 @@ def vmf_kde_angles(ax: plt.Axes, f, kappa: float = 8.0, grid: int = 720, **line_
     ax.set(xlim=(-np.pi, np.pi), ylim=(0, None), xlabel="angle", ylabel="density")
     ax.set_xticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], [r"$-\pi$", r"$-\pi/2$", "0", r"$\pi/2$", r"$\pi$"])
     return line
+
+
+def density_panel(ax: plt.Axes, f, grid: int = 150, max_dots: int = 400) -> None:
+    """kde_panel_2d with a few of the points on top as white dots: a collapsed encoder's density is narrower
+    than a pixel (or singular, when all features coincide), the dots still show where it sits."""
+    f = _as_2d_numpy(f)
+    try:
+        kde_panel_2d(ax, f, grid=grid)
+    except np.linalg.LinAlgError:  # all features identical: no density to estimate
+        ax.set(xlim=(-1.3, 1.3), ylim=(-1.3, 1.3), aspect="equal", xticks=[-1, 0, 1], yticks=[-1, 0, 1])
+        ax.set_facecolor(plt.get_cmap(CMAP)(0.0))
+        ax.add_patch(plt.Circle((0, 0), 1, fill=False, lw=0.6, ls="--", color="white", alpha=0.6))
+    dots = f[:: max(1, len(f) // max_dots)]
+    ax.scatter(dots[:, 0], dots[:, 1], s=1.5, color="white", alpha=0.5, lw=0)

@@ -1,6 +1,16 @@
-"""Run records: `runs/<name>-<hash of config>/` holding config.json, log.csv, checkpoint.pt and
-result.json. Every file is written atomically (temp file + rename), so a record is either complete
-or absent; `result.json` is written last and marks the run finished."""
+"""Run records. A run is one trained encoder, `runs/<name>-<hash of its training config>/`:
+
+    config.json          the training config (what changes the trained weights)
+    log.csv              one row per epoch
+    checkpoint.pt        the final encoder (and head) weights
+    snapshots/epoch-K.pt encoder weights at the config's snapshot epochs (Fig. 8 trajectories)
+    train.json           the training summary, written last: its presence marks the run finished
+    failed.json          written instead when the loss diverged
+    evals/<kind>-<hash>.json   one record per evaluation config (probe, taps, folds, ...)
+
+Training and evaluation are separate records: a new probe re-evaluates a cached encoder without
+retraining it. Every file is written atomically (temp file + rename), so a record is complete or absent.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,13 +18,15 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CONFIG, LOG, CHECKPOINT, RESULT, FAILED = "config.json", "log.csv", "checkpoint.pt", "result.json", "failed.json"
+CONFIG, LOG, CHECKPOINT, TRAIN, FAILED = "config.json", "log.csv", "checkpoint.pt", "train.json", "failed.json"
+SNAPSHOTS, EVALS = "snapshots", "evals"
 
 
 class RunError(RuntimeError):
@@ -28,6 +40,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def atomic_write(path: Path, write) -> None:
     """Call write(binary file) on a temp file beside `path`, fsync, then rename it onto `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -77,20 +90,56 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
                        f"delete {Path(path).parent} to retrain that run") from None
 
 
-def is_complete(run_dir: Path) -> bool:
-    """True when the run finished: result.json parses and matches config.json's hash."""
-    try:
-        config, result = read_json(run_dir / CONFIG), read_json(run_dir / RESULT)
-    except RunError:
-        return False
-    return result.get("config_hash") == config_hash(config) and (run_dir / CHECKPOINT).exists()
+# ----------------------------------------------------------------------------- training records
 
-
-def load_result(run_dir: Path) -> dict[str, Any]:
-    """The result of a finished run, checked against its config."""
+def train_status(run_dir: Path, version: int) -> str:
+    """done (finished by training code `version`), stale (finished by another version: retrain),
+    failed (diverged) or todo (absent, or killed before it finished)."""
     run_dir = Path(run_dir)
-    config, result = read_json(run_dir / CONFIG), read_json(run_dir / RESULT)
-    if result.get("config_hash") != config_hash(config):
-        raise RunError(f"{run_dir / RESULT} was produced by another config than {run_dir / CONFIG}; "
+    try:
+        config, summary = read_json(run_dir / CONFIG), read_json(run_dir / TRAIN)
+    except RunError:
+        return "failed" if (run_dir / FAILED).exists() else "todo"
+    if summary.get("config_hash") != config_hash(config) or not (run_dir / CHECKPOINT).exists():
+        return "todo"
+    return "done" if summary.get("train_version") == version else "stale"
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """The training summary of a finished run, checked against its config."""
+    run_dir = Path(run_dir)
+    config, summary = read_json(run_dir / CONFIG), read_json(run_dir / TRAIN)
+    if summary.get("config_hash") != config_hash(config):
+        raise RunError(f"{run_dir / TRAIN} was produced by another config than {run_dir / CONFIG}; "
                        f"delete {run_dir} to retrain it")
-    return result
+    return summary
+
+
+def start_training(run_dir: Path, config: dict[str, Any]) -> None:
+    """Clear what an earlier (stale, failed or killed) training of this run left, then write its config.
+    Evaluations and snapshots belong to the weights they were computed from, so they go too."""
+    run_dir = Path(run_dir)
+    for name in (TRAIN, FAILED, CHECKPOINT):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (SNAPSHOTS, EVALS):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    write_json(run_dir / CONFIG, config)
+
+
+def snapshot_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"epoch-{epoch}.pt"
+
+
+# ----------------------------------------------------------------------------- evaluation records
+
+def eval_path(run_dir: Path, kind: str, config: dict[str, Any]) -> Path:
+    return Path(run_dir) / EVALS / f"{kind}-{config_hash(config)}.json"
+
+
+def load_eval(run_dir: Path, kind: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation record of this run for this evaluation config, or None when it has none yet."""
+    path = eval_path(run_dir, kind, config)
+    if not path.exists():
+        return None
+    record = read_json(path)
+    return record if record.get("config") == config else None

@@ -1,8 +1,10 @@
-"""Sweeps: many run configs from one YAML file, run with caching and resumption, tabulated as one CSV.
+"""Sweeps: many run configs from one YAML file, trained and evaluated with caching and resumption,
+tabulated as one CSV.
 
 A sweep file (configs/sweeps/<profile>/<name>.yaml) is data a person reads:
 
-    defaults: {dataset: digits-color, epochs: 20, batch_size: 128, dim: 32}
+    defaults: {dataset: digits-color, epochs: 20, batch_size: 128, dim: 32}   # training config of every run
+    evaluation: {probe: lbfgs, taps: [fc7, output], cv_folds: 5}            # one evaluation config for all
     runs:
       - {objective: "align(alpha=2) + uniform(t=2)"}            # one run
       - grid: {objective: ["contrastive(tau=0.1)", "contrastive(tau=0.5)"], batch_size: [32, 128]}
@@ -11,9 +13,11 @@ A sweep file (configs/sweeps/<profile>/<name>.yaml) is data a person reads:
       - {table: data/reference/stl10_encoders.csv, where: {init: rand}}  # a run per row of the paper's table
 
 Every entry is validated (unknown keys, bad values, a missing parent) before anything trains, and
-reported with the entry it came from. Finished runs are skipped, fine-tunes run after their parents,
-diverged runs are recorded as failed (rerun with --retry-failed), and the table
-results/<profile>/<sweep>.csv is rewritten atomically after every run.
+reported with the entry it came from. Finished runs are not retrained (runs of an older training-code
+version are, with a message), finished evaluations are not recomputed, so a new evaluation setting
+re-evaluates every cached encoder without training; fine-tunes run after their parents, diverged runs are
+recorded as failed (rerun with --retry-failed), and the table results/<profile>/<sweep>.csv is rewritten
+atomically after every run.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -31,18 +36,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import runs
-from .losses import Objective
-from .train import Diverged, TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[2]
-SWEEPS_DIR = ROOT / "configs" / "sweeps"
-ENTRY_KEYS = {"id", "grid", "table", "where", "init"}
+from . import resources, runs
+from .evaluate import EvalConfig, evaluate_run
+from .losses import TERMS, Objective
+from .train import TRAIN_VERSION, Diverged, TrainConfig, train
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
     config: TrainConfig
+    evaluation: EvalConfig
     origin: str                        # which entry of the sweep file made it (for messages)
     paper: dict[str, Any]              # the paper's reported numbers for this config (table entries)
     parent: str = ""                   # run_dir of the parent for fine-tunes
@@ -52,12 +55,14 @@ class SweepRun:
 # ----------------------------------------------------------------------------- reading sweep files
 
 def sweep_path(name: str, profile: str) -> Path:
+    """A sweep file: a path to a .yaml file, or the name of one of the profile's sweeps."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return path
-    path = SWEEPS_DIR / profile / f"{name}.yaml"
+    folder = resources.configs() / "sweeps" / profile
+    path = folder / f"{name}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in (SWEEPS_DIR / profile).glob("*.yaml"))
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise FileNotFoundError(f"no sweep {name!r} for profile {profile!r} (looked at {path}); known: {', '.join(known) or 'none'}")
     return path
 
@@ -87,7 +92,7 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
 
 def _expand(entry: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
     if "table" in entry:
-        for config, paper in table_configs(ROOT / entry["table"], entry.get("where", {})):
+        for config, paper in table_configs(resources.reference(entry["table"]), entry.get("where", {})):
             yield {**{k: v for k, v in entry.items() if k not in ("table", "where")}, **config}, paper
         return
     grid = entry.get("grid", {})
@@ -96,11 +101,18 @@ def _expand(entry: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, A
         yield {**fixed, **dict(zip(grid, values))}, {}
 
 
-def load_sweep(path: Path, overrides: dict[str, Any] | None = None) -> list[SweepRun]:
-    """Expand and validate a sweep file; parents are ordered before their fine-tunes."""
+def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
+               eval_overrides: dict[str, Any] | None = None) -> list[SweepRun]:
+    """Expand and validate a sweep file; parents are ordered before their fine-tunes. `overrides` replace
+    training defaults of every run, `eval_overrides` fields of the sweep's evaluation config."""
     spec = yaml.safe_load(Path(path).read_text()) or {}
-    if unknown := set(spec) - {"defaults", "runs", "description"}:
-        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)} (expected defaults, runs, description)")
+    if unknown := set(spec) - {"defaults", "evaluation", "runs", "description"}:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)} (expected description, defaults, "
+                         f"evaluation, runs)")
+    try:
+        evaluation = EvalConfig.from_dict({**(spec.get("evaluation") or {}), **(eval_overrides or {})})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{Path(path).name} evaluation: {e}") from None
     defaults = {**spec.get("defaults", {}), **(overrides or {})}
     # absolute paths, so that Ray workers started anywhere find the same files
     defaults["runs_dir"] = str(Path(defaults.get("runs_dir", "runs")).resolve())
@@ -129,7 +141,7 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None) -> list[Swee
                 raise ValueError(f"{origin}: {e}") from None
             if run_id:
                 by_id[run_id] = cfg
-            result.append(SweepRun(cfg, origin, paper, cfg.init, str(run_id or "")))
+            result.append(SweepRun(cfg, evaluation, origin, paper, cfg.init, str(run_id or "")))
         if len(waiting) == len(todo):
             origin, config, _ = waiting[0]
             raise ValueError(f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines with that id")
@@ -151,19 +163,22 @@ def check_writable(*dirs: Path) -> None:
 
 
 def status(run: SweepRun) -> str:
-    run_dir = run.config.run_dir()
-    if runs.is_complete(run_dir):
-        return "done"
-    return "failed" if (run_dir / runs.FAILED).exists() else "todo"
+    """Training status (runs.train_status), with "done" split into evaluated or not."""
+    state = runs.train_status(run.config.run_dir(), TRAIN_VERSION)
+    if state == "done" and runs.load_eval(run.config.run_dir(), run.evaluation.kind, run.evaluation.hashed()) is None:
+        return "to evaluate"
+    return state
 
 
-def run_one(cfg: TrainConfig, threads: int) -> str:
-    """Train one run with `threads` CPU threads; returns its status. Both executors call exactly this,
-    so a run gives the same numbers locally and on Ray (CPU results depend on the thread count)."""
+def run_one(cfg: TrainConfig, evaluation: EvalConfig, threads: int) -> str:
+    """Train one run (unless finished) and evaluate it (unless evaluated) with `threads` CPU threads; returns
+    its training status. Both executors call exactly this, so a run gives the same numbers locally and on
+    Ray (CPU results depend on the thread count)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        train(cfg, progress=False)
+        run_dir = train(cfg, progress=False)
+        evaluate_run(run_dir, evaluation, cfg.device, cfg.data_dir, progress=False)
         return "done"
     except Diverged:
         return "failed"
@@ -172,29 +187,50 @@ def run_one(cfg: TrainConfig, threads: int) -> str:
 
 
 def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
-    """One tidy row per run: config columns, metrics, accuracies, status, the paper's numbers."""
+    """One tidy row per run: config columns, loss weights, training summary, evaluation results, status,
+    and the paper's numbers for table entries."""
     rows = []
     for run in sweep_runs:
         cfg, run_dir = run.config, run.config.run_dir()
-        row = {"run": run_dir.name, "run_dir": str(run_dir), "id": run.id, "status": status(run), "objective": cfg.canonical_objective,
-               **{k: v for k, v in cfg.hashed().items() if k not in ("objective", "taps", "lr_decay_at", "snapshot_epochs")}}
+        state = runs.train_status(run_dir, TRAIN_VERSION)
+        row = {"run": run_dir.name, "run_dir": str(run_dir), "id": run.id, "status": state,
+               "objective": cfg.canonical_objective,
+               **{k: v for k, v in cfg.hashed().items() if k not in ("objective", "lr_decay_at", "snapshot_epochs")}}
         row["init"] = Path(cfg.init).name if cfg.init else "rand"
-        objective = None if cfg.supervised else Objective.parse(cfg.objective)
-        for name in ("contrastive", "align", "uniform"):
-            row[f"w_{name}"] = objective.weight(name) if objective else 0.0
-        if row["status"] == "done":
-            result = runs.load_result(run_dir)
-            row.update({k: v for k, v in result.items() if k not in ("trajectory", "config_hash", "run")})
-        elif row["status"] == "failed":
+        row["augment"] = str(cfg.augment or "")
+        objective = Objective.parse(cfg.objective)
+        row.update({f"w_{name}": objective.weight(name) for name in TERMS})
+        if state == "done":
+            summary = runs.load_summary(run_dir)
+            row.update({k: v for k, v in summary.items() if k not in ("config_hash", "run")})
+            record = runs.load_eval(run_dir, run.evaluation.kind, run.evaluation.hashed())
+            if record is None:
+                row["status"] = "to evaluate"
+            else:
+                row.update(record["results"])
+                row["eval_seconds"] = record["seconds"]
+        elif state == "failed":
             failed = runs.read_json(run_dir / runs.FAILED)
             row.update({"failed_epoch": failed["epoch"], "failed_reason": failed["reason"]})
         rows.append({**row, **run.paper})
     return pd.DataFrame(rows)
 
 
+def trajectories(sweep_runs: list[SweepRun]) -> pd.DataFrame:
+    """The evaluated snapshots of every run (Fig. 8): one row per run and snapshot epoch."""
+    rows = []
+    for run in sweep_runs:
+        record = runs.load_eval(run.config.run_dir(), run.evaluation.kind, run.evaluation.hashed())
+        rows += [{"run": run.config.run_dir().name, **point} for point in (record or {}).get("trajectory", [])]
+    return pd.DataFrame(rows)
+
+
 def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
+    """results/<profile>/<sweep>.csv, and <sweep>.trajectories.csv when runs have evaluated snapshots."""
     df = results_table(sweep_runs)
     runs.atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
+    if len(traj := trajectories(sweep_runs)):
+        runs.atomic_write(Path(path).with_suffix(".trajectories.csv"), lambda f: f.write(traj.to_csv(index=False).encode()))
     return df
 
 
@@ -206,8 +242,12 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     `cpus_per_run` CPUs and `gpus_per_run` GPUs. Each run uses `cpus_per_run` CPU threads (one by
     default: small encoders gain little from more, and threads stall badly when processes share cores)."""
     check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
-    wanted = ("todo", "failed") if retry_failed else ("todo",)
-    todo = [r for r in sweep_runs if status(r) in wanted]
+    wanted = ("todo", "stale", "to evaluate") + (("failed",) if retry_failed else ())
+    states = {id(r): status(r) for r in sweep_runs}
+    todo = [r for r in sweep_runs if states[id(r)] in wanted]
+    if stale := [r for r in sweep_runs if states[id(r)] == "stale"]:
+        print(f"{len(stale)} finished runs were trained by an older training-code version (now {TRAIN_VERSION}) "
+              f"and are retrained, e.g. {stale[0].config.run_dir().name}", file=sys.stderr)
     for run in todo:
         (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
     bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
@@ -219,16 +259,17 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
 
     if executor == "local" and workers == 1:
         for run in todo:
-            run_one(run.config, cpus_per_run)
+            run_one(run.config, run.evaluation, cpus_per_run)
             finished(run)
     elif executor == "local":
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            _schedule(todo, lambda cfg: pool.submit(run_one, cfg, cpus_per_run),
+            _schedule(todo, lambda run: pool.submit(run_one, run.config, run.evaluation, cpus_per_run),
                       lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done)), finished)
     elif executor == "ray":
         ray = _ray()
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_one)
-        _schedule(todo, lambda cfg: task.remote(cfg, cpus_per_run), lambda refs: ray.wait(refs, num_returns=1)[0][0],
+        _schedule(todo, lambda run: task.remote(run.config, run.evaluation, cpus_per_run),
+                  lambda refs: ray.wait(refs, num_returns=1)[0][0],
                   finished, ray.get)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
@@ -245,7 +286,7 @@ def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finish
         busy = {str(r.config.run_dir()) for r in [*pending, *running.values()]}
         for run in [r for r in pending if r.parent not in busy]:
             pending.remove(run)
-            running[submit(run.config)] = run
+            running[submit(run)] = run
         done = wait_one(list(running))
         result(done)  # re-raises a worker's exception here
         finished(running.pop(done))

@@ -1,0 +1,56 @@
+"""The seam between the generic machinery (trainer, sweeps, evaluation records) and a kind of data.
+
+A domain supplies four things, and nothing else in the package looks at dataset names:
+  - its data:       `load(dataset, data_dir, download)` -> a data object holding whole splits;
+  - its encoder:    `encoder(arch, dim, data)` -> an nn.Module with forward_taps / feature_dims;
+  - positive pairs: `views(data, images, generator)` -> one random view of each input, drawn with the
+                    data's augmentation recipe (the run's choice from augment.RECIPES), called once per view;
+  - evaluations:    the evaluation kinds that apply to it (evaluate.EVALUATIONS), the first one its default.
+
+The image domain covers the paper's STL-10 / CIFAR-10 setup and the embedded digits. A new domain
+(depth, sentences) is one more `Domain(...)` entry in DOMAINS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from . import augment, data, models
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    datasets: tuple[str, ...]
+    load: Callable[[str, str, bool], Any]
+    encoder: Callable[[str, int, Any], nn.Module]
+    views: Callable[..., Any]
+    evaluations: tuple[str, ...]
+    archs: tuple[str, ...]
+
+
+def _image_encoder(arch: str, dim: int, d: data.ImageData) -> nn.Module:
+    """SmallAlexNet (the paper's) for natural images; DigitsNet for the 24 px embedded digits by default."""
+    if arch == "auto":
+        arch = "digitsnet" if d.name.startswith("digits") else "smallalexnet"
+    return models.build_encoder(arch, d.train_images.shape[1], dim, d.augment.crop_size)
+
+
+def _image_views(d: data.ImageData, images, generator):
+    return augment.augment(images, d.augment, d.mean, d.std, generator)
+
+
+IMAGE = Domain(name="image", datasets=data.DATASETS, load=data.load_dataset, encoder=_image_encoder,
+               views=_image_views, evaluations=("classify",), archs=("auto",) + models.ARCHS)
+DOMAINS = {d.name: d for d in (IMAGE,)}
+
+
+def domain_of(dataset: str) -> Domain:
+    """The domain that provides `dataset`."""
+    for d in DOMAINS.values():
+        if dataset in d.datasets:
+            return d
+    known = ", ".join(ds for d in DOMAINS.values() for ds in d.datasets)
+    raise ValueError(f"unknown dataset {dataset!r}; choose from {known}")

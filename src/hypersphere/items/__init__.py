@@ -1,0 +1,88 @@
+"""The paper's figures and tables, one module each: every item computes its tables from results tables
+(results/<profile>/<sweep>.csv) and judges its claims with explicit rules; the paper's numbers come from
+data/reference/ (resources.reference_table). Notebooks set parameters, call an item, plot and narrate.
+
+    theory     Theorem 1, Propositions 1-2, Figure 4's synthetic panels   (notebook 01_theory)
+    fig3_4     Figures 3 and 4: dim-2 encoders on the circle                 (02_hypersphere_2d)
+    fig5       Figure 5: metrics against downstream performance             (03_metrics_vs_accuracy)
+    fig7       Figure 7: weighting alignment against uniformity             (04_weighting)
+    fig8       Figure 8: fine-tuning a poor encoder                         (05_finetuning)
+    table1     Table 1: the best encoder of each loss family                (06_table1)
+
+A new figure is a new module here with its reference numbers in data/reference/, an entry in ITEMS, a
+notebook, and unit tests of its computation and verdict on small fixture tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+# paper item -> (the notebook that covers it, its figure files), or why it is not replicated yet
+ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Theorem 1": ("01_theory", ("theorem1_convergence",)),
+    "Propositions 1-2": ("01_theory", ("prop1_optimized_points", "prop2_convergence", "uniformity_bound")),
+    "Figure 3": ("02_hypersphere_2d", ("fig3_hypersphere_2d",)),
+    "Figure 4": ("02_hypersphere_2d", ("fig4_potentials",)),
+    "Figure 4 (synthetic)": ("01_theory", ("fig4_synthetic",)),
+    "Figure 5a": ("03_metrics_vs_accuracy", ("fig5a_metrics_vs_accuracy", "fig5a_statistics", "fig5a_ours_vs_paper")),
+    "Figure 5b": ("not replicated yet: needs NYU-Depth-V2 depth prediction", ()),
+    "Figure 7": ("04_weighting", ("fig7_weighting",)),
+    "Figure 8": ("05_finetuning", ("fig8_finetuning",)),
+    "Figure 9a": ("not replicated yet: needs ImageNet-100 with MoCo", ()),
+    "Figure 9b": ("not replicated yet: needs BookCorpus with Quick-Thought", ()),
+    "Table 1": ("06_table1", ("table1",)),
+    "Table 2": ("not replicated yet: needs NYU-Depth-V2", ()),
+    "Table 3": ("not replicated yet: needs ImageNet-100", ()),
+    "Table 4": ("not replicated yet: needs BookCorpus", ()),
+}
+
+FAMILIES = ("contrastive only", "align + uniform only", "all three")
+FAMILY_MARKERS = {"contrastive only": "+", "align + uniform only": "o", "all three": "^"}
+
+
+def verdict(item: str, claim: str, holds: bool | None, evidence: str, figures: Sequence[str] = ()) -> dict[str, Any]:
+    """One verdict entry: holds is True, False or None (undecided, e.g. too few runs)."""
+    return {"item": item, "claim": claim, "holds": None if holds is None else bool(holds), "evidence": evidence,
+            "figures": list(figures)}
+
+
+def say(v: dict[str, Any]) -> str:
+    """A verdict as one printed line."""
+    word = "HOLDS" if v["holds"] else "undecided" if v["holds"] is None else "does NOT hold"
+    return f"{v['item']}: {word}. {v['claim']}.\n  evidence: {v['evidence']}"
+
+
+def load_results(results_dir: str | Path, sweep: str, need: Sequence[str] = ()) -> tuple[pd.DataFrame, str]:
+    """The finished, evaluated runs of results_dir/<sweep>.csv and a one-line account of what was dropped.
+
+    Runs whose status is not "done" (failed: diverged; todo / stale / to evaluate: not ready) are dropped;
+    `need` names columns the caller cannot do without (a clear error names the fix when one is missing)."""
+    path = Path(results_dir) / f"{sweep}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no results table {path}: run `make sweep PROFILE=<profile>` first")
+    df = pd.read_csv(path, dtype={"id": str, "init": str}, keep_default_na=True)
+    if missing := [c for c in ("status", *need) if c not in df.columns]:
+        raise ValueError(f"{path} lacks columns {missing}: an older version or another evaluation wrote it; rewrite "
+                         f"it with `python -m hypersphere sweep {sweep} --profile <profile>` (nothing is retrained)")
+    df["id"] = df["id"].fillna("") if "id" in df.columns else ""
+    done = df[df["status"] == "done"].reset_index(drop=True)
+    counts = df["status"].value_counts()
+    dropped = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "done")
+    return done, f"{path.name}: {len(done)} of {len(df)} runs finished" + (f"; dropped {dropped}" if dropped else "")
+
+
+def loss_family(w_contrastive: float, w_align: float, w_uniform: float) -> str:
+    """Figure 5 / Table 1 family of an objective from its loss weights ("" for none of them)."""
+    if w_contrastive > 0:
+        return "all three" if (w_align > 0 or w_uniform > 0) else "contrastive only"
+    return "align + uniform only" if (w_align > 0 or w_uniform > 0) else ""
+
+
+def add_family(df: pd.DataFrame) -> pd.DataFrame:
+    """A `family` column from the w_* columns (runs trained with cross-entropy get "")."""
+    supervised = df["w_xent"].fillna(0).to_numpy() > 0 if "w_xent" in df else False
+    fam = [loss_family(c, a, u) for c, a, u in zip(df["w_contrastive"], df["w_align"], df["w_uniform"])]
+    return df.assign(family=np.where(supervised, "", fam))

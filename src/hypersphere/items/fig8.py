@@ -1,0 +1,86 @@
+"""Figure 8: fine-tuning a poorly tuned contrastive encoder with L_align only, L_uniform only, or both,
+recording L_align, exp(L_uniform) and a freshly trained linear probe on outputs at every epoch. The paper
+(data/reference/fig8.csv): each term alone makes the encoder worse, only both together improve it.
+
+The verdict holds when fine-tuning with both ends more than MARGIN points above its start while each term
+alone ends no more than MARGIN above it; undecided with any of the three missing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from ..resources import reference_table
+from . import verdict
+
+KINDS = {"align only": "C0", "uniform only": "C1", "align + uniform": "C2"}
+MARGIN = 1.0  # points: the top of the paper's run-to-run spread
+ACC = "val_output_linear"
+
+
+def kind(w_align: float, w_uniform: float) -> str:
+    return "align + uniform" if w_align > 0 and w_uniform > 0 else "align only" if w_align > 0 else "uniform only"
+
+
+def trajectories(finetune: pd.DataFrame, points: pd.DataFrame, parent_id: str = "poor") -> dict[str, pd.DataFrame]:
+    """The trajectory of each fine-tune of the run named `parent_id` (finetune: the sweep's results table;
+    points: its .trajectories.csv), keyed by kind; epoch 0 is the parent encoder."""
+    parents = finetune[finetune["id"] == parent_id]
+    if parents.empty:
+        raise ValueError(f"the parent run (id {parent_id!r}) did not finish: nothing was fine-tuned")
+    children = finetune[finetune["init"] == parents["run"].iloc[0]]
+    out = {}
+    for _, row in children.iterrows():
+        t = points[points["run"] == row["run"]].sort_values("epoch")
+        if len(t):
+            out[kind(row["w_align"], row["w_uniform"])] = t.assign(objective=row["objective"]).reset_index(drop=True)
+    return out
+
+
+def summary(trajectories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Start and final accuracy and metrics of each fine-tuning kind, next to the paper's final accuracy."""
+    paper = reference_table("fig8").set_index("kind")
+    return pd.DataFrame([{"fine-tuned with": k, "objective": t["objective"].iloc[0], "start acc.": t[ACC].iloc[0],
+                          "final acc.": t[ACC].iloc[-1], "paper final": paper.loc[k, "final"],
+                          "start L_align": t["align"].iloc[0], "final L_align": t["align"].iloc[-1],
+                          "start exp(L_uniform)": np.exp(t["uniform"].iloc[0]),
+                          "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1])} for k, t in trajectories.items()])
+
+
+def judge(trajectories: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    gain = {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in trajectories.items()}
+    holds = None
+    if len(gain) == 3:
+        holds = gain["align + uniform"] > MARGIN and gain["align only"] <= MARGIN and gain["uniform only"] <= MARGIN
+    paper = reference_table("fig8").set_index("kind")
+    evidence = ("change in accuracy over fine-tuning: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items())
+                + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
+                + f" pts from {paper['start'].iloc[0]:.2f}%)")
+    return verdict("Figure 8", "fine-tuning a poor encoder improves it only with both L_align and L_uniform", holds,
+                   evidence, ["fig8_finetuning"])
+
+
+def figure(trajectories: dict[str, pd.DataFrame], show_paper: bool = False):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
+    panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"), ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
+              (ACC, "validation accuracy (%), output + linear")]
+    for ax, (col, label) in zip(axes, panels):
+        for k, t in trajectories.items():
+            y = np.exp(t["uniform"]) if col == "exp_uniform" else t[col]
+            ax.plot(t["epoch"], y, "o-", ms=4, color=KINDS[k], label=f"{k}: {t['objective'].iloc[0]}")
+        ax.set(xlabel="fine-tuning epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(0, 1.05)
+    if show_paper and trajectories:
+        paper, last = reference_table("fig8").set_index("kind"), max(t["epoch"].max() for t in trajectories.values())
+        axes[2].plot(0, paper["start"].iloc[0], "s", color="0.45", ms=7, label="paper: start / final")
+        for k in trajectories:
+            axes[2].plot(last, paper.loc[k, "final"], "s", color=KINDS[k], mec="0.3", ms=7, alpha=0.6)
+    fig.legend(*axes[2].get_legend_handles_labels(), loc="upper center", ncol=4, fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig

@@ -1,0 +1,88 @@
+"""Profiles: one file per scale of the replication, configs/profiles/<name>.yaml, read by the Makefile,
+the CLI, the notebooks and the tests.
+
+    description: what this profile is for
+    sweeps: [dim2, lambda, cloud, finetune]   # configs/sweeps/<name>/*.yaml, trained in this order
+    workers: 2                                # runs trained at a time by the local executor ("auto": all cores)
+    notebooks:                                # sizes each notebook uses at this scale
+      01_theory: {pairs: 4096}
+
+Outputs never mix between profiles: results/<name>/, figures/<name>/, build/<name>/.
+A study of your own: `python -m hypersphere profile new NAME --from quick` copies a profile and its sweeps.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import resources
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    sweeps: tuple[str, ...]
+    workers: int
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path("results") / self.name
+
+    @property
+    def figures_dir(self) -> Path:
+        return Path("figures") / self.name
+
+    @property
+    def build_dir(self) -> Path:
+        return Path("build") / self.name
+
+    def sizes(self, notebook: str) -> dict[str, Any]:
+        """The sizes `notebook` runs with at this profile (an error names the file to edit when absent)."""
+        if notebook not in self.notebooks:
+            raise KeyError(f"profile {self.name!r} sets no sizes for notebook {notebook!r}: add them under "
+                           f"`notebooks:` in {path(self.name)}")
+        return dict(self.notebooks[notebook])
+
+
+def path(name: str) -> Path:
+    return resources.configs() / "profiles" / f"{name}.yaml"
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in (resources.configs() / "profiles").glob("*.yaml"))
+
+
+def load(name: str) -> Profile:
+    """The profile `name`, validated: its sweeps exist and workers is a positive number or "auto"."""
+    if not path(name).exists():
+        raise FileNotFoundError(f"no profile {name!r} ({path(name)}); choose from {', '.join(names())} or create "
+                                f"one with `python -m hypersphere profile new {name} --from quick`")
+    spec = yaml.safe_load(path(name).read_text()) or {}
+    if unknown := set(spec) - {"description", "sweeps", "workers", "notebooks"}:
+        raise ValueError(f"{path(name)}: unknown keys {sorted(unknown)} (expected description, sweeps, workers, notebooks)")
+    sweeps_dir = resources.configs() / "sweeps" / name
+    if missing := [s for s in spec.get("sweeps", []) if not (sweeps_dir / f"{s}.yaml").exists()]:
+        raise ValueError(f"{path(name)} names sweeps {missing} that {sweeps_dir} does not hold")
+    workers = spec.get("workers", 1)
+    workers = (os.cpu_count() or 1) if workers == "auto" else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
+    return Profile(name, spec.get("description", ""), tuple(spec.get("sweeps", [])), workers,
+                   spec.get("notebooks") or {})
+
+
+def new(name: str, base: str = "quick") -> Path:
+    """Copy profile `base` and its sweeps to a new profile `name` to edit; returns the new profile file."""
+    load(base)
+    if path(name).exists():
+        raise FileExistsError(f"profile {name!r} exists ({path(name)}); pick another name or edit that file")
+    shutil.copytree(resources.configs() / "sweeps" / base, resources.configs() / "sweeps" / name)
+    shutil.copyfile(path(base), path(name))
+    return path(name)

@@ -1,0 +1,39 @@
+"""The project's shipped files: configs/ (profiles and sweeps) and data/reference/ (the paper's numbers).
+
+In a checkout they are read from the repository, where a reader finds them; an installed wheel carries
+them inside the package (pyproject.toml maps them to hypersphere/configs and hypersphere/reference), so
+nothing here assumes an editable install or a working directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _folder(in_package: str, in_repository: str) -> Path:
+    for path in (_PACKAGE / in_package, _PACKAGE.parents[1] / in_repository):
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"{in_repository}/ not found beside the package ({_PACKAGE}); reinstall hypersphere "
+                            f"(`make setup`, or pip install .) so that its shipped files come with it")
+
+
+def configs() -> Path:
+    """The folder holding profiles/<name>.yaml and sweeps/<profile>/<name>.yaml."""
+    return _folder("configs", "configs")
+
+
+def reference(name: str) -> Path:
+    """A file of data/reference/ (the paper's numbers), by name or by a path ending in data/reference/<name>."""
+    path = _folder("reference", "data/reference") / Path(name).name
+    if not path.exists():
+        raise FileNotFoundError(f"no reference file {path.name} in {path.parent}; see {path.parent / 'README.md'}")
+    return path
+
+
+def reference_table(name: str) -> pd.DataFrame:
+    """A CSV of data/reference/ as a DataFrame (`name` without the .csv suffix)."""
+    return pd.read_csv(reference(f"{name}.csv"))
