@@ -1,4 +1,5 @@
-"""Sweeps: validation, ordering, caching, the results table, kill -9 resumption, failures, Ray."""
+"""Sweeps and profiles: validation, ordering, caching of training and of evaluation, the results table,
+kill -9 resumption, failures, Ray."""
 import os
 import signal
 import subprocess
@@ -9,18 +10,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hypersphere import runs
-from hypersphere.sweep import SWEEPS_DIR, load_sweep, run_sweep, status
+from hypersphere import profiles, resources, runs, train as train_module
+from hypersphere.sweep import load_sweep, run_sweep, status
+from hypersphere.train import TRAIN_VERSION
 
-FAST = {"dataset": "digits", "dim": 8, "epochs": 1, "batch_size": 256, "probe_mode": "cached", "probe_epochs": 3,
-        "cv_folds": 0, "taps": ["output"], "device": "cpu"}
+SWEEPS_DIR = resources.configs() / "sweeps"
+FAST = {"dataset": "digits", "dim": 8, "epochs": 1, "batch_size": 256, "device": "cpu"}
+FAST_EVAL = "evaluation: {taps: [output], cv_folds: 0, l2_grid: [1.0e-3], l2_folds: 2}"
 
 
 def write_sweep(tmp_path, body: str, name="s.yaml") -> Path:
     defaults = ", ".join(f"{k}: {v}" for k, v in {**FAST, "runs_dir": str(tmp_path / "runs")}.items())
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
-    path.write_text(f"defaults: {{{defaults}}}\n{body}")
+    path.write_text(f"defaults: {{{defaults}}}\n{FAST_EVAL}\n{body}")
     return path
 
 
@@ -41,7 +44,7 @@ def test_grid_expansion_ids_and_parent_ordering(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("runs:\n  - {objectiv: 'align'}\n", "entry 1.*unknown config keys"),
+    ("runs:\n  - {objectiv: 'align'}\n", "entry 1.*unknown training config keys"),
     ("runs:\n  - {objective: 'align', epochs: -3}\n", "entry 1.*epochs must be"),
     ("runs:\n  - {objective: 'align'}\n  - {objective: 'unifrom(t=2)'}\n", "entry 2.*unifrom"),
     ("runs:\n  - {init: ghost, objective: 'align'}\n", "ghost.*no entry"),
@@ -78,12 +81,63 @@ def test_sweep_runs_once_and_caches(tmp_path):
     assert list(df["status"]) == ["done"] * 6 and len(pd.read_csv(table)) == 6
     for col in ("run", "objective", "batch_size", "dim", "init", "w_align", "val_output_linear", "align", "uniform"):
         assert col in df.columns
-    stamps = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.RESULT).st_mtime_ns for r in sweep_runs}
+    stamps = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns for r in sweep_runs}
     t0 = time.perf_counter()
     again = run_sweep(load_sweep(write_sweep(tmp_path, SMALL)), table, progress=False)
     assert time.perf_counter() - t0 < 5
-    assert all(os.stat(d / runs.RESULT).st_mtime_ns == s for d, s in stamps.items())
+    assert all(os.stat(d / runs.TRAIN).st_mtime_ns == s for d, s in stamps.items())
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_a_new_evaluation_setting_reevaluates_without_retraining(tmp_path):
+    path = write_sweep(tmp_path, SMALL)
+    table = tmp_path / "s.csv"
+    first = run_sweep(load_sweep(path), table, progress=False)
+    stamps = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.CHECKPOINT).st_mtime_ns for r in load_sweep(path)}
+    sweep_runs = load_sweep(path, eval_overrides={"probe": "adam", "probe_epochs": 2})
+    assert {status(r) for r in sweep_runs} == {"to evaluate"}
+    second = run_sweep(sweep_runs, table, progress=False)
+    assert list(second["status"]) == ["done"] * 6
+    assert all(os.stat(d / runs.CHECKPOINT).st_mtime_ns == s for d, s in stamps.items())  # no retraining
+    assert list(second["align"]) == list(first["align"])  # same encoders, same validation pairs
+    assert list(second["val_output_linear"]) != list(first["val_output_linear"])  # another probe
+    with pytest.raises(ValueError, match="evaluation: unknown probe"):
+        load_sweep(path, eval_overrides={"probe": "svm"})
+
+
+def test_runs_of_an_older_training_code_version_are_reported_and_retrained(tmp_path, monkeypatch, capsys):
+    path = write_sweep(tmp_path, "runs:\n  - {objective: 'align + uniform'}\n")
+    run_sweep(load_sweep(path), tmp_path / "t.csv", progress=False)
+    monkeypatch.setattr(train_module, "TRAIN_VERSION", TRAIN_VERSION + 1)
+    monkeypatch.setattr("hypersphere.sweep.TRAIN_VERSION", TRAIN_VERSION + 1)
+    assert status(load_sweep(path)[0]) == "stale"
+    df = run_sweep(load_sweep(path), tmp_path / "t.csv", progress=False)
+    assert "1 finished runs were trained by an older training-code version" in capsys.readouterr().err
+    assert list(df["status"]) == ["done"] and df.loc[0, "train_version"] == TRAIN_VERSION + 1
+
+
+def test_profiles_name_existing_sweeps_and_a_new_profile_copies_one(tmp_path, monkeypatch):
+    for name in profiles.names():
+        prof = profiles.load(name)
+        assert prof.sweeps and prof.workers >= 1 and prof.figures_dir == Path("figures") / name
+        assert set(prof.notebooks) >= {"01_theory", "02_hypersphere_2d", "03_metrics_vs_accuracy"}
+    monkeypatch.setattr(resources, "configs", lambda: tmp_path)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "profiles" / "base.yaml").write_text("sweeps: [s]\nworkers: auto\nnotebooks: {}\n")
+    with pytest.raises(ValueError, match="names sweeps"):
+        profiles.load("base")
+    (tmp_path / "sweeps" / "base").mkdir()
+    (tmp_path / "sweeps" / "base" / "s.yaml").write_text("runs: []\n")
+    assert profiles.load("base").workers == os.cpu_count()
+    profiles.new("mine", "base")
+    assert profiles.load("mine").sweeps == ("s",) and (tmp_path / "sweeps" / "mine" / "s.yaml").exists()
+    with pytest.raises(FileExistsError):
+        profiles.new("mine", "base")
+    with pytest.raises(FileNotFoundError, match="profile new nope"):
+        profiles.load("nope")
+    with pytest.raises(KeyError, match="sets no sizes"):
+        profiles.load("mine").sizes("01_theory")
 
 
 def test_diverged_run_is_recorded_and_retried_on_request(tmp_path):
@@ -111,22 +165,24 @@ def test_unwritable_output_directory_fails_in_one_line(tmp_path):
 def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     body = "runs:\n  - {epochs: 3, grid: {objective: ['align + uniform', 'contrastive(tau=0.5)'], dim: [4, 6, 8]}}\n"
     path = write_sweep(tmp_path, body)
-    cmd = [sys.executable, "-m", "hypersphere", "sweep", str(path), "--results-dir", str(tmp_path / "res"), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=tmp_path)
     sweep_runs = load_sweep(path)
     deadline = time.time() + 120
     while sum(status(r) == "done" for r in sweep_runs) < 2 and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.RESULT).st_mtime_ns
+    done_before = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns
                    for r in sweep_runs if status(r) == "done"}
     assert 2 <= len(done_before) < len(sweep_runs), "kill the sweep mid-way"
     for r in sweep_runs:  # nothing half-written: a record is complete, or it has no result at all
-        assert status(r) == "done" or not (r.config.run_dir() / runs.RESULT).exists()
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+        assert status(r) == "done" or not (r.config.run_dir() / runs.TRAIN).exists()
+    assert subprocess.run(cmd, capture_output=True, cwd=tmp_path).returncode == 0
     assert all(status(r) == "done" for r in sweep_runs)
-    assert all(os.stat(d / runs.RESULT).st_mtime_ns == s for d, s in done_before.items())
+    assert len(pd.read_csv(tmp_path / "results" / "smoke" / "s.csv")) == len(sweep_runs)
+    assert all(os.stat(d / runs.TRAIN).st_mtime_ns == s for d, s in done_before.items())
 
 
 def test_ray_executor_gives_the_local_table(tmp_path):

@@ -1,18 +1,17 @@
 """The trainer on the embedded digits: one short run per objective family, determinism, fine-tuning,
-run records, bad input and divergence."""
+run records, the training-code version, augmentation recipes, bad input and divergence."""
 import json
 import os
 
 import pytest
 import torch
 
-from hypersphere import runs
+from hypersphere import runs, train as train_module
 from hypersphere.__main__ import main
-from hypersphere.train import Diverged, TrainConfig, _load_parent, make_encoder, train
-from hypersphere.data import load_dataset
+from hypersphere.augment import RECIPES, recipe
+from hypersphere.train import TRAIN_VERSION, Diverged, TrainConfig, load_data, load_encoder, train
 
-FAST = dict(dataset="digits", dim=16, epochs=2, batch_size=128, probe_mode="cached", probe_epochs=5, cv_folds=2,
-            device="cpu")
+FAST = dict(dataset="digits", dim=16, epochs=2, batch_size=128, device="cpu")
 
 
 def cfg(tmp_path, **kw):
@@ -26,56 +25,78 @@ def finished(tmp_path_factory):
     return config, train(config, progress=False)
 
 
-@pytest.mark.parametrize("objective, supervised", [
-    ("align(alpha=2) + uniform(t=2)", False),
-    ("contrastive(tau=0.5)", False),
-    ("contrastive(tau=0.5) + 0.5*align(alpha=1) + uniform(t=2)", False),
-    ("", True),
-])
-def test_one_short_run_per_objective_family(tmp_path, objective, supervised):
-    run_dir = train(cfg(tmp_path, objective=objective or "align", supervised=supervised), progress=False)
-    assert runs.is_complete(run_dir)
-    result = runs.load_result(run_dir)
-    for key in ("val_output_linear", "val_output_5nn", "val_fc7_linear", "cv_output_linear", "align", "uniform"):
-        assert key in result and result[key] == result[key]  # present and not NaN
-    assert result["probe_mode"] == "cached" and result["device"] == "cpu"
-    assert ("contrastive" in result) == ("contrastive" in objective)
+@pytest.mark.parametrize("objective", ["align(alpha=2) + uniform(t=2)", "contrastive(tau=0.5)",
+                                       "contrastive(tau=0.5) + 0.5*align(alpha=1) + uniform(t=2)", "xent()"])
+def test_one_short_run_per_objective_family(tmp_path, objective):
+    run_dir = train(cfg(tmp_path, objective=objective), progress=False)
+    assert runs.train_status(run_dir, TRAIN_VERSION) == "done"
+    summary = runs.load_summary(run_dir)
+    assert summary["train_version"] == TRAIN_VERSION and summary["device"] == "cpu"
+    assert summary["steps"] == 2 * (1347 // 128) and summary["final_loss"] == summary["final_loss"]
     log = (run_dir / runs.LOG).read_text().splitlines()
     assert len(log) == 1 + 2 and "loss" in log[0]
+    assert ("xent" in log[0]) == (objective == "xent()")
+    state = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    assert ("head" in state) == (objective == "xent()")  # the supervised head is saved with the encoder
     assert json.loads((run_dir / runs.CONFIG).read_text())["dataset"] == "digits"
 
 
-def test_same_config_and_seed_give_identical_numbers(tmp_path):
+def test_same_config_and_seed_give_identical_weights(tmp_path):
     a = train(cfg(tmp_path / "a", seed=3, epochs=1), progress=False)
     b = train(cfg(tmp_path / "b", seed=3, epochs=1), progress=False)
     c = train(cfg(tmp_path / "c", seed=4, epochs=1), progress=False)
     assert a.name == b.name != c.name
-    ra, rb = runs.load_result(a), runs.load_result(b)
-    keys = [k for k in ra if k.startswith(("val_", "cv_")) or k in ("align", "uniform", "final_loss")]
-    assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}
     wa = runs.load_checkpoint(a / runs.CHECKPOINT)["encoder"]
     wb = runs.load_checkpoint(b / runs.CHECKPOINT)["encoder"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert runs.load_result(c)["final_loss"] != ra["final_loss"]
+    assert runs.load_summary(a)["final_loss"] == runs.load_summary(b)["final_loss"] != runs.load_summary(c)["final_loss"]
 
 
-def test_finished_run_is_not_retrained(finished):
-    config, run_dir = finished
-    stamp = os.stat(run_dir / runs.RESULT).st_mtime_ns
+def test_run_identity_is_what_changes_the_weights(tmp_path):
+    base = cfg(tmp_path)
+    assert base.run_dir() == cfg(tmp_path, device="cuda", data_dir="/elsewhere", name="").run_dir()
+    assert base.run_dir() != cfg(tmp_path, augment="digits-color").run_dir()
+    assert base.run_dir() != cfg(tmp_path, lr=0.1).run_dir()
+    assert cfg(tmp_path, objective="uniform(t=2)+align()").run_dir() == cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)").run_dir()
+
+
+def test_finished_run_is_not_retrained_but_an_older_version_is(tmp_path, monkeypatch, capsys):
+    config = cfg(tmp_path, epochs=1)
+    run_dir = train(config, progress=False)
+    stamp = os.stat(run_dir / runs.TRAIN).st_mtime_ns
     assert train(config, progress=False) == run_dir
-    assert os.stat(run_dir / runs.RESULT).st_mtime_ns == stamp
+    assert os.stat(run_dir / runs.TRAIN).st_mtime_ns == stamp
+    (run_dir / runs.EVALS).mkdir()
+    (run_dir / runs.EVALS / "classify-x.json").write_text("{}")
+    monkeypatch.setattr(train_module, "TRAIN_VERSION", TRAIN_VERSION + 1)  # a numerics-changing commit
+    assert runs.train_status(run_dir, TRAIN_VERSION + 1) == "stale"
+    train(config, progress=False)
+    assert f"trained by training-code version {TRAIN_VERSION}, this is version {TRAIN_VERSION + 1}" in capsys.readouterr().err
+    assert runs.load_summary(run_dir)["train_version"] == TRAIN_VERSION + 1
+    assert not (run_dir / runs.EVALS).exists()  # evaluations of the old weights are gone with them
 
 
 def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
     parent = finished[1]
-    child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=1)
-    encoder = make_encoder(child_cfg, load_dataset("digits"))
-    _load_parent(child_cfg, encoder)
-    saved = runs.load_checkpoint(parent / runs.CHECKPOINT)["encoder"]
-    assert all(torch.equal(encoder.state_dict()[k], saved[k]) for k in saved)
+    child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=0, snapshot_epochs=(0,))
     child = train(child_cfg, progress=False)
-    assert child != parent and runs.is_complete(child)
-    assert json.loads((child / runs.CONFIG).read_text())["init"] == parent.name
+    saved = runs.load_checkpoint(parent / runs.CHECKPOINT)["encoder"]
+    start = runs.load_checkpoint(runs.snapshot_path(child, 0))["encoder"]
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+    assert child != parent and json.loads((child / runs.CONFIG).read_text())["init"] == parent.name
+    encoder, config, _ = load_encoder(child, snapshot=0)
+    assert all(torch.equal(encoder.state_dict()[k], saved[k]) for k in saved)
+
+
+def test_augmentation_recipes_by_name_and_with_overrides(tmp_path):
+    assert recipe("digits") == RECIPES["digits"]
+    assert recipe({"recipe": "stl10", "scale": [0.2, 1.0]}).scale == (0.2, 1.0)
+    assert load_data(cfg(tmp_path, augment={"recipe": "digits", "grayscale_p": 0.5})).augment.grayscale_p == 0.5
+    assert load_data(cfg(tmp_path)).augment == RECIPES["digits"]
+    with pytest.raises(ValueError, match="unknown augmentation recipe 'pil'"):
+        cfg(tmp_path, augment="pil")
+    with pytest.raises(ValueError, match="unknown augmentation fields"):
+        cfg(tmp_path, augment={"recipe": "digits", "blur": 1})
 
 
 def test_missing_parent_and_corrupt_records_fail_clearly(tmp_path):
@@ -85,10 +106,10 @@ def test_missing_parent_and_corrupt_records_fail_clearly(tmp_path):
     (run_dir / runs.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(runs.RunError, match="corrupt.*delete"):
         runs.load_checkpoint(run_dir / runs.CHECKPOINT)
-    (run_dir / runs.RESULT).write_text('{"truncated": ')
-    assert not runs.is_complete(run_dir)
+    (run_dir / runs.TRAIN).write_text('{"truncated": ')
+    assert runs.train_status(run_dir, TRAIN_VERSION) == "todo"
     with pytest.raises(runs.RunError, match="corrupt"):
-        runs.load_result(run_dir)
+        runs.load_summary(run_dir)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -96,12 +117,14 @@ def test_missing_parent_and_corrupt_records_fail_clearly(tmp_path):
     (dict(objective="unifrom(t=2)"), "unifrom"),
     (dict(lr=-0.1), "lr must be"),
     (dict(epochs=-1), "epochs must be"),
-    (dict(taps=("fc9",)), "unknown taps"),
     (dict(arch="resnet"), "unknown arch"),
+    (dict(snapshot_epochs=(5,)), "snapshot_epochs"),
 ])
 def test_bad_configs_are_refused_before_any_work(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         cfg(tmp_path, **kw)
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"probe_mode": "cached"})
 
 
 def test_missing_dataset_names_path_and_fix(tmp_path):
@@ -115,16 +138,18 @@ def test_divergence_is_recorded_as_failed(tmp_path):
         train(config, progress=False)
     failed = json.loads((config.run_dir() / runs.FAILED).read_text())
     assert failed["epoch"] >= 1 and ("nan" in failed["reason"] or "inf" in failed["reason"])
-    assert not runs.is_complete(config.run_dir())
+    assert runs.train_status(config.run_dir(), TRAIN_VERSION) == "failed"
 
 
-def test_cli_train_and_eval(tmp_path, capsys):
-    args = ["train", "--dataset", "digits", "--epochs", "1", "--dim", "8", "--batch-size", "256", "--probe-mode",
-            "cached", "--probe-epochs", "2", "--cv-folds", "0", "--runs-dir", str(tmp_path), "--quiet",
-            "--objective", "align(alpha=2) + uniform(t=2)", "--taps", "output"]
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--dim", "8", "--batch-size", "256", "--runs-dir",
+            str(tmp_path), "--quiet", "--objective", "align(alpha=2) + uniform(t=2)"]
     assert main(args) == 0
     run_dir = capsys.readouterr().out.splitlines()[0]
-    assert main(["eval", run_dir]) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["objective"] == "align(alpha=2) + uniform(t=2)"
+    assert main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0", "--taps", "output"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"run", "val_output_linear", "val_output_5nn", "align", "uniform"}
     assert main(["train", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+    assert main(["evaluate", run_dir, "--probe", "svm"]) == 2
+    assert "unknown probe" in capsys.readouterr().err
