@@ -1,8 +1,8 @@
 """Benchmark 4: cost of evaluating one encoder, cached features vs the paper's full linear probe.
 
-Ours ("cached"): evaluate.extract_features once (train + validation, evaluation transform), then
+Ours ("cached"): probes.extract_features once (train + validation, evaluation transform), then
 linear_probe_cached and knn_accuracy (k = 5) on those features.
-Reference ("full"): evaluate.linear_probe_full, the paper's protocol: new random crops of the labeled train
+Reference ("full"): probes.linear_probe_full, the paper's protocol: new random crops of the labeled train
 split through the frozen encoder every epoch (plus one pass over the validation split).
 Same encoder (DigitsNet briefly trained with align + uniform on the real digits), tap, schedule and seed;
 measured at the epoch counts listed, nothing extrapolated. Target: >= 10x faster, linear accuracy equal
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hypersphere import runs
 from hypersphere.data import load_dataset
-from hypersphere.evaluate import ProbeConfig, extract_features, knn_accuracy, linear_probe_cached, linear_probe_full
+from hypersphere.probes import ProbeConfig, extract_features, knn_accuracy, linear_probe_cached, linear_probe_full
 from hypersphere.train import TrainConfig, make_encoder, train
 from timing import Row, fmt_time, interleaved, median, speedup
 
@@ -31,8 +31,7 @@ TAP = "output"
 def trained_digits_encoder(epochs: int):
     """DigitsNet trained `epochs` epochs with align + uniform on the embedded digits (no download)."""
     cfg = TrainConfig(dataset="digits", arch="digitsnet", dim=32, batch_size=128, epochs=epochs,
-                      objective="align(alpha=2) + uniform(t=2)", probe_mode="cached", probe_epochs=1, cv_folds=0,
-                      taps=(TAP,), device="cpu", name="bench-probe")
+                      objective="align(alpha=2) + uniform(t=2)", device="cpu", name="bench-probe")
     data = load_dataset("digits")
     with tempfile.TemporaryDirectory(prefix="hypersphere-bench-") as tmp:
         run_dir = train(dataclasses.replace(cfg, runs_dir=tmp), progress=False, data=data)
@@ -48,7 +47,7 @@ def run(quick: bool) -> list[Row]:
     rounds = 1 if quick else 2
     rows = []
     for epochs in epoch_counts:
-        cfg = ProbeConfig(epochs=epochs, mode="cached")
+        cfg = ProbeConfig(epochs=epochs)
         acc = {}
 
         def cached() -> None:
@@ -58,7 +57,7 @@ def run(quick: bool) -> list[Row]:
             acc["5nn"] = knn_accuracy(tr, data.train_labels, va, data.val_labels, k=5)
 
         def full() -> None:
-            acc["full"] = linear_probe_full(encoder, TAP, data, dataclasses.replace(cfg, mode="full"))
+            acc["full"] = linear_probe_full(encoder, TAP, data, cfg)
 
         cached()  # warm-up
         t_ours, t_ref = interleaved(cached, full, rounds)

@@ -1,7 +1,7 @@
 """Benchmark 3: efficiency of the real training loop, as a fraction of the model's own speed.
 
 Ours: hypersphere.train.train on synthetic images passed through its `data=` argument; pairs/s is
-result.json's images_per_s / 2 (it counts training time only: augmentation, forward, backward, SGD, logging).
+train.json's images_per_s / 2 (it counts training time only: augmentation, forward, backward, SGD, logging).
 Reference: forward + backward + SGD step alone, same model in the same memory format as train() runs it
 (channels_last), batch, objective and optimiser, on pre-augmented inputs already in memory. The ratio is ours /
 reference pairs/s. Target: >= 0.85 on CPU. Cases: DigitsNet (1x28x28 digits-like -> 24 px, dim 32, batch 128)
@@ -19,7 +19,8 @@ import torch
 
 from hypersphere import runs
 from hypersphere.augment import AugmentConfig, augment
-from hypersphere.data import DIGITS_AUGMENT, STL10_MEAN, STL10_STD, ImageData
+from hypersphere.augment import RECIPES
+from hypersphere.data import STL10_MEAN, STL10_STD, ImageData
 from hypersphere.losses import Objective
 from hypersphere.train import TrainConfig, make_encoder, train
 from timing import Row, fmt_rate, interleaved, median, speedup
@@ -72,7 +73,7 @@ def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir
     def ours() -> float:
         runs_dir = workdir / f"run{next(counter)}"  # a fresh directory, or train() would find the run finished
         run_dir = train(dataclasses.replace(cfg, runs_dir=str(runs_dir)), progress=False, data=data)
-        result = runs.load_result(run_dir)
+        result = runs.load_summary(run_dir)
         shutil.rmtree(runs_dir)  # SmallAlexNet checkpoints are ~220 MB
         return pairs / (result["images_per_s"] / 2)  # training seconds, as the run records them
 
@@ -86,14 +87,13 @@ def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir
 
 
 def run(quick: bool) -> list[Row]:
-    common = dict(objective=OBJECTIVE, probe_mode="cached", probe_epochs=1, cv_folds=0, taps=("output",),
-                  device="cpu", name="bench")
+    common = dict(objective=OBJECTIVE, device="cpu", name="bench")
     digits_steps, digits_epochs = (4, 1) if quick else (10, 2)
     alex_batch, alex_steps = (16, 2) if quick else (64, 2)  # 64 pairs = 128 views: ~5 s a step on 2 cores
     cases = [  # (label, config, data, rounds): a DigitsNet run takes ~2 s, a SmallAlexNet one ~15 s
         ("DigitsNet 1x28->24 d=32",
          TrainConfig(dataset="digits", arch="digitsnet", dim=32, batch_size=128, epochs=digits_epochs, **common),
-         synthetic_data(128 * digits_steps, 1, 28, DIGITS_AUGMENT), 1 if quick else 3),
+         synthetic_data(128 * digits_steps, 1, 28, RECIPES["digits"]), 1 if quick else 3),
         ("SmallAlexNet 3x96->64 d=128",
          TrainConfig(dataset="stl10", arch="smallalexnet", dim=128, batch_size=alex_batch, epochs=1, **common),
          synthetic_data(alex_batch * alex_steps, 3, 96, AugmentConfig()), 1 if quick else 2),

@@ -16,7 +16,7 @@ def sphere(n, d, seed=0, dtype=torch.float64):
 
 
 def ref_contrastive(x, y, tau):
-    """2K terms written as explicit loops over the batch (PAPER.md section 1)."""
+    """2K terms written as explicit loops over the batch (docs/paper.md, "Definitions")."""
     k, terms = len(x), []
     for a, b in ((x, y), (y, x)):
         for i in range(k):
@@ -60,7 +60,7 @@ def test_uniform_does_not_underflow_where_pdist_does():
 
 
 def test_collapsed_encoder_has_finite_gradients():
-    """Two identical rows (a collapsing encoder): gradients stay finite (PAPER.md section 1, pitfalls),
+    """Two identical rows (a collapsing encoder): gradients stay finite (docs/paper.md, "Definitions": pitfalls),
     and the two copies receive the same gradient, as they must by symmetry."""
     x = sphere(8, 4, 7, torch.float32)
     x = torch.cat([x, x[:1]]).requires_grad_()

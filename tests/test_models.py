@@ -15,7 +15,7 @@ def alexnet():
 def test_smallalexnet_shapes_and_conv5(alexnet):
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        assert alexnet.conv(x).shape == (3, 192, 7, 7)  # PAPER.md: conv5 output 192x7x7 at 64 px
+        assert alexnet.conv(x).shape == (3, 192, 7, 7)  # the paper: conv5 output 192x7x7 at 64 px
         out = alexnet.forward_taps(x, TAPS)
     assert out["conv5"].shape == (3, 192 * 7 * 7)
     assert out["fc7"].shape == (3, 4096)
@@ -37,7 +37,7 @@ def test_smallalexnet_extreme_dims_other_input_size(dim):
 
 
 def test_smallalexnet_parameter_count(alexnet):
-    # Counted by hand from PAPER.md: convs have no bias (BN follows), BN has weight + bias,
+    # Counted by hand from the architecture in docs/paper.md: convs have no bias (BN follows), BN has weight + bias,
     # fc6/fc7 have no bias (BN follows), fc8 has a bias.
     widths = [3, 96, 192, 384, 384, 192]
     conv = sum(9 * a * b + 2 * b for a, b in zip(widths[:-1], widths[1:]))

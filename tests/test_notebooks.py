@@ -1,14 +1,11 @@
-"""The figure notebooks 02-06 and report.py.
+"""The notebooks, executed as `make` executes them (notebook.execute, the smoke profile), and report.py.
 
-A module fixture trains the four smoke sweeps into a temporary folder (about 100 s on 2 busy cores) and executes
-each notebook through papermill on them as soon as the sweep it reads is finished (in a separate process, so
-notebooks run while later sweeps train). Every results table gets one extra run marked failed, which every notebook
-must drop and say so. The tests then check the figures, tables and verdict files the notebooks write, and the HTML
-report built from them. report.py's statistics are tested on synthetic data with known answers.
+A module fixture trains the four smoke sweeps into a temporary working directory and executes every notebook
+there. Every results table gets one extra run marked failed, which every notebook must drop and say so. The
+tests then check the figures, tables and verdict files the notebooks write, and the HTML report built from them.
+The statistics (stats.py) are tested on synthetic data with known answers.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -16,42 +13,34 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from scipy.stats import spearmanr
 
-from hypersphere import report
-from hypersphere.sweep import load_sweep, run_sweep
+from hypersphere import notebook, profiles, report, stats
+from hypersphere.items import FAMILIES, ITEMS, add_family, load_results, loss_family
+from hypersphere.sweep import load_sweep, run_sweep, sweep_path
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
-# notebook -> (the sweep tables it reads, the figures it must write as PNG and PDF, the paper items it judges)
+# notebook -> (the figures it must write as PNG and PDF, the paper items it judges)
 NOTEBOOKS = {
-    "02_hypersphere_2d": (("dim2",), ("fig3_hypersphere_2d", "fig4_potentials"), ("Figure 3", "Figure 4")),
-    "03_metrics_vs_accuracy": (("cloud",), ("fig5a_metrics_vs_accuracy",), ("Figure 5a",)),
-    "04_weighting": (("lambda",), ("fig7_weighting",), ("Figure 7",)),
-    "05_finetuning": (("finetune",), ("fig8_finetuning",), ("Figure 8",)),
-    "06_table1": (("cloud",), (), ("Table 1",)),
+    "01_theory": (("theorem1_convergence", "prop1_optimized_points", "prop2_convergence", "uniformity_bound",
+                   "fig4_synthetic"), ("Theorem 1", "Propositions 1-2", "Figure 4 (synthetic)")),
+    "02_hypersphere_2d": (("fig3_hypersphere_2d", "fig4_potentials"), ("Figure 3", "Figure 4")),
+    "03_metrics_vs_accuracy": (("fig5a_metrics_vs_accuracy",), ("Figure 5a",)),
+    "04_weighting": (("fig7_weighting",), ("Figure 7",)),
+    "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
+    "06_table1": ((), ("Table 1",)),
 }
-SWEEPS = ("dim2", "lambda", "cloud", "finetune")  # training order: the notebooks that need less start sooner
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
-
-
-def kernel_name() -> str:
-    """The project kernel when registered (`make setup` does it), else ipykernel's python3 spec."""
-    try:
-        KernelSpecManager().get_kernel_spec("hypersphere")
-        return "hypersphere"
-    except NoSuchKernel:
-        return "python3"
 
 
 def add_failed_run(table: Path) -> None:
     """Append a copy of the first row marked failed, with no metrics, as a diverged run leaves it."""
     df = pd.read_csv(table)
     fake = df.iloc[[0]].copy()
-    keep = {"objective", "dataset", "supervised", "dim", "init", "epochs", "batch_size", "lr",
-            "w_contrastive", "w_align", "w_uniform"}
+    keep = {"objective", "dataset", "dim", "init", "epochs", "batch_size", "lr", "w_contrastive", "w_align",
+            "w_uniform", "w_xent"}
     for col in fake.columns:
         if col not in keep:
             fake[col] = np.nan
@@ -61,39 +50,22 @@ def add_failed_run(table: Path) -> None:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """Train the smoke sweeps and execute every notebook; returns the folder holding results/, figures/, build/."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    results, figures, build_dir = tmp / "results", tmp / "figures", tmp / "build" / "smoke"
-    build_dir.mkdir(parents=True)
+    """Train the smoke sweeps and execute every notebook in a temporary working directory; returns it."""
+    work = tmp_path_factory.mktemp("smoke")
+    prof = profiles.load("smoke")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the notebooks run beside the training: one core each
-    started, procs = set(), {}
+    torch.set_num_threads(1)
     try:
-        for sweep in SWEEPS:
-            path = ROOT / "configs" / "sweeps" / "smoke" / f"{sweep}.yaml"
-            sweep_runs = load_sweep(path, overrides={"runs_dir": str(tmp / "runs"), "data_dir": str(ROOT / "data")})
-            run_sweep(sweep_runs, table=results / f"{sweep}.csv", progress=False)
-            add_failed_run(results / f"{sweep}.csv")
-            ready = {s for s in SWEEPS if (results / f"{s}.csv").exists()}
-            for nb, (needs, _, _) in NOTEBOOKS.items():
-                if nb not in started and set(needs) <= ready:
-                    started.add(nb)
-                    procs[nb] = subprocess.Popen(
-                        [sys.executable, "-m", "papermill", str(NB_DIR / f"{nb}.ipynb"), str(build_dir / f"{nb}.ipynb"),
-                         "-k", kernel_name(), "--cwd", str(NB_DIR), "--no-progress-bar",
-                         "-p", "profile", "smoke", "-p", "figures_dir", str(figures), "-p", "data_dir", str(ROOT / "data"),
-                         "-p", "device", "cpu", "-p", "results_dir", str(results)],
-                        stdout=(tmp / f"{nb}.log").open("w"), stderr=subprocess.STDOUT)
-        for p in procs.values():
-            p.wait(timeout=300)
-        errors = {nb: (tmp / f"{nb}.log").read_text() for nb, p in procs.items() if p.returncode != 0}
+        for sweep in prof.sweeps:
+            sweep_runs = load_sweep(sweep_path(sweep, "smoke"), overrides={"runs_dir": str(work / "runs")})
+            run_sweep(sweep_runs, table=work / prof.results_dir / f"{sweep}.csv", workers=2, progress=False)
+            add_failed_run(work / prof.results_dir / f"{sweep}.csv")
     finally:
         torch.set_num_threads(threads)
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-    assert not errors, "\n\n".join(f"{nb} failed:\n{out[-3000:]}" for nb, out in errors.items())
-    return tmp
+    for name in NOTEBOOKS:  # raises PapermillExecutionError, with the failing cell, if a cell fails
+        notebook.execute(NB_DIR / f"{name}.ipynb", "smoke", work, data_dir=str(ROOT / "data"), device="cpu",
+                         progress=False)
+    return work
 
 
 def outputs_text(path: Path) -> str:
@@ -102,76 +74,80 @@ def outputs_text(path: Path) -> str:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_is_clean_and_parameterised(name):
+def test_committed_notebook_is_clean_short_and_parameterised_by_profile(name):
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     assert nb.metadata.kernelspec.name == "hypersphere"
     assert nb.cells[0].cell_type == "markdown"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code), "clear the notebook's outputs"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    for param in ("profile", "figures_dir", "data_dir", "device", "results_dir", "seed"):
-        assert f"\n{param} = " in "\n" + params[0].source
+    assert len(params) == 1 and set(notebook.parameters("quick")) == {
+        line.split(" = ")[0] for line in params[0].source.splitlines() if " = " in line}
+    assert all(len(c.source.splitlines()) <= 20 for c in code), "keep cells short: computations belong in the package"
+    assert not any(line.startswith("def ") for c in code for line in c.source.splitlines()), "no functions in notebooks"
     assert "torch.set_num_threads(1)" in code[1].source, "the setup cell pins torch to one thread"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_writes_its_figures_and_verdicts(build, name):
-    _, figures, items = NOTEBOOKS[name]
+    figures_dir = build / "figures" / "smoke"
+    figures, items = NOTEBOOKS[name]
     for fig in figures:
         for ext in ("png", "pdf"):
-            assert (build / "figures" / f"{fig}.{ext}").stat().st_size > 5_000, f"{fig}.{ext} missing or empty"
-    doc = json.loads((build / "figures" / f"verdicts_{name}.json").read_text())
+            assert (figures_dir / f"{fig}.{ext}").stat().st_size > 5_000, f"{fig}.{ext} missing or empty"
+    doc = json.loads((figures_dir / f"verdicts_{name}.json").read_text())
     assert doc["notebook"] == name and doc["profile"] == "smoke"
     assert [v["item"] for v in doc["verdicts"]] == list(items)
     for v in doc["verdicts"]:
         assert v["holds"] in (True, False, None) and v["claim"] and v["evidence"]
-    # every table had one failed run appended: the notebook must drop it and say so
-    assert "dropped 1 failed" in outputs_text(build / "build" / "smoke" / f"{name}.ipynb")
+    if name != "01_theory":  # every table had one failed run appended: the notebook must drop it and say so
+        assert "dropped 1 failed" in outputs_text(build / "build" / "smoke" / f"{name}.ipynb")
 
 
+@pytest.mark.slow
 def test_fig4_table_has_each_encoder_and_the_uniform_reference(build):
-    fig4 = pd.read_csv(build / "figures" / "fig4_potentials.csv", index_col=0)
-    assert {"random init", "supervised", "unsupervised contrastive", "uniform distribution (exact)"} <= set(fig4.index)
-    assert fig4.loc["uniform distribution (exact)", "G_2"] == pytest.approx(0.2070, abs=5e-5)
-    g = fig4["G_2"]
-    assert ((g > 0) & (g <= 1)).all()  # a mean of exp(-2 d^2)
-    assert np.allclose(fig4["L_uniform(t=2) = log G_2"], np.log(g))
+    fig4 = pd.read_csv(build / "figures" / "smoke" / "fig4_potentials.csv", index_col=0)
+    assert {"random", "supervised", "contrastive", "uniform sample", "uniform (exact)"} == set(fig4.index)
+    assert fig4.loc["uniform (exact)", "G_2"] == pytest.approx(0.2070, abs=5e-5)
+    assert ((fig4["G_2"] > 0) & (fig4["G_2"] <= 1)).all()  # a mean of exp(-2 d^2)
+    assert fig4.loc["supervised", "paper G_2"] == 0.2380
 
 
+@pytest.mark.slow
 def test_table1_has_one_row_per_family_with_the_papers_numbers(build):
-    t = pd.read_csv(build / "figures" / "table1.csv")
-    assert list(t["family"]) == list(report.FAMILIES)
+    figures_dir = build / "figures" / "smoke"
+    t = pd.read_csv(figures_dir / "table1.csv")
+    assert list(t["family"]) == list(FAMILIES)
     assert set(TABLE1_COLUMNS) <= set(t.columns)
     assert t["paper output+linear"].tolist() == [80.46, 81.15, 81.06]
     assert t["paper fc7+5-NN"].tolist() == [76.33, 76.78, 76.48]
     # the smoke cloud has 2 contrastive, 3 align/uniform and 1 mixed encoder; the failed run is not a candidate
     assert t["candidates"].tolist() == [2, 3, 1]
-    cloud = pd.read_csv(build / "results" / "cloud.csv")
-    cloud = cloud[cloud["status"] == "done"]
-    for _, row in t.iterrows():  # the selected encoder is the family's best by 5-fold CV, and its numbers are its own
-        fam = report.add_family(cloud)
-        best_cv = fam[fam["family"] == row["family"]]["cv_output_linear"].max()
+    cloud = add_family(load_results(build / "results" / "smoke", "cloud")[0])
+    for _, row in t.iterrows():  # the selected encoder is the family's best by CV, and its numbers are its own
+        best_cv = cloud[cloud["family"] == row["family"]]["cv_output_linear"].max()
         assert row["selection score"] == pytest.approx(best_cv)
-        match = fam[(fam["objective"] == row["objective"]) & np.isclose(fam["cv_output_linear"], best_cv)]
+        match = cloud[(cloud["objective"] == row["objective"]) & np.isclose(cloud["cv_output_linear"], best_cv)]
         assert row["output+linear"] in match["val_output_linear"].tolist()
-    assert (build / "figures" / "table1.md").read_text().count("\n|") == 5  # header, rule, 3 rows
-    tex = (build / "figures" / "table1.tex").read_text()
-    assert r"\begin{tabular}" in tex and tex.count(r"\\") >= 4 and "(%)" not in tex
+    assert (figures_dir / "table1.md").read_text().count("\n|") == 5  # header, rule, 3 rows
+    tex = (figures_dir / "table1.tex").read_text()
+    assert r"\begin{tabular}" in tex and tex.count(r"\\") >= 4
 
 
+@pytest.mark.slow
 def test_report_indexes_every_paper_item(build):
-    index = report.build_report(build / "build" / "smoke", build / "figures", build / "build" / "smoke" / "report")
+    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report")
     page = index.read_text()
-    for item in report.PAPER_ITEMS:
+    for item in ITEMS:
         assert f"<td>{item}</td>" in page
     for name in NOTEBOOKS:
         assert (index.parent / f"{name}.html").stat().st_size > 10_000
         assert f'href="{name}.html"' in page
-    assert 'href="../../../figures/fig7_weighting.png"' in page
+    assert 'href="../../../figures/smoke/fig7_weighting.png"' in page
 
 
-# ----------------------------------------------------------------------------- report.py statistics
+# ----------------------------------------------------------------------------- statistics, families, verdict files
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
     rng = np.random.default_rng(0)
@@ -179,24 +155,24 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
     y = x + rng.normal(size=400)
     widths = []
     for n in (25, 100, 400):
-        rho, lo, hi = report.bootstrap_spearman(x[:n], y[:n], n_boot=1000, seed=1)
+        rho, lo, hi = stats.bootstrap_spearman(x[:n], y[:n], n_boot=1000, seed=1)
         assert rho == pytest.approx(spearmanr(x[:n], y[:n]).statistic)
         assert lo < rho < hi
         widths.append(hi - lo)
     assert widths[0] > widths[1] > widths[2]
     assert widths[2] < 0.5 * widths[0]  # ~ 1 / sqrt(n)
-    assert np.isnan(report.bootstrap_spearman([1, 1, 1, 1], [1, 2, 3, 4])[0])  # constant metric: undefined
+    assert np.isnan(stats.bootstrap_spearman([1, 1, 1, 1], [1, 2, 3, 4])[0])  # constant metric: undefined
 
 
 def test_fitted_combination_scores_one_for_exact_and_zero_for_shuffled_accuracy():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.uniform(0, 2, 300), rng.uniform(-4, 0, 300)])  # (align, uniform)
     acc = 90 - 10 * X[:, 0] - 5 * X[:, 1]
-    exact = report.combination_score(X, acc)
+    exact = stats.combination_score(X, acc)
     assert exact["spearman"] == pytest.approx(1.0, abs=1e-9)
     assert exact["r2"] == pytest.approx(1.0, abs=1e-9)
     assert exact["weights"] == pytest.approx([90, -10, -5])
-    shuffled = [report.combination_score(X, rng.permutation(acc), seed=s) for s in range(8)]
+    shuffled = [stats.combination_score(X, rng.permutation(acc), seed=s) for s in range(8)]
     assert abs(np.mean([s["spearman"] for s in shuffled])) < 0.15
     assert all(s["r2"] < 0.05 for s in shuffled)  # no out-of-sample variance explained
 
@@ -205,32 +181,32 @@ def test_cv_predictions_never_see_the_point_they_predict():
     X = np.arange(10.0)[:, None]
     y = 2 * X[:, 0]
     y[3] = 100.0  # an outlier: a fit that saw it would predict it closer to 100
-    pred = report.cv_predictions(X, y, folds=10)  # leave-one-out
+    pred = stats.cv_predictions(X, y, folds=10)  # leave-one-out
     assert pred[3] == pytest.approx(6.0)  # the line through the other nine points
     with pytest.raises(ValueError, match="at least"):
-        report.cv_predictions(X[:3], y[:3])
+        stats.cv_predictions(X[:3], y[:3])
 
 
 def test_selection_rule_and_families():
-    pick = report.selection_rule([3.0, 1.0, 2.0, np.nan], [50.0, 70.0, 60.0, 99.0], higher_is_better=False)
+    pick = stats.selection_rule([3.0, 1.0, 2.0, np.nan], [50.0, 70.0, 60.0, 99.0], higher_is_better=False)
     assert pick == {"chosen": 70.0, "best": 70.0, "median": 60.0, "percentile": 100.0}
-    assert report.selection_rule([1.0, 2.0, 3.0], [50.0, 70.0, 60.0])["chosen"] == 60.0
-    assert report.loss_family(1, 0, 0) == "contrastive only"
-    assert report.loss_family(0, 0.98, 0.96) == "align + uniform only"
-    assert report.loss_family(0, 0, 1) == "align + uniform only"
-    assert report.loss_family(1, 0, 1) == "all three"
-    assert report.loss_family(0, 0, 0) == ""
+    assert stats.selection_rule([1.0, 2.0, 3.0], [50.0, 70.0, 60.0])["chosen"] == 60.0
+    assert loss_family(1, 0, 0) == "contrastive only"
+    assert loss_family(0, 0.98, 0.96) == "align + uniform only"
+    assert loss_family(0, 0, 1) == "align + uniform only"
+    assert loss_family(1, 0, 1) == "all three"
+    assert loss_family(0, 0, 0) == ""
 
 
 def test_load_results_drops_unfinished_runs_and_names_missing_tables(tmp_path):
     pd.DataFrame({"run": ["a", "b", "c"], "status": ["done", "failed", "todo"], "id": ["x", None, None],
                   "align": [0.1, None, None]}).to_csv(tmp_path / "s.csv", index=False)
-    df, note = report.load_results(tmp_path, "s", need=["align"])
+    df, note = load_results(tmp_path, "s", need=["align"])
     assert df["run"].tolist() == ["a"] and "1 of 3" in note and "1 failed" in note and "1 todo" in note
     with pytest.raises(ValueError, match="lacks columns"):
-        report.load_results(tmp_path, "s", need=["uniform"])
+        load_results(tmp_path, "s", need=["uniform"])
     with pytest.raises(FileNotFoundError, match="make sweep"):
-        report.load_results(tmp_path, "missing")
+        load_results(tmp_path, "missing")
 
 
 def test_verdicts_round_trip_and_markdown_table(tmp_path):

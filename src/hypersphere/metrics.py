@@ -1,4 +1,4 @@
-"""Alignment and uniformity of a whole held-out set (PAPER.md section 1), and the uniformity bound
+"""Alignment and uniformity of a whole held-out set (docs/paper.md, "Definitions"), and the uniformity bound
 (section 2). Unlike the minibatch losses, these are exact over every pair of the set, computed in
 blocks so that memory stays bounded (100k x 128 features fit in a few hundred MB)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Numerical helpers on the unit hypersphere S^{m-1} for the paper's theory (PAPER.md section 2):
+"""Numerical helpers on the unit hypersphere S^{m-1} for the paper's theory (docs/paper.md, "Theory"):
 samplers (uniform, von Mises-Fisher, vMF mixtures), the mean Gaussian potential of Figure 4,
 N-point minimisers of the potential (Props. 1-2), and the finite-M contrastive loss next to its
 M -> infinity limit (Theorem 1), evaluated on synthetic "encoders" whose alignment and uniformity
@@ -188,7 +188,7 @@ def contrastive_loss_M(
     generator: torch.Generator,
     chunk: int = 1024,
 ) -> Tensor:
-    """Per positive pair, the InfoNCE term of L_contrastive(f; tau, M) (PAPER.md section 1):
+    """Per positive pair, the InfoNCE term of L_contrastive(f; tau, M) (docs/paper.md, "Definitions"):
 
         -log( e^{f(x).f(y)/tau} / (e^{f(x).f(y)/tau} + sum_{i=1..M} e^{f(x_i^-).f(y)/tau}) ),
 

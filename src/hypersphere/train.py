@@ -149,12 +149,11 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
     return encoder.to(device).eval(), cfg, data
 
 
-def _batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, data, images: torch.Tensor,
+def _batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, views, data, images: torch.Tensor,
                 labels: torch.Tensor | None, idx: torch.Tensor, gen: torch.Generator):
     """Loss and its unweighted terms on one batch: the objective on `objective.views` random views of each
     input (one forward pass over all, as the official code). Only the encoder runs under bf16 autocast (on
     CUDA); augmentation and losses stay in fp32."""
-    views = domain_of(data.name).views
     x = torch.cat([views(data, images[idx], gen) for _ in range(objective.views)])
     device = x.device.type
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -206,6 +205,7 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
     batch = min(cfg.batch_size, n)
     steps = n // batch  # drop the last incomplete batch, as the official loader does
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    views = domain_of(cfg.dataset).views  # one random view of each input (the positive-pair recipe)
     log = []
 
     def snapshot(epoch: int) -> None:
@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
         perm = torch.randperm(n, generator=gen, device=device)
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = _batch_loss(encoder, head, objective, data, images, labels, idx, gen)
+            loss, terms = _batch_loss(encoder, head, objective, views, data, images, labels, idx, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
