@@ -1,6 +1,7 @@
 """Sweeps and profiles: validation, ordering, caching of training and of evaluation, the results table,
 kill -9 resumption, failures, Ray."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,3 +202,21 @@ def test_ray_executor_gives_the_local_table(tmp_path):
     assert Path(remote.loc[1, "run_dir"]).parent == tmp_path / "b" / "runs"
     for col in ("val_output_linear", "val_output_5nn", "align", "uniform", "final_loss"):
         assert list(remote[col]) == pytest.approx(list(local[col]), abs=1e-9), col
+
+
+def test_two_sweeps_sharing_a_runs_directory_never_train_a_run_twice(tmp_path):
+    """Two terminals (or two clusters on one NFS) start the same sweep: each run is trained by one of them; the
+    other skips it while it is locked, and says so."""
+    body = "runs:\n  - {epochs: 3, grid: {objective: ['align + uniform', 'contrastive(tau=0.5)'], dim: [4, 8]}}\n"
+    path = write_sweep(tmp_path, body)
+    cmd = [sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b") if (tmp_path / name).mkdir() is None]
+    outs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trained = [int(re.search(r"s: (\d+) trained", out).group(1)) for out in outs]
+    assert sum(trained) == 4, outs  # every run trained exactly once between the two
+    # a run skipped as busy was finished by the other sweep: a rerun has nothing to do
+    again = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True)
+    assert again.returncode == 0 and "trained" not in again.stderr  # nothing left to do
+    assert all(status(r) == "done" for r in load_sweep(path))

@@ -1,7 +1,12 @@
 """The trainer on the embedded digits: one short run per objective family, determinism, fine-tuning,
 run records, the training-code version, augmentation recipes, bad input and divergence."""
+import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -153,3 +158,50 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert "unknown dataset" in capsys.readouterr().err
     assert main(["evaluate", run_dir, "--probe", "svm"]) == 2
     assert "unknown probe" in capsys.readouterr().err
+
+
+def _train_cmd(runs_dir, *extra):
+    return [sys.executable, "-m", "hypersphere", "train", "--dataset", "digits", "--epochs", "4", "--dim", "8",
+            "--batch-size", "128", "--runs-dir", str(runs_dir), "--quiet", "--objective", "align(alpha=2) + uniform(t=2)",
+            "--snapshot-epochs", "0", "2", "4", *extra]
+
+
+def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
+    """Kill -9 mid-epoch (the state is saved after every step here, --checkpoint-minutes 0), rerun: every RNG,
+    the optimiser and schedule, the epoch's sample order and partial loss sums are restored, so on CPU with one
+    thread the final weights, log and snapshots equal an uninterrupted run's exactly."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (run_a,) = (tmp_path / "a").iterdir()
+    run_b = tmp_path / "b" / run_a.name
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it in the middle of epoch 2 or later
+        state = runs.load_state(run_b, json.loads((run_a / runs.CONFIG).read_text()), TRAIN_VERSION)
+        if state is not None and state["epoch"] >= 2 and state["step"] > 0:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert runs.train_status(run_b, TRAIN_VERSION) == "todo" and (run_b / runs.STATE).exists()
+    subprocess.run(_train_cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env, check=True, capture_output=True)
+    summary = runs.load_summary(run_b)
+    assert len(summary["resumed"]) == 1 and summary["resumed"][0]["epoch"] >= 2
+    for name in (runs.CHECKPOINT, "snapshots/epoch-2.pt", "snapshots/epoch-4.pt"):
+        a, b = runs.load_checkpoint(run_a / name)["encoder"], runs.load_checkpoint(run_b / name)["encoder"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    log = lambda d: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+                     for row in csv.DictReader((d / runs.LOG).open())]
+    assert log(run_a) == log(run_b)
+    assert not (run_b / runs.STATE).exists()
+
+
+def test_a_run_locked_by_a_live_process_is_not_trained_twice(tmp_path):
+    config = cfg(tmp_path, epochs=1)
+    with runs.lock(config.run_dir()):
+        assert runs.is_locked(config.run_dir())
+        with pytest.raises(runs.RunLocked, match=f"being trained by pid {os.getpid()}"):
+            train(config, progress=False)
+    assert not runs.is_locked(config.run_dir())  # released with the descriptor
+    train(config, progress=False)

@@ -3,6 +3,8 @@
     config.json          the training config (what changes the trained weights)
     log.csv              one row per epoch
     checkpoint.pt        the final encoder (and head) weights
+    state.pt             while training: everything needed to resume (weights, optimiser, schedule, RNGs, log)
+    lock                 held (flock) by the process training the run; the kernel releases it when that dies
     snapshots/epoch-K.pt encoder weights at the config's snapshot epochs (Fig. 8 trajectories)
     train.json           the training summary, written last: its presence marks the run finished
     failed.json          written instead when the loss diverged
@@ -13,7 +15,9 @@ retraining it. Every file is written atomically (temp file + rename), so a recor
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -26,11 +30,15 @@ from typing import Any
 import torch
 
 CONFIG, LOG, CHECKPOINT, TRAIN, FAILED = "config.json", "log.csv", "checkpoint.pt", "train.json", "failed.json"
-SNAPSHOTS, EVALS = "snapshots", "evals"
+SNAPSHOTS, EVALS, STATE, LOCK = "snapshots", "evals", "state.pt", "lock"
 
 
 class RunError(RuntimeError):
     """A run record that cannot be used (corrupt, incomplete or from another config)."""
+
+
+class RunLocked(RunError):
+    """Another live process is training this run (two sweeps sharing a runs directory)."""
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -115,15 +123,61 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+@contextlib.contextmanager
+def lock(run_dir: Path):
+    """Hold the run's lock while training it; RunLocked when another live process holds it. An flock is
+    released by the kernel when its process dies (kill -9 included), so a killed sweep never blocks a run;
+    it works across machines on NFS (Linux emulates it with POSIX locks there)."""
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise RunLocked(f"{Path(run_dir).name} is being trained by {holder}; it is skipped here "
+                            f"(rerun when that process has finished, or stop it)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a live process trains the run."""
+    if not (Path(run_dir) / LOCK).exists():
+        return False
+    try:
+        with lock(run_dir):
+            return False
+    except RunLocked:
+        return True
+
+
 def start_training(run_dir: Path, config: dict[str, Any]) -> None:
     """Clear what an earlier (stale, failed or killed) training of this run left, then write its config.
     Evaluations and snapshots belong to the weights they were computed from, so they go too."""
     run_dir = Path(run_dir)
-    for name in (TRAIN, FAILED, CHECKPOINT):
+    for name in (TRAIN, FAILED, CHECKPOINT, STATE):
         (run_dir / name).unlink(missing_ok=True)
     for name in (SNAPSHOTS, EVALS):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     write_json(run_dir / CONFIG, config)
+
+
+def load_state(run_dir: Path, config: dict[str, Any], version: int) -> dict[str, Any] | None:
+    """The resumable training state of a killed run of this config and training-code version, else None
+    (absent, from another config or version, or unreadable: the run then starts over)."""
+    path = Path(run_dir) / STATE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a state.pt is written atomically; anything unreadable is from a foreign source
+        return None
+    return state if (state.get("config_hash"), state.get("train_version")) == (config_hash(config), version) else None
 
 
 def snapshot_path(run_dir: Path, epoch: int) -> Path:

@@ -21,6 +21,7 @@ atomically after every run.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import multiprocessing
@@ -163,25 +164,37 @@ def check_writable(*dirs: Path) -> None:
 
 
 def status(run: SweepRun) -> str:
-    """Training status (runs.train_status), with "done" split into evaluated or not."""
+    """Training status (runs.train_status), with "done" split into evaluated or not, and unfinished runs
+    marked when another process trains them now (training elsewhere) or a killed one left a state
+    (partial: it resumes)."""
     state = runs.train_status(run.config.run_dir(), TRAIN_VERSION)
+    if state == "todo" and runs.is_locked(run.config.run_dir()):
+        return "training elsewhere"
+    if state == "todo" and (run.config.run_dir() / runs.STATE).exists():
+        return "partial"
     if state == "done" and runs.load_eval(run.config.run_dir(), run.evaluation.kind, run.evaluation.hashed()) is None:
         return "to evaluate"
     return state
 
 
 def run_one(cfg: TrainConfig, evaluation: EvalConfig, threads: int) -> str:
-    """Train one run (unless finished) and evaluate it (unless evaluated) with `threads` CPU threads; returns
-    its training status. Both executors call exactly this, so a run gives the same numbers locally and on
-    Ray (CPU results depend on the thread count)."""
+    """Train one run (unless finished) and evaluate it (unless evaluated) with `threads` CPU threads. Returns
+    what happened: trained, evaluated (only), failed (diverged), busy (another live process trains it) or
+    waiting (its parent is not finished). Both executors call exactly this, so a run gives the same numbers
+    locally and on Ray (CPU results depend on the thread count)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
+            return "waiting"
         run_dir = train(cfg, progress=False)
+        trained = runs.load_summary(run_dir).get("pid") == os.getpid()  # not another process that finished first
         evaluate_run(run_dir, evaluation, cfg.device, cfg.data_dir, progress=False)
-        return "done"
+        return "trained" if trained else "evaluated"
     except Diverged:
         return "failed"
+    except runs.RunLocked:
+        return "busy"
     finally:
         torch.set_num_threads(before)
 
@@ -202,7 +215,8 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
         row.update({f"w_{name}": objective.weight(name) for name in TERMS})
         if state == "done":
             summary = runs.load_summary(run_dir)
-            row.update({k: v for k, v in summary.items() if k not in ("config_hash", "run")})
+            row.update({k: v for k, v in summary.items() if k not in ("config_hash", "run", "resumed", "pid", "host")})
+            row["resumed"] = len(summary.get("resumed", []))
             record = runs.load_eval(run_dir, run.evaluation.kind, run.evaluation.hashed())
             if record is None:
                 row["status"] = "to evaluate"
@@ -242,7 +256,7 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     `cpus_per_run` CPUs and `gpus_per_run` GPUs. Each run uses `cpus_per_run` CPU threads (one by
     default: small encoders gain little from more, and threads stall badly when processes share cores)."""
     check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
-    wanted = ("todo", "stale", "to evaluate") + (("failed",) if retry_failed else ())
+    wanted = ("todo", "partial", "training elsewhere", "stale", "to evaluate") + (("failed",) if retry_failed else ())
     states = {id(r): status(r) for r in sweep_runs}
     todo = [r for r in sweep_runs if states[id(r)] in wanted]
     if stale := [r for r in sweep_runs if states[id(r)] == "stale"]:
@@ -251,16 +265,17 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     for run in todo:
         (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
     bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
+    outcomes = collections.Counter()
 
-    def finished(run: SweepRun) -> None:
+    def finished(run: SweepRun, outcome: str) -> None:
+        outcomes[outcome] += 1
         write_table(sweep_runs, table)
         bar.set_postfix_str(run.config.run_dir().name)
         bar.update()
 
     if executor == "local" and workers == 1:
         for run in todo:
-            run_one(run.config, run.evaluation, cpus_per_run)
-            finished(run)
+            finished(run, run_one(run.config, run.evaluation, cpus_per_run))
     elif executor == "local":
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             _schedule(todo, lambda run: pool.submit(run_one, run.config, run.evaluation, cpus_per_run),
@@ -274,10 +289,15 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
     bar.close()
+    if todo:
+        print(f"{Path(table).stem}: " + ", ".join(f"{outcomes[k]} {k}" for k in ("trained", "evaluated", "failed")) +
+              (f"; {outcomes['busy']} skipped, being trained by another process" if outcomes["busy"] else "") +
+              (f"; {outcomes['waiting']} waiting for a parent that is not finished" if outcomes["waiting"] else ""),
+              file=sys.stderr)
     return write_table(sweep_runs, table)
 
 
-def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finished: Callable[[SweepRun], None],
+def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finished: Callable[[SweepRun, str], None],
               result: Callable = lambda future: future.result()) -> None:
     """Submit every run whose parent is neither pending nor running, wait for one to finish, repeat:
     fine-tunes start once their parent's record is complete."""
@@ -288,8 +308,8 @@ def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finish
             pending.remove(run)
             running[submit(run)] = run
         done = wait_one(list(running))
-        result(done)  # re-raises a worker's exception here
-        finished(running.pop(done))
+        outcome = result(done)  # re-raises a worker's exception here
+        finished(running.pop(done), outcome)
 
 
 def _ray():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -58,8 +59,9 @@ class TrainConfig:
     download: bool = False
     device: str = "auto"
     runs_dir: str = "runs"
+    checkpoint_minutes: float = 10.0  # also save the resumable state mid-epoch after this long (0: every step)
 
-    NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir")
+    NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir", "checkpoint_minutes")
 
     def __post_init__(self) -> None:
         """Reject bad configs before any data is loaded (one line naming the problem and the fix)."""
@@ -165,26 +167,37 @@ def _batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective
 
 def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
     """Train one encoder; return its run directory. A finished run of this training-code version is not
-    retrained; one of an older version is, with a message saying why.
+    retrained; one of an older version is, with a message saying why. A killed run resumes from its last
+    saved state (end of each epoch, and every `checkpoint_minutes` within one) and ends with the same
+    weights as an uninterrupted one. Raises runs.RunLocked when another live process trains the run.
 
     `data` replaces the dataset named by the config (benchmarks use synthetic images of a given size).
     Raises Diverged (after writing failed.json) when a loss becomes NaN/inf.
     """
     run_dir = cfg.run_dir()
-    status = runs.train_status(run_dir, TRAIN_VERSION)
-    if status == "done":
+    if runs.train_status(run_dir, TRAIN_VERSION) == "done":
         return run_dir
+    with runs.lock(run_dir):
+        status = runs.train_status(run_dir, TRAIN_VERSION)  # another process may have finished it meanwhile
+        if status != "done":
+            _train(cfg, run_dir, status, progress, data)
+    return run_dir
+
+
+def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
     if status == "stale":
         old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
         print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
               file=sys.stderr)
+    resume = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
+    if resume is None:
+        runs.start_training(run_dir, cfg.hashed())
     device = resolve_device(cfg.device)
     data = (data or load_data(cfg)).to(device)
-    runs.start_training(run_dir, cfg.hashed())
 
     torch.manual_seed(cfg.seed)
     encoder = make_encoder(cfg, data)
-    if cfg.init:
+    if cfg.init and resume is None:
         if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
             raise runs.RunError(f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)")
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
@@ -206,19 +219,40 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
     steps = n // batch  # drop the last incomplete batch, as the official loader does
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     views = domain_of(cfg.dataset).views  # one random view of each input (the positive-pair recipe)
-    log = []
+    log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
+    if resume is not None:
+        encoder.load_state_dict(resume["encoder"]), opt.load_state_dict(resume["opt"]), sched.load_state_dict(resume["sched"])
+        if head is not None:
+            head.load_state_dict(resume["head"])
+        gen.set_state(resume["gen"]), torch.set_rng_state(resume["torch_rng"])
+        log, start_epoch, start_step, perm, sums = (resume[k] for k in ("log", "epoch", "step", "perm", "sums"))
+        resumed = resume["resumed"] + [{"epoch": start_epoch, "step": start_step}]
+        perm = None if perm is None else perm.to(device)
+        sums = {k: v.to(device) for k, v in sums.items()}
+
+    def save_state(epoch: int, step: int, perm, sums) -> None:
+        """Everything the loop needs to continue at (epoch, step) exactly as if it had not stopped."""
+        runs.save_checkpoint(run_dir / runs.STATE, {
+            "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION, "epoch": epoch, "step": step,
+            "encoder": encoder.state_dict(), "head": head.state_dict() if head else None, "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "perm": perm,
+            "sums": sums, "log": log, "resumed": resumed})
 
     def snapshot(epoch: int) -> None:
         if epoch in cfg.snapshot_epochs:
             runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": encoder.state_dict()})
 
-    snapshot(0)
-    bar = tqdm(total=cfg.epochs * steps, desc=f"train {run_dir.name}", unit="step", disable=not progress, leave=False)
-    for epoch in range(1, cfg.epochs + 1):
+    if resume is None:
+        snapshot(0)
+    bar = tqdm(total=cfg.epochs * steps, initial=(start_epoch - 1) * steps + start_step, desc=f"train {run_dir.name}",
+               unit="step", disable=not progress, leave=False)
+    last_save = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs + 1):
         encoder.train()
-        t0, sums = time.perf_counter(), {}
-        perm = torch.randperm(n, generator=gen, device=device)
-        for step in range(steps):
+        t0 = time.perf_counter()
+        if perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
+            perm, sums, start_step = torch.randperm(n, generator=gen, device=device), {}, 0
+        for step in range(start_step, steps):
             idx = perm[step * batch:(step + 1) * batch]
             loss, terms = _batch_loss(encoder, head, objective, views, data, images, labels, idx, gen)
             opt.zero_grad(set_to_none=True)
@@ -227,19 +261,26 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             bar.update()
+            if step + 1 < steps and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes:
+                save_state(epoch, step + 1, perm, sums)
+                last_save = time.perf_counter()
         means = {k: float(v) / steps for k, v in sums.items()}  # one device sync per epoch
         if not math.isfinite(means["loss"]):
             bar.close()
             reason = f"mean loss became {means['loss']} in epoch {epoch}"
             runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "reason": reason})
+            (run_dir / runs.STATE).unlink(missing_ok=True)
             raise Diverged(f"{run_dir.name}: {reason}")
         seconds = time.perf_counter() - t0
         log.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{k: round(v, 6) for k, v in means.items()},
-                    "seconds": round(seconds, 3), "images_per_s": round(steps * batch * objective.views / seconds, 1)})
+                    "seconds": round(seconds, 3), "images_per_s": round((steps - start_step) * batch * objective.views / seconds, 1)})
         sched.step()
         bar.set_postfix(epoch=epoch, loss=f"{means['loss']:.3f}")
         runs.write_csv(run_dir / runs.LOG, log)
         snapshot(epoch)
+        perm = None
+        save_state(epoch + 1, 0, None, {})
+        last_save = time.perf_counter()
     bar.close()
 
     state = {"encoder": encoder.state_dict(), **({"head": head.state_dict()} if head else {})}
@@ -250,10 +291,13 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
         "train_version": TRAIN_VERSION,
         "run": run_dir.name,
         "steps": cfg.epochs * steps,
+        "resumed": resumed,
         "final_loss": log[-1]["loss"] if log else None,
         "train_seconds": round(train_seconds, 2),
         "images_per_s": round(cfg.epochs * steps * batch * objective.views / train_seconds, 1) if train_seconds else None,
         "device": str(device),
         "torch": torch.__version__,
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
     })
-    return run_dir
+    (run_dir / runs.STATE).unlink(missing_ok=True)
