@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             run_dir = train(_from_args(TrainConfig, args), progress=not args.quiet)
-            print(run_dir)
-            print(json.dumps(runs.load_summary(run_dir), indent=2))
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+                print(run_dir)
+                print(json.dumps(runs.load_summary(run_dir), indent=2))
         elif args.command == "evaluate":
             cfg = _from_args(EvalConfig, args)
             for run_dir in args.run_dirs:

@@ -11,6 +11,7 @@ lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import runs
+from . import distributed, runs
 from .augment import recipe
 from .domains import domain_of
 from .losses import Objective
@@ -32,7 +33,7 @@ from .losses import Objective
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
 # initialisation, optimiser, loss numerics, data preparation): cached runs of an older version are then
 # reported and retrained instead of silently reused.
-TRAIN_VERSION = 2
+TRAIN_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,19 @@ class TrainConfig:
         return cls(**{**d, **tuples})
 
 
+AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations from seed AUGMENT_SEED * s + r + 1
+
+
+def _gathered_states(gen: torch.Generator) -> list[torch.Tensor]:
+    """Every process's augmentation generator state, so that a resumed distributed run continues each stream."""
+    state = gen.get_state()
+    if distributed.rank_world()[1] == 1:
+        return [state]
+    states = [torch.empty_like(state) for _ in range(distributed.rank_world()[1])]
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or inf; the run is recorded as failed with the epoch and reason."""
 
@@ -151,18 +165,20 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
     return encoder.to(device).eval(), cfg, data
 
 
-def _batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, views, data, images: torch.Tensor,
-                labels: torch.Tensor | None, idx: torch.Tensor, gen: torch.Generator):
-    """Loss and its unweighted terms on one batch: the objective on `objective.views` random views of each
-    input (one forward pass over all, as the official code). Only the encoder runs under bf16 autocast (on
-    CUDA); augmentation and losses stay in fp32."""
+def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, views, data, images: torch.Tensor,
+               labels: torch.Tensor | None, global_idx: torch.Tensor, gen: torch.Generator):
+    """Loss and its unweighted terms on one global batch: the objective on `objective.views` random views of
+    each input (one forward pass over all, as the official code). Under torchrun each process encodes its
+    share and the losses see the gathered global batch (distributed.py). Only the encoder runs under bf16
+    autocast (on CUDA); augmentation and losses stay in fp32."""
+    idx = distributed.shard(global_idx)
     x = torch.cat([views(data, images[idx], gen) for _ in range(objective.views)])
     device = x.device.type
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         z = encoder(x.contiguous(memory_format=torch.channels_last))
-    z = z.float().chunk(objective.views)
-    logits = head(z[0]) if head is not None else None
-    return objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[idx])
+    z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
+    logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
+    return objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[global_idx])
 
 
 def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
@@ -177,10 +193,12 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
     run_dir = cfg.run_dir()
     if runs.train_status(run_dir, TRAIN_VERSION) == "done":
         return run_dir
-    with runs.lock(run_dir):
+    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 holds the lock for all
+    with runs.lock(run_dir) if first else contextlib.nullcontext():
         status = runs.train_status(run_dir, TRAIN_VERSION)  # another process may have finished it meanwhile
         if status != "done":
             _train(cfg, run_dir, status, progress, data)
+    distributed.barrier()  # under torchrun, every process returns once process 0 has written the record
     return run_dir
 
 
@@ -190,9 +208,14 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
               file=sys.stderr)
     resume = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
-    if resume is None:
-        runs.start_training(run_dir, cfg.hashed())
     device = resolve_device(cfg.device)
+    rank, world = distributed.init_from_env(device.type)
+    main = rank == 0  # only the first process writes the record
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    if resume is None and main:
+        runs.start_training(run_dir, cfg.hashed())
+    distributed.barrier()
     data = (data or load_data(cfg)).to(device)
 
     torch.manual_seed(cfg.seed)
@@ -202,6 +225,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
             raise runs.RunError(f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)")
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
+    model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
     objective = Objective.parse(cfg.objective)
     head = None
     if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
@@ -217,14 +241,15 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     n = len(images)
     batch = min(cfg.batch_size, n)
     steps = n // batch  # drop the last incomplete batch, as the official loader does
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    order = torch.Generator(device=device).manual_seed(cfg.seed)  # the sample order: the same on every process
+    gen = torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1)  # augmentations: per process
     views = domain_of(cfg.dataset).views  # one random view of each input (the positive-pair recipe)
     log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
     if resume is not None:
         encoder.load_state_dict(resume["encoder"]), opt.load_state_dict(resume["opt"]), sched.load_state_dict(resume["sched"])
         if head is not None:
             head.load_state_dict(resume["head"])
-        gen.set_state(resume["gen"]), torch.set_rng_state(resume["torch_rng"])
+        order.set_state(resume["order"]), gen.set_state(resume["gen"][rank]), torch.set_rng_state(resume["torch_rng"])
         log, start_epoch, start_step, perm, sums = (resume[k] for k in ("log", "epoch", "step", "perm", "sums"))
         resumed = resume["resumed"] + [{"epoch": start_epoch, "step": start_step}]
         perm = None if perm is None else perm.to(device)
@@ -232,57 +257,64 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
 
     def save_state(epoch: int, step: int, perm, sums) -> None:
         """Everything the loop needs to continue at (epoch, step) exactly as if it had not stopped."""
+        gens = _gathered_states(gen)
+        if not main:
+            return
         runs.save_checkpoint(run_dir / runs.STATE, {
             "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION, "epoch": epoch, "step": step,
             "encoder": encoder.state_dict(), "head": head.state_dict() if head else None, "opt": opt.state_dict(),
-            "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "perm": perm,
+            "sched": sched.state_dict(), "order": order.get_state(), "gen": gens, "torch_rng": torch.get_rng_state(), "perm": perm,
             "sums": sums, "log": log, "resumed": resumed})
 
     def snapshot(epoch: int) -> None:
-        if epoch in cfg.snapshot_epochs:
+        if epoch in cfg.snapshot_epochs and main:
             runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": encoder.state_dict()})
 
     if resume is None:
         snapshot(0)
     bar = tqdm(total=cfg.epochs * steps, initial=(start_epoch - 1) * steps + start_step, desc=f"train {run_dir.name}",
-               unit="step", disable=not progress, leave=False)
+               unit="step", disable=not (progress and main), leave=False)
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         encoder.train()
         t0 = time.perf_counter()
         if perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
-            perm, sums, start_step = torch.randperm(n, generator=gen, device=device), {}, 0
+            perm, sums, start_step = torch.randperm(n, generator=order, device=device), {}, 0
         for step in range(start_step, steps):
             idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = _batch_loss(encoder, head, objective, views, data, images, labels, idx, gen)
+            loss, terms = batch_loss(model, head, objective, views, data, images, labels, idx, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             bar.update()
-            if step + 1 < steps and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes:
+            due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+            if step + 1 < steps and distributed.agree(due):
                 save_state(epoch, step + 1, perm, sums)
                 last_save = time.perf_counter()
         means = {k: float(v) / steps for k, v in sums.items()}  # one device sync per epoch
         if not math.isfinite(means["loss"]):
             bar.close()
             reason = f"mean loss became {means['loss']} in epoch {epoch}"
-            runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "reason": reason})
-            (run_dir / runs.STATE).unlink(missing_ok=True)
+            if main:
+                runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "reason": reason})
+                (run_dir / runs.STATE).unlink(missing_ok=True)
             raise Diverged(f"{run_dir.name}: {reason}")
         seconds = time.perf_counter() - t0
         log.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{k: round(v, 6) for k, v in means.items()},
                     "seconds": round(seconds, 3), "images_per_s": round((steps - start_step) * batch * objective.views / seconds, 1)})
         sched.step()
         bar.set_postfix(epoch=epoch, loss=f"{means['loss']:.3f}")
-        runs.write_csv(run_dir / runs.LOG, log)
+        if main:
+            runs.write_csv(run_dir / runs.LOG, log)
         snapshot(epoch)
         perm = None
         save_state(epoch + 1, 0, None, {})
         last_save = time.perf_counter()
     bar.close()
-
+    if not main:
+        return
     state = {"encoder": encoder.state_dict(), **({"head": head.state_dict()} if head else {})}
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, state)
     train_seconds = sum(row["seconds"] for row in log)

@@ -1,0 +1,89 @@
+"""Two processes with the gloo backend train one encoder as one process would on the same global batch:
+same loss, same gradients (distributed.py: gathered features keep their gradients; DDP averages)."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from hypersphere import distributed
+from hypersphere.data import load_dataset
+from hypersphere.domains import IMAGE
+from hypersphere.losses import Objective
+from hypersphere.models import DigitsNet
+from hypersphere.train import batch_loss
+
+OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()")
+BATCH, WORLD = 16, 2
+
+
+def setup(seed: int = 0):
+    torch.manual_seed(seed)
+    return DigitsNet(in_channels=1, dim=8, input_size=24), nn.Linear(8, 10)
+
+
+def grads(*modules) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": p.grad.clone() for i, m in enumerate(modules) for k, p in m.named_parameters()}
+
+
+def worker(rank: int, port: int, objective: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    encoder, head = setup()
+    model = nn.parallel.DistributedDataParallel(encoder)
+    obj = Objective.parse(objective)
+    gen = torch.Generator().manual_seed(100 + rank)
+    loss, _ = batch_loss(model, head if obj.needs_labels else None, obj, IMAGE.views, data, data.train_images,
+                         data.train_labels, torch.arange(BATCH), gen)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def reference(objective: str):
+    """One process, the same global batch: each half encoded as its process encodes it (its own
+    augmentation stream and BatchNorm statistics), the losses on the concatenated features."""
+    data = load_dataset("digits")
+    encoder, head = setup()
+    obj = Objective.parse(objective)
+    zs = []
+    for rank in range(WORLD):
+        gen = torch.Generator().manual_seed(100 + rank)
+        idx = torch.arange(BATCH)[rank * BATCH // WORLD:(rank + 1) * BATCH // WORLD]
+        x = torch.cat([IMAGE.views(data, data.train_images[idx], gen) for _ in range(obj.views)])
+        zs.append(encoder(x.contiguous(memory_format=torch.channels_last)).chunk(obj.views))
+    zx, zy = torch.cat([z[0] for z in zs]), torch.cat([z[-1] for z in zs])
+    logits = head(zx) if obj.needs_labels else None
+    loss, _ = obj(zx, zy, logits=logits, labels=data.train_labels[:BATCH])
+    loss.backward()
+    return loss.detach(), grads(encoder, head) if obj.needs_labels else grads(encoder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, objective):
+    mp.spawn(worker, args=(free_port(), objective, str(tmp_path)), nprocs=WORLD)
+    loss, ref_grads = reference(objective)
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert out["loss"].item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
+        assert out["grads"].keys() == ref_grads.keys()
+        for k, g in ref_grads.items():  # float32 sums in another order: equal to 1e-4 of each tensor's norm
+            assert (out["grads"][k] - g).norm() <= 1e-4 * g.norm() + 1e-7, (rank, k)
+
+
+def test_shard_needs_a_batch_that_divides_and_is_identity_alone():
+    assert torch.equal(distributed.shard(torch.arange(7)), torch.arange(7))
+    assert distributed.gather(torch.ones(3, 2)).shape == (3, 2)
+    assert distributed.rank_world() == (0, 1) and distributed.agree(True)
