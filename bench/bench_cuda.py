@@ -1,13 +1,18 @@
-"""Benchmark 5 (CUDA only): SmallAlexNet training speed at the paper's batch 768 on one GPU.
+"""Benchmark 5 (CUDA): SmallAlexNet training at the paper's batch 768 on one GPU, the GPU check for the paper
+profile. One prepared command: `python bench/run.py --cuda-only` (a few minutes on an H200); on a machine
+without CUDA, `python bench/run.py --cuda-only --dry-run` runs every code path on the CPU at tiny sizes (its
+numbers are no measurement) and skips what needs a GPU.
 
-- images/s (augmented views; two per pair) and achieved TFLOP/s of the whole training step as train.py runs
-  it: both views augmented on the GPU from uint8, encoder in bf16 autocast with channels_last, fp32 losses,
-  SGD. FLOPs of forward + backward are counted with torch.utils.flop_counter.FlopCounterMode on one step.
-  Eager, and torch.compile'd (compile time reported; a failure is reported, not fatal).
-- the projected wall time of one full STL-10 encoder: floor(105,000 / 768) steps x 200 epochs (training only).
-- packing: K processes each training its own small encoder (SmallAlexNet, batch 256) on the same GPU at once,
-  vs one such process alone; ratio = aggregate images/s packed / images/s alone (the sweep's fractional GPUs).
-One prepared command: `python bench/run.py --cuda-only` (a few minutes on an H200).
+- the card's achievable bf16 matrix-multiply TFLOP/s (8192^3 matmuls), the reference for MFU;
+- images/s and TFLOP/s of the whole training step as train.py runs it (both views augmented on the GPU from
+  uint8, encoder in bf16 autocast with channels_last, fp32 losses, SGD), eager and torch.compile'd; MFU =
+  achieved / achievable; FLOPs of forward + backward counted with FlopCounterMode on one step;
+- GPU augmentation alone: images/s of augment() on 96 px uint8 batches;
+- bf16 against fp32: the loss of one batch with the same weights, relative difference;
+- peak memory with the whole STL-10 train+unlabeled set (105,000 x 3 x 96 x 96 uint8) resident on the GPU;
+- projected wall time of one paper encoder and of the whole STL-10 cloud (data/reference/stl10_encoders.csv:
+  every row's epochs x floor(105,000 / batch) steps, at the measured images/s, training only);
+- packing: K processes each training its own SmallAlexNet (batch 256) on the GPU at once, vs one alone.
 """
 from __future__ import annotations
 
@@ -130,22 +135,74 @@ def packed_images_per_s(processes: int, batch: int, warmup: int, steps: int, dev
     return sum(r[2] for r in reports) / (max(r[1] for r in reports) - min(r[0] for r in reports))
 
 
-def run(quick: bool, pack: int = 4, compile: bool = True) -> list[Row]:
-    if not torch.cuda.is_available():
+def achievable_tflops(device: torch.device, n: int, repeats: int) -> float:
+    """bf16 TFLOP/s of n x n x n matrix products: the card's practical peak, the denominator of MFU."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def augment_images_per_s(device: torch.device, batch: int, steps: int) -> float:
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 96, 96), dtype=torch.uint8, device=device, generator=gen)
+    augment(images, AugmentConfig(), STL10_MEAN, STL10_STD, gen)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        augment(images, AugmentConfig(), STL10_MEAN, STL10_STD, gen)
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def bf16_loss_gap(device: torch.device, batch: int) -> tuple[float, float]:
+    """The objective on one batch in fp32 and under bf16 autocast, same weights and views."""
+    trainer = Trainer(batch, device)
+    both = trainer.views()
+    with torch.no_grad():
+        fp32, _ = trainer.objective(*trainer.model(both).float().chunk(2))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            bf16, _ = trainer.objective(*trainer.model(both).float().chunk(2))
+    return fp32.item(), bf16.item()
+
+
+def cloud_images() -> int:
+    """Augmented views the paper's STL-10 cloud trains on: rows x epochs x floor(105,000 / batch) x batch x 2."""
+    import pandas as pd
+    from hypersphere.resources import reference
+    rows = pd.read_csv(reference("stl10_encoders.csv"))
+    return int(sum(e * (STL10_IMAGES // b) * b * 2 for e, b in zip(rows["epochs"], rows["batch_size"])))
+
+
+def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False) -> list[Row]:
+    cuda = torch.cuda.is_available()
+    if not cuda and not dry_run:
         return [skipped("cuda", "SmallAlexNet training speed, STL-10 projection, packing", "skipped: no CUDA")]
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    batch, warmup, steps = (256 if quick else 768), (2 if quick else 5), (3 if quick else 20)
-    rows = []
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else "CPU dry run (not a measurement)"
+    batch, warmup, steps = (8, 1, 1) if not cuda else (256, 2, 3) if quick else (768, 5, 20)
+    peak = achievable_tflops(device, 256 if not cuda else 8192, 2 if not cuda else 50)
+    rows = [Row("cuda", f"bf16 matmul {'256' if not cuda else '8192'}^3, {name}", f"{peak:.0f} TFLOP/s", "-",
+                note="achievable peak: the denominator of MFU", raw={"tflops": peak})]
     best: tuple[float, str] | None = None
-    for compiled in ((False, True) if compile else (False,)):
+    for compiled in ((False, True) if compile and cuda else (False,)):
         variant = "compiled" if compiled else "eager"
         case = f"SmallAlexNet B={batch} pairs, bf16 autocast, channels_last, {variant}, {name}"
         try:
             t0 = time.perf_counter()
             trainer = Trainer(batch, device, compile=compiled)
             trainer.step()  # compiles here when compiled
-            torch.cuda.synchronize()
+            trainer.sync()
             setup = time.perf_counter() - t0
             sec = trainer.seconds_per_step(steps, warmup)
             flops = trainer.flops_per_step()
@@ -154,21 +211,45 @@ def run(quick: bool, pack: int = 4, compile: bool = True) -> list[Row]:
                 raise
             rows.append(skipped("cuda", case, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
             continue
-        images_per_s = 2 * batch / sec
-        rows.append(Row("cuda", case, f"{fmt_rate(images_per_s, 'image')}, {flops / sec / 1e12:.1f} TFLOP/s", "-",
-                        note=f"{fmt_time(sec)} per step (augment + fwd + bwd + SGD), {flops / 1e12:.2f} TFLOP counted "
-                             f"per step (fwd+bwd); first step incl. setup/compile {setup:.1f} s",
+        images_per_s, achieved = 2 * batch / sec, flops / sec / 1e12
+        rows.append(Row("cuda", case, f"{fmt_rate(images_per_s, 'image')}, {achieved:.1f} TFLOP/s, MFU {achieved / peak:.0%}",
+                        "-", note=f"{fmt_time(sec)} per step (augment + fwd + bwd + SGD), {flops / 1e12:.2f} TFLOP counted "
+                                  f"per step (fwd+bwd); first step incl. setup/compile {setup:.1f} s",
                         raw={"seconds_per_step": sec, "flops_per_step": flops, "images_per_s": images_per_s,
-                             "first_step_s": setup}))
+                             "first_step_s": setup, "mfu": achieved / peak}))
         if best is None or sec < best[0]:
             best = (sec, variant)
         del trainer
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     sec, variant = best
-    total = (STL10_IMAGES // batch) * EPOCHS * sec
-    rows.append(Row("cuda", f"projected STL-10 encoder: {STL10_IMAGES // batch} steps x {EPOCHS} epochs "
-                            f"at B={batch} ({variant})", f"{total / 60:.1f} min training", "-",
-                    note="training only (evaluation not included)", raw={"projected_s": total}))
+    aug = augment_images_per_s(device, batch, steps)
+    rows.append(Row("cuda", f"augment() alone, 96 px uint8 -> 64 px, B={batch}, {name}", fmt_rate(aug, "image"), "-",
+                    raw={"images_per_s": aug}))
+    fp32, bf16 = bf16_loss_gap(device, batch)
+    rows.append(Row("cuda", f"loss of one batch, fp32 vs bf16 autocast, B={batch}", f"{bf16:.5f} (bf16)", f"{fp32:.5f} (fp32)",
+                    note=f"relative difference {abs(bf16 - fp32) / abs(fp32):.1e}", raw={"fp32": fp32, "bf16": bf16}))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.empty((STL10_IMAGES, 3, 96, 96), dtype=torch.uint8, device=device)
+        Trainer(batch, device).step()
+        peak_gib = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        del resident
+        torch.cuda.empty_cache()
+        rows.append(Row("cuda", f"peak memory: STL-10 resident (2.7 GiB uint8) + a B={batch} training step",
+                        f"{peak_gib:.1f} GiB", "-", raw={"peak_gib": peak_gib}))
+    else:
+        rows.append(skipped("cuda", "peak memory with STL-10 resident on the GPU", "skipped: no CUDA"))
+    one = (STL10_IMAGES // batch) * EPOCHS * sec
+    cloud = cloud_images() / (2 * batch / sec)
+    rows.append(Row("cuda", f"projected: one STL-10 encoder ({STL10_IMAGES // batch} steps x {EPOCHS} epochs, B={batch}, "
+                            f"{variant}); the whole 309-row STL-10 cloud at the same images/s",
+                    f"{one / 60:.1f} min; cloud {cloud / 3600:.1f} GPU-hours", "-",
+                    note="training only (evaluation not included)" + ("; CPU dry run" if not cuda else ""),
+                    raw={"projected_s": one, "cloud_s": cloud}))
+    if not cuda:
+        rows.append(skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA"))
+        return rows
     small_batch, pack_steps = 256, (5 if quick else 30)
     alone = packed_images_per_s(1, small_batch, warmup, pack_steps)
     together = packed_images_per_s(pack, small_batch, warmup, pack_steps)

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads = DataLoader workers (0: torch's default)")
     p.add_argument("--pack", type=int, default=4, help="processes packed on one GPU in the cuda benchmark")
     p.add_argument("--no-compile", action="store_true", help="cuda benchmark: skip the torch.compile variant")
+    p.add_argument("--dry-run", action="store_true", help="with --cuda-only on a machine without CUDA: run every "
+                   "code path on the CPU at tiny sizes (no measurement) and skip what needs a GPU")
     p.add_argument("--name", default="", help="results file name (default: GPU name, else CPU model and cores)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     args = p.parse_args(argv)
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad := set(only) - set(BENCHES):
         p.error(f"unknown benchmark(s) {sorted(bad)}; choose from {', '.join(BENCHES)}")
     if args.cuda_only:
-        if not torch.cuda.is_available():
-            p.error("--cuda-only needs a CUDA device; run without it on a CPU machine")
+        if not torch.cuda.is_available() and not args.dry_run:
+            p.error("--cuda-only needs a CUDA device; run without it on a CPU machine, or add --dry-run")
         only = [b for b in only if b in ("loss", "cuda")]
     if args.threads < 0:
         p.error(f"--threads must be >= 1 (or 0 for torch's default), got {args.threads}")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = describe_machine()
     slug = args.name or machine_slug(machine)
-    slug += "-quick" * args.quick + "-cuda" * args.cuda_only + (f"-{'-'.join(only)}" if args.only else "")
+    slug += "-quick" * args.quick + "-cuda" * args.cuda_only + "-dryrun" * args.dry_run + (f"-{'-'.join(only)}" if args.only else "")
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with {threads} thread(s), "
           f"{machine['device']}, load average {machine['load_average_start']}", flush=True)
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(OpenMP spin-waiting). Timings will be noisy; compare --threads 1 or OMP_WAIT_POLICY=PASSIVE.",
               flush=True)
     start, rows = time.perf_counter(), []
-    devices = [torch.device("cuda")] if args.cuda_only else [torch.device("cpu")]
+    devices = [torch.device("cuda" if torch.cuda.is_available() else "cpu")] if args.cuda_only else [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cuda_only:
         devices.append(torch.device("cuda"))
     runners = {
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "augment": lambda: bench_augment.run(args.quick, threads),
         "train": lambda: bench_train.run(args.quick),
         "probe": lambda: bench_probe.run(args.quick),
-        "cuda": lambda: bench_cuda.run(args.quick, args.pack, compile=not args.no_compile),
+        "cuda": lambda: bench_cuda.run(args.quick, args.pack, compile=not args.no_compile, dry_run=args.dry_run),
     }
     for name in only:
         t0 = time.perf_counter()

@@ -76,3 +76,21 @@ def test_probe_rows_report_both_accuracies(quick_run):
     for key in ("cached_linear", "cached_5nn", "full_linear"):
         assert 0 <= probe["raw"][key] <= 100
     assert probe["raw"]["cached_5nn"] > 20  # a trained digits encoder: 5-NN well above chance (10%)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
+def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only", "--dry-run", "--quick",
+                           "--threads", "1", "--name", "box", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"]
+    cuda = {r["case"].split(",")[0]: r for r in rows if r["bench"] == "cuda"}
+    assert {"SmallAlexNet B=8 pairs", "augment() alone", "loss of one batch"} <= set(cuda)
+    assert cuda["SmallAlexNet B=8 pairs"]["raw"]["flops_per_step"] > 0
+    skipped = [r["case"] for r in rows if r["met"] == "skipped"]
+    assert any("peak memory" in c for c in skipped) and any("packing" in c for c in skipped)
+    assert any(c.startswith("projected") for c in cuda)
+    no_flag = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only"], capture_output=True,
+                             text=True, cwd=REPO)
+    assert no_flag.returncode != 0 and "--dry-run" in no_flag.stderr
