@@ -5,7 +5,7 @@ PROFILE  ?= quick#        a profile of configs/profiles/: smoke (seconds, for te
 DATA_DIR ?= data#         where datasets live (downloaded ones are git-ignored)
 DEVICE   ?= auto#         auto | cpu | cuda | cuda:1 ...
 DOWNLOAD ?= false#        true: let torchvision download missing datasets (paper profile)
-EXECUTOR ?= local#        local | ray (one Ray task per run; RAY_ADDRESS picks a cluster)
+EXECUTOR ?= local#        local | torchrun (DDP, GPUs per run from SWEEP_ARGS --gpus-per-run) | ray (RAY_ADDRESS picks a cluster)
 WORKERS  ?=#              local executor: runs trained at a time (default: the profile's; auto: all cores)
 DATASET  ?= stl10#        for `make data`
 NAME     ?=#              for `make profile-new NAME=mystudy [FROM=quick]`

@@ -87,3 +87,21 @@ def test_shard_needs_a_batch_that_divides_and_is_identity_alone():
     assert torch.equal(distributed.shard(torch.arange(7)), torch.arange(7))
     assert distributed.gather(torch.ones(3, 2)).shape == (3, 2)
     assert distributed.rank_world() == (0, 1) and distributed.agree(True)
+
+
+def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
+    """The torchrun executor rebuilds each config on the command line and trains it with DDP (gloo on CPU)."""
+    from hypersphere import runs
+    from hypersphere.sweep import load_sweep, run_sweep, train_argv
+    from hypersphere.train import TRAIN_VERSION, TrainConfig
+    from hypersphere.__main__ import _parser, _from_args
+    path = tmp_path / "s.yaml"
+    path.write_text(f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, runs_dir: {tmp_path / 'runs'}}}\n"
+                    "evaluation: {taps: [output], cv_folds: 0, l2_grid: [1.0e-3], l2_folds: 2}\n"
+                    "runs:\n  - {objective: 'align + uniform', augment: {recipe: digits, scale: [0.5, 1.0]}, "
+                    "snapshot_epochs: [0, 1]}\n")
+    (run,) = load_sweep(path)
+    assert _from_args(TrainConfig, _parser().parse_args(["train", *train_argv(run.config)])) == run.config
+    df = run_sweep([run], tmp_path / "t.csv", executor="torchrun", gpus_per_run=2, progress=False)
+    assert list(df["status"]) == ["done"] and df.loc[0, "val_output_linear"] > 0
+    assert runs.train_status(run.config.run_dir(), TRAIN_VERSION) == "done"

@@ -75,11 +75,13 @@ def _parser() -> argparse.ArgumentParser:
                        description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="a sweep of configs/sweeps/<profile>/ (e.g. cloud) or a path to a .yaml file")
     p.add_argument("--profile", default="quick", help=f"one of {', '.join(profiles.names())} (default: quick)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="ray: one Ray task per run, on a local instance or the cluster at $RAY_ADDRESS")
+    p.add_argument("--executor", choices=("local", "torchrun", "ray"), default="local",
+                   help="torchrun: each run on --gpus-per-run GPUs with DDP; ray: one Ray task per run, on a local "
+                        "instance or the cluster at $RAY_ADDRESS")
     p.add_argument("--workers", default=None, help="local: runs at a time, in worker processes, or auto "
                                                    "(all cores; default: the profile's)")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions share a card)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="Ray: GPUs per run (fractions share a card); torchrun: processes (GPUs) per run")
     p.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (Ray: CPUs reserved per task)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed (diverged)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -199,6 +200,39 @@ def run_one(cfg: TrainConfig, evaluation: EvalConfig, threads: int) -> str:
         torch.set_num_threads(before)
 
 
+def train_argv(cfg: TrainConfig) -> list[str]:
+    """`python -m hypersphere train` options that rebuild `cfg` exactly."""
+    argv = []
+    for f in dataclasses.fields(TrainConfig):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, yaml.safe_dump(value, default_flow_style=True).strip()]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_torchrun(cfg: TrainConfig, evaluation: EvalConfig, processes: float) -> str:
+    """Train one run with DDP on `processes` local processes (one per GPU; gloo on CPU), then evaluate it here."""
+    if processes < 1 or processes != int(processes):
+        raise ValueError(f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), got {processes}")
+    if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
+        return "waiting"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
+           "-m", "hypersphere", "train", "--quiet", *train_argv(cfg)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        if runs.train_status(cfg.run_dir(), TRAIN_VERSION) == "failed":
+            return "failed"
+        raise RuntimeError(f"torchrun training of {cfg.run_dir().name} failed:\n{done.stderr[-3000:]}")
+    evaluate_run(cfg.run_dir(), evaluation, cfg.device, cfg.data_dir, progress=False)
+    return "trained"
+
+
 def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
     """One tidy row per run: config columns, loss weights, training summary, evaluation results, status,
     and the paper's numbers for table entries."""
@@ -253,7 +287,8 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     """Run every run whose record is missing (and failed ones with retry_failed), parents first.
 
     local: `workers` runs at a time (worker processes when > 1); ray: one Ray task per run, reserving
-    `cpus_per_run` CPUs and `gpus_per_run` GPUs. Each run uses `cpus_per_run` CPU threads (one by
+    `cpus_per_run` CPUs and `gpus_per_run` GPUs (fractions pack several runs on a GPU); torchrun: one run at a
+    time on `gpus_per_run` processes (GPUs) with DDP (distributed.py). Each run uses `cpus_per_run` CPU threads (one by
     default: small encoders gain little from more, and threads stall badly when processes share cores)."""
     check_writable(*{r.config.run_dir().parent for r in sweep_runs}, Path(table).parent)
     wanted = ("todo", "partial", "training elsewhere", "stale", "to evaluate") + (("failed",) if retry_failed else ())
@@ -280,6 +315,9 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             _schedule(todo, lambda run: pool.submit(run_one, run.config, run.evaluation, cpus_per_run),
                       lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done)), finished)
+    elif executor == "torchrun":
+        for run in todo:
+            finished(run, run_torchrun(run.config, run.evaluation, gpus_per_run))
     elif executor == "ray":
         ray = _ray()
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_one)
@@ -287,7 +325,7 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
                   lambda refs: ray.wait(refs, num_returns=1)[0][0],
                   finished, ray.get)
     else:
-        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+        raise ValueError(f"unknown executor {executor!r}; choose local, torchrun or ray")
     bar.close()
     if todo:
         print(f"{Path(table).stem}: " + ", ".join(f"{outcomes[k]} {k}" for k in ("trained", "evaluated", "failed")) +
