@@ -117,7 +117,8 @@ def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg: 
     if cfg.probe == "lbfgs":
         l2, _ = choose_l2(train_f, data.train_labels, cfg.l2_grid, cfg.l2_folds, cfg.seed)
         acc, info = lbfgs_probe(train_f, data.train_labels, val_f, data.val_labels, l2)
-        return {"linear": acc, "linear_l2": l2, "linear_iterations": info["iterations"], "linear_grad": info["grad_max"]}
+        return {"linear": acc, "linear_l2": l2, "linear_iterations": info["iterations"], "linear_grad": info["grad_max"],
+                "fit": info["standardised"]}
     adam = ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed)
     if cfg.probe == "adam":
         return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, adam)}
@@ -139,11 +140,12 @@ def classify(encoder: nn.Module, data: ImageData, cfg: EvalConfig, device, tau: 
     knn = partial(knn_accuracy, k=cfg.knn_k)
     for tap in taps:
         linear = _linear(encoder, tap, data, train_f[tap], val_f[tap], cfg, device)
+        fit = linear.pop("fit", None)  # the full-split fit: a warm start for the CV folds' fits
         out.update({f"val_{tap}_{k}": v for k, v in linear.items()})
         out[f"val_{tap}_{cfg.knn_k}nn"] = knn(train_f[tap], data.train_labels, val_f[tap], data.val_labels)
         if cfg.cv_folds:
             if cfg.probe == "lbfgs":
-                probe = lambda *a, l2=linear["linear_l2"]: lbfgs_probe(*a, l2)[0]  # noqa: E731
+                probe = lambda *a, l2=linear["linear_l2"], fit=fit: lbfgs_probe(*a, l2, init=fit)[0]  # noqa: E731
             else:
                 probe = partial(linear_probe_cached, cfg=ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed))
             out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)

@@ -272,8 +272,10 @@ def choose_l2(f: Tensor, y: Tensor, grid: Sequence[float], folds: int = 3, seed:
     return best, scores
 
 
-def lbfgs_probe(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, l2: float) -> tuple[float, dict]:
-    """Validation accuracy (%) of the converged logistic regression with penalty `l2`, and its convergence."""
+def lbfgs_probe(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, l2: float,
+                init: nn.Linear | None = None) -> tuple[float, dict]:
+    """Validation accuracy (%) of the converged logistic regression with penalty `l2`, and its convergence
+    (info["standardised"] is the fit in standardised units, a warm start for fits on similar data)."""
     num_classes = int(max(train_y.max(), val_y.max())) + 1
-    clf, info = fit_logistic(train_f, train_y, num_classes, l2)
-    return _accuracy(clf, val_f.float(), val_y), {k: v for k, v in info.items() if k != "standardised"}
+    clf, info = fit_logistic(train_f, train_y, num_classes, l2, init=init)
+    return _accuracy(clf, val_f.float(), val_y), info
