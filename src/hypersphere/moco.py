@@ -1,0 +1,406 @@
+"""The MoCo setting of Wang & Isola (ICML 2020, Sec. 5 and appendix: Fig. 9a, Table 3 on ImageNet-100, Table 5
+on ImageNet): a query encoder trained by gradient, a key encoder that follows it by an exponential moving
+average, and a FIFO queue of past keys that supplies the negatives (He et al. 2020, "Momentum Contrast", MoCo v1;
+Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo v2).
+
+- Queue losses: `moco_contrastive` (MoCo's InfoNCE), `moco_uniform` (L_uniform over query-queue pairs, optionally
+  with the intra-batch query pairs) and `moco_objective`, which evaluates an `Objective` spec against a queue.
+- `MoCo`: the two encoders, the EMA and the queue; `resnet50_moco` (MoCo v2 head) and `small_resnet_moco`
+  (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
+- Data: `build_imagenet100` (the CMC 100-class subset as symlinks) and `moco_augment` (MoCo v2's augmentation
+  as batched tensor ops built from augment.py's).
+- Linear evaluation: `MocoProbeConfig`, `linear_probe_sgd`, `topk_accuracy`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+from . import resources
+from .augment import (AugmentConfig, _check_images, _normalizer, adjust_brightness, adjust_contrast, adjust_hue,
+                      adjust_saturation, jitter_orders, resized_crop, sample_crops)
+from .losses import Objective, align_loss, gaussian_logits
+
+# ----------------------------------------------------------------------------- queue losses
+
+
+def _fp32_all(*xs: Tensor) -> tuple[Tensor, ...]:
+    """Inputs in one dtype of at least float32 (bf16 and fp16 are promoted; float64 stays float64)."""
+    dtype = functools.reduce(torch.promote_types, [x.dtype for x in xs], torch.float32)
+    return tuple(x.to(dtype) for x in xs)
+
+
+def _no_autocast(device_type: str):
+    """Inside a bf16 autocast region the products below would run in bf16; they must stay in fp32."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def moco_contrastive(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
+    """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
+    q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
+    with _no_autocast(q.device.type):
+        q, k, queue = _fp32_all(q, k, queue)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / tau
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def moco_uniform(q: Tensor, queue: Tensor, t: float = 2.0, intra_batch: bool = True) -> Tensor:
+    """L_uniform against a queue (Wang & Isola 2020, appendix, MoCo on ImageNet-100):
+
+      intra_batch=False (Eq. 17): log (1 / (K N)) sum_{i,j} exp(-t ||q_i - queue_j||^2);
+      intra_batch=True  (Eq. 18): log of the mean of exp(-t d^2) over the K N query-queue pairs and the
+        K (K - 1) / 2 distinct pairs of queries, i.e. every pair weighted 2 / (2 N K + K (K - 1)).
+
+    K = len(q) (the batch), N = len(queue). A log-sum-exp over the logits of losses.gaussian_logits, so nothing
+    underflows for large t, gradients stay finite for coincident points (no square root), and bf16 inputs are
+    computed in float32 (also inside autocast). The queue gets no gradient.
+    """
+    with _no_autocast(q.device.type):
+        q, queue = _fp32_all(q, queue.detach())
+        n_q, n_queue = len(q), len(queue)
+        logits = gaussian_logits(q, queue, t).flatten()
+        pairs = n_q * n_queue
+        if intra_batch and n_q > 1:
+            i, j = torch.triu_indices(n_q, n_q, offset=1, device=q.device)
+            logits = torch.cat([logits, gaussian_logits(q, q, t)[i, j]])
+            pairs += n_q * (n_q - 1) // 2
+        return torch.logsumexp(logits, dim=0) - math.log(pairs)
+
+
+def moco_objective(objective: Objective, q: Tensor, k: Tensor, queue: Tensor,
+                   intra_batch: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """An `Objective` (e.g. "3*align(alpha=2) + uniform(t=3)") on MoCo's query, key and queue: contrastive(tau)
+    is `moco_contrastive`, align(alpha) is losses.align_loss between each query and its own key, uniform(t) is
+    `moco_uniform` of the queries (keys carry no gradient, so unlike the in-batch objective it is not averaged
+    over the two views). Returns (weighted total, each unweighted term), like Objective.__call__."""
+    values: dict[str, Tensor] = {}
+    for term in objective.terms:
+        if term.name == "contrastive":
+            values[term.name] = moco_contrastive(q, k, queue, term.param)
+        elif term.name == "align":
+            values[term.name] = align_loss(q, k, term.param)
+        elif term.name == "uniform":
+            values[term.name] = moco_uniform(q, queue, term.param, intra_batch)
+        else:
+            raise ValueError(f"objective term {term.name!r} has no MoCo form; use contrastive, align and uniform")
+    return sum(term.weight * values[term.name] for term in objective.terms), values
+
+
+# ----------------------------------------------------------------------------- encoders
+
+class MocoEncoder(nn.Module):
+    """trunk (images -> pooled features, tap "penultimate") -> head -> l2-normalise (tap "output").
+
+    The head is MoCo v1's Linear(width, dim), or with `mlp` MoCo v2's Linear(width, width)-ReLU-Linear(width, dim)
+    (Chen et al. 2020). Same interface as models.TapEncoder: forward, forward_taps, feature_dims."""
+    TAPS = ("penultimate", "output")
+
+    def __init__(self, trunk: nn.Module, width: int, dim: int, mlp: bool):
+        super().__init__()
+        if dim < 2:
+            raise ValueError(f"dim must be >= 2 (features live on S^(dim-1)), got {dim}")
+        self.trunk = trunk
+        self.head = (nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+                     if mlp else nn.Linear(width, dim))
+        self.feature_dims = {"penultimate": width, "output": dim}
+
+    def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        taps = [taps] if isinstance(taps, str) else list(taps)
+        if not taps or any(tap not in self.TAPS for tap in taps):
+            raise ValueError(f"unknown taps {taps}; choose from {self.TAPS}")
+        h = self.trunk(x)
+        out = {"penultimate": h} if "penultimate" in taps else {}
+        if "output" in taps:
+            out["output"] = F.normalize(self.head(h), dim=1)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_taps(x, ("output",))["output"]
+
+
+def resnet50_moco(dim: int = 128, mlp: bool = True) -> MocoEncoder:
+    """torchvision's ResNet-50 (random init) with its fc replaced by MoCo's head; penultimate = pooled 2048-d."""
+    trunk = torchvision.models.resnet50(weights=None)
+    trunk.fc = nn.Identity()
+    return MocoEncoder(trunk, 2048, dim, mlp)
+
+
+def small_resnet_moco(dim: int = 128, mlp: bool = True, widths: Sequence[int] = (32, 64, 128, 256),
+                      blocks: Sequence[int] = (1, 1, 1, 1), in_channels: int = 3) -> MocoEncoder:
+    """A ResNet for 24-32 px images on a CPU: the CIFAR stem (conv3x3 stride 1, no max-pool), then stages of
+    torchvision BasicBlocks of `widths` (strides 1, 2, 2, 2), global average pooling (penultimate = widths[-1]).
+    The defaults are ResNet-18's layout at half width with one block per stage; init as torchvision's ResNet."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                               nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+    c_in = widths[0]
+    for stage, (width, n) in enumerate(zip(widths, blocks)):
+        for b in range(n):
+            stride = 2 if stage > 0 and b == 0 else 1
+            down = (nn.Sequential(conv1x1(c_in, width, stride), nn.BatchNorm2d(width))
+                    if stride != 1 or c_in != width else None)
+            layers.append(BasicBlock(c_in, width, stride, down))
+            c_in = width
+    trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return MocoEncoder(trunk, widths[-1], dim, mlp)
+
+
+# ----------------------------------------------------------------------------- MoCo
+
+class MoCo(nn.Module):
+    """Query encoder f_q, key encoder f_k = EMA of f_q, and a queue of `queue_size` l2-normalised keys (He et al.
+    2020, Algorithm 1). f_k starts as a copy of f_q, gets no gradient, and follows theta_k <- m theta_k +
+    (1 - m) theta_q (Eq. 2) over parameters; its buffers (BN running statistics) come from its own forward
+    passes. Both encoders share the module's train/eval mode. The queue starts as random unit vectors
+    (seeded), holds rows [N, dim], and is a FIFO: each batch of keys overwrites the oldest rows (wrapping).
+
+    Not here: Shuffle-BN and multi-process training (see the notes in forward and enqueue).
+    """
+
+    def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, seed: int = 0):
+        super().__init__()
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.momentum = momentum
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder).requires_grad_(False)
+        dim = encoder.feature_dims["output"]
+        init = torch.randn(queue_size, dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("queue", F.normalize(init, dim=1).to(next(encoder.parameters()).device))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long, device=self.queue.device))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q for every parameter (He et al. 2020, Eq. 2)."""
+        m = self.momentum
+        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            p_k.mul_(m).add_(p_q.detach() * (1 - m))
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write `keys` [B, dim] over the B oldest rows (FIFO, wrapping at the end); no host synchronisation.
+        With several processes, all-gather the keys of every process here first (MoCo's concat_all_gather,
+        no gradient), so that each process enqueues the global batch in the same order."""
+        size = len(self.queue)
+        if len(keys) > size:
+            raise ValueError(f"a batch of {len(keys)} keys does not fit a queue of {size}; use a larger queue_size")
+        rows = (self.queue_ptr + torch.arange(len(keys), device=self.queue.device)) % size
+        self.queue.index_copy_(0, rows, keys.detach().to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
+
+    def forward(self, im_q: Tensor, im_k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q, k, queue) for a pair of views: q = f_q(im_q) with gradient, k = f_k(im_k) without, and a snapshot of
+        the queue before k is enqueued (the negatives for this step). In training mode this first applies the EMA
+        (as after the previous optimiser step) and afterwards enqueues k; in eval mode it changes nothing."""
+        q = self.encoder_q(im_q)
+        with torch.no_grad():
+            if self.training:
+                self.momentum_update()
+            # Shuffle-BN (He et al. 2020, Sec. 3.3) would go here: with several processes, all-gather im_k,
+            # shuffle it across processes, encode, and undo the shuffle, so that a query and its key never
+            # share BN batch statistics. On one device the key batch's statistics are shared with itself.
+            k = self.encoder_k(im_k)
+        queue = self.queue.clone()
+        if self.training:
+            self.enqueue(k)
+        return q, k, queue
+
+
+# ----------------------------------------------------------------------------- ImageNet-100
+
+_WNID = re.compile(r"^n[0-9]{8}$")
+
+
+def read_classes(path: str | Path | None = None) -> list[str]:
+    """The WordNet ids of a classes file, one a line ('#' comments and blank lines skipped), in file order.
+    Default: data/reference/imagenet100_classes.txt, CMC's ImageNet-100 subset (Tian et al. 2019)."""
+    path = Path(path) if path is not None else resources.reference("imagenet100_classes.txt")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    wnids = [line for line in lines if line and not line.startswith("#")]
+    if bad := [w for w in wnids if not _WNID.match(w)]:
+        raise ValueError(f"{path}: {bad[0]!r} is not a WordNet id like n01558993; write one id per line")
+    if len(set(wnids)) != len(wnids):
+        raise ValueError(f"{path}: class ids repeat; list each once")
+    return wnids
+
+
+def build_imagenet100(imagenet_root: str | Path, out_root: str | Path,
+                      classes_file: str | Path | None = None) -> Path:
+    """out_root/{train,val}/<wnid> as symlinks to imagenet_root/{train,val}/<wnid> for the classes of
+    `classes_file` (default: ImageNet-100), i.e. an ImageFolder tree of the subset. The val split must already
+    be sorted into class folders. Idempotent: links that already point to the right folder are kept; anything
+    else in the way is an error. Returns out_root."""
+    wnids = read_classes(classes_file)
+    root, out = Path(imagenet_root).resolve(), Path(out_root)
+    splits = ("train", "val")
+    missing = [f"{s}/{w}" for s in splits for w in wnids if not (root / s / w).is_dir()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"ImageNet class folders missing under {root}: {', '.join(missing[:5])}{more}; "
+                                "point imagenet_root at a train/ + val/ tree with val sorted into class folders")
+    for s in splits:
+        (out / s).mkdir(parents=True, exist_ok=True)
+        if extra := sorted(set(os.listdir(out / s)) - set(wnids)):
+            raise FileExistsError(f"{out / s} holds {extra[0]!r}, not a class of the classes file; "
+                                  "remove it or choose an empty out_root")
+        for w in wnids:
+            link, target = out / s / w, root / s / w
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            if link.exists() or link.is_symlink():
+                raise FileExistsError(f"{link} exists and is not a link to {target}; remove it or choose an empty "
+                                      "out_root")
+            link.symlink_to(target, target_is_directory=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- MoCo v2 augmentation
+
+@dataclass(frozen=True)
+class MocoAugmentConfig(AugmentConfig):
+    """MoCo v2's augmentation (Chen et al. 2020; the recipe of SimCLR): RandomResizedCrop(224, scale 0.2-1),
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale(0.2), GaussianBlur(sigma ~ U[0.1, 2]) with
+    p = 0.5, horizontal flip. The blur kernel has `blur_kernel` taps (23 ~ SimCLR's 10% of 224 px: +-5.5 sigma
+    at sigma = 2, an untruncated Gaussian like PIL's)."""
+    crop_size: int = 224
+    scale: tuple[float, float] = (0.2, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = 0.8
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 23
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Per-image Gaussian blur: float [B, C, H, W] with sigma [B] -> [B, C, H, W]. Separable (a row pass and a
+    column pass, each one grouped conv over all images and channels), kernel exp(-d^2 / (2 sigma^2)) normalised
+    over d = -(k-1)/2 .. (k-1)/2, reflect padding: torchvision's gaussian_blur per image."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"blur kernel_size must be odd and positive, got {kernel_size}")
+    B, C, H, W = x.shape
+    if B * C == 0:
+        return x.float()
+    pad = kernel_size // 2
+    if pad >= min(H, W):
+        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; use kernel_size < 2 * {min(H, W)}")
+    d = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - pad
+    w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1)  # [B, k], rows sum to 1
+    w = w.repeat_interleave(C, dim=0)  # one kernel per (image, channel)
+    h = F.pad(x.float().reshape(1, B * C, H, W), (pad, pad, 0, 0), mode="reflect")
+    h = F.conv2d(h, w.view(B * C, 1, 1, kernel_size), groups=B * C)
+    h = F.pad(h, (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(h, w.view(B * C, 1, kernel_size, 1), groups=B * C).view(B, C, H, W)
+
+
+_JITTER = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def moco_augment(images: Tensor, cfg: MocoAugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
+    """One MoCo v2 view per image: uint8 [B, C, H, W] -> float32 [B, C, crop, crop], per-image parameters from
+    `generator` (on images.device). Order as MoCo v2: crop (+ flip, which commutes with the rest), ColorJitter
+    with probability jitter_p (its four ops in a random order), RandomGrayscale, GaussianBlur with probability
+    blur_p, Normalize. The draws before the jitter's coin are augment()'s, so with jitter_p = 1 and blur_p = 0
+    this is augment() with the same generator state."""
+    _check_images(images, mean, std, generator)
+    B, C, H, W = images.shape
+    dev = images.device
+    top, left, h, w = sample_crops(B, H, W, cfg.scale, cfg.ratio, generator)
+    flip = torch.rand(B, generator=generator, device=dev) < 0.5 if cfg.flip else None
+    x = resized_crop(images, top, left, h, w, cfg.crop_size, flip, scale=1 / 255)  # in [0, 1]
+
+    u = torch.rand(4, B, generator=generator, device=dev)  # ColorJitter factors, torchvision's ranges
+    b, c, s, hue = cfg.jitter
+    factors = [(1 - v + 2 * v * u[k]).clamp_min(0) for k, v in enumerate((b, c, s))] + [hue * (2 * u[3] - 1)]
+    orders = jitter_orders(cfg.jitter, C)
+    which = torch.randint(len(orders), (B,), generator=generator, device=dev)
+    gray = (torch.rand(B, generator=generator, device=dev) < cfg.grayscale_p).float().view(-1, 1, 1, 1)
+    jitter = torch.rand(B, generator=generator, device=dev) < cfg.jitter_p
+    blur = torch.rand(B, generator=generator, device=dev) < cfg.blur_p
+    lo, hi = cfg.blur_sigma
+    sigma = lo + (hi - lo) * torch.rand(B, generator=generator, device=dev)
+
+    for i, order in enumerate(orders):  # disjoint groups of jittered images, each written back into x
+        idx = ((which == i) & jitter).nonzero().squeeze(1)
+        xs = x[idx]
+        for k in order:
+            xs = _JITTER[k](xs, factors[k][idx])
+        x[idx] = xs
+    if C == 3 and cfg.grayscale_p > 0:  # saturation 0 is the grayscale image (torchvision's weights)
+        x = torch.lerp(x, adjust_saturation(x, torch.zeros(B, device=dev)), gray)
+    if cfg.blur_p > 0:
+        idx = blur.nonzero().squeeze(1)
+        x[idx] = gaussian_blur(x[idx], sigma[idx], cfg.blur_kernel)
+    a, bias = _normalizer(mean, std, dev)
+    return torch.addcmul(bias, x, a)
+
+
+# ----------------------------------------------------------------------------- linear evaluation
+
+@dataclass(frozen=True)
+class MocoProbeConfig:
+    """The linear protocol of the paper's ImageNet-100 experiments (after CMC): SGD(lr 10, momentum 0.9, weight
+    decay 0), batch 256, 60 epochs, lr x0.2 at epochs 30, 40, 50 (scaled by epochs / 60 for shorter runs)."""
+    lr: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 60
+    milestones: tuple[int, ...] = (30, 40, 50)
+    gamma: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+    def lr_milestones(self) -> list[int]:
+        return [round(m * self.epochs / 60) for m in self.milestones]
+
+
+def linear_probe_sgd(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim: int, num_classes: int,
+                     cfg: MocoProbeConfig, device) -> nn.Linear:
+    """A linear classifier trained with `cfg`'s SGD schedule on `featurize(idx)` (the frozen encoder's features
+    of the training examples idx, e.g. of fresh RandomResizedCrop + flip views each epoch). Starts at zero;
+    batches are drawn from a CPU generator seeded with cfg.seed, so runs are reproducible."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    clf = nn.Linear(in_dim, num_classes).to(device)
+    nn.init.zeros_(clf.weight)
+    nn.init.zeros_(clf.bias)
+    opt = torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
+    labels = labels.to(device)
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
+            loss = F.cross_entropy(clf(featurize(idx).float()), labels[idx.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return clf
+
+
+@torch.no_grad()
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> tuple[float, ...]:
+    """Top-k accuracies (%) for each k: a point counts when its label is among its k largest logits."""
+    if max(ks) > logits.shape[1]:
+        raise ValueError(f"top-{max(ks)} accuracy needs at least {max(ks)} classes, got {logits.shape[1]}")
+    hit = logits.topk(max(ks), dim=1).indices == labels.to(logits.device)[:, None]  # [n, max k]
+    return tuple(100.0 * hit[:, :k].any(1).float().mean().item() for k in ks)
