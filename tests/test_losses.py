@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from hypersphere.losses import Objective, align_loss, contrastive_loss, uniform_loss
+from hypersphere.losses import Objective, _uniform_row_blocks, align_loss, contrastive_loss, uniform_loss
 
 
 def sphere(n, d, seed=0, dtype=torch.float64):
@@ -94,6 +94,190 @@ def test_half_precision_inputs_accumulate_in_fp32():
 def test_batch_of_one_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 2"):
         uniform_loss(torch.ones(1, 4))
+
+
+def lse_uniform(x, t):
+    """The previous uniform_loss, kept as a reference: autograd through addmm, a -inf diagonal and logsumexp
+    over all n^2 logits (uniform_loss now computes a closed-form gradient in its forward pass)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    n = x.shape[0]
+    sq = x.pow(2).sum(1, keepdim=True)
+    logits = torch.addmm(-t * (sq + sq.T), x, x.T, alpha=2 * t).fill_diagonal_(float("-inf"))
+    return torch.logsumexp(logits.flatten(), dim=0) - math.log(n * (n - 1))
+
+
+def value_and_grad(fn, x, t):
+    x = x.detach().clone().requires_grad_()
+    value = fn(x, t)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
+
+
+def with_duplicates(x, k):
+    """x with copies of its first k rows appended (a partly collapsed batch)."""
+    return torch.cat([x, x[:k]])
+
+
+@pytest.fixture(params=["default threads", "one thread"])
+def threads(request):
+    """With one intra-op thread uniform_loss splits the pair matrix into row blocks (upper part only), with
+    several it uses the full matrix: test both layouts."""
+    before = torch.get_num_threads()
+    if request.param == "one thread":
+        torch.set_num_threads(1)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_row_blocks_tile_the_batch(threads):
+    for n in (2, 255, 256, 511, 512, 767, 768, 1024, 1031, 5000):
+        spans = _uniform_row_blocks(n)
+        assert spans[0][0] == 0 and spans[-1][1] == n and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(i1 - i0 >= 2 for i0, i1 in spans)
+        if torch.get_num_threads() > 1 or n < 512:
+            assert len(spans) == 1
+
+
+# batch sizes on both sides of the row-block boundaries (with one thread: 1 block below 512, then 2, 3, 4)
+@pytest.mark.parametrize("n", [2, 3, 5, 255, 256, 511, 512, 513, 767, 768, 1024, 1031])
+def test_uniform_value_and_gradient_match_the_previous_formula_float64(n, threads):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    x = F.normalize(x, dim=1) if n % 2 else x * 0.3  # on the sphere, and unnormalised
+    if n > 8:
+        x = with_duplicates(x, 3)
+    for t in (0.5, 2.0, 10.0):
+        value, grad = value_and_grad(uniform_loss, x, t)
+        ref_value, ref_grad = value_and_grad(lse_uniform, x, t)
+        assert value.dtype == grad.dtype == torch.float64
+        assert value.item() == pytest.approx(ref_value.item(), abs=1e-12)
+        assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12 * ref_grad.abs().max().item())
+        with torch.no_grad():  # the forward pass alone (no gradient computed)
+            assert uniform_loss(x, t).item() == pytest.approx(ref_value.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [200, 768, 2048])
+def test_uniform_matches_the_previous_formula_float32(n, threads):
+    x = sphere(n, 128, n, torch.float32)
+    exact_value, exact_grad = value_and_grad(lse_uniform, x.double(), 2.0)
+    for fn in (uniform_loss, lse_uniform):
+        value, grad = value_and_grad(fn, x, 2.0)
+        assert value.dtype == grad.dtype == torch.float32
+        assert value.item() == pytest.approx(exact_value.item(), abs=2e-6)
+        assert (grad.double() - exact_grad).abs().max() <= 1e-4 * exact_grad.abs().max()
+
+
+@pytest.mark.parametrize("t", [0.3, 2.0, 7.0, 40.0])
+@pytest.mark.parametrize("n, duplicates", [(2, 0), (3, 0), (7, 2), (12, 4)])
+def test_uniform_gradcheck_float64(n, duplicates, t):
+    x = with_duplicates(sphere(n, 3, n + 20), duplicates).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: uniform_loss(a, t), (x,))
+
+
+@pytest.mark.parametrize("n", [600, 800, 1100])  # with one thread: 2, 3 and 4 row blocks
+def test_uniform_gradcheck_float64_large_batches(n, threads):
+    x = with_duplicates(sphere(n - 5, 3, n), 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: uniform_loss(a, 2.0), (x,), fast_mode=True)
+
+
+def test_large_t_is_finite_and_matches_float64(threads):
+    """t = 100: every pair potential underflows in fp32 (pdist gives -inf and NaN gradients); ours gives the
+    float64 value and gradient, for spread points, for a partly collapsed batch and for several blocks."""
+    for x in (sphere(256, 128, 13, torch.float32), with_duplicates(sphere(60, 8, 14, torch.float32), 2),
+              sphere(1030, 16, 15, torch.float32)):
+        exact_value, exact_grad = value_and_grad(lse_uniform, x.double(), 100.0)
+        value, grad = value_and_grad(uniform_loss, x, 100.0)
+        assert math.isfinite(value.item()) and torch.isfinite(grad).all()
+        assert value.item() == pytest.approx(exact_value.item(), rel=1e-5)
+        # no less accurate than the previous formula in fp32 (the duplicates' exact gradient is 0: rounding only)
+        previous_error = (value_and_grad(lse_uniform, x, 100.0)[1].double() - exact_grad).abs().max()
+        error = (grad.double() - exact_grad).abs().max()
+        assert error <= 3e-5 * max(1.0, exact_grad.abs().max()) and error <= 1.5 * previous_error
+
+
+@pytest.mark.parametrize("x, t, expected", [
+    (torch.eye(4), 40.0, -80.0),  # exp(-80) is a normal fp32 number, but 12 of them are too close to underflow
+    (torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), 40.0, -160.0),  # exp(-160) underflows in fp32
+    (torch.tensor([[3.0, 0.0], [0.0, 4.0], [3.0, 0.0]]), 5.0, math.log(1 / 3)),  # 2t ||x||^2 = 160: large norms
+])
+def test_uniform_underflow_and_large_norms_fall_back_to_the_shifted_form(x, t, expected):
+    value, grad = value_and_grad(uniform_loss, x, t)
+    exact_value, exact_grad = value_and_grad(lse_uniform, x.double(), t)
+    assert value.item() == pytest.approx(expected, rel=1e-6) and exact_value.item() == pytest.approx(expected)
+    assert torch.isfinite(grad).all()
+    assert (grad.double() - exact_grad).abs().max() <= 1e-5 * max(1.0, exact_grad.abs().max())
+
+
+def test_uniform_far_apart_points_float64():
+    x = 100 * sphere(10, 4, 16)  # squared distances ~ 2e4: exp underflows even in float64
+    value, grad = value_and_grad(uniform_loss, x, 2.0)
+    ref_value, ref_grad = value_and_grad(lse_uniform, x, 2.0)
+    assert value.item() == pytest.approx(ref_value.item(), rel=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-9, atol=1e-12 * ref_grad.abs().max().item())
+
+
+def test_uniform_half_precision_gradient_comes_back_in_the_input_dtype():
+    x = sphere(300, 32, 17, torch.float32)
+    _, ref_grad = value_and_grad(uniform_loss, x, 2.0)
+    for dtype in (torch.float16, torch.bfloat16):
+        value, grad = value_and_grad(uniform_loss, x.to(dtype), 2.0)
+        assert value.dtype == torch.float32 and grad.dtype == dtype
+        assert (grad.float() - ref_grad).abs().max() <= 0.05 * ref_grad.abs().max()
+
+
+def test_uniform_inside_bf16_autocast_stays_float32():
+    x = sphere(300, 32, 18, torch.float32)
+    ref_value, ref_grad = value_and_grad(uniform_loss, x, 2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value, grad = value_and_grad(uniform_loss, x, 2.0)
+    assert value.dtype == grad.dtype == torch.float32
+    assert value.item() == pytest.approx(ref_value.item(), abs=1e-6)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_uniform_non_contiguous_input_and_no_grad(threads):
+    x = sphere(20, 1100, 19, torch.float32)  # x.T[:, ::2] is 1100 x 10, neither row- nor column-contiguous
+    y = x.T[:, ::2]
+    value, grad = value_and_grad(uniform_loss, y, 2.0)
+    ref_value, ref_grad = value_and_grad(lse_uniform, y, 2.0)
+    assert value.item() == pytest.approx(ref_value.item(), abs=2e-6)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+    with torch.no_grad():
+        assert uniform_loss(y, 2.0).item() == pytest.approx(value.item(), abs=1e-6)
+    assert uniform_loss(y.detach(), 2.0).item() == pytest.approx(value.item(), abs=1e-6)  # nothing to differentiate
+
+
+def test_uniform_two_views_then_one_backward(threads):
+    """The objective calls uniform_loss on both views before one backward: each keeps its own saved state."""
+    x, y = sphere(520, 8, 20, torch.float32), sphere(520, 8, 21, torch.float32)
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    (uniform_loss(a, 2.0) + uniform_loss(b, 3.0)).backward()
+    for points, t, grad in ((x, 2.0, a.grad), (y, 3.0, b.grad)):
+        assert torch.allclose(grad, value_and_grad(lse_uniform, points, t)[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("n, t", [(5, 2.0), (9, 0.7), (8, 20.0)])
+def test_uniform_second_derivatives_fall_back_to_a_differentiable_gradient(n, t):
+    x = with_duplicates(sphere(n, 3, n + 22), 1).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a: uniform_loss(a, t), (x,))
+    (grad,) = torch.autograd.grad(uniform_loss(x, t), x, create_graph=True)
+    (ref_grad,) = torch.autograd.grad(lse_uniform(x, t), x, create_graph=True)
+    assert torch.allclose(grad, ref_grad, atol=1e-12)
+    penalty, ref_penalty = (grad.pow(2).sum(), ref_grad.pow(2).sum())
+    assert torch.allclose(torch.autograd.grad(penalty, x)[0], torch.autograd.grad(ref_penalty, x)[0], atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_uniform_on_cuda_matches_cpu():
+    for n, t in ((256, 2.0), (1030, 2.0), (256, 100.0)):
+        x = sphere(n, 64, 23, torch.float32)
+        value, grad = value_and_grad(uniform_loss, x, t)
+        for dtype in (torch.float32, torch.bfloat16):
+            cuda_value, cuda_grad = value_and_grad(uniform_loss, x.cuda().to(dtype), t)
+            assert cuda_value.dtype == torch.float32 and cuda_grad.dtype == dtype
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            assert cuda_value.item() == pytest.approx(value.item(), abs=tol * max(1, t))
+            assert (cuda_grad.float().cpu() - grad).abs().max() <= 5 * tol * grad.abs().max()
 
 
 @settings(max_examples=25, deadline=None)

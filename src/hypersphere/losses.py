@@ -38,21 +38,151 @@ def gaussian_logits(x: Tensor, y: Tensor, t: float) -> Tensor:
     return torch.addmm(-t * (x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1)), x, y.T, alpha=2 * t)
 
 
+def _uniform_row_blocks(n: int) -> list[tuple[int, int]]:
+    """Row blocks [i0, i1) of the pair matrix's upper part: block [i0, i1) holds the pairs (i, j), i in the block
+    and j >= i0, as one (i1 - i0) x (n - i0) matrix, so each distinct pair is held once, except in the squares on
+    the diagonal (twice): k equal blocks hold n^2 (1 + 1/k) / 2 entries instead of n^2, at the price of 3k - 1
+    matrix products instead of 2. Worth it with one intra-op thread only: with several, every product is an
+    OpenMP parallel region, and on a machine whose cores other processes also use (two processes with two
+    threads each on two cores), every region can wait a scheduler time slice (~10 ms), which costs more than
+    the halved arithmetic saves."""
+    k = max(1, min(4, n // 256)) if torch.get_num_threads() == 1 else 1
+    cuts = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(cuts, cuts[1:]))
+
+
+def _autocast_off(device_type: str):
+    """The products below must stay in the input's precision inside a bf16 autocast region."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def _uniform_factored(x: Tensor, t: float, with_grad: bool):
+    """The fast path (CPU, t > 0): exp(l_ij) = exp(2t x_i.x_j) u_i u_j with u = exp(-t ||x||^2), so the pair
+    matrix is one matrix product and one in-place exp, with no bias terms and no max pass; the squared norms are
+    the product's diagonal. Returns None where that form loses accuracy, for the caller to use the shifted form:
+    2t ||x_i||^2 so large that exp(2t x_i.x_j) could overflow, or potentials so small (large t, spread points)
+    that their total is within n^2 * tiny / eps of underflow.
+
+    Returns (None, S, h, u), S = sum_{i != j} exp(l_ij) and, when `with_grad`, h = E (u * x) - (E u) * x for the
+    gradient u * h * 4t / S (E = exp(2t x x^T) with a zero diagonal).
+    """
+    info = torch.finfo(x.dtype)
+    n, d = x.shape
+    spans = _uniform_row_blocks(n)
+    zero = x.new_zeros(())
+    if len(spans) == 1:
+        flat = torch.addmm(zero, x, x.T, beta=0, alpha=2 * t)
+        blocks = [flat]
+    else:
+        flat = x.new_empty(sum((i1 - i0) * (n - i0) for i0, i1 in spans))
+        blocks, offset = [], 0
+        for i0, i1 in spans:
+            block = flat[offset:offset + (i1 - i0) * (n - i0)].view(i1 - i0, n - i0)
+            offset += block.numel()
+            torch.addmm(zero, x[i0:i1], x[i0:].T, beta=0, alpha=2 * t, out=block)
+            blocks.append(block)
+    norms = torch.cat([block.diagonal() for block in blocks])  # 2t ||x_i||^2
+    # |2t x_i.x_j| <= max 2t ||x||^2 <= log(max) - 8: exp cannot overflow, and u >= exp(-(log(max) - 8) / 2) is
+    # a normal number (False for NaN too).
+    if not norms.abs().max().item() <= math.log(info.max) - 8:
+        return None
+    u = torch.exp(norms * -0.5)
+    flat.exp_()  # all blocks at once
+    for block in blocks:
+        block.diagonal().zero_()  # the pairs (i, i)
+    # One product gives both E u and E (u * x): w = [u * x | u] (only [u] without the gradient).
+    w = x.new_empty(n, d + 1 if with_grad else 1)
+    w[:, -1] = u
+    if with_grad:
+        torch.mul(x, u[:, None], out=w[:, :-1])
+    if len(blocks) == 1:
+        m = blocks[0] @ w
+    else:  # E w for the symmetric E whose upper part the blocks hold
+        m = torch.zeros_like(w)
+        for (i0, i1), block in zip(spans, blocks):
+            m[i0:i1].addmm_(block, w[i0:])
+            if i1 < n:
+                m[i1:].addmm_(block[:, i1 - i0:].T, w[i0:i1])
+    eu = m[:, -1]
+    total = torch.dot(u, eu)  # the intermediate products E_ij u_j >= exp(l_ij): none underflows before its term
+    if not n * (n - 1) * info.tiny / info.eps <= total.item() < math.inf:
+        return None  # all underflowed terms together (each < tiny) would not be below eps * total
+    h = torch.addcmul(m[:, :-1], x, eu[:, None], value=-1) if with_grad else None
+    return None, total, h, u
+
+
+def _uniform_shifted(x: Tensor, t: float, with_grad: bool):
+    """The general path (other devices, where reading a value back would synchronise, and the CPU path's
+    fallback): the n x n logits, shifted by their largest off-diagonal entry, then exp. Returns (shift, S, h, None)
+    with S = sum_{i != j} exp(l_ij - shift) and h = E x - (E 1) * x (E = exp(l - shift), zero diagonal)."""
+    logits = gaussian_logits(x, x, t)
+    logits.diagonal().fill_(float("-inf"))
+    shift = logits.amax()
+    e = logits.sub_(shift).exp_()
+    r = e.sum(1)
+    h = torch.addcmul(e @ x, x, r[:, None], value=-1) if with_grad else None
+    return shift, r.sum(), h, None
+
+
+class _UniformLoss(torch.autograd.Function):
+    """L_uniform with its gradient computed in the forward pass (no n x n matrix is kept); see uniform_loss."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: float) -> Tensor:
+        n = x.shape[0]
+        with_grad = ctx.needs_input_grad[0]
+        with _autocast_off(x.device.type):
+            out = _uniform_factored(x, t, with_grad) if x.device.type == "cpu" and t > 0 else None
+            if out is None:
+                out = _uniform_shifted(x, t, with_grad)
+        shift, total, h, u = out
+        if with_grad:
+            ctx.save_for_backward(x, h, u, total)
+            ctx.t = t
+        # every distinct pair is in the total twice (once per order): mean = total / (n (n - 1))
+        value = total.log() - math.log(n * (n - 1))
+        return value if shift is None else value + shift
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, h, u, total = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (second derivatives): the same gradient from differentiable ops on the full
+            # n x n matrix, which autograd can differentiate again.
+            with _autocast_off(x.device.type):
+                n = x.shape[0]
+                logits = gaussian_logits(x, x, ctx.t).fill_diagonal_(float("-inf"))
+                p = torch.softmax(logits.flatten(), dim=0).view(n, n)
+                return (p @ x - p.sum(1, keepdim=True) * x) * (grad * 4 * ctx.t), None
+        scale = grad * (4 * ctx.t) / total
+        return h * (scale if u is None else (u * scale)[:, None]), None
+
+
 def uniform_loss(x: Tensor, t: float = 2.0) -> Tensor:
     """L_uniform (Eq. 3): log of the mean Gaussian potential exp(-t ||x_i - x_j||^2) over distinct pairs.
 
-    Same value as the official `torch.pdist(x).pow(2).mul(-t).exp().mean().log()`, but from one
-    matrix product and a log-sum-exp: no underflow to -inf for large t or spread points, finite
-    gradients when two rows coincide (no square root), fp32 accumulation for half inputs, and a
-    backward pass that is a matrix product rather than pdist's slow kernel.
+    Same value as the official `torch.pdist(x).pow(2).mul(-t).exp().mean().log()`, without its underflow
+    to -inf for large t or spread points, with finite gradients when two rows coincide (no square root),
+    and fp32 accumulation for half inputs (the gradient comes back in the input's dtype; float64 stays
+    float64). `t` is a number (not differentiated).
+
+    The gradient has a closed form. With l_ij = -t ||x_i - x_j||^2, S = sum_{i != j} exp(l_ij) and
+    P = exp(l) / S (zero diagonal, symmetric), each pair appears as (i, j) and (j, i) and
+    dl_ij/dx_i = -2t (x_i - x_j), so dL/dx_i = 4t ((P x)_i - (sum_j P_ij) x_i). A custom autograd Function
+    computes it in the forward pass, when x requires grad, from the same pair matrix (one more matrix product),
+    and keeps only that n x d result for the backward pass: two matrix products and an exp in all, where
+    autograd through addmm, a diagonal fill and logsumexp took three products and several n x n passes.
+
+    Second derivatives work but are not fast: with create_graph=True the backward pass builds the gradient
+    from differentiable ops on the full n x n matrix instead.
     """
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"uniform_loss needs a batch of at least 2 points, got {n}")
-    x = _fp32(x)
-    logits = gaussian_logits(x, x, t).fill_diagonal_(float("-inf"))
-    # The off-diagonal entries count every distinct pair twice: mean = LSE - log(n (n - 1)).
-    return torch.logsumexp(logits.flatten(), dim=0) - math.log(n * (n - 1))
+    return _UniformLoss.apply(_fp32(x), float(t))
 
 
 def contrastive_loss(x: Tensor, y: Tensor, tau: float) -> Tensor:
