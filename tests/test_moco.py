@@ -3,7 +3,7 @@ Isola 2020 appendix Eqs. 17-18), the EMA and the FIFO queue, the encoders' taps,
 generated ImageFolder tree, and the MoCo v2 augmentation against torchvision and augment()."""
 import math
 import os
-from dataclasses import asdict, fields
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,10 +12,10 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from hypersphere.augment import AugmentConfig, augment
+from hypersphere.augment import RECIPES, AugmentConfig, augment, gaussian_blur
 from hypersphere.losses import Objective, align_loss
-from hypersphere.moco import (MoCo, MocoAugmentConfig, MocoProbeConfig, build_imagenet100, gaussian_blur,
-                              linear_probe_sgd, moco_augment, moco_contrastive, moco_objective, moco_uniform,
+from hypersphere.moco import (MoCo, MocoProbeConfig, build_imagenet100,
+                              linear_probe_sgd, moco_contrastive, moco_objective, moco_uniform,
                               read_classes, resnet50_moco, small_resnet_moco, topk_accuracy)
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -256,26 +256,24 @@ def test_blur_matches_torchvision(kernel):
         gaussian_blur(x, sigma, 4)
 
 
-def test_moco_augment_reduces_to_augment():
+def test_the_mocov2_recipe_and_the_paper_recipe_draws():
+    mocov2 = RECIPES["mocov2"]
+    assert (mocov2.crop_size, mocov2.scale, mocov2.jitter, mocov2.jitter_p, mocov2.grayscale_p, mocov2.blur_p) == \
+        (224, (0.2, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5)
+    # without the coins, the recipe draws what it always drew: jitter_p = 1 and blur_p = 0 give the same views
     x = smooth_images(16)
-    cfg = MocoAugmentConfig(crop_size=24, jitter_p=1.0, blur_p=0.0)
-    plain = AugmentConfig(**{f.name: getattr(cfg, f.name) for f in fields(AugmentConfig)})
-    out = moco_augment(x, cfg, MEAN3, STD3, torch.Generator().manual_seed(3))
-    assert out.dtype == torch.float32 and out.shape == (16, 3, 24, 24)
-    torch.testing.assert_close(out, augment(x, plain, MEAN3, STD3, torch.Generator().manual_seed(3)),
-                               atol=1e-6, rtol=0)
-    assert asdict(MocoAugmentConfig())["jitter"] == (0.4, 0.4, 0.4, 0.1)
+    cfg = AugmentConfig(crop_size=24)
+    out = augment(x, replace(cfg, jitter_p=1.0, blur_p=0.0), MEAN3, STD3, torch.Generator().manual_seed(3))
+    assert torch.equal(out, augment(x, cfg, MEAN3, STD3, torch.Generator().manual_seed(3)))
 
 
 @pytest.mark.parametrize("field,p", [("jitter_p", 0.8), ("blur_p", 0.5)])
-def test_moco_augment_applies_with_probability(field, p):
+def test_jitter_and_blur_apply_with_their_probability(field, p):
     x = smooth_images(400, h=16, w=16)
-    base = MocoAugmentConfig(crop_size=12, grayscale_p=0.0, jitter_p=0.0, blur_p=0.0, blur_sigma=(1.0, 2.0),
-                             blur_kernel=5)
-    plain = moco_augment(x, base, MEAN3, STD3, torch.Generator().manual_seed(1))
-    cfg = MocoAugmentConfig(**{**asdict(base), field: p})
-    changed = (moco_augment(x, cfg, MEAN3, STD3, torch.Generator().manual_seed(1)) != plain).flatten(1).any(1)
-    assert abs(changed.float().mean().item() - p) < 0.06  # 400 draws: binomial sd <= 0.025
+    base = AugmentConfig(crop_size=12, grayscale_p=0.0, jitter_p=0.0, blur_p=0.0, blur_sigma=(1.0, 2.0), blur_kernel=5)
+    plain = augment(x, replace(base, **{field: 1e-9}), MEAN3, STD3, torch.Generator().manual_seed(1))
+    changed = (augment(x, replace(base, **{field: p}), MEAN3, STD3, torch.Generator().manual_seed(1)) != plain)
+    assert abs(changed.flatten(1).any(1).float().mean().item() - p) < 0.06  # 400 draws: binomial sd <= 0.025
 
 
 # ----------------------------------------------------------------------------- linear evaluation

@@ -27,13 +27,19 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Positive-pair recipe; the defaults are the paper's (Sec. 3 common setup)."""
+    """Positive-pair recipe; the defaults are the paper's (Sec. 3 common setup). MoCo v2's recipe (Chen et al.
+    2020) also applies the jitter with a probability and a Gaussian blur (sigma ~ U(blur_sigma); `blur_kernel`
+    taps, 23 ~ 10% of 224 px, +-5.5 sigma at sigma = 2)."""
     crop_size: int = 64
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.4)  # brightness, contrast, saturation, hue
     grayscale_p: float = 0.2
+    jitter_p: float = 1.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 23
 
 
 # Named positive-pair recipes. A dataset names its default; a run may name another (`augment: digits`) or
@@ -49,6 +55,9 @@ RECIPES = {
     "digits": AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False, jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0),
     # Coloured digits: the same crops with the paper's full colour recipe (jitter 0.4 x 4, grayscale 0.2).
     "digits-color": AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False),
+    # MoCo v2 on ImageNet(-100): RandomResizedCrop(224, 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8,
+    # RandomGrayscale(0.2), GaussianBlur(0.1-2) with p 0.5, flip.
+    "mocov2": AugmentConfig(crop_size=224, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5),
 }
 
 
@@ -231,12 +240,33 @@ def _normalizer(mean, std, device) -> tuple[Tensor, Tensor]:
     return 1 / s, -m / s
 
 
-def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
-    """One random view per image (paper Sec. 3): RandomResizedCrop, horizontal flip, ColorJitter,
-    RandomGrayscale, Normalize. uint8 [B, C, H, W] -> float32 [B, C, crop, crop] on the same device;
-    independent parameters per image, all drawn from `generator` (which must live on images.device).
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Per-image Gaussian blur: float [B, C, H, W] with sigma [B] -> [B, C, H, W]. Separable (a row pass and a
+    column pass, each one grouped conv over all images and channels), kernel exp(-d^2 / (2 sigma^2)) normalised
+    over d = -(k-1)/2 .. (k-1)/2, reflect padding: torchvision's gaussian_blur per image."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"blur kernel_size must be odd and positive, got {kernel_size}")
+    B, C, H, W = x.shape
+    if B * C == 0:
+        return x.float()
+    pad = kernel_size // 2
+    if pad >= min(H, W):
+        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; use kernel_size < 2 * {min(H, W)}")
+    d = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - pad
+    w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1).repeat_interleave(C, dim=0)  # per (image, channel)
+    h = F.pad(x.float().reshape(1, B * C, H, W), (pad, pad, 0, 0), mode="reflect")
+    h = F.pad(F.conv2d(h, w.view(B * C, 1, 1, kernel_size), groups=B * C), (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(h, w.view(B * C, 1, kernel_size, 1), groups=B * C).view(B, C, H, W)
 
-    Images that share a ColorJitter order (24 orders for RGB) go through the colour ops as one batch.
+
+def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
+    """One random view per image (paper Sec. 3): RandomResizedCrop, horizontal flip, ColorJitter (with
+    probability jitter_p), RandomGrayscale, Gaussian blur (with probability blur_p), Normalize.
+    uint8 [B, C, H, W] -> float32 [B, C, crop, crop] on the same device; independent parameters per image, all
+    drawn from `generator` (which must live on images.device). The coins of jitter_p < 1 and blur_p > 0 are
+    drawn after everything else, so the paper's recipe draws exactly what it always drew.
+
+    Images that share a ColorJitter order (24 orders for RGB, and no jitter) go through the colour ops as one batch.
     """
     _check_images(images, mean, std, generator)
     B, C, H, W = images.shape
@@ -251,6 +281,12 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
     orders = jitter_orders(cfg.jitter, C)
     which = torch.randint(len(orders), (B,), generator=generator, device=dev)
     gray = (torch.rand(B, generator=generator, device=dev) < cfg.grayscale_p).float().view(-1, 1, 1, 1)
+    if cfg.jitter_p < 1:  # the images without jitter form one more group, with no colour op
+        jittered = torch.rand(B, generator=generator, device=dev) < cfg.jitter_p
+        which, orders = torch.where(jittered, which, len(orders)), [*orders, ()]
+    if cfg.blur_p > 0:
+        blur = torch.rand(B, generator=generator, device=dev) < cfg.blur_p
+        sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(B, generator=generator, device=dev)
     a, bias = _normalizer(mean, std, dev)
 
     for i, order in enumerate(orders):  # the groups are disjoint, so each can be written back into x
@@ -260,6 +296,8 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
             xs = _JITTER_OPS[k](xs, factors[k][idx])
         if C == 3 and cfg.grayscale_p > 0:
             xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])  # RandomGrayscale (lerp by 0 or 1)
+        if cfg.blur_p > 0 and (b := blur[idx]).any():
+            xs[b] = gaussian_blur(xs[b], sigma[idx][b], cfg.blur_kernel)
         x[idx] = torch.addcmul(bias, xs, a)
     return x
 

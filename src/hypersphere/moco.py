@@ -7,13 +7,12 @@ Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo 
   with the intra-batch query pairs) and `moco_objective`, which evaluates an `Objective` spec against a queue.
 - `MoCo`: the two encoders, the EMA and the queue; `resnet50_moco` (MoCo v2 head) and `small_resnet_moco`
   (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
-- Data: `build_imagenet100` (the CMC 100-class subset as symlinks) and `moco_augment` (MoCo v2's augmentation
-  as batched tensor ops built from augment.py's).
+- Data: `build_imagenet100` (the CMC 100-class subset as symlinks); MoCo v2's augmentation is the recipe
+  "mocov2" of augment.RECIPES.
 - Linear evaluation: `MocoProbeConfig`, `linear_probe_sgd`, `topk_accuracy`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -31,9 +30,7 @@ from torch import Tensor
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from . import resources
-from .augment import (AugmentConfig, _check_images, _normalizer, adjust_brightness, adjust_contrast, adjust_hue,
-                      adjust_saturation, jitter_orders, resized_crop, sample_crops)
-from .losses import Objective, align_loss, gaussian_logits
+from .losses import Objective, _autocast_off, align_loss, gaussian_logits
 
 # ----------------------------------------------------------------------------- queue losses
 
@@ -44,17 +41,10 @@ def _fp32_all(*xs: Tensor) -> tuple[Tensor, ...]:
     return tuple(x.to(dtype) for x in xs)
 
 
-def _no_autocast(device_type: str):
-    """Inside a bf16 autocast region the products below would run in bf16; they must stay in fp32."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def moco_contrastive(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
     """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
     q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
-    with _no_autocast(q.device.type):
+    with _autocast_off(q.device.type):
         q, k, queue = _fp32_all(q, k, queue)
         logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / tau
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
@@ -71,7 +61,7 @@ def moco_uniform(q: Tensor, queue: Tensor, t: float = 2.0, intra_batch: bool = T
     underflows for large t, gradients stay finite for coincident points (no square root), and bf16 inputs are
     computed in float32 (also inside autocast). The queue gets no gradient.
     """
-    with _no_autocast(q.device.type):
+    with _autocast_off(q.device.type):
         q, queue = _fp32_all(q, queue.detach())
         n_q, n_queue = len(q), len(queue)
         logits = gaussian_logits(q, queue, t).flatten()
@@ -273,83 +263,6 @@ def build_imagenet100(imagenet_root: str | Path, out_root: str | Path,
 
 
 # ----------------------------------------------------------------------------- MoCo v2 augmentation
-
-@dataclass(frozen=True)
-class MocoAugmentConfig(AugmentConfig):
-    """MoCo v2's augmentation (Chen et al. 2020; the recipe of SimCLR): RandomResizedCrop(224, scale 0.2-1),
-    ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale(0.2), GaussianBlur(sigma ~ U[0.1, 2]) with
-    p = 0.5, horizontal flip. The blur kernel has `blur_kernel` taps (23 ~ SimCLR's 10% of 224 px: +-5.5 sigma
-    at sigma = 2, an untruncated Gaussian like PIL's)."""
-    crop_size: int = 224
-    scale: tuple[float, float] = (0.2, 1.0)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel: int = 23
-
-
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Per-image Gaussian blur: float [B, C, H, W] with sigma [B] -> [B, C, H, W]. Separable (a row pass and a
-    column pass, each one grouped conv over all images and channels), kernel exp(-d^2 / (2 sigma^2)) normalised
-    over d = -(k-1)/2 .. (k-1)/2, reflect padding: torchvision's gaussian_blur per image."""
-    if kernel_size % 2 == 0 or kernel_size < 1:
-        raise ValueError(f"blur kernel_size must be odd and positive, got {kernel_size}")
-    B, C, H, W = x.shape
-    if B * C == 0:
-        return x.float()
-    pad = kernel_size // 2
-    if pad >= min(H, W):
-        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; use kernel_size < 2 * {min(H, W)}")
-    d = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - pad
-    w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1)  # [B, k], rows sum to 1
-    w = w.repeat_interleave(C, dim=0)  # one kernel per (image, channel)
-    h = F.pad(x.float().reshape(1, B * C, H, W), (pad, pad, 0, 0), mode="reflect")
-    h = F.conv2d(h, w.view(B * C, 1, 1, kernel_size), groups=B * C)
-    h = F.pad(h, (0, 0, pad, pad), mode="reflect")
-    return F.conv2d(h, w.view(B * C, 1, kernel_size, 1), groups=B * C).view(B, C, H, W)
-
-
-_JITTER = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-
-
-def moco_augment(images: Tensor, cfg: MocoAugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
-    """One MoCo v2 view per image: uint8 [B, C, H, W] -> float32 [B, C, crop, crop], per-image parameters from
-    `generator` (on images.device). Order as MoCo v2: crop (+ flip, which commutes with the rest), ColorJitter
-    with probability jitter_p (its four ops in a random order), RandomGrayscale, GaussianBlur with probability
-    blur_p, Normalize. The draws before the jitter's coin are augment()'s, so with jitter_p = 1 and blur_p = 0
-    this is augment() with the same generator state."""
-    _check_images(images, mean, std, generator)
-    B, C, H, W = images.shape
-    dev = images.device
-    top, left, h, w = sample_crops(B, H, W, cfg.scale, cfg.ratio, generator)
-    flip = torch.rand(B, generator=generator, device=dev) < 0.5 if cfg.flip else None
-    x = resized_crop(images, top, left, h, w, cfg.crop_size, flip, scale=1 / 255)  # in [0, 1]
-
-    u = torch.rand(4, B, generator=generator, device=dev)  # ColorJitter factors, torchvision's ranges
-    b, c, s, hue = cfg.jitter
-    factors = [(1 - v + 2 * v * u[k]).clamp_min(0) for k, v in enumerate((b, c, s))] + [hue * (2 * u[3] - 1)]
-    orders = jitter_orders(cfg.jitter, C)
-    which = torch.randint(len(orders), (B,), generator=generator, device=dev)
-    gray = (torch.rand(B, generator=generator, device=dev) < cfg.grayscale_p).float().view(-1, 1, 1, 1)
-    jitter = torch.rand(B, generator=generator, device=dev) < cfg.jitter_p
-    blur = torch.rand(B, generator=generator, device=dev) < cfg.blur_p
-    lo, hi = cfg.blur_sigma
-    sigma = lo + (hi - lo) * torch.rand(B, generator=generator, device=dev)
-
-    for i, order in enumerate(orders):  # disjoint groups of jittered images, each written back into x
-        idx = ((which == i) & jitter).nonzero().squeeze(1)
-        xs = x[idx]
-        for k in order:
-            xs = _JITTER[k](xs, factors[k][idx])
-        x[idx] = xs
-    if C == 3 and cfg.grayscale_p > 0:  # saturation 0 is the grayscale image (torchvision's weights)
-        x = torch.lerp(x, adjust_saturation(x, torch.zeros(B, device=dev)), gray)
-    if cfg.blur_p > 0:
-        idx = blur.nonzero().squeeze(1)
-        x[idx] = gaussian_blur(x[idx], sigma[idx], cfg.blur_kernel)
-    a, bias = _normalizer(mean, std, dev)
-    return torch.addcmul(bias, x, a)
 
 
 # ----------------------------------------------------------------------------- linear evaluation
