@@ -13,9 +13,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from hypersphere.augment import RECIPES, AugmentConfig, augment, gaussian_blur
-from hypersphere.losses import Objective, align_loss
-from hypersphere.moco import (MoCo, MocoProbeConfig, build_imagenet100,
-                              linear_probe_sgd, moco_contrastive, moco_objective, moco_uniform,
+from hypersphere.losses import Objective, align_loss, queue_contrastive_loss, queue_uniform_loss
+from hypersphere.moco import (MoCo, MocoProbeConfig, build_imagenet100, linear_probe_sgd,
                               read_classes, resnet50_moco, small_resnet_moco, topk_accuracy)
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -48,20 +47,20 @@ def tiny_moco(queue_size=8, momentum=0.9):
 
 # ----------------------------------------------------------------------------- queue losses
 
-def test_moco_contrastive_matches_bruteforce():
+def test_queue_contrastive_loss_matches_bruteforce():
     q, k, queue, tau = sphere(5, 7, 0), sphere(5, 7, 1), sphere(11, 7, 2), 0.2
     expected = 0.0
     for i in range(5):
         pos = math.exp(float(q[i] @ k[i]) / tau)
         neg = sum(math.exp(float(q[i] @ queue[j]) / tau) for j in range(11))
         expected += -math.log(pos / (pos + neg)) / 5
-    assert moco_contrastive(q, k, queue, tau).item() == pytest.approx(expected, rel=1e-12)
-    assert moco_contrastive(q.float(), k.float(), queue.float(), tau).item() == pytest.approx(expected, rel=1e-5)
+    assert queue_contrastive_loss(q, k, queue, tau).item() == pytest.approx(expected, rel=1e-12)
+    assert queue_contrastive_loss(q.float(), k.float(), queue.float(), tau).item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("t", [2.0, 7.0])
 @pytest.mark.parametrize("intra_batch", [False, True])
-def test_moco_uniform_is_weighted_mean_over_pair_union(t, intra_batch):
+def test_queue_uniform_loss_is_weighted_mean_over_pair_union(t, intra_batch):
     K, N = 6, 13
     q, queue = sphere(K, 5, 3), sphere(N, 5, 4)
     pairs = [(q[i], queue[j]) for i in range(K) for j in range(N)]  # Eq. 17: query-queue pairs
@@ -70,17 +69,17 @@ def test_moco_uniform_is_weighted_mean_over_pair_union(t, intra_batch):
     weight = 2 / (2 * N * K + K * (K - 1)) if intra_batch else 1 / (N * K)
     assert weight * len(pairs) == pytest.approx(1.0, rel=1e-12)  # the paper's weights sum to one
     expected = math.log(sum(weight * math.exp(-t * float((a - b).pow(2).sum())) for a, b in pairs))
-    assert moco_uniform(q, queue, t, intra_batch).item() == pytest.approx(expected, rel=1e-12)
-    assert moco_uniform(q.float(), queue.float(), t, intra_batch).item() == pytest.approx(expected, rel=1e-5)
+    assert queue_uniform_loss(q, queue, t, intra_batch).item() == pytest.approx(expected, rel=1e-12)
+    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_moco_uniform_large_t_does_not_underflow():
+def test_queue_uniform_loss_large_t_does_not_underflow():
     q, queue, t = sphere(8, 4, 5), sphere(16, 4, 6), 5000.0
     naive = (q[:, None] - queue[None]).pow(2).sum(-1).float().mul(-t).exp().mean().log()
     assert naive.item() == -math.inf  # the direct formula underflows in float32
     d2 = (q[:, None] - queue[None]).pow(2).sum(-1).flatten()
     expected = (torch.logsumexp(-t * d2, 0) - math.log(len(d2))).item()  # float64, shifted
-    assert moco_uniform(q.float(), queue.float(), t, intra_batch=False).item() == pytest.approx(expected, rel=1e-4)
+    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch=False).item() == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("t", [2.0, 1e4])
@@ -88,8 +87,8 @@ def test_collapsed_features_give_finite_gradients(t):
     one = F.normalize(torch.ones(1, 8), dim=1)
     q = one.repeat(4, 1).requires_grad_()
     k, queue = one.repeat(4, 1), one.repeat(16, 1)
-    losses = [moco_uniform(q, queue, t, intra_batch=True), moco_uniform(q, queue, t, intra_batch=False),
-              moco_contrastive(q, k, queue, tau=0.07), align_loss(q, k, alpha=1.0)]
+    losses = [queue_uniform_loss(q, queue, t, intra_batch=True), queue_uniform_loss(q, queue, t, intra_batch=False),
+              queue_contrastive_loss(q, k, queue, tau=0.07), align_loss(q, k, alpha=1.0)]
     for loss in losses:
         (grad,) = torch.autograd.grad(loss, q)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -100,8 +99,8 @@ def test_collapsed_features_give_finite_gradients(t):
 def test_bf16_inputs_give_fp32_results():
     q, k, queue = sphere(16, 32, 7, torch.float32), sphere(16, 32, 8, torch.float32), sphere(64, 32, 9, torch.float32)
     qb, kb, queueb = q.bfloat16(), k.bfloat16(), queue.bfloat16()
-    for f, full, half in [(moco_uniform, (q, queue, 2.0), (qb, queueb, 2.0)),
-                          (moco_contrastive, (q, k, queue, 0.2), (qb, kb, queueb, 0.2))]:
+    for f, full, half in [(queue_uniform_loss, (q, queue, 2.0), (qb, queueb, 2.0)),
+                          (queue_contrastive_loss, (q, k, queue, 0.2), (qb, kb, queueb, 0.2))]:
         out = f(*half)
         assert out.dtype == torch.float32
         assert out.item() == pytest.approx(f(*full).item(), rel=2e-2)
@@ -109,16 +108,16 @@ def test_bf16_inputs_give_fp32_results():
             assert torch.equal(f(*half), out)
 
 
-def test_moco_objective_maps_terms_to_queue_losses():
+def test_an_objective_with_a_queue_maps_its_terms_to_the_queue_losses():
     q, k, queue = sphere(6, 5, 10), sphere(6, 5, 11), sphere(9, 5, 12)
-    total, values = moco_objective(Objective.parse("3*align(alpha=2) + uniform(t=3)"), q, k, queue, intra_batch=False)
+    total, values = Objective.parse("3*align(alpha=2) + uniform(t=3)")(q, k, queue=queue, intra_batch=False)
     assert values["align"].item() == pytest.approx(align_loss(q, k, 2).item())
-    assert values["uniform"].item() == pytest.approx(moco_uniform(q, queue, 3, intra_batch=False).item())
+    assert values["uniform"].item() == pytest.approx(queue_uniform_loss(q, queue, 3, intra_batch=False).item())
     assert total.item() == pytest.approx(3 * values["align"].item() + values["uniform"].item())
-    _, values = moco_objective(Objective.parse("contrastive(tau=0.07)"), q, k, queue)
-    assert values["contrastive"].item() == pytest.approx(moco_contrastive(q, k, queue, 0.07).item())
-    with pytest.raises(ValueError, match="no MoCo form"):
-        moco_objective(Objective.parse("xent()"), q, k, queue)
+    _, values = Objective.parse("contrastive(tau=0.07)")(q, k, queue=queue)
+    assert values["contrastive"].item() == pytest.approx(queue_contrastive_loss(q, k, queue, 0.07).item())
+    with pytest.raises(ValueError, match="no form against a queue"):
+        Objective.parse("xent()")(q, k, queue=queue)
 
 
 # ----------------------------------------------------------------------------- MoCo
@@ -144,7 +143,7 @@ def test_forward_train_and_eval():
     q, k, queue = model(x[0], x[1])
     assert torch.equal(queue, queue_before) and torch.equal(model.queue[:4], k) and model.queue_ptr.item() == 4
     assert not k.requires_grad and all(not p.requires_grad for p in model.encoder_k.parameters())
-    moco_contrastive(q, k, queue, 0.2).backward()
+    queue_contrastive_loss(q, k, queue, 0.2).backward()
     assert all(p.grad is None for p in model.encoder_k.parameters())
     assert all(p.grad is not None for p in model.encoder_q.parameters())
     k_old = [p.clone() for p in model.encoder_k.parameters()]

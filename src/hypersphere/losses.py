@@ -196,6 +196,37 @@ def contrastive_loss(x: Tensor, y: Tensor, tau: float) -> Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def queue_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
+    """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
+    q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
+    with _autocast_off(q.device.type):
+        q, k, queue = _fp32(q), _fp32(k), _fp32(queue)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / tau
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def queue_uniform_loss(q: Tensor, queue: Tensor, t: float = 2.0, intra_batch: bool = True) -> Tensor:
+    """L_uniform against a queue of keys (Wang & Isola 2020, appendix, MoCo on ImageNet-100):
+
+      intra_batch=False (Eq. 17): log (1 / (K N)) sum_{i,j} exp(-t ||q_i - queue_j||^2);
+      intra_batch=True  (Eq. 18): log of the mean of exp(-t d^2) over the K N query-queue pairs and the
+        K (K - 1) / 2 distinct pairs of queries, i.e. every pair weighted 2 / (2 N K + K (K - 1)).
+
+    K = len(q) (the batch), N = len(queue). A log-sum-exp over gaussian_logits, so nothing underflows for large
+    t, gradients stay finite for coincident points (no square root), and bf16 inputs are computed in float32
+    (also inside autocast). The queue gets no gradient.
+    """
+    with _autocast_off(q.device.type):
+        q, queue = _fp32(q), _fp32(queue.detach())
+        logits = gaussian_logits(q, queue, t).flatten()
+        pairs = len(q) * len(queue)
+        if intra_batch and len(q) > 1:
+            i, j = torch.triu_indices(len(q), len(q), offset=1, device=q.device)
+            logits = torch.cat([logits, gaussian_logits(q, q, t)[i, j]])
+            pairs += len(q) * (len(q) - 1) // 2
+        return torch.logsumexp(logits, dim=0) - math.log(pairs)
+
+
 # ----------------------------------------------------------------------------- the objective
 
 # term name -> (its parameter, default value or None when it must be given)
@@ -295,15 +326,20 @@ class Objective:
         return any(term.name == "xent" for term in self.terms)
 
     def __call__(self, zx: Tensor, zy: Tensor | None = None, logits: Tensor | None = None,
-                 labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 labels: Tensor | None = None, queue: Tensor | None = None,
+                 intra_batch: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        if queue is not None and self.needs_labels:
+            raise ValueError(f"objective {self} has no form against a queue: use contrastive, align and uniform terms")
         values: dict[str, Tensor] = {}
         for term in self.terms:
             if term.name == "contrastive":
-                values[term.name] = contrastive_loss(zx, zy, term.param)
+                values[term.name] = (contrastive_loss(zx, zy, term.param) if queue is None
+                                     else queue_contrastive_loss(zx, zy, queue, term.param))
             elif term.name == "align":
                 values[term.name] = align_loss(zx, zy, term.param)
             elif term.name == "uniform":
-                values[term.name] = (uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2
+                values[term.name] = ((uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2 if queue is None
+                                     else queue_uniform_loss(zx, queue, term.param, intra_batch))
             else:
                 values[term.name] = F.cross_entropy(term.param * _fp32(logits), labels)
         total = sum(term.weight * values[term.name] for term in self.terms)

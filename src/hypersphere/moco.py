@@ -3,8 +3,7 @@ on ImageNet): a query encoder trained by gradient, a key encoder that follows it
 average, and a FIFO queue of past keys that supplies the negatives (He et al. 2020, "Momentum Contrast", MoCo v1;
 Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo v2).
 
-- Queue losses: `moco_contrastive` (MoCo's InfoNCE), `moco_uniform` (L_uniform over query-queue pairs, optionally
-  with the intra-batch query pairs) and `moco_objective`, which evaluates an `Objective` spec against a queue.
+- Queue losses: in losses.py (`queue_contrastive_loss`, `queue_uniform_loss`; an Objective called with a queue).
 - `MoCo`: the two encoders, the EMA and the queue; `resnet50_moco` (MoCo v2 head) and `small_resnet_moco`
   (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
 - Data: `build_imagenet100` (the CMC 100-class subset as symlinks); MoCo v2's augmentation is the recipe
@@ -30,67 +29,6 @@ from torch import Tensor
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from . import resources
-from .losses import Objective, _autocast_off, align_loss, gaussian_logits
-
-# ----------------------------------------------------------------------------- queue losses
-
-
-def _fp32_all(*xs: Tensor) -> tuple[Tensor, ...]:
-    """Inputs in one dtype of at least float32 (bf16 and fp16 are promoted; float64 stays float64)."""
-    dtype = functools.reduce(torch.promote_types, [x.dtype for x in xs], torch.float32)
-    return tuple(x.to(dtype) for x in xs)
-
-
-def moco_contrastive(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
-    """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
-    q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
-    with _autocast_off(q.device.type):
-        q, k, queue = _fp32_all(q, k, queue)
-        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / tau
-        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
-
-
-def moco_uniform(q: Tensor, queue: Tensor, t: float = 2.0, intra_batch: bool = True) -> Tensor:
-    """L_uniform against a queue (Wang & Isola 2020, appendix, MoCo on ImageNet-100):
-
-      intra_batch=False (Eq. 17): log (1 / (K N)) sum_{i,j} exp(-t ||q_i - queue_j||^2);
-      intra_batch=True  (Eq. 18): log of the mean of exp(-t d^2) over the K N query-queue pairs and the
-        K (K - 1) / 2 distinct pairs of queries, i.e. every pair weighted 2 / (2 N K + K (K - 1)).
-
-    K = len(q) (the batch), N = len(queue). A log-sum-exp over the logits of losses.gaussian_logits, so nothing
-    underflows for large t, gradients stay finite for coincident points (no square root), and bf16 inputs are
-    computed in float32 (also inside autocast). The queue gets no gradient.
-    """
-    with _autocast_off(q.device.type):
-        q, queue = _fp32_all(q, queue.detach())
-        n_q, n_queue = len(q), len(queue)
-        logits = gaussian_logits(q, queue, t).flatten()
-        pairs = n_q * n_queue
-        if intra_batch and n_q > 1:
-            i, j = torch.triu_indices(n_q, n_q, offset=1, device=q.device)
-            logits = torch.cat([logits, gaussian_logits(q, q, t)[i, j]])
-            pairs += n_q * (n_q - 1) // 2
-        return torch.logsumexp(logits, dim=0) - math.log(pairs)
-
-
-def moco_objective(objective: Objective, q: Tensor, k: Tensor, queue: Tensor,
-                   intra_batch: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-    """An `Objective` (e.g. "3*align(alpha=2) + uniform(t=3)") on MoCo's query, key and queue: contrastive(tau)
-    is `moco_contrastive`, align(alpha) is losses.align_loss between each query and its own key, uniform(t) is
-    `moco_uniform` of the queries (keys carry no gradient, so unlike the in-batch objective it is not averaged
-    over the two views). Returns (weighted total, each unweighted term), like Objective.__call__."""
-    values: dict[str, Tensor] = {}
-    for term in objective.terms:
-        if term.name == "contrastive":
-            values[term.name] = moco_contrastive(q, k, queue, term.param)
-        elif term.name == "align":
-            values[term.name] = align_loss(q, k, term.param)
-        elif term.name == "uniform":
-            values[term.name] = moco_uniform(q, queue, term.param, intra_batch)
-        else:
-            raise ValueError(f"objective term {term.name!r} has no MoCo form; use contrastive, align and uniform")
-    return sum(term.weight * values[term.name] for term in objective.terms), values
-
 
 # ----------------------------------------------------------------------------- encoders
 
