@@ -4,7 +4,6 @@ from functools import partial
 
 import pytest
 import torch
-import torch.nn as nn
 from sklearn.neighbors import KNeighborsClassifier
 
 from hypersphere import augment as augment_module

@@ -13,8 +13,6 @@ Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo 
 from __future__ import annotations
 
 import copy
-import functools
-import math
 import os
 import re
 from collections.abc import Callable, Sequence

@@ -13,7 +13,6 @@ All accuracies are in percent. Everything runs on the encoder's (or features') d
 """
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 
 import torch
 import torch.nn as nn
