@@ -1,5 +1,6 @@
 """Two processes with the gloo backend train one encoder as one process would on the same global batch:
-same loss, same gradients (distributed.py: gathered features keep their gradients; DDP averages)."""
+same loss, same gradients (distributed.py: gathered features keep their gradients; DDP averages), and with
+MoCo the same queue (each process enqueues the keys of the global batch)."""
 import os
 import socket
 
@@ -14,10 +15,11 @@ from hypersphere.data import load_dataset
 from hypersphere.domains import IMAGE
 from hypersphere.losses import Objective
 from hypersphere.models import DigitsNet
+from hypersphere.moco import MoCo
 from hypersphere.train import batch_loss
 
-OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()")
-BATCH, WORLD = 16, 2
+OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()", "moco: contrastive(tau=0.2) + uniform(t=2)")
+BATCH, WORLD, QUEUE = 16, 2, 64
 
 
 def setup(seed: int = 0):
@@ -29,6 +31,10 @@ def grads(*modules) -> dict[str, torch.Tensor]:
     return {f"{i}.{k}": p.grad.clone() for i, m in enumerate(modules) for k, p in m.named_parameters()}
 
 
+def parse(objective: str) -> tuple[Objective, bool]:
+    return Objective.parse(objective.removeprefix("moco: ")), objective.startswith("moco: ")
+
+
 def worker(rank: int, port: int, objective: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -36,11 +42,14 @@ def worker(rank: int, port: int, objective: str, out: str) -> None:
     data = load_dataset("digits")
     encoder, head = setup()
     model = nn.parallel.DistributedDataParallel(encoder)
-    obj = Objective.parse(objective)
+    obj, with_queue = parse(objective)
+    moco = MoCo(model, QUEUE, momentum=0.9) if with_queue else None
     gen = torch.Generator().manual_seed(100 + rank)
     loss, _ = batch_loss(model, head if obj.needs_labels else None, obj, IMAGE.views, data, data.train_images,
-                         data.train_labels, torch.arange(BATCH), gen)
+                         data.train_labels, torch.arange(BATCH), gen, moco)
     loss.backward()
+    if moco is not None:  # every process enqueued the keys of the global batch
+        torch.save(moco.queue[:BATCH].clone(), f"{out}/queue{rank}.pt")
     torch.save({"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
                f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -51,18 +60,28 @@ def reference(objective: str):
     augmentation stream and BatchNorm statistics), the losses on the concatenated features."""
     data = load_dataset("digits")
     encoder, head = setup()
-    obj = Objective.parse(objective)
+    obj, with_queue = parse(objective)
+    moco = MoCo(encoder, QUEUE, momentum=0.9) if with_queue else None
+    if moco is not None:
+        moco.momentum_update()
     zs = []
     for rank in range(WORLD):
         gen = torch.Generator().manual_seed(100 + rank)
         idx = torch.arange(BATCH)[rank * BATCH // WORLD:(rank + 1) * BATCH // WORLD]
-        x = torch.cat([IMAGE.views(data, data.train_images[idx], gen) for _ in range(obj.views)])
-        zs.append(encoder(x.contiguous(memory_format=torch.channels_last)).chunk(obj.views))
+        x = [IMAGE.views(data, data.train_images[idx], gen).contiguous(memory_format=torch.channels_last)
+             for _ in range(obj.views)]
+        if moco is None:
+            zs.append(encoder(torch.cat(x)).chunk(obj.views))
+        else:
+            with torch.no_grad():
+                k = moco.encoder_k(x[1])
+            zs.append((encoder(x[0]), k))
     zx, zy = torch.cat([z[0] for z in zs]), torch.cat([z[-1] for z in zs])
     logits = head(zx) if obj.needs_labels else None
-    loss, _ = obj(zx, zy, logits=logits, labels=data.train_labels[:BATCH])
+    queue = moco.queue.clone() if moco is not None else None
+    loss, _ = obj(zx, zy, logits=logits, labels=data.train_labels[:BATCH], queue=queue)
     loss.backward()
-    return loss.detach(), grads(encoder, head) if obj.needs_labels else grads(encoder)
+    return loss.detach(), grads(encoder, head) if obj.needs_labels else grads(encoder), zy.detach()
 
 
 def free_port() -> int:
@@ -74,13 +93,15 @@ def free_port() -> int:
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, objective):
     mp.spawn(worker, args=(free_port(), objective, str(tmp_path)), nprocs=WORLD)
-    loss, ref_grads = reference(objective)
+    loss, ref_grads, keys = reference(objective)
     for rank in range(WORLD):
         out = torch.load(tmp_path / f"rank{rank}.pt")
         assert out["loss"].item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
         assert out["grads"].keys() == ref_grads.keys()
         for k, g in ref_grads.items():  # float32 sums in another order: equal to 1e-4 of each tensor's norm
             assert (out["grads"][k] - g).norm() <= 1e-4 * g.norm() + 1e-7, (rank, k)
+        if objective.startswith("moco"):
+            assert torch.allclose(torch.load(tmp_path / f"queue{rank}.pt"), keys, atol=1e-6)
 
 
 def test_shard_needs_a_batch_that_divides_and_is_identity_alone():

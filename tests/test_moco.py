@@ -141,6 +141,7 @@ def test_forward_train_and_eval():
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5)
     queue_before = model.queue.clone()
     q, k, queue = model(x[0], x[1])
+    model.enqueue(k)
     assert torch.equal(queue, queue_before) and torch.equal(model.queue[:4], k) and model.queue_ptr.item() == 4
     assert not k.requires_grad and all(not p.requires_grad for p in model.encoder_k.parameters())
     queue_contrastive_loss(q, k, queue, 0.2).backward()

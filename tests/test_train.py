@@ -205,3 +205,32 @@ def test_a_run_locked_by_a_live_process_is_not_trained_twice(tmp_path):
             train(config, progress=False)
     assert not runs.is_locked(config.run_dir())  # released with the descriptor
     train(config, progress=False)
+
+
+def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_path, monkeypatch):
+    """MoCo (queue > 0): a crash mid-epoch, then the same command, ends with the weights, key encoder and
+    queue of an uninterrupted run (they are part of the saved state)."""
+    moco = dict(objective="contrastive(tau=0.2) + align(alpha=2) + uniform(t=2)", arch="smallresnet", dim=8,
+                batch_size=256, epochs=1, queue=512, ema=0.9, checkpoint_minutes=0.0)
+    whole = train(cfg(tmp_path / "a", **moco), progress=False)
+    real, calls = train_module.batch_loss, []
+
+    def crash_on_the_fourth_step(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "batch_loss", crash_on_the_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b", **moco), progress=False)
+    monkeypatch.setattr(train_module, "batch_loss", real)
+    resumed = train(cfg(tmp_path / "b", **moco), progress=False)
+    assert runs.load_summary(resumed)["resumed"] == [{"epoch": 1, "step": 3}]  # 5 steps an epoch
+    a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert all(torch.equal(a["moco"][k], b["moco"][k]) for k in a["moco"])  # key encoder and queue
+    with pytest.raises(ValueError, match="not xent"):
+        cfg(tmp_path, objective="xent()", queue=512)
+    with pytest.raises(ValueError, match="use queue >= batch_size"):
+        cfg(tmp_path, **{**moco, "queue": 64})

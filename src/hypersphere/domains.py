@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from . import augment, data, models
+from . import augment, data, models, moco
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,19 @@ class Domain:
     archs: tuple[str, ...]
 
 
+RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, else MoCo v1's linear one
+    "resnet50": lambda dim, mlp, channels: moco.resnet50_moco(dim, mlp),
+    "smallresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, in_channels=channels),
+}
+
+
 def _image_encoder(arch: str, dim: int, d: data.ImageData) -> nn.Module:
-    """SmallAlexNet (the paper's) for natural images; DigitsNet for the 24 px embedded digits by default."""
+    """SmallAlexNet (the paper's) for natural images, DigitsNet for the 24 px embedded digits by default;
+    ResNets (taps "penultimate", "output") for MoCo."""
     if arch == "auto":
         arch = "digitsnet" if d.name.startswith("digits") else "smallalexnet"
+    if (name := arch.removesuffix("-mlp")) in RESNETS:
+        return RESNETS[name](dim, arch.endswith("-mlp"), d.train_images.shape[1])
     return models.build_encoder(arch, d.train_images.shape[1], dim, d.augment.crop_size)
 
 
@@ -43,7 +52,8 @@ def _image_views(d: data.ImageData, images, generator):
 
 
 IMAGE = Domain(name="image", datasets=data.DATASETS, load=data.load_dataset, encoder=_image_encoder,
-               views=_image_views, evaluations=("classify",), archs=("auto",) + models.ARCHS)
+               views=_image_views, evaluations=("classify",),
+               archs=("auto",) + models.ARCHS + tuple(f"{r}{mlp}" for r in RESNETS for mlp in ("", "-mlp")))
 DOMAINS = {d.name: d for d in (IMAGE,)}
 
 

@@ -98,17 +98,19 @@ class MoCo(nn.Module):
     passes. Both encoders share the module's train/eval mode. The queue starts as random unit vectors
     (seeded), holds rows [N, dim], and is a FIFO: each batch of keys overwrites the oldest rows (wrapping).
 
-    Not here: Shuffle-BN and multi-process training (see the notes in forward and enqueue).
+    Not here: Shuffle-BN (see forward).
     """
 
-    def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, seed: int = 0):
+    def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, seed: int = 0,
+                 intra_batch: bool = True):
         super().__init__()
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.momentum = momentum
+        self.momentum, self.intra_batch = momentum, intra_batch
+        inner = getattr(encoder, "module", encoder)  # the encoder itself when DistributedDataParallel wraps it
         self.encoder_q = encoder
-        self.encoder_k = copy.deepcopy(encoder).requires_grad_(False)
-        dim = encoder.feature_dims["output"]
+        self.encoder_k = copy.deepcopy(inner).requires_grad_(False)
+        dim = inner.feature_dims["output"]
         init = torch.randn(queue_size, dim, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("queue", F.normalize(init, dim=1).to(next(encoder.parameters()).device))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long, device=self.queue.device))
@@ -123,8 +125,7 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Write `keys` [B, dim] over the B oldest rows (FIFO, wrapping at the end); no host synchronisation.
-        With several processes, all-gather the keys of every process here first (MoCo's concat_all_gather,
-        no gradient), so that each process enqueues the global batch in the same order."""
+        With several processes, pass the keys of every process (gathered), so that all queues stay equal."""
         size = len(self.queue)
         if len(keys) > size:
             raise ValueError(f"a batch of {len(keys)} keys does not fit a queue of {size}; use a larger queue_size")
@@ -134,20 +135,16 @@ class MoCo(nn.Module):
 
     def forward(self, im_q: Tensor, im_k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(q, k, queue) for a pair of views: q = f_q(im_q) with gradient, k = f_k(im_k) without, and a snapshot of
-        the queue before k is enqueued (the negatives for this step). In training mode this first applies the EMA
-        (as after the previous optimiser step) and afterwards enqueues k; in eval mode it changes nothing."""
+        the queue (the negatives for this step). In training mode this first applies the EMA (as after the
+        previous optimiser step); the caller enqueues the keys after the loss (the keys of every process, under
+        DDP: train.batch_loss). Shuffle-BN (He et al. 2020, Sec. 3.3) is not implemented: with several processes
+        each one's key batch keeps its own BN statistics, as its query batch does."""
         q = self.encoder_q(im_q)
         with torch.no_grad():
             if self.training:
                 self.momentum_update()
-            # Shuffle-BN (He et al. 2020, Sec. 3.3) would go here: with several processes, all-gather im_k,
-            # shuffle it across processes, encode, and undo the shuffle, so that a query and its key never
-            # share BN batch statistics. On one device the key batch's statistics are shared with itself.
             k = self.encoder_k(im_k)
-        queue = self.queue.clone()
-        if self.training:
-            self.enqueue(k)
-        return q, k, queue
+        return q, k, self.queue.clone()
 
 
 # ----------------------------------------------------------------------------- ImageNet-100

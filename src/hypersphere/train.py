@@ -29,6 +29,7 @@ from . import distributed, runs
 from .augment import recipe
 from .domains import domain_of
 from .losses import Objective
+from .moco import MoCo
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
 # initialisation, optimiser, loss numerics, data preparation): cached runs of an older version are then
@@ -54,6 +55,10 @@ class TrainConfig:
     lr_decay_at: tuple[float, ...] = (155 / 200, 170 / 200, 185 / 200)  # fractions of the schedule
     seed: int = 0
     snapshot_epochs: tuple[int, ...] = ()  # also keep the weights at these epochs (Fig. 8 trajectories)
+    # MoCo (Fig. 9a, Tables 3 and 5): a queue of past keys from an EMA key encoder; 0 keeps the in-batch losses
+    queue: int = 0
+    ema: float = 0.999
+    intra_batch: bool = True        # L_uniform also over distinct pairs of the batch's queries (paper appendix)
     # where and how (not hashed)
     name: str = ""                  # prefix of the run directory (default: the dataset)
     data_dir: str = "data"
@@ -80,6 +85,12 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
         if bad := [e for e in self.snapshot_epochs if not 0 <= e <= self.epochs]:
             raise ValueError(f"snapshot_epochs {bad} fall outside 0..{self.epochs}")
+        if self.queue < 0 or not 0 <= self.ema <= 1:
+            raise ValueError(f"queue must be >= 0 and ema in [0, 1], got {self.queue} and {self.ema}")
+        if 0 < self.queue < self.batch_size:
+            raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
+        if self.queue and Objective.parse(self.objective).needs_labels:
+            raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms, not xent")
 
     @property
     def canonical_objective(self) -> str:
@@ -166,16 +177,24 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
 
 
 def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, views, data, images: torch.Tensor,
-               labels: torch.Tensor | None, global_idx: torch.Tensor, gen: torch.Generator):
+               labels: torch.Tensor | None, global_idx: torch.Tensor, gen: torch.Generator, moco: MoCo | None = None):
     """Loss and its unweighted terms on one global batch: the objective on `objective.views` random views of
-    each input (one forward pass over all, as the official code). Under torchrun each process encodes its
-    share and the losses see the gathered global batch (distributed.py). Only the encoder runs under bf16
-    autocast (on CUDA); augmentation and losses stay in fp32."""
+    each input (one forward pass over all, as the official code), or with `moco` on its queries, keys and
+    queue (the batch's keys are enqueued afterwards). Under torchrun each process encodes its share and the
+    losses see the gathered global batch (distributed.py). Only the encoders run under bf16 autocast (on
+    CUDA); augmentation and losses stay in fp32."""
     idx = distributed.shard(global_idx)
-    x = torch.cat([views(data, images[idx], gen) for _ in range(objective.views)])
-    device = x.device.type
+    x = [views(data, images[idx], gen) for _ in range(objective.views)]
+    device = x[0].device.type
+    if moco is not None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            q, k, queue = moco(*(v.contiguous(memory_format=torch.channels_last) for v in x))
+        q, k = distributed.gather(q.float()), distributed.gather(k.float())
+        out = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
+        moco.enqueue(k)
+        return out
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        z = encoder(x.contiguous(memory_format=torch.channels_last))
+        z = encoder(torch.cat(x).contiguous(memory_format=torch.channels_last))
     z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
     logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
     return objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[global_idx])
@@ -226,6 +245,9 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
     model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
+    moco = None
+    if cfg.queue:  # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
+        moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device)
     objective = Objective.parse(cfg.objective)
     head = None
     if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
@@ -247,6 +269,8 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
     if resume is not None:
         encoder.load_state_dict(resume["encoder"]), opt.load_state_dict(resume["opt"]), sched.load_state_dict(resume["sched"])
+        if moco is not None:
+            moco.load_state_dict(resume["moco"])
         if head is not None:
             head.load_state_dict(resume["head"])
         order.set_state(resume["order"]), gen.set_state(resume["gen"][rank]), torch.set_rng_state(resume["torch_rng"])
@@ -263,6 +287,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         runs.save_checkpoint(run_dir / runs.STATE, {
             "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION, "epoch": epoch, "step": step,
             "encoder": encoder.state_dict(), "head": head.state_dict() if head else None, "opt": opt.state_dict(),
+            "moco": moco.state_dict() if moco else None,
             "sched": sched.state_dict(), "order": order.get_state(), "gen": gens, "torch_rng": torch.get_rng_state(), "perm": perm,
             "sums": sums, "log": log, "resumed": resumed})
 
@@ -276,13 +301,13 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
                unit="step", disable=not (progress and main), leave=False)
     last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
-        encoder.train()
+        (moco or encoder).train()
         t0 = time.perf_counter()
         if perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
             perm, sums, start_step = torch.randperm(n, generator=order, device=device), {}, 0
         for step in range(start_step, steps):
             idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = batch_loss(model, head, objective, views, data, images, labels, idx, gen)
+            loss, terms = batch_loss(model, head, objective, views, data, images, labels, idx, gen, moco)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -315,7 +340,8 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     bar.close()
     if not main:
         return
-    state = {"encoder": encoder.state_dict(), **({"head": head.state_dict()} if head else {})}
+    state = {"encoder": encoder.state_dict(), **({"head": head.state_dict()} if head else {}),
+             **({"moco": moco.state_dict()} if moco else {})}
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, state)
     train_seconds = sum(row["seconds"] for row in log)
     runs.write_json(run_dir / runs.TRAIN, {
