@@ -189,7 +189,7 @@ def test_imagefolder_pngs(tmp_path):
         assert torch.equal(d.train_images[j], torch.from_numpy(arrays["train", cls, i]).permute(2, 0, 1))
         assert torch.equal(d.val_images[j], torch.from_numpy(arrays["val", cls, i]).permute(2, 0, 1))
     assert (d.val_images[4] == 0).all()
-    assert d.mean == (0.485, 0.456, 0.406) and d.augment == AugmentConfig() and d.eval_resize == 70
+    assert d.mean == (0.485, 0.456, 0.406) and d.augment == AugmentConfig() and d.eval_resize == 70 and d.name == "imagefolder"
 
 
 # ---------------------------------------------------------------------------------------- errors, device
@@ -220,3 +220,22 @@ def test_to_moves_tensors_and_keeps_aliasing(digits):
     assert isinstance(moved, ImageData) and moved.train_images.dtype == torch.uint8
     assert moved.encoder_images is moved.train_images
     assert torch.equal(moved.val_images, digits.val_images) and moved.augment == digits.augment
+
+
+def test_imagenet100_from_an_imagenet_layout_through_the_symlink_builder(tmp_path):
+    """The ImageNet-100 tree is built from a full ImageNet train/ + val/ layout by symlinks (moco.py), then loaded
+    at 256 px (shorter side, centre crop) with MoCo's recipe; a missing tree names the builder."""
+    from hypersphere.moco import build_imagenet100
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    for split in ("train", "val"):
+        for k, wnid in enumerate(wnids):
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
+            Image.fromarray(np.full((300, 400, 3), 40 * k, np.uint8)).save(tmp_path / "imagenet" / split / wnid / "a.JPEG", "JPEG")
+    (tmp_path / "classes.txt").write_text("\n".join(wnids[:2]) + "\n")
+    with pytest.raises(FileNotFoundError, match="build_imagenet100"):
+        load_dataset("imagenet100", root=tmp_path)
+    build_imagenet100(tmp_path / "imagenet", tmp_path / "imagenet100", tmp_path / "classes.txt")
+    d = load_dataset("imagenet100", root=tmp_path)
+    assert d.train_images.shape == (2, 3, 256, 256) and d.val_labels.tolist() == [0, 1] and d.num_classes == 2
+    assert abs(int(d.train_images[1].float().mean()) - 40) <= 1  # the second class's grey level survives decoding
+    assert d.augment.crop_size == 224 and d.augment.scale == (0.2, 1.0) and d.eval_resize == 256

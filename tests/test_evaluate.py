@@ -58,7 +58,7 @@ def test_pair_metrics_on_perfectly_aligned_encoder():
 
 # ----------------------------------------------------------------------------- the classification evaluation
 
-@pytest.mark.parametrize("probe", ["lbfgs", "adam", "adam-full"])
+@pytest.mark.parametrize("probe", ["lbfgs", "adam", "adam-full", "sgd-full"])
 def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     data = tiny_data(n_train=30, n_val=15)
     torch.manual_seed(0)

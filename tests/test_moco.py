@@ -14,8 +14,8 @@ from torchvision.datasets import ImageFolder
 
 from hypersphere.augment import RECIPES, AugmentConfig, augment, gaussian_blur
 from hypersphere.losses import Objective, align_loss, queue_contrastive_loss, queue_uniform_loss
-from hypersphere.moco import (MoCo, MocoProbeConfig, build_imagenet100, linear_probe_sgd,
-                              read_classes, resnet50_moco, small_resnet_moco, topk_accuracy)
+from hypersphere.moco import MoCo, build_imagenet100, read_classes, resnet50_moco, small_resnet_moco
+from hypersphere.probes import MOCO_PROBE, _train_linear, topk_accuracy
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -278,10 +278,10 @@ def test_jitter_and_blur_apply_with_their_probability(field, p):
 
 # ----------------------------------------------------------------------------- linear evaluation
 
-def test_probe_config_and_topk():
-    cfg = MocoProbeConfig()
-    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs, cfg.batch_size) == (10.0, 0.9, 0.0, 60, 256)
-    assert cfg.lr_milestones() == [30, 40, 50] and MocoProbeConfig(epochs=6).lr_milestones() == [3, 4, 5]
+def test_the_moco_probe_and_topk():
+    cfg = MOCO_PROBE
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.epochs, cfg.batch_size) == ("sgd", 10.0, 0.9, 60, 256)
+    assert cfg.lr_milestones() == [30, 40, 50] and replace(cfg, epochs=6).lr_milestones() == [3, 4, 5]
     logits = torch.tensor([[0.0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 1, 9, 2, 3, 4]])
     # label ranks 1, 2 and 6: top-1 hits row 0, top-5 rows 0 and 1
     assert topk_accuracy(logits, torch.tensor([5, 1, 0])) == pytest.approx((100 / 3, 200 / 3))
@@ -289,11 +289,11 @@ def test_probe_config_and_topk():
         topk_accuracy(logits, torch.tensor([0, 0, 0]), ks=(1, 7))
 
 
-def test_linear_probe_sgd_learns_separable_classes():
+def test_the_sgd_probe_learns_separable_classes():
     g = torch.Generator().manual_seed(0)
     centres = F.normalize(torch.randn(6, 16, generator=g), dim=1)
     labels = torch.arange(6).repeat(100)
     feats = centres[labels] + 0.1 * torch.randn(600, 16, generator=g)
-    clf = linear_probe_sgd(lambda idx: feats[idx], labels, 16, 6, MocoProbeConfig(epochs=6, batch_size=64), "cpu")
+    clf = _train_linear(lambda idx: feats[idx], labels, 16, 6, replace(MOCO_PROBE, epochs=6, batch_size=64), "cpu")
     top1, top5 = topk_accuracy(clf(feats), labels)
     assert top1 > 95 and top5 == 100

@@ -218,8 +218,8 @@ def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
         return augment_module.augment(images, aug_cfg, *args)
 
     monkeypatch.setattr("hypersphere.probes.augment", recording_augment)
-    acc1 = linear_probe_full(model, "output", data, cfg)
-    acc2 = linear_probe_full(model, "output", data, cfg)
+    (acc1, top5), (acc2, _) = linear_probe_full(model, "output", data, cfg), linear_probe_full(model, "output", data, cfg)
+    assert math.isnan(top5)  # three classes: no top-5
     assert acc1 == acc2 and 0.0 <= acc1 <= 100.0
     sanity_check(before, model)
     assert model.training

@@ -220,3 +220,14 @@ def test_two_sweeps_sharing_a_runs_directory_never_train_a_run_twice(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path / "a", capture_output=True, text=True)
     assert again.returncode == 0 and "trained" not in again.stderr  # nothing left to do
     assert all(status(r) == "done" for r in load_sweep(path))
+
+
+def test_paper_moco_sweep_reproduces_the_imagenet100_table():
+    sweep_runs = load_sweep(SWEEPS_DIR / "paper" / "moco.yaml")
+    table = pd.read_csv(resources.reference("imagenet100_encoders.csv"))
+    assert len(sweep_runs) == len(table) == 45
+    by_row = {int(r.paper["paper_row"]): r for r in sweep_runs}
+    assert by_row[2].config.canonical_objective == "contrastive(tau=0.07)" and by_row[2].paper["paper_val_top1"] == 72.80
+    assert (by_row[44].config.queue, by_row[44].config.intra_batch) == (32768, False)  # Eq. 17: queue pairs only
+    assert by_row[23].config.intra_batch and by_row[1].config.arch == "resnet50"
+    assert by_row[1].evaluation.probe == "sgd-full" and by_row[1].evaluation.cv_folds == 3

@@ -55,6 +55,8 @@ RECIPES = {
     "digits": AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False, jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0),
     # Coloured digits: the same crops with the paper's full colour recipe (jitter 0.4 x 4, grayscale 0.2).
     "digits-color": AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False),
+    # MoCo v1 on ImageNet(-100): RandomResizedCrop(224, 0.2-1), grayscale 0.2, ColorJitter(0.4 x 4), flip.
+    "mocov1": AugmentConfig(crop_size=224, scale=(0.2, 1.0)),
     # MoCo v2 on ImageNet(-100): RandomResizedCrop(224, 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8,
     # RandomGrayscale(0.2), GaussianBlur(0.1-2) with p 0.5, flip.
     "mocov2": AugmentConfig(crop_size=224, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5),

@@ -6,11 +6,14 @@
   evaluation Resize(35) + CenterCrop(32), the same 64/70 ratio (upsampling to 64 px would only cost compute).
 - imagefolder: any `root/train/<class>/*` and `root/val/<class>/*`, resized (shorter side) and centre-cropped
   to 96 px like STL-10, ImageNet normalisation.
+- imagenet100: `root/imagenet100/{train,val}/<wnid>/*` (build it from ImageNet with moco.build_imagenet100),
+  kept at 256 px for MoCo's 224 px crops (Fig. 9a, Table 3); about 25 GB of uint8 in memory.
 - digits: scikit-learn's bundled 8x8 digits (no download), upsampled to 28 px, for seconds-long CPU runs.
 - digits-color: the same digits painted with a random foreground and background colour per image, so that
   colour is a nuisance the paper's colour augmentations have to remove, as on STL-10.
 """
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from .augment import GRAY_WEIGHTS, AugmentConfig, recipe
 
-DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder")
+DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder", "imagenet100")
 
 STL10_MEAN, STL10_STD = (0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)  # the paper's
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -69,7 +72,9 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, s
     if name == "cifar10":
         return _cifar10(root, download)
     if name == "imagefolder":
-        return _imagefolder(root, download)
+        return _imagefolder(root, "imagefolder", IMAGEFOLDER_SIDE, "stl10", 70)
+    if name == "imagenet100":
+        return _imagefolder(root / "imagenet100", "imagenet100", 256, "mocov1", 256)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 
@@ -166,23 +171,28 @@ def _cifar10(root: Path, download: bool) -> ImageData:
         num_classes=10, augment=recipe("cifar10"), eval_resize=35)
 
 
-def _imagefolder(root: Path, download: bool) -> ImageData:
-    """root/train/<class>/* and root/val/<class>/*, each image resized (shorter side) and centre-cropped
-    to IMAGEFOLDER_SIDE px; encoder and probes on train, evaluation on val."""
+def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize: int) -> ImageData:
+    """root/train/<class>/* and root/val/<class>/*, each image resized (shorter side) and centre-cropped to
+    `side` px, decoded by DataLoader workers; encoder and probes on train, evaluation on val."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
     if not ((root / "train").is_dir() and (root / "val").is_dir()):
+        hint = " (build it with hypersphere.moco.build_imagenet100)" if name == "imagenet100" else ""
         raise FileNotFoundError(f"image folders not found under {root}/train and {root}/val (they cannot be "
-                                f"downloaded); pass a root holding train/<class>/*.png and val/<class>/*.png")
-    to_tensor = T.Compose([T.Resize(IMAGEFOLDER_SIDE), T.CenterCrop(IMAGEFOLDER_SIDE), T.PILToTensor()])
+                                f"downloaded); pass a root holding train/<class>/*.png and val/<class>/*.png{hint}")
+    to_tensor = T.Compose([T.Resize(side), T.CenterCrop(side), T.PILToTensor()])
     train, val = ImageFolder(str(root / "train"), to_tensor), ImageFolder(str(root / "val"), to_tensor)
     if train.classes != val.classes:
         raise ValueError(f"{root}/train and {root}/val have different classes; give both the same class folders")
-    images = torch.stack([img for img, _ in train])
+
+    def stack(folder) -> tuple[Tensor, Tensor]:
+        loader = torch.utils.data.DataLoader(folder, batch_size=256, num_workers=min(8, os.cpu_count() or 1))
+        images, labels = zip(*loader)
+        return torch.cat(images), torch.cat(labels).long()
+
+    (images, labels), (val_images, val_labels) = stack(train), stack(val)
     return ImageData(
-        name="imagefolder", encoder_images=images, train_images=images,
-        train_labels=torch.tensor(train.targets, dtype=torch.int64),
-        val_images=torch.stack([img for img, _ in val]), val_labels=torch.tensor(val.targets, dtype=torch.int64),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes), augment=recipe("stl10"),
-        eval_resize=70)
+        name=name, encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
+        val_labels=val_labels, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes),
+        augment=recipe(recipe_name), eval_resize=eval_resize)

@@ -8,15 +8,14 @@ Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo 
   (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
 - Data: `build_imagenet100` (the CMC 100-class subset as symlinks); MoCo v2's augmentation is the recipe
   "mocov2" of augment.RECIPES.
-- Linear evaluation: `MocoProbeConfig`, `linear_probe_sgd`, `topk_accuracy`.
+- Linear evaluation: the probe "sgd-full" of evaluate.py (probes.MOCO_PROBE), with top-1 and top-5.
 """
 from __future__ import annotations
 
 import copy
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -196,57 +195,3 @@ def build_imagenet100(imagenet_root: str | Path, out_root: str | Path,
 
 
 # ----------------------------------------------------------------------------- MoCo v2 augmentation
-
-
-# ----------------------------------------------------------------------------- linear evaluation
-
-@dataclass(frozen=True)
-class MocoProbeConfig:
-    """The linear protocol of the paper's ImageNet-100 experiments (after CMC): SGD(lr 10, momentum 0.9, weight
-    decay 0), batch 256, 60 epochs, lr x0.2 at epochs 30, 40, 50 (scaled by epochs / 60 for shorter runs)."""
-    lr: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    epochs: int = 60
-    milestones: tuple[int, ...] = (30, 40, 50)
-    gamma: float = 0.2
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-
-    def lr_milestones(self) -> list[int]:
-        return [round(m * self.epochs / 60) for m in self.milestones]
-
-
-def linear_probe_sgd(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim: int, num_classes: int,
-                     cfg: MocoProbeConfig, device) -> nn.Linear:
-    """A linear classifier trained with `cfg`'s SGD schedule on `featurize(idx)` (the frozen encoder's features
-    of the training examples idx, e.g. of fresh RandomResizedCrop + flip views each epoch). Starts at zero;
-    batches are drawn from a CPU generator seeded with cfg.seed, so runs are reproducible."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    clf = nn.Linear(in_dim, num_classes).to(device)
-    nn.init.zeros_(clf.weight)
-    nn.init.zeros_(clf.bias)
-    opt = torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
-    labels = labels.to(device)
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
-            loss = F.cross_entropy(clf(featurize(idx).float()), labels[idx.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return clf
-
-
-@torch.no_grad()
-def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> tuple[float, ...]:
-    """Top-k accuracies (%) for each k: a point counts when its label is among its k largest logits."""
-    if max(ks) > logits.shape[1]:
-        raise ValueError(f"top-{max(ks)} accuracy needs at least {max(ks)} classes, got {logits.shape[1]}")
-    hit = logits.topk(max(ks), dim=1).indices == labels.to(logits.device)[:, None]  # [n, max k]
-    return tuple(100.0 * hit[:, :k].any(1).float().mean().item() for k in ks)

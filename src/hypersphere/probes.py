@@ -25,23 +25,32 @@ from .data import ImageData
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The paper's Adam probe (Sec. 3): Adam(lr 1e-3, betas (0.5, 0.999)), batch 128, 100 epochs, lr x0.2 at
-    epochs 60 and 80 (milestones are given for 100 epochs and scaled by epochs / 100)."""
+    """A linear probe's optimiser and schedule. The defaults are the paper's Adam probe (Sec. 3): Adam(lr 1e-3,
+    betas (0.5, 0.999)), batch 128, 100 epochs, lr x0.2 at 60% and 80% of them. MOCO_PROBE is the SGD protocol
+    of its ImageNet-100 experiments (after CMC)."""
+    optimizer: str = "adam"         # adam | sgd (momentum, no weight decay)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
+    momentum: float = 0.9
     batch_size: int = 128
     epochs: int = 100
-    milestones: tuple[int, ...] = (60, 80)
+    milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs where the lr is multiplied by gamma
     gamma: float = 0.2
     seed: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"probe optimizer must be adam or sgd, got {self.optimizer!r}")
 
     def lr_milestones(self) -> list[int]:
-        """Epochs at which the lr is multiplied by gamma: (60, 80) scaled to this run's length."""
-        return [round(m * self.epochs / 100) for m in self.milestones]
+        """Epochs at which the lr is multiplied by gamma."""
+        return [round(m * self.epochs) for m in self.milestones]
+
+
+# SGD(lr 10, momentum 0.9, weight decay 0), batch 256, 60 epochs, lr x0.2 at epochs 30, 40 and 50
+MOCO_PROBE = ProbeConfig(optimizer="sgd", lr=10.0, batch_size=256, epochs=60, milestones=(30 / 60, 40 / 60, 50 / 60))
 
 
 def _device(encoder: nn.Module, device) -> torch.device:
@@ -79,12 +88,13 @@ def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim:
     clf = nn.Linear(in_dim, num_classes).to(device)
     nn.init.zeros_(clf.weight)
     nn.init.zeros_(clf.bias)
-    opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt = (torch.optim.Adam(clf.parameters(), lr=cfg.lr, betas=cfg.betas) if cfg.optimizer == "adam"
+           else torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
     labels = labels.to(device)
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
-            loss = F.cross_entropy(clf(featurize(idx)), labels[idx.to(device)])
+            loss = F.cross_entropy(clf(featurize(idx).float()), labels[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,8 +103,17 @@ def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim:
 
 
 @torch.no_grad()
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> tuple[float, ...]:
+    """Top-k accuracies (%) for each k: a point counts when its label is among its k largest logits."""
+    if max(ks) > logits.shape[1]:
+        raise ValueError(f"top-{max(ks)} accuracy needs at least {max(ks)} classes, got {logits.shape[1]}")
+    hit = logits.topk(max(ks), dim=1).indices == labels.to(logits.device)[:, None]  # [n, max k]
+    return tuple(100.0 * hit[:, :k].any(1).float().mean().item() for k in ks)
+
+
+@torch.no_grad()
 def _accuracy(clf: nn.Linear, f: Tensor, y: Tensor) -> float:
-    return 100.0 * (clf(f).argmax(1) == y.to(f.device)).float().mean().item()
+    return topk_accuracy(clf(f), y, (1,))[0]
 
 
 def linear_probe_cached(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, cfg: ProbeConfig) -> float:
@@ -131,11 +150,13 @@ def sanity_check(state_dict_before: dict[str, Tensor], encoder: nn.Module) -> No
                                "(the encoder must stay frozen: eval mode, no grad, not in the optimiser)")
 
 
-def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeConfig, device=None) -> float:
+def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeConfig,
+                      device=None) -> tuple[float, float]:
     """The paper's linear evaluation (Sec. 3): validation accuracy (%) of a linear classifier on `tap` of the
     frozen encoder (eval mode, no grad), trained each epoch on new random crops of the labeled train split,
-    tested on evaluation-transform crops of the validation split. Ends with `sanity_check` that the encoder is
-    unchanged.
+    tested on evaluation-transform crops of the validation split: (top-1, top-5) accuracy (%), top-5 NaN with
+    fewer than 5 classes. Ends with `sanity_check` that the encoder is unchanged. With MOCO_PROBE, the
+    protocol of the paper's MoCo experiments.
 
     Training crops are the dataset's crop recipe without colour augmentation: data.augment with jitter 0 and
     grayscale 0. For STL-10 / CIFAR-10 that is exactly the paper's RandomResizedCrop(scale 0.08-1) + flip; for
@@ -156,7 +177,13 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
     val_f = extract_features(encoder, data.val_images, data, (tap,), device=device)[tap]
     encoder.train(was_training)
     sanity_check(before, encoder)
-    return _accuracy(clf, val_f, data.val_labels)
+    return _top1_top5(clf, val_f, data.val_labels)
+
+
+@torch.no_grad()
+def _top1_top5(clf: nn.Linear, f: Tensor, y: Tensor) -> tuple[float, float]:
+    logits = clf(f.float())
+    return topk_accuracy(logits, y, (1, 5)) if logits.shape[1] >= 5 else (_accuracy(clf, f.float(), y), float("nan"))
 
 
 @torch.no_grad()
@@ -277,4 +304,5 @@ def lbfgs_probe(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, 
     (info["standardised"] is the fit in standardised units, a warm start for fits on similar data)."""
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     clf, info = fit_logistic(train_f, train_y, num_classes, l2, init=init)
-    return _accuracy(clf, val_f.float(), val_y), info
+    top1, info["top5"] = _top1_top5(clf, val_f, val_y)
+    return top1, info

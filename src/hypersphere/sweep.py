@@ -87,7 +87,10 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
             config["init"] = row["init"]
         if isinstance(row.get("init_marker"), str):
             config["id"] = row["init_marker"]
-        paper = {f"paper_{k}": v for k, v in row.items() if k.startswith(("cv_", "val_")) or k == "row"}
+        if row.get("queue_size", 0) > 0:  # MoCo (ImageNet-100): the queue, and which uniformity form
+            config["queue"] = int(row["queue_size"])
+            config["intra_batch"] = str(row.get("unif_intra_batch")).lower() != "false"
+        paper = {f"paper_{k}": v for k, v in row.items() if k.startswith(("cv_", "val_")) or k in ("row", "nan")}
         out.append((config, paper))
     return out
 

@@ -53,6 +53,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_decay_at: tuple[float, ...] = (155 / 200, 170 / 200, 185 / 200)  # fractions of the schedule
+    cosine: bool = False            # a cosine schedule over the epochs instead of the steps of lr_decay_at (MoCo v2)
     seed: int = 0
     snapshot_epochs: tuple[int, ...] = ()  # also keep the weights at these epochs (Fig. 8 trajectories)
     # MoCo (Fig. 9a, Tables 3 and 5): a queue of past keys from an EMA key encoder; 0 keeps the in-batch losses
@@ -256,7 +257,8 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     params = list(encoder.parameters()) + (list(head.parameters()) if head else [])
     opt = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.cosine
+             else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1))
 
     images = data.train_images if head is not None else data.encoder_images
     labels = data.train_labels if head is not None else None
