@@ -57,7 +57,7 @@ def run(quick: bool) -> list[Row]:
             acc["5nn"] = knn_accuracy(tr, data.train_labels, va, data.val_labels, k=5)
 
         def full() -> None:
-            acc["full"] = linear_probe_full(encoder, TAP, data, cfg)
+            acc["full"] = linear_probe_full(encoder, TAP, data, cfg)[0]  # top-1
 
         cached()  # warm-up
         t_ours, t_ref = interleaved(cached, full, rounds)

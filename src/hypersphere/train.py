@@ -191,14 +191,21 @@ def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective,
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             q, k, queue = moco(*(v.contiguous(memory_format=torch.channels_last) for v in x))
         q, k = distributed.gather(q.float()), distributed.gather(k.float())
-        out = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
+        loss, terms = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
         moco.enqueue(k)
-        return out
+        return loss, {**terms, "norm_error": _norm_error(q)}
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         z = encoder(torch.cat(x).contiguous(memory_format=torch.channels_last))
     z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
     logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
-    return objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[global_idx])
+    loss, terms = objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[global_idx])
+    return loss, {**terms, "norm_error": _norm_error(z[0])}
+
+
+def _norm_error(z: torch.Tensor) -> torch.Tensor:
+    """max | ||z_i|| - 1 |: 0 for features on the sphere, 1 for an encoder whose outputs died to zero (a finite
+    loss can hide it: all-zero features give the contrastive loss log(2K - 1))."""
+    return (z.detach().norm(dim=1) - 1).abs().max()
 
 
 def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
@@ -321,9 +328,10 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
                 save_state(epoch, step + 1, perm, sums)
                 last_save = time.perf_counter()
         means = {k: float(v) / steps for k, v in sums.items()}  # one device sync per epoch
-        if not math.isfinite(means["loss"]):
+        if not math.isfinite(means["loss"]) or not means["norm_error"] < 0.01:
             bar.close()
-            reason = f"mean loss became {means['loss']} in epoch {epoch}"
+            reason = (f"mean loss became {means['loss']} in epoch {epoch}" if not math.isfinite(means["loss"]) else
+                      f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)")
             if main:
                 runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "reason": reason})
                 (run_dir / runs.STATE).unlink(missing_ok=True)

@@ -1,0 +1,509 @@
+"""The paper items (hypersphere.items.*): each one's computation and its verdict, on small hand-built tables.
+
+No training and no papermill: every fixture is a DataFrame (or a few tensors) written here, and every expected
+value is worked out by hand or with an independent library (numpy, scipy). Each verdict is checked to HOLD on a
+table that shows the claim, to fail (holds False) on one that does not, and to be undecided (None) where the
+module says so. The statistics themselves (stats.py) are tested in test_notebooks.py.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import pdist
+from scipy.special import i0
+from scipy.stats import spearmanr
+
+from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, say, table1, theory, verdict
+
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
+WEIGHTS = {  # family -> (w_contrastive, w_align, w_uniform)
+    "contrastive only": (1.0, 0.0, 0.0), "align + uniform only": (0.0, 1.0, 1.0), "all three": (1.0, 0.0, 1.0)}
+ACC = "val_output_linear"
+
+
+def runs(rows: list[dict], **defaults) -> pd.DataFrame:
+    """A results table: one row per dict, `family` expanded into its w_* columns, defaults filled in."""
+    out = []
+    for r in rows:
+        r = {**defaults, **r}
+        if "family" in r:
+            r["w_contrastive"], r["w_align"], r["w_uniform"] = WEIGHTS[r.pop("family")]
+        out.append({"w_contrastive": 0.0, "w_align": 0.0, "w_uniform": 0.0, "w_xent": 0.0, "init": "rand",
+                    "status": "done", **r})
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- items/__init__.py
+
+def test_add_family_gives_supervised_runs_no_family():
+    df = runs([{"family": "contrastive only"}, {"family": "align + uniform only"}, {"family": "all three"},
+               {"w_xent": 1.0, "w_contrastive": 1.0},  # cross-entropy + contrastive: still supervised
+               {"w_xent": 1.0}, {"w_xent": np.nan, "w_uniform": 0.5}, {}])
+    assert add_family(df)["family"].tolist() == [
+        "contrastive only", "align + uniform only", "all three", "", "", "align + uniform only", ""]
+    no_xent = add_family(df.drop(columns="w_xent"))  # tables without a w_xent column: family from the weights
+    assert no_xent["family"].tolist()[3:5] == ["contrastive only", ""]
+    assert "family" not in df  # a new frame, the caller's is untouched
+
+
+def test_verdict_and_say():
+    v = verdict("Figure 7", "a claim", np.bool_(True), "some evidence", ["fig7_weighting"])
+    assert v == {"item": "Figure 7", "claim": "a claim", "holds": True, "evidence": "some evidence",
+                 "figures": ["fig7_weighting"]} and type(v["holds"]) is bool
+    assert say(v) == "Figure 7: HOLDS. a claim.\n  evidence: some evidence"
+    assert say(verdict("T", "c", np.bool_(False), "e")).startswith("T: does NOT hold. c.")
+    assert say(verdict("T", "c", None, "e")).startswith("T: undecided. c.")
+
+
+# ----------------------------------------------------------------------------- Figure 5
+
+def fig5_cloud(n: int, acc_of, seed: int = 0, noise: float = 0.3) -> pd.DataFrame:
+    """n encoders of the three families with random (align, uniform) and acc = acc_of(align, uniform) + noise."""
+    rng = np.random.default_rng(seed)
+    align, uniform = rng.uniform(0.3, 1.5, n), rng.uniform(-3.8, -1.5, n)
+    fams = [list(WEIGHTS)[i % 3] for i in range(n)]
+    df = runs([{"family": f} for f in fams])
+    return df.assign(align=align, uniform=uniform, acc=acc_of(align, uniform) + noise * rng.normal(size=n))
+
+
+def fig5_verdict(cloud: pd.DataFrame, better: str = "higher", target: str = "acc") -> dict:
+    cloud, targets, _ = fig5.usable(cloud, {target: "A"})
+    table, fits = fig5.statistics(cloud, targets, better=better, n_boot=300)
+    return fig5.judge("Figure 5a", cloud, targets, table, fits, better=better)
+
+
+def test_fig5_usable_drops_runs_without_family_or_finite_metrics_and_incomplete_targets():
+    cloud = runs([{"family": "contrastive only", "align": 0.5, "uniform": -2.0, "a": 1.0, "b": 1.0},
+                  {"family": "all three", "align": 0.6, "uniform": -2.5, "a": 2.0, "b": np.nan},
+                  {"w_xent": 1.0, "w_contrastive": 1.0, "align": 0.1, "uniform": -3.0, "a": 3.0, "b": 3.0},
+                  {"align": 0.1, "uniform": -3.0, "a": 4.0, "b": 4.0},  # no loss at all
+                  {"family": "align + uniform only", "align": np.nan, "uniform": -3.0, "a": 5.0, "b": np.nan},
+                  {"family": "align + uniform only", "align": 0.2, "uniform": np.inf, "a": 6.0, "b": 6.0},
+                  {"family": "align + uniform only", "align": 0.3, "uniform": -3.5, "a": 7.0, "b": 7.0}])
+    kept, targets, note = fig5.usable(cloud, {"a": "A", "b": "B", "c": "C"})
+    assert kept["a"].tolist() == [1.0, 2.0, 7.0]
+    assert kept.index.tolist() == [0, 1, 2]
+    assert targets == {"a": "A"}  # b has a gap among the kept encoders, c does not exist
+    assert note.startswith("3 encoders (4 left out") and "'b'" in note and "'c'" in note
+    # a gap only in a run that is left out anyway does not cost the column
+    assert fig5.usable(cloud.drop(index=1), {"b": "B"})[1] == {"b": "B"}
+
+
+def test_fig5_corner_counts_the_best_tenth_in_the_lower_left_quadrant():
+    n = 20
+    align, uniform = np.arange(n, dtype=float), np.arange(n, dtype=float)
+    uniform[0] = 100.0  # medians: align 9.5, uniform 10.5 -> lower-left = encoders 1..9
+    acc = np.full(n, 50.0)
+    acc[[0, 5]] = [90.0, 80.0]  # the best two: 0 (outside) and 5 (inside)
+    acc[[2, 4]] = [10.0, 20.0]  # the worst two: both inside
+    cloud = pd.DataFrame({"align": align, "uniform": uniform, "acc": acc})
+    assert fig5.corner(cloud, "acc") == {"top": 2, "top_in_corner": 1, "share_top": 0.5, "share_all": 0.45}
+    assert fig5.corner(cloud, "acc", better="lower") == {"top": 2, "top_in_corner": 2, "share_top": 1.0,
+                                                         "share_all": 0.45}
+    assert fig5.corner(cloud.iloc[:9], "acc")["top"] == 1  # fewer than ten encoders: at least one
+
+
+def test_fig5_statistics_against_scipy_and_the_picked_encoder():
+    cloud = fig5_cloud(12, lambda a, u: 60 - 10 * (a + u))
+    table, fits = fig5.statistics(cloud, {"acc": "A"}, n_boot=200)
+    s = table.set_index("score (lower = better)")
+    assert list(s.index) == ["L_align", "L_uniform", "L_align + L_uniform", "fitted combination (CV)"]
+    assert s.loc["L_align", "spearman"] == pytest.approx(spearmanr(cloud["align"], cloud["acc"]).statistic)
+    total = cloud["align"] + cloud["uniform"]
+    assert s.loc["L_align + L_uniform", "spearman"] == pytest.approx(spearmanr(total, cloud["acc"]).statistic)
+    assert s.loc["L_align + L_uniform", "picked A"] == cloud["acc"][total.idxmin()]
+    assert s.loc["L_align", "picked A"] == cloud["acc"][cloud["align"].idxmin()]
+    assert s.loc["L_align", "best A"] == cloud["acc"].max()
+    assert s.loc["L_align", "median A"] == cloud["acc"].median()
+    assert s["R2_cv"].isna().tolist() == [True, True, True, False]
+    assert fits["acc"]["weights"][1:] == pytest.approx([-10, -10], abs=1.5)
+    # fewer than 5 encoders: no fitted combination
+    small, small_fits = fig5.statistics(cloud.iloc[:4], {"acc": "A"}, n_boot=50)
+    assert small_fits == {} and len(small) == 3
+
+
+def test_fig5_statistics_for_an_error_is_the_mirror_image_of_accuracy():
+    acc_cloud = fig5_cloud(25, lambda a, u: 60 - 10 * (a + u), noise=3.0)
+    mse_cloud = acc_cloud.assign(mse=50 - acc_cloud["acc"])  # lower is better
+    hi, hi_fits = fig5.statistics(acc_cloud, {"acc": "A"}, better="higher", n_boot=300)
+    lo, lo_fits = fig5.statistics(mse_cloud, {"mse": "A"}, better="lower", n_boot=300)
+    assert lo["spearman"].to_numpy() == pytest.approx(-hi["spearman"].to_numpy())
+    assert lo["ci_low"].to_numpy() == pytest.approx(-hi["ci_high"].to_numpy())
+    assert lo["ci_high"].to_numpy() == pytest.approx(-hi["ci_low"].to_numpy())
+    for k in ("picked", "best", "median"):
+        assert lo[f"{k} A"].to_numpy() == pytest.approx(50 - hi[f"{k} A"].to_numpy())
+    assert lo["picked percentile"].tolist() == hi["picked percentile"].tolist()
+    assert lo["R2_cv"].to_numpy() == pytest.approx(hi["R2_cv"].to_numpy(), nan_ok=True)
+    assert lo_fits["mse"]["weights"][1:] == pytest.approx(hi_fits["acc"]["weights"][1:])  # both of -MSE
+    v_hi = fig5.judge("F", acc_cloud, {"acc": "A"}, hi, hi_fits, better="higher")
+    v_lo = fig5.judge("F", mse_cloud, {"mse": "A"}, lo, lo_fits, better="lower")
+    assert v_hi["holds"] is True and v_lo["holds"] is True
+    assert "lower error" in v_lo["claim"] and "higher accuracy" in v_hi["claim"]
+
+
+@pytest.mark.parametrize("better, sign, holds", [("higher", -1, True), ("higher", +1, False),
+                                                 ("lower", +1, True), ("lower", -1, False)])
+def test_fig5_verdict_follows_the_sign_of_the_relation(better, sign, holds):
+    # accuracy (better = "higher") or error ("lower") = sign * (align + uniform) + small noise
+    cloud = fig5_cloud(30, lambda a, u: 50 + sign * 10 * (a + u))
+    assert fig5_verdict(cloud, better)["holds"] is holds
+
+
+def test_fig5_verdict_fails_when_one_fitted_weight_points_the_wrong_way():
+    cloud = fig5_cloud(30, lambda a, u: 50 - 10 * a + 10 * u)  # more uniform (lower L_uniform): worse
+    c, targets, _ = fig5.usable(cloud, {"acc": "A"})
+    table, fits = fig5.statistics(c, targets, n_boot=300)
+    fitted = table.set_index("score (lower = better)").loc["fitted combination (CV)"]
+    assert fitted["ci_high"] < 0  # the fitted combination still ranks the encoders...
+    assert fits["acc"]["weights"][2] > 0  # ...but with the uniformity weight the wrong way
+    assert fig5.judge("F", c, targets, table, fits)["holds"] is False
+
+
+def test_fig5_verdict_is_undecided_with_too_few_encoders():
+    cloud = fig5_cloud(fig5.MIN_ENCODERS - 1, lambda a, u: 50 - 10 * (a + u), noise=0.01)
+    assert fig5_verdict(cloud)["holds"] is None  # 7 encoders: fitted (>= 5), but below MIN_ENCODERS
+    assert fig5_verdict(fig5_cloud(fig5.MIN_ENCODERS, lambda a, u: 50 - 10 * (a + u), noise=0.01))["holds"] is True
+
+
+def test_fig5_ours_vs_paper():
+    cloud = pd.DataFrame({"acc": [70.0, 60.0, 50.0, 40.0], "paper_acc": [72.0, 61.0, np.nan, 45.0]})
+    out = fig5.ours_vs_paper(cloud, {"acc": "paper_acc", "other": "paper_other"})
+    assert list(out) == ["acc"]
+    assert out["acc"]["n"] == 3
+    assert out["acc"]["mean_diff"] == pytest.approx((-2 - 1 - 5) / 3)
+    assert out["acc"]["mad"] == pytest.approx(8 / 3)
+    assert out["acc"]["spearman"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+VALS, VALS_NAMES = list(table1.COLUMNS), list(table1.COLUMNS.values())
+
+
+def table1_cloud() -> pd.DataFrame:
+    """Six runs: two contrastive (the better by CV is the worse on validation), two align + uniform of which one
+    is fine-tuned, one mixed, one supervised. Validation accuracies [v, v - 2, v + 3, v - 4]."""
+    def r(obj, fam, cv, v, **kw):
+        return {"objective": obj, "family": fam, "cv_output_linear": cv, **dict(zip(VALS, [v, v - 2, v + 3, v - 4])), **kw}
+    return runs([r("contrastive(tau=0.2)", "contrastive only", 70.0, 78.0),
+                 r("contrastive(tau=0.5)", "contrastive only", 75.0, 74.0),
+                 r("align(alpha=2) + uniform(t=2)", "align + uniform only", 76.0, 73.5),
+                 r("align(alpha=2) + uniform(t=3)", "align + uniform only", 99.0, 99.0, init="run-17"),
+                 r("contrastive(tau=0.5) + uniform(t=2)", "all three", 72.0, 71.0),
+                 r("xent", "all three", 98.0, 98.0, w_xent=1.0)])
+
+
+def test_table1_candidates_are_from_scratch_with_a_family_selected_by_cv():
+    scratch, by = table1.candidates(table1_cloud())
+    assert by == "cv_output_linear"
+    assert scratch["objective"].tolist() == ["contrastive(tau=0.2)", "contrastive(tau=0.5)",
+                                             "align(alpha=2) + uniform(t=2)", "contrastive(tau=0.5) + uniform(t=2)"]
+    assert table1.candidates(table1_cloud().drop(columns="cv_output_linear"))[1] == "val_output_linear"
+    assert table1.candidates(table1_cloud().assign(cv_output_linear=np.nan))[1] == "val_output_linear"
+    # on the paper profile, only the configurations the paper cross-validated
+    paper = table1_cloud().assign(paper_cv_out_linear=[np.nan, 80.0, 81.0, 82.0, np.nan, 83.0])
+    assert table1.candidates(paper)[0]["objective"].tolist() == ["contrastive(tau=0.5)", "align(alpha=2) + uniform(t=2)"]
+
+
+def test_table1_select_takes_each_familys_best_by_the_selection_column_and_the_papers_numbers():
+    scratch, by = table1.candidates(table1_cloud())
+    t = table1.select(scratch, by).set_index("family")
+    assert list(t.index) == ["contrastive only", "align + uniform only", "all three"]
+    assert t["candidates"].tolist() == [2, 1, 1]
+    assert t.loc["contrastive only", "objective"] == "contrastive(tau=0.5)"  # CV 75 > 70, though val 74 < 78
+    assert t.loc["contrastive only", "selection score"] == 75.0
+    assert t.loc["contrastive only", VALS_NAMES].tolist() == [74.0, 72.0, 77.0, 70.0]
+    by_val = table1.select(scratch, "val_output_linear").set_index("family")
+    assert by_val.loc["contrastive only", "objective"] == "contrastive(tau=0.2)"
+    paper = pd.read_csv(REFERENCE / "table1.csv").set_index("family")
+    for col, name in table1.COLUMNS.items():
+        assert t[f"paper {name}"].tolist() == paper[col].tolist()
+    assert t["paper objective"].tolist() == paper["objective"].tolist()
+    # a family without candidates: an empty row that still carries the paper's numbers
+    empty = table1.select(scratch[scratch["family"] != "all three"], by).set_index("family").loc["all three"]
+    assert empty["candidates"] == 0 and empty["objective"] == "" and np.isnan(empty["output+linear"])
+    assert empty["paper output+linear"] == paper.loc["all three", "val_output_linear"]
+    cells = table1.pretty(table1.select(scratch[scratch["family"] != "all three"], by))
+    assert cells["output+linear"].tolist() == ["74.00 (80.46)", "73.50 (81.15)", "- (81.06)"]
+
+
+def table1_table(contrastive: list[float] | None, align_uniform: list[float] | None) -> pd.DataFrame:
+    """Table 1 as select() writes it, with the selected encoders' four accuracies (None: no candidate)."""
+    scratch = runs([{"objective": fam, "family": fam, "cv_output_linear": 1.0, **dict(zip(VALS, accs))}
+                    for fam, accs in (("contrastive only", contrastive), ("align + uniform only", align_uniform),
+                                      ("all three", [1.0, 1.0, 1.0, 1.0])) if accs is not None])
+    return table1.select(add_family(scratch), "cv_output_linear")
+
+
+@pytest.mark.parametrize("au_minus_c, holds", [(+0.5, True), (-0.8, True), (-1.0, True), (-1.25, False), (-5, False)])
+def test_table1_verdict_is_the_mean_difference_against_the_margin(au_minus_c, holds):
+    contrastive = [80.0, 78.0, 84.0, 76.0]
+    align_uniform = [80.0 + 4 * au_minus_c, 78.0, 84.0, 76.0]  # the whole difference in one column
+    v = table1.judge(table1_table(contrastive, align_uniform))
+    assert v["holds"] is holds
+    paper = pd.read_csv(REFERENCE / "table1.csv").set_index("family")[VALS]
+    paper_mean = (paper.loc["align + uniform only"] - paper.loc["contrastive only"]).mean()  # 0.455
+    assert f"(mean {au_minus_c:+.2f}; paper mean {paper_mean:+.2f})" in v["evidence"]
+
+
+def test_table1_verdict_is_undecided_without_a_contrastive_or_align_uniform_encoder():
+    assert table1.judge(table1_table([80.0] * 4, None))["holds"] is None
+    assert table1.judge(table1_table(None, [80.0] * 4))["holds"] is None
+    assert table1.judge(table1_table([80.0, 78.0, 84.0, np.nan], [80.0] * 4))["holds"] is None  # a missing column
+    no_mixed = table1_table([80.0] * 4, [81.0] * 4)
+    no_mixed.loc[2, VALS_NAMES] = np.nan
+    assert table1.judge(no_mixed)["holds"] is True  # the "all three" family is not needed
+
+
+def test_table1_paper_picks_finds_the_papers_objectives_in_canonical_form():
+    scratch = pd.DataFrame({"objective": ["contrastive(tau=0.19)", "contrastive(tau=0.19)", "contrastive(tau=0.2)",
+                                          "0.98*align(alpha=2) + 0.96*uniform(t=2)"],
+                            "dim": [128, 32, 128, 128], "batch_size": [768, 768, 768, 768], ACC: [1.0, 2.0, 3.0, 4.0]})
+    assert table1.paper_picks(scratch, paper_profile=False)["output+linear"].tolist() == [1.0, 2.0, 4.0]
+    picks = table1.paper_picks(scratch, paper_profile=True)
+    assert picks["output+linear"].tolist() == [1.0, 4.0]
+    assert picks["family"].tolist() == ["contrastive only", "align + uniform only"]
+
+
+# ----------------------------------------------------------------------------- Figure 7
+
+def lambda_runs(points: dict[tuple[float, float], list[tuple[float, float]]]) -> pd.DataFrame:
+    """{(w_align, w_uniform): [(L_uniform, accuracy) per seed]} as a lambda sweep, plus two runs that are not
+    align/uniform mixtures (a contrastive one and a supervised one)."""
+    rows = [{"w_align": a, "w_uniform": u, "seed": s, "align": 0.1 * s + a / (a + u), "uniform": lu, ACC: acc}
+            for (a, u), seeds in points.items() for s, (lu, acc) in enumerate(seeds)]
+    rows += [{"w_contrastive": 1.0, "w_align": 1.0, "w_uniform": 1.0, "align": 0.5, "uniform": -3.0, ACC: 99.0},
+             {"w_xent": 1.0, "align": 0.5, "uniform": -3.0, ACC: 98.0}]
+    return runs(rows[::-1])  # out of lambda order
+
+
+INVERTED_U = {(1.0, 0.0): [(-0.01, 10.0), (-0.02, 12.0)], (3.0, 1.0): [(-2.0, 70.0), (-2.2, 74.0)],
+              (1.0, 1.0): [(-3.0, 80.0)], (0.0, 2.0): [(-3.9, 20.0)]}
+
+
+def test_fig7_runs_by_lambda_and_curve():
+    lam = fig7.runs_by_lambda(lambda_runs(INVERTED_U))
+    assert lam["lambda"].tolist() == [0.0, 0.0, 0.25, 0.25, 0.5, 1.0]  # the two other runs are left out
+    assert lam["exp_uniform"].to_numpy() == pytest.approx(np.exp(lam["uniform"].to_numpy()))
+    assert lam["collapsed"].tolist() == [True, True, False, False, False, False]  # exp(-0.01), exp(-0.02) > 0.9
+    cur = fig7.curve(lam)
+    assert cur.index.tolist() == [0.0, 0.25, 0.5, 1.0]
+    assert cur[ACC].tolist() == [11.0, 72.0, 80.0, 20.0]
+    assert cur["acc_std"].to_numpy() == pytest.approx([np.std([10, 12], ddof=1), np.std([70, 74], ddof=1), 0, 0])
+    assert cur["seeds"].tolist() == [2, 2, 1, 1]
+    assert cur.loc[0.25, "exp_uniform"] == pytest.approx((math.exp(-2.0) + math.exp(-2.2)) / 2)
+    assert cur.loc[0.0, "align"] == pytest.approx(1.05)  # (1.0 + 1.1) / 2
+
+
+def test_fig7_verdict_holds_on_an_inverted_u_with_collapse():
+    lam = fig7.runs_by_lambda(lambda_runs(INVERTED_U))
+    v = fig7.judge(fig7.curve(lam), lam)
+    assert v["holds"] is True
+    assert "best lambda 0.5 (80.0%)" in v["evidence"] and "collapsed at lambda 0;" in v["evidence"]
+    assert "best 80.58% at 0.7" in v["evidence"]  # the paper's curve, data/reference/fig7.csv
+
+
+@pytest.mark.parametrize("change", [
+    {(0.0, 2.0): [(-3.9, 85.0)]},                   # the best at lambda 1
+    {(0.0, 2.0): [(-3.9, 78.0)]},                   # lambda 1 only 2 points below the best (not more)
+    {(1.0, 0.0): [(-0.01, 78.0)]},                  # lambda 0 only 2 points below the best
+    {(1.0, 0.0): [(-0.2, 10.0), (-0.02, 12.0)]},    # no collapse: mean exp(L_uniform) (0.819 + 0.980) / 2 < 0.9
+])
+def test_fig7_verdict_fails(change):
+    lam = fig7.runs_by_lambda(lambda_runs({**INVERTED_U, **change}))
+    assert fig7.judge(fig7.curve(lam), lam)["holds"] is False
+
+
+def test_fig7_verdict_holds_just_beyond_the_margin():
+    lam = fig7.runs_by_lambda(lambda_runs({**INVERTED_U, (0.0, 2.0): [(-3.9, 77.9)]}))
+    assert fig7.judge(fig7.curve(lam), lam)["holds"] is True
+
+
+@pytest.mark.parametrize("drop", [[(1.0, 0.0)], [(0.0, 2.0)], [(3.0, 1.0), (1.0, 1.0)]])
+def test_fig7_verdict_is_undecided_without_both_ends_and_one_between(drop):
+    lam = fig7.runs_by_lambda(lambda_runs({k: v for k, v in INVERTED_U.items() if k not in drop}))
+    v = fig7.judge(fig7.curve(lam), lam)
+    assert v["holds"] is None and "needs runs at lambda 0, 1 and between" in v["evidence"]
+
+
+# ----------------------------------------------------------------------------- Figure 8
+
+def finetune_tables(final: dict[str, float], start: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A fine-tuning sweep: the parent "poor" with one child per kind in `final` (accuracy start -> final over
+    epochs 0..2), and a second parent "other" with an align + uniform child of its own. Returns (table, points)."""
+    kinds = {"align only": (1.0, 0.0), "uniform only": (0.0, 1.0), "align + uniform": (1.0, 1.0)}
+    table = [{"run": "r-poor", "id": "poor", "objective": "contrastive(tau=2.5)", "w_contrastive": 1.0},
+             {"run": "r-other", "id": "other", "objective": "contrastive(tau=0.5)", "w_contrastive": 1.0},
+             {"run": "o-both", "id": "", "init": "r-other", "objective": "align + uniform", "w_align": 1.0, "w_uniform": 1.0}]
+    points = [{"run": "o-both", "epoch": e, ACC: 99.0, "align": 0.1, "uniform": -3.0} for e in (2, 0, 1)]
+    for k, acc in final.items():
+        run = f"c-{k}"
+        table.append({"run": run, "id": "", "init": "r-poor", "objective": k, "w_align": kinds[k][0],
+                      "w_uniform": kinds[k][1]})
+        points += [{"run": run, "epoch": e, ACC: a, "align": 0.5 - 0.1 * e, "uniform": -1.0 - e}
+                   for e, a in ((2, acc), (0, start), (1, (start + acc) / 2))]  # out of epoch order
+    return runs(table), pd.DataFrame(points)
+
+
+def test_fig8_trajectories_are_the_children_of_the_poor_run_in_epoch_order():
+    t = fig8.trajectories(*finetune_tables({"align only": 55.0, "uniform only": 45.0, "align + uniform": 70.0}))
+    assert sorted(t) == ["align + uniform", "align only", "uniform only"]
+    for k, final in (("align only", 55.0), ("uniform only", 45.0), ("align + uniform", 70.0)):
+        assert t[k]["run"].unique().tolist() == [f"c-{k}"]
+        assert t[k]["epoch"].tolist() == [0, 1, 2]
+        assert t[k][ACC].tolist() == [60.0, (60.0 + final) / 2, final]
+        assert (t[k]["objective"] == k).all()
+    other = fig8.trajectories(*finetune_tables({"align only": 55.0}), parent_id="other")
+    assert list(other) == ["align + uniform"] and other["align + uniform"][ACC].tolist() == [99.0] * 3
+    with pytest.raises(ValueError, match="did not finish"):
+        fig8.trajectories(*finetune_tables({"align only": 55.0}), parent_id="missing")
+
+
+def test_fig8_summary():
+    s = fig8.summary(fig8.trajectories(*finetune_tables({"align only": 55.0, "align + uniform": 70.0})))
+    s = s.set_index("fine-tuned with")
+    assert s.loc["align + uniform", ["start acc.", "final acc."]].tolist() == [60.0, 70.0]
+    assert s.loc["align + uniform", "paper final"] == 73.40  # data/reference/fig8.csv
+    assert s.loc["align only", "final L_align"] == pytest.approx(0.3)
+    assert s.loc["align only", "final exp(L_uniform)"] == pytest.approx(math.exp(-3.0))
+
+
+@pytest.mark.parametrize("final, holds", [
+    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 70.0}, True),   # the paper's pattern
+    ({"align only": 61.0, "uniform only": 61.0, "align + uniform": 61.5}, True),   # singles exactly at the margin
+    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 61.0}, False),  # both: exactly the margin, not more
+    ({"align only": 61.5, "uniform only": 45.0, "align + uniform": 70.0}, False),  # align alone improves
+    ({"align only": 55.0, "uniform only": 62.0, "align + uniform": 70.0}, False),  # uniform alone improves
+    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 50.0}, False),  # nothing improves
+    ({"align only": 55.0, "align + uniform": 70.0}, None),                          # a kind is missing
+])
+def test_fig8_verdict_by_the_margin(final, holds):
+    v = fig8.judge(fig8.trajectories(*finetune_tables(final)))
+    assert v["holds"] is holds
+    assert "(paper: align only -6.1, uniform only -21.0, align + uniform +8.1 pts from 65.33%)" in v["evidence"]
+
+
+# ----------------------------------------------------------------------------- Figures 3 and 4
+
+def circle(angles) -> torch.Tensor:
+    a = torch.as_tensor(angles, dtype=torch.float64)
+    return torch.stack([a.cos(), a.sin()], 1)
+
+
+def g2(x: torch.Tensor) -> float:
+    """Mean of exp(-2 ||x_i - x_j||^2) over distinct pairs, with scipy."""
+    return float(np.exp(-2 * pdist(x.numpy(), "sqeuclidean")).mean())
+
+
+def test_fig3_4_potentials_from_hand_built_features():
+    rng = np.random.default_rng(0)
+    feats = {"random": circle(0.1 * rng.normal(size=60)),  # one cluster
+             "supervised": circle(np.repeat([0.0, 1.6, 3.1, 4.7], 15) + 0.05 * rng.normal(size=60)),
+             "contrastive": circle(np.linspace(0, 2 * np.pi, 60, endpoint=False))}
+    pos = {"random": 0.01, "supervised": 0.3, "contrastive": 0.2}
+    enc = {k: {"features": f.float(), "pos_dist": torch.full((60,), pos[k])} for k, f in feats.items()}
+    acc = {"random": 11.0, "supervised": 60.0, "contrastive": 40.0}
+    uniform = circle(np.linspace(0, 2 * np.pi, 500, endpoint=False)).float()
+    t = fig3_4.potentials(enc, acc, uniform)
+    assert t.index.tolist() == ["random", "supervised", "contrastive", "uniform sample", "uniform (exact)"]
+    for k, f in feats.items():
+        assert t.loc[k, "G_2"] == pytest.approx(g2(f), rel=1e-4)
+        assert t.loc[k, "mean distance, random pairs"] == pytest.approx(pdist(f.numpy()).mean(), rel=1e-5)
+        assert t.loc[k, "alignment ratio"] == pytest.approx(pos[k] / pdist(f.numpy()).mean(), rel=1e-5)
+        assert t.loc[k, "linear acc. (%)"] == acc[k]
+    assert t.loc["uniform sample", "G_2"] == pytest.approx(g2(uniform.double()), rel=1e-4)
+    # uniform on S^1: E exp(-2 |x - y|^2) = E exp(-4 (1 - cos theta)) = e^-4 I_0(4); E |x - y| = 4 / pi
+    assert t.loc["uniform (exact)", "G_2"] == pytest.approx(math.exp(-4) * i0(4), rel=1e-9)
+    assert t.loc["uniform (exact)", "mean distance, random pairs"] == pytest.approx(4 / math.pi)
+    paper = pd.read_csv(REFERENCE / "fig3_fig4.csv").set_index("encoder")
+    assert t.loc[list(feats), "paper acc. (%)"].tolist() == paper.loc[list(feats), "val_output_linear"].tolist()
+    assert t.loc[list(feats), "paper G_2"].tolist() == paper.loc[list(feats), "G2"].tolist()
+    assert t.loc["uniform (exact)", "paper G_2"] == paper.loc["uniform", "G2"]
+    v3, v4 = fig3_4.judge(t)
+    assert v3["holds"] is True and v4["holds"] is True
+
+
+def potentials_table(G: dict[str, float], ratio: dict[str, float]) -> pd.DataFrame:
+    """Figure 4's table as potentials() writes it, for the encoders in G."""
+    paper = {"random": (12.71, 0.8474), "supervised": (57.19, 0.2380), "contrastive": (28.60, 0.2088)}
+    rows = [{"encoder": k, "G_2": g, "alignment ratio": ratio[k], "linear acc. (%)": 50.0,
+             "paper acc. (%)": paper[k][0], "paper G_2": paper[k][1]} for k, g in G.items()]
+    rows += [{"encoder": "uniform sample", "G_2": 0.2071, "paper G_2": 0.2070},
+             {"encoder": "uniform (exact)", "G_2": 0.2070, "paper G_2": 0.2070}]
+    return pd.DataFrame(rows).set_index("encoder")
+
+
+PAPER_LIKE = {"random": 0.85, "supervised": 0.24, "contrastive": 0.21}
+RATIOS = {"random": 0.05, "supervised": 0.6, "contrastive": 0.3}
+
+
+@pytest.mark.parametrize("G, ratio, holds3, holds4", [
+    (PAPER_LIKE, RATIOS, True, True),
+    (PAPER_LIKE, {**RATIOS, "contrastive": 0.55}, False, True),                  # contrastive not aligned
+    ({**PAPER_LIKE, "supervised": 0.20}, RATIOS, False, False),                 # supervised the most uniform
+    ({**PAPER_LIKE, "random": 0.22}, RATIOS, True, False),                      # random below supervised
+    ({"random": 0.85, "supervised": 0.24}, RATIOS, None, None),                 # no contrastive encoder
+])
+def test_fig3_4_verdicts(G, ratio, holds3, holds4):
+    v3, v4 = fig3_4.judge(potentials_table(G, ratio))
+    assert (v3["item"], v4["item"]) == ("Figure 3", "Figure 4")
+    assert v3["holds"] is holds3 and v4["holds"] is holds4
+    assert "uniform 0.2070" in v4["evidence"]
+
+
+# ----------------------------------------------------------------------------- theory
+
+def theory_inputs(rms=(-0.5, -0.5, -0.5, -0.5), uniform_g2=0.2072):
+    slope_table = pd.DataFrame({"mean deviation": [-1.0] * len(rms), "per-pair RMS deviation": list(rms)},
+                               index=list(theory.ENCODERS)[:len(rms)])
+    fig4 = pd.DataFrame({"G_2 (plotted draw)": [uniform_g2, 0.34], "exact population": [0.2070, 0.3478]},
+                        index=["uniform", "vMF mixture"])
+    return slope_table, fig4
+
+
+@pytest.mark.parametrize("rms, spread, uniform_g2, holds", [
+    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2072, [True, True, True]),
+    ((-0.6, -0.6, -0.6, 0.5), 0.01, 0.2072, [True, True, True]),   # the median slope, not the mean (-0.325)
+    ((-0.3, -0.3, -0.5, -0.3), 0.01, 0.2072, [False, True, True]),
+    ((-0.5, -0.5, -0.5, -0.5), 0.06, 0.2072, [True, False, True]),  # not equally spaced within 5%
+    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2110, [True, True, True]),   # 0.004 from the paper's 0.2070
+    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2130, [True, True, False]),  # 0.006 from it
+    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2010, [True, True, False]),
+])
+def test_theory_verdicts(rms, spread, uniform_g2, holds):
+    slope_table, fig4 = theory_inputs(rms, uniform_g2)
+    verdicts = theory.judge(slope_table, spread, fig4)
+    assert [v["item"] for v in verdicts] == ["Theorem 1", "Propositions 1-2", "Figure 4 (synthetic)"]
+    assert [v["holds"] for v in verdicts] == holds
+
+
+def test_theory_slopes_of_power_laws():
+    M = 2.0 ** np.arange(11)  # 1 .. 1024
+    exact = dict(M=M, gap=2 / M, gap_se=np.full(11, 1e-9), rms=3 * M ** -0.5)
+    # beyond M = 64 the mean deviation is lost in its noise (|gap| < 3 se): those points must not count
+    noisy = dict(exact, gap=np.where(M > 64, 5.0, 2 / M), gap_se=np.where(M > 64, 100.0, 1e-9))
+    silent = dict(exact, gap_se=np.where(M > 8, 1.0, 1e-9))  # one point of signal at M >= 8: no slope
+    s = theory.slopes({"exact": exact, "noisy": noisy, "silent": silent})
+    assert s.loc["exact", "mean deviation"] == pytest.approx(-1.0)
+    assert s.loc["noisy", "mean deviation"] == pytest.approx(-1.0)
+    assert np.isnan(s.loc["silent", "mean deviation"])
+    assert s["per-pair RMS deviation"].to_numpy() == pytest.approx([-0.5] * 3)
+    # the RMS slope is fitted on the upper half of the range (M >= 32): a bend below it does not count
+    bent = dict(exact, rms=np.where(M >= 32, 3 * M ** -0.5, 10.0))
+    assert theory.slopes({"bent": bent}).loc["bent", "per-pair RMS deviation"] == pytest.approx(-0.5)
+
+
+def test_theory_angle_spread():
+    assert theory.angle_spread(circle(np.linspace(0, 2 * np.pi, 16, endpoint=False))) == pytest.approx(0, abs=1e-9)
+    shuffled = np.random.default_rng(0).permutation(np.linspace(0, 2 * np.pi, 16, endpoint=False) + 2.5)
+    assert theory.angle_spread(circle(shuffled)) == pytest.approx(0, abs=1e-9)  # any rotation and order
+    # four points 10 degrees apart: gaps 10, 10, 10, 330 degrees against 90 -> (330 - 10) / 90
+    assert theory.angle_spread(circle(np.radians([0, 10, 20, 30]))) == pytest.approx(32 / 9)
+    assert theory.angle_spread(circle(np.radians([170, 180, 190, 200]))) == pytest.approx(32 / 9)  # across +-pi
+    # 16 points, one moved by 1% of the spacing: gaps 1.01 and 0.99 of it
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    angles[3] += 0.01 * 2 * np.pi / 16
+    assert theory.angle_spread(circle(angles)) == pytest.approx(0.02, rel=1e-6)
