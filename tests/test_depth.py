@@ -237,3 +237,51 @@ def test_depth_data_serves_the_pair_metrics_and_moves_devices(scenes):
     assert 0 <= m["align"] <= 4 and -4 <= m["uniform"] <= 0
     moved = scenes.to("meta")
     assert moved.train_depth.device.type == "meta" and moved.encoder_images is moved.train_images
+
+
+def test_depth_probe_cross_validates_on_disjoint_folds_covering_the_train_split(scenes, monkeypatch):
+    """cv_mse is the mean held-out MSE of `cv_folds` decoders, each trained on the other folds of the train split."""
+    from hypersphere import depth as D
+    calls = []
+    real = D.fit_decoder
+
+    def spy(train_f, train_y, val_f, val_y, *args, **kw):
+        calls.append((len(train_f), val_f, real(train_f, train_y, val_f, val_y, *args, **kw)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(D, "fit_decoder", spy)
+    r = depth_probe(DigitsNet(3, 32, 32), "conv5", scenes, DepthProbeConfig(epochs=1), progress=False, cv_folds=3)
+    (_, _, full), *folds = calls
+    assert full == r["mse"] and len(folds) == 3
+    assert [n + len(v) for n, v, _ in folds] == [len(scenes.train_images)] * 3  # train on the rest, test on the fold
+    assert sum(len(v) for _, v, _ in folds) == len(scenes.train_images)
+    held = torch.cat([v.flatten(1) for _, v, _ in folds])
+    assert len(torch.unique(held, dim=0)) == len(held)  # disjoint: no train image is held out twice
+    assert r["cv_mse"] == pytest.approx(sum(m for _, _, m in folds) / 3)
+
+
+@pytest.mark.slow
+def test_depth_is_an_evaluation_kind_of_the_depth_domain(tmp_path):
+    """A scenes run trains through the one trainer and gets a `depth` evaluation record: MSE per spatial tap, CV on
+    the first tap only, image-blind baselines and the Fig. 5 axes; `classify` is refused in one line."""
+    from hypersphere.evaluate import EvalConfig, evaluate_run
+    from hypersphere.sweep import load_sweep
+    from hypersphere.train import TrainConfig, train
+
+    cfg = TrainConfig(dataset="scenes", objective="align(alpha=2) + uniform(t=2)", epochs=1, batch_size=256, dim=8,
+                      data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), device="cpu")
+    run_dir = train(cfg, progress=False)
+    ev = EvalConfig(kind="depth", decoder_epochs=1, cv_folds=2)
+    assert ev.taps == ("conv5", "conv4") and EvalConfig().taps == ("fc7", "output")
+    record = evaluate_run(run_dir, ev, "cpu", cfg.data_dir, progress=False)
+    r = record["results"]
+    assert {"val_conv5_mse", "val_conv4_mse", "cv_conv5_mse", "val_mean_mse", "val_pixel_mean_mse", "align",
+            "uniform"} <= set(r) and "cv_conv4_mse" not in r
+    assert 0 < r["val_conv5_mse"] < r["val_mean_mse"] and -4 <= r["uniform"] <= 0
+    assert evaluate_run(run_dir, ev, "cpu", cfg.data_dir, progress=False) == record  # cached, not recomputed
+    with pytest.raises(ValueError, match="evaluation kind 'classify' does not apply to scenes; use kind: depth"):
+        evaluate_run(run_dir, EvalConfig(), "cpu", cfg.data_dir, progress=False)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("defaults: {dataset: scenes}\nevaluation: {probe: lbfgs}\nruns:\n  - {objective: 'uniform(t=2)'}\n")
+    with pytest.raises(ValueError, match="entry 1 .*does not apply to scenes"):
+        load_sweep(sweep)

@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import i0
 from scipy.stats import spearmanr
 
-from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, say, table1, theory, verdict
+from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, say, table1, table2, theory, verdict
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 WEIGHTS = {  # family -> (w_contrastive, w_align, w_uniform)
@@ -507,3 +507,63 @@ def test_theory_angle_spread():
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     angles[3] += 0.01 * 2 * np.pi / 16
     assert theory.angle_spread(circle(angles)) == pytest.approx(0.02, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- table2 (depth)
+
+def depth_cloud() -> pd.DataFrame:
+    """Two families, one fine-tune, one supervised run and two random-init encoders; MSE lower is better."""
+    return runs([
+        {"objective": "c1", "family": "contrastive only", "cv_conv5_mse": 0.32, "val_conv5_mse": 0.30, "val_conv4_mse": 0.40},
+        {"objective": "c2", "family": "contrastive only", "cv_conv5_mse": 0.31, "val_conv5_mse": 0.33, "val_conv4_mse": 0.41},
+        {"objective": "a1", "family": "align + uniform only", "cv_conv5_mse": 0.30, "val_conv5_mse": 0.305, "val_conv4_mse": 0.39},
+        {"objective": "a2", "family": "align + uniform only", "cv_conv5_mse": 0.35, "val_conv5_mse": 0.29, "val_conv4_mse": 0.38},
+        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1,
+         "val_conv4_mse": 0.1},
+        {"objective": "sup", "w_xent": 1.0, "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
+        {"objective": "r0", "family": "align + uniform only", "epochs": 0, "seed": 0, "val_conv5_mse": 0.36, "val_conv4_mse": 0.42},
+        {"objective": "r1", "family": "align + uniform only", "epochs": 0, "seed": 1, "val_conv5_mse": 0.35, "val_conv4_mse": 0.45},
+    ], epochs=10, uniform=-3.0, align=1.0)
+
+
+def test_table2_selects_each_family_by_cv_conv5_among_trained_from_scratch_encoders():
+    trained, random, by = table2.split(depth_cloud())
+    assert by == "cv_conv5_mse" and sorted(trained["objective"]) == ["a1", "a2", "c1", "c2"]
+    assert sorted(random["objective"]) == ["r0", "r1"]
+    t = table2.select(trained, by).set_index("family")
+    assert t.loc["contrastive only", "objective"] == "c2" and t.loc["align + uniform only", "objective"] == "a1"
+    assert t.loc["align + uniform only", ["conv5", "conv4"]].tolist() == [0.305, 0.39]  # validation MSE of the pick
+    paper = pd.read_csv(REFERENCE / "nyu_depth_encoders.csv")  # the paper's Table 2 rows: 57 and 16 of its Table 8
+    assert t.loc["contrastive only", "paper conv5"] == paper.loc[paper["row"] == 57, "val_conv5_mse"].item() == 0.7024
+    assert t.loc["align + uniform only", "paper conv4"] == paper.loc[paper["row"] == 16, "val_conv4_mse"].item() == 0.7592
+    no_cv = depth_cloud().drop(columns="cv_conv5_mse")
+    assert table2.split(no_cv)[2] == "val_conv5_mse"
+    assert table2.select(table2.split(no_cv)[0], "val_conv5_mse").set_index("family").loc["align + uniform only", "objective"] == "a2"
+
+
+@pytest.mark.parametrize("au, holds", [(0.305, True), (0.3059, True), (0.3061, False), (0.28, True)])
+def test_table2_verdict_allows_align_uniform_at_most_two_percent_above_contrastive(au, holds):
+    table = pd.DataFrame({"family": list(table2.FAMILIES), "candidates": [2, 2], "selected by": "cv_conv5_mse",
+                          "objective": ["c", "a"], "conv5": [0.30, au], "conv4": [0.4, 0.4],
+                          "paper conv5": [0.7024, 0.7014], "paper conv4": [0.7575, 0.7592]})
+    assert table2.judge(table)["holds"] is holds  # 0.30 * 1.02 = 0.306
+
+
+def test_table2_verdicts_are_undecided_without_candidates_or_random_encoders():
+    trained, random, by = table2.split(depth_cloud())
+    only_c = table2.select(trained[trained["family"] == "contrastive only"], by)
+    assert table2.judge(only_c)["holds"] is None
+    assert table2.versus_random(table2.select(trained, by), random.iloc[0:0])["holds"] is None
+
+
+@pytest.mark.parametrize("best_random, holds", [(0.35, True), (0.33, True), (0.32, False), (0.30, False)])
+def test_trained_beats_random_needs_every_selected_encoder_five_percent_below_every_random_one(best_random, holds):
+    trained, random, by = table2.split(depth_cloud())
+    table = table2.select(trained, by)  # selected conv5 MSE 0.33 and 0.305
+    random = random.assign(val_conv5_mse=[best_random, best_random + 0.02])
+    assert table2.versus_random(table, random)["holds"] is holds  # 0.33 <= 0.95 * best_random
+
+
+def test_non_collapsed_drops_encoders_whose_uniformity_is_near_zero():
+    cloud = runs([{"uniform": -3.0}, {"uniform": -0.05}, {"uniform": -0.1}, {"uniform": -0.5}])
+    assert table2.non_collapsed(cloud)["uniform"].tolist() == [-3.0, -0.5]

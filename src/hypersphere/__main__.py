@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import notebook, profiles, report, runs, sweep
-from .data import DATASETS, load_dataset
+from .domains import DOMAINS, domain_of
 from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train
 
@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override the sweep's evaluation config, e.g. --eval probe=adam cv_folds=3")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs and their status, train nothing")
-    p = sub.add_parser("data", help="download a dataset (torchvision's official files) and check it loads")
-    p.add_argument("dataset", choices=DATASETS)
+    p = sub.add_parser("data", help="download a dataset (torchvision's official files; the embedded stand-ins are "
+                                    "built) and check it loads")
+    p.add_argument("dataset", choices=[ds for d in DOMAINS.values() for ds in d.datasets])
     p.add_argument("--data-dir", default="data")
     p = sub.add_parser("notebook", help="execute a notebook at a profile into build/<profile>/")
     p.add_argument("path", type=Path)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{table}: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()))
         elif args.command == "data":
             try:
-                data = load_dataset(args.dataset, args.data_dir, download=True)
+                data = domain_of(args.dataset).load(args.dataset, args.data_dir, True)
             except OSError as e:
                 raise OSError(f"downloading {args.dataset} into {args.data_dir} failed ({e}); check the network, "
                               "or put the official files there by hand") from None

@@ -52,12 +52,16 @@ class ImageData:
     eval_resize: int  # evaluation: Resize(eval_resize) then CenterCrop(augment.crop_size)
 
     def to(self, device) -> "ImageData":
-        """All tensors moved to `device` (dtypes kept; a tensor used twice is moved once)."""
-        moved: dict[int, Tensor] = {}
-        tensors = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        for t in tensors.values():
-            moved.setdefault(id(t), t.to(device))
-        return replace(self, **{name: moved[id(t)] for name, t in tensors.items()})
+        return to_device(self, device)
+
+
+def to_device(data, device):
+    """A data dataclass with all its tensors moved to `device` (dtypes kept; a tensor used twice is moved once)."""
+    moved: dict[int, Tensor] = {}
+    tensors = {f.name: getattr(data, f.name) for f in fields(data) if isinstance(getattr(data, f.name), Tensor)}
+    for t in tensors.values():
+        moved.setdefault(id(t), t.to(device))
+    return replace(data, **{name: moved[id(t)] for name, t in tensors.items()})
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, seed: int = 0) -> ImageData:

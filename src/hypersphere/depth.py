@@ -11,7 +11,7 @@
 
 The paper does not state its NYU preprocessing or depth target; the choices here are documented where made.
 """
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 import math
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import runs
 from .augment import AugmentConfig, eval_transform, recipe
-from .data import _channel_stats
+from .data import _channel_stats, to_device
 from .probes import sanity_check
 
 NYU_FILES = ("nyu_depth_v2_labeled.mat", "splits.mat")
@@ -55,12 +55,7 @@ class DepthData:
     eval_resize: int  # evaluation view: Resize(eval_resize) then CenterCrop(augment.crop_size), RGB and depth alike
 
     def to(self, device) -> "DepthData":
-        """All tensors moved to `device` (dtypes kept; a tensor used twice is moved once)."""
-        moved: dict[int, Tensor] = {}
-        tensors = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        for t in tensors.values():
-            moved.setdefault(id(t), t.to(device))
-        return replace(self, **{name: moved[id(t)] for name, t in tensors.items()})
+        return to_device(self, device)
 
 
 def _depth_data(name, train_images, train_depth, val_images, val_depth, augment, eval_resize) -> DepthData:
@@ -328,31 +323,19 @@ def _maps(encoder: nn.Module, images: Tensor, tap: str, data: DepthData, device,
     return torch.cat(chunks)
 
 
-def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeConfig = DepthProbeConfig(),
-                device=None, progress: bool = True) -> dict[str, float]:
-    """Validation MSE of a DepthDecoder trained on `tap` ("conv5" or "conv4") maps of the frozen encoder (Table 2).
-
-    The encoder sees each image's evaluation view once (eval mode, no grad) and its maps are cached: the paper
-    states no augmentation for the depth predictor. Returns `mse` (standardised depth, DepthData's units),
-    `rmse_m` (metres), and two image-blind baselines: `mean_mse` predicts the train mean depth, `pixel_mean_mse`
-    the train mean depth map. Ends with `sanity_check` that the encoder is unchanged. Deterministic on CPU."""
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    was_training = encoder.training
-    encoder.eval()
-    train_f, val_f = (_maps(encoder, x, tap, data, device) for x in (data.train_images, data.val_images))
-    encoder.train(was_training)
-    train_y, val_y = (depth_views(d.to(device), data) for d in (data.train_depth, data.val_depth))
-
+def fit_decoder(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor,
+                cfg: DepthProbeConfig = DepthProbeConfig(), progress: bool = True, desc: str = "depth probe") -> float:
+    """Validation MSE of a DepthDecoder (Table 6) trained on cached feature maps `train_f` [N, C, h, w] against
+    standardised depth `train_y` [N, 1, H, W] with the paper's optimiser and schedule. Deterministic on CPU."""
     with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global generator alone
         torch.manual_seed(cfg.seed)
-        decoder = DepthDecoder(train_f.shape[1], train_f.shape[-1], train_y.shape[-1]).to(device)
+        decoder = DepthDecoder(train_f.shape[1], train_f.shape[-1], train_y.shape[-1]).to(train_f.device)
     opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, betas=cfg.betas)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in tqdm(range(cfg.epochs), desc=f"depth probe {tap}", leave=False, disable=not progress):
+    for _ in tqdm(range(cfg.epochs), desc=desc, leave=False, disable=not progress):
         for idx in torch.randperm(len(train_f), generator=gen).split(cfg.batch_size):
-            idx = idx.to(device)
+            idx = idx.to(train_f.device)
             loss = F.mse_loss(decoder(train_f[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -361,7 +344,52 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
     decoder.eval()
     with torch.no_grad():
         pred = torch.cat([decoder(f) for f in val_f.split(256)])
-    mse = F.mse_loss(pred, val_y).item()
+    return F.mse_loss(pred, val_y).item()
+
+
+def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeConfig = DepthProbeConfig(),
+                device=None, progress: bool = True, cv_folds: int = 0) -> dict[str, float]:
+    """Validation MSE of a DepthDecoder trained on `tap` ("conv5" or "conv4") maps of the frozen encoder (Table 2).
+
+    The encoder sees each image's evaluation view once (eval mode, no grad) and its maps are cached: the paper
+    states no augmentation for the depth predictor. Returns `mse` (standardised depth, DepthData's units),
+    `rmse_m` (metres), two image-blind baselines (`mean_mse` predicts the train mean depth, `pixel_mean_mse`
+    the train mean depth map) and with `cv_folds` >= 2 `cv_mse`, the mean held-out MSE of decoders trained on
+    the other folds of the train split (a shuffled k-fold split from cfg.seed; the paper selects encoders by
+    it). Ends with `sanity_check` that the encoder is unchanged."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    was_training = encoder.training
+    encoder.eval()
+    train_f, val_f = (_maps(encoder, x, tap, data, device) for x in (data.train_images, data.val_images))
+    encoder.train(was_training)
+    train_y, val_y = (depth_views(d.to(device), data) for d in (data.train_depth, data.val_depth))
+    mse = fit_decoder(train_f, train_y, val_f, val_y, cfg, progress, f"depth probe {tap}")
+    out = {"mse": mse, "rmse_m": math.sqrt(mse) * data.depth_std, "mean_mse": val_y.pow(2).mean().item(),
+           "pixel_mean_mse": F.mse_loss(train_y.mean(0, keepdim=True).expand_as(val_y), val_y).item()}
+    if cv_folds >= 2:
+        folds = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(cfg.seed)).to(device).chunk(cv_folds)
+        held = []
+        for i, fold in enumerate(folds):
+            rest = torch.cat(folds[:i] + folds[i + 1:])
+            held.append(fit_decoder(train_f[rest], train_y[rest], train_f[fold], train_y[fold], cfg, progress,
+                                    f"depth CV {tap} {i + 1}/{len(folds)}"))
+        out["cv_mse"] = sum(held) / len(held)
     sanity_check(before, encoder)
-    return {"mse": mse, "rmse_m": math.sqrt(mse) * data.depth_std, "mean_mse": val_y.pow(2).mean().item(),
-            "pixel_mean_mse": F.mse_loss(train_y.mean(0, keepdim=True).expand_as(val_y), val_y).item()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the domain's datasets
+
+DATASETS = ("nyu-depth-v2", "scenes")
+SCENES = {"n_train": 2000, "n_test": 500, "size": 24}  # the embedded stand-in's size (load_scenes)
+
+
+def load_dataset(name: str, root: str | Path = "data", download: bool = False) -> DepthData:
+    """`nyu-depth-v2` from root/nyu_depth_v2/ (no download: the labeled file is fetched by hand, load_nyu says
+    where from), or `scenes`, the rendered stand-in (rendered once into root/scenes/)."""
+    if name == "nyu-depth-v2":
+        return load_nyu(Path(root) / "nyu_depth_v2")
+    if name == "scenes":
+        return load_scenes(root, **SCENES)
+    raise ValueError(f"unknown depth dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -7,8 +7,8 @@ A domain supplies four things, and nothing else in the package looks at dataset 
                     data's augmentation recipe (the run's choice from augment.RECIPES), called once per view;
   - evaluations:    the evaluation kinds that apply to it (evaluate.EVALUATIONS), the first one its default.
 
-The image domain covers the paper's STL-10 / CIFAR-10 setup and the embedded digits. A new domain
-(depth, sentences) is one more `Domain(...)` entry in DOMAINS.
+The image domain covers the paper's STL-10 / CIFAR-10 setup and the embedded digits; the depth domain
+NYU-Depth-V2 and its rendered stand-in. A new domain is one more `Domain(...)` entry in DOMAINS.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from . import augment, data, models, moco
+from . import augment, data, depth, models, moco
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,14 @@ RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, e
 }
 
 
-def _image_encoder(arch: str, dim: int, d: data.ImageData) -> nn.Module:
-    """SmallAlexNet (the paper's) for natural images, DigitsNet for the 24 px embedded digits by default;
+EMBEDDED = ("digits", "digits-color", "scenes")  # small images: DigitsNet by default
+
+
+def _image_encoder(arch: str, dim: int, d: data.ImageData | depth.DepthData) -> nn.Module:
+    """SmallAlexNet (the paper's) for natural images, DigitsNet for the embedded small images by default;
     ResNets (taps "penultimate", "output") for MoCo."""
     if arch == "auto":
-        arch = "digitsnet" if d.name.startswith("digits") else "smallalexnet"
+        arch = "digitsnet" if d.name in EMBEDDED else "smallalexnet"
     if (name := arch.removesuffix("-mlp")) in RESNETS:
         return RESNETS[name](dim, arch.endswith("-mlp"), d.train_images.shape[1])
     return models.build_encoder(arch, d.train_images.shape[1], dim, d.augment.crop_size)
@@ -54,7 +57,10 @@ def _image_views(d: data.ImageData, images, generator):
 IMAGE = Domain(name="image", datasets=data.DATASETS, load=data.load_dataset, encoder=_image_encoder,
                views=_image_views, evaluations=("classify",),
                archs=("auto",) + models.ARCHS + tuple(f"{r}{mlp}" for r in RESNETS for mlp in ("", "-mlp")))
-DOMAINS = {d.name: d for d in (IMAGE,)}
+# Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
+DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=_image_encoder,
+               views=_image_views, evaluations=("depth",), archs=("auto",) + models.ARCHS)
+DOMAINS = {d.name: d for d in (IMAGE, DEPTH)}
 
 
 def domain_of(dataset: str) -> Domain:

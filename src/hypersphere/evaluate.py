@@ -11,6 +11,9 @@ Kinds (EVALUATIONS), one per downstream task; a domain lists the kinds that appl
             encoders by it), and L_align(alpha=2), L_uniform(t=2) (and L_contrastive(tau) for runs trained
             with it) on validation positive pairs (the axes of Fig. 5). With `snapshots`, the same metrics
             and an output probe at each snapshot epoch of the run (Fig. 8 trajectories).
+  depth     validation MSE of the paper's depth decoder trained on each spatial tap (conv5, conv4) of the frozen
+            encoder (depth.depth_probe; Fig. 5b, Table 2), its k-fold CV MSE on the train split, two image-blind
+            baselines, and L_align, L_uniform on validation positive pairs as for classify.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from . import runs
 from .augment import augment
 from .data import ImageData
+from .depth import DepthData, DepthProbeConfig, depth_probe
 from .losses import Objective, contrastive_loss
 from .metrics import alignment, uniformity
 from .probes import (MOCO_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy, lbfgs_probe,
@@ -49,7 +53,8 @@ class EvalConfig:
     l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     l2_folds: int = 3
     probe_epochs: int = 100         # adam and adam-full
-    taps: tuple[str, ...] = ("fc7", "output")
+    decoder_epochs: int = 120       # depth: the depth decoder's epochs (the paper's 120; its lr steps scale along)
+    taps: tuple[str, ...] = ()      # () = the kind's: fc7 and output (classify), conv5 and conv4 (depth)
     knn_k: int = 5
     cv_folds: int = 5               # k-fold CV on the labeled train split (Table 1 selection); 0 skips it
     snapshots: bool = False         # also evaluate the run's snapshot epochs (Fig. 8 trajectories)
@@ -58,9 +63,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.kind not in EVALUATIONS:
             raise ValueError(f"unknown evaluation kind {self.kind!r}; choose from {', '.join(EVALUATIONS)}")
+        object.__setattr__(self, "taps", tuple(self.taps) or DEFAULT_TAPS[self.kind])
         if self.probe not in PROBES:
             raise ValueError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
-        for key, least in (("probe_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2)):
+        for key, least in (("probe_epochs", 1), ("decoder_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2)):
             if getattr(self, key) < least:
                 raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
         if self.cv_folds == 1:
@@ -158,7 +164,36 @@ def classify(encoder: nn.Module, data: ImageData, cfg: EvalConfig, device, tau: 
     return out
 
 
-EVALUATIONS = {"classify": classify}
+def depth(encoder: nn.Module, data: DepthData, cfg: EvalConfig, device, tau: float | None = None,
+          batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """Depth evaluations of one encoder as a flat dict (MSE of standardised depth, DepthData's units):
+      val_{tap}_mse, val_{tap}_rmse_m     the decoder's validation MSE (and RMSE in metres) per spatial tap,
+      cv_{tap}_mse                        for the first tap (conv5 by default, the one Table 2 selects by) its
+                                          `cv_folds`-fold CV MSE on the train split,
+      val_mean_mse, val_pixel_mean_mse    image-blind baselines: the train mean depth, the train mean depth map,
+      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    out: dict[str, float] = {}
+    probe = DepthProbeConfig(epochs=cfg.decoder_epochs, seed=cfg.seed)
+    taps = cfg.taps if taps is None else taps
+    for tap in taps:
+        r = depth_probe(encoder, tap, data, probe, device, progress=False, cv_folds=cfg.cv_folds if tap == taps[0] else 0)
+        out.update({f"val_{tap}_mse": r["mse"], f"val_{tap}_rmse_m": r["rmse_m"], "val_mean_mse": r["mean_mse"],
+                    "val_pixel_mean_mse": r["pixel_mean_mse"], **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {})})
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
+    return out
+
+
+EVALUATIONS = {"classify": classify, "depth": depth}
+DEFAULT_TAPS = {"classify": ("fc7", "output"), "depth": ("conv5", "conv4")}
+
+
+def check_kind(dataset: str, kind: str) -> None:
+    """Fail in one line when evaluation `kind` does not apply to `dataset`'s domain."""
+    from .domains import domain_of
+
+    if kind not in (kinds := domain_of(dataset).evaluations):
+        raise ValueError(f"evaluation kind {kind!r} does not apply to {dataset}; use kind: {' or '.join(kinds)}")
 
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
@@ -173,6 +208,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     device = resolve_device(device)
     t0 = time.perf_counter()
     encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
+    check_kind(train_cfg.dataset, cfg.kind)
     data = data.to(device)
     tau = Objective.parse(train_cfg.objective).param("contrastive")
     batch = min(train_cfg.batch_size, len(data.val_images))

@@ -102,3 +102,19 @@ def density_panel(ax: plt.Axes, f, grid: int = 150, max_dots: int = 400) -> None
         ax.add_patch(plt.Circle((0, 0), 1, fill=False, lw=0.6, ls="--", color="white", alpha=0.6))
     dots = f[:: max(1, len(f) // max_dots)]
     ax.scatter(dots[:, 0], dots[:, 1], s=1.5, color="white", alpha=0.5, lw=0)
+
+
+def rgbd_grid(images, depth, n: int = 8, title: str = ""):
+    """The first `n` RGB images (uint8 [N, 3, H, W]) above their depth maps ([N, 1, H, W], metres; near =
+    bright, one colour scale for all), as a reader checks that depth is visible in the images (Fig. 5b data)."""
+    n = min(n, len(images))
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    lo, hi = float(depth[:n].min()), float(depth[:n].max())
+    for i in range(n):
+        axes[0, i].imshow(images[i].permute(1, 2, 0).cpu().numpy())
+        im = axes[1, i].imshow(depth[i, 0].cpu().numpy(), cmap="magma_r", vmin=lo, vmax=hi)
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    fig.colorbar(im, ax=axes[1].tolist(), label="depth (m)", shrink=0.9)
+    fig.suptitle(title)
+    return fig

@@ -39,7 +39,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import resources, runs
-from .evaluate import EvalConfig, evaluate_run
+from .evaluate import EvalConfig, check_kind, evaluate_run
 from .losses import TERMS, Objective
 from .train import TRAIN_VERSION, Diverged, TrainConfig, train
 
@@ -143,6 +143,10 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
             try:
                 cfg = TrainConfig.from_dict({**config, **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
             except (ValueError, TypeError) as e:
+                raise ValueError(f"{origin}: {e}") from None
+            try:
+                check_kind(cfg.dataset, evaluation.kind)
+            except ValueError as e:
                 raise ValueError(f"{origin}: {e}") from None
             if run_id:
                 by_id[run_id] = cfg

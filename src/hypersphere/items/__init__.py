@@ -8,6 +8,7 @@ data/reference/ (resources.reference_table). Notebooks set parameters, call an i
     fig7       Figure 7: weighting alignment against uniformity             (04_weighting)
     fig8       Figure 8: fine-tuning a poor encoder                         (05_finetuning)
     table1     Table 1: the best encoder of each loss family                (06_table1)
+    table2     Table 2: the same for depth prediction; Figure 5b is fig5's  (07_depth)
 
 A new figure is a new module here with its reference numbers in data/reference/, an entry in ITEMS, a
 notebook, and unit tests of its computation and verdict on small fixture tables.
@@ -28,13 +29,14 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Figure 4": ("02_hypersphere_2d", ("fig4_potentials",)),
     "Figure 4 (synthetic)": ("01_theory", ("fig4_synthetic",)),
     "Figure 5a": ("03_metrics_vs_accuracy", ("fig5a_metrics_vs_accuracy", "fig5a_statistics", "fig5a_ours_vs_paper")),
-    "Figure 5b": ("not replicated yet: needs NYU-Depth-V2 depth prediction", ()),
+    "Figure 5b": ("07_depth", ("fig5b_metrics_vs_depth", "fig5b_statistics", "fig5b_ours_vs_paper")),
     "Figure 7": ("04_weighting", ("fig7_weighting",)),
     "Figure 8": ("05_finetuning", ("fig8_finetuning",)),
     "Figure 9a": ("not replicated yet: needs ImageNet-100 with MoCo", ()),
     "Figure 9b": ("not replicated yet: needs BookCorpus with Quick-Thought", ()),
     "Table 1": ("06_table1", ("table1",)),
-    "Table 2": ("not replicated yet: needs NYU-Depth-V2", ()),
+    "Table 2": ("07_depth", ("table2",)),
+    "Table 2 (vs random init)": ("07_depth", ("table2",)),
     "Table 3": ("not replicated yet: needs ImageNet-100", ()),
     "Table 4": ("not replicated yet: needs BookCorpus", ()),
 }

@@ -142,7 +142,8 @@ def figure_vs_paper(cloud: pd.DataFrame, pairs: dict[str, str], targets: dict[st
         for fam in FAMILIES:
             e = d[d["family"] == fam]
             ax.scatter(e[pc], e[col], marker=FAMILY_MARKERS[fam], s=30, label=fam)
-        lim = [min(d[pc].min(), d[col].min()) - 2, max(d[pc].max(), d[col].max()) + 2]
+        lo, hi = min(d[pc].min(), d[col].min()), max(d[pc].max(), d[col].max())
+        lim = [lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)]
         ax.plot(lim, lim, color="0.4", ls="--", lw=1)
         ax.set(xlim=lim, ylim=lim, aspect="equal", xlabel="paper", ylabel="ours", title=targets[col])
     axes[0][0].legend(fontsize="small")
