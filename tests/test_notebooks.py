@@ -30,6 +30,7 @@ NOTEBOOKS = {
     "04_weighting": (("fig7_weighting",), ("Figure 7",)),
     "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
     "06_table1": ((), ("Table 1",)),
+    "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
 }
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
@@ -136,6 +137,24 @@ def test_table1_has_one_row_per_family_with_the_papers_numbers(build):
 
 
 @pytest.mark.slow
+def test_table2_selects_trained_encoders_by_cv_conv5_mse_with_the_papers_numbers(build):
+    figures_dir = build / "figures" / "smoke"
+    t = pd.read_csv(figures_dir / "table2.csv")
+    assert list(t["family"]) == ["contrastive only", "align + uniform only"]
+    assert t["paper conv5"].tolist() == [0.7024, 0.7014] and t["paper conv4"].tolist() == [0.7575, 0.7592]
+    # the smoke depth cloud: 2 contrastive and 3 align/uniform trained encoders; the random-init one and the
+    # failed run are not candidates
+    assert t["candidates"].tolist() == [2, 3] and set(t["selected by"]) == {"cv_conv5_mse"}
+    cloud = add_family(load_results(build / "results" / "smoke", "depth")[0])
+    for _, row in t.iterrows():
+        fam = cloud[(cloud["family"] == row["family"]) & (cloud["epochs"] > 0)]
+        best = fam.loc[fam["cv_conv5_mse"].idxmin()]
+        assert (row["objective"], row["conv5"], row["conv4"]) == (best["objective"], best["val_conv5_mse"],
+                                                                 pytest.approx(best["val_conv4_mse"]))
+    assert (figures_dir / "table2.md").read_text().count("\n|") == 4  # header, rule, 2 rows
+
+
+@pytest.mark.slow
 def test_report_indexes_every_paper_item(build):
     index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report")
     page = index.read_text()
@@ -218,3 +237,23 @@ def test_verdicts_round_trip_and_markdown_table(tmp_path):
         report.write_verdicts(tmp_path, "nb", "smoke", [dict(item="Figure 7")])
     md = report.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1.234], "c": [np.nan]}))
     assert md == "| a | b | c |\n|---|---|---|\n| x\\|y | 1.23 |  |\n"
+
+
+# ----------------------------------------------------------------------------- narration
+
+@pytest.mark.parametrize("path", sorted(NB_DIR.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebook_narrates_its_code_instead_of_repeating_it(path):
+    """No markdown cell repeats code (exactly, or in at least half of its lines), and no more than three code
+    cells follow each other without a markdown cell between them."""
+    nb = nbformat.read(path, as_version=4)
+    code_lines = {line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines() if line.strip()}
+    for i, c in enumerate(nb.cells):
+        lines = [line.strip() for line in c.source.splitlines() if line.strip()]
+        if c.cell_type == "markdown" and lines:
+            copied = sum(line in code_lines for line in lines)
+            assert copied < len(lines) / 2, f"markdown cell {i} repeats code ({copied} of {len(lines)} lines): narrate it"
+    run = longest = 0
+    for c in nb.cells:
+        run = run + 1 if c.cell_type == "code" else 0
+        longest = max(longest, run)
+    assert longest <= 3, f"{longest} code cells in a row without narration between them"

@@ -207,8 +207,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
         return record
     device = resolve_device(device)
     t0 = time.perf_counter()
+    runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not
+    check_kind(runs.read_json(run_dir / runs.CONFIG)["dataset"], cfg.kind)  # before loading any data
     encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
-    check_kind(train_cfg.dataset, cfg.kind)
     data = data.to(device)
     tau = Objective.parse(train_cfg.objective).param("contrastive")
     batch = min(train_cfg.batch_size, len(data.val_images))
