@@ -98,6 +98,8 @@ def test_augmentation_recipes_by_name_and_with_overrides(tmp_path):
     assert recipe({"recipe": "stl10", "scale": [0.2, 1.0]}).scale == (0.2, 1.0)
     assert load_data(cfg(tmp_path, augment={"recipe": "digits", "grayscale_p": 0.5})).augment.grayscale_p == 0.5
     assert load_data(cfg(tmp_path)).augment == RECIPES["digits"]
+    smaller = load_data(cfg(tmp_path, augment={"recipe": "digits", "crop_size": 12}))
+    assert (smaller.augment.crop_size, smaller.eval_resize) == (12, 13)  # Resize(26) + CenterCrop(24), halved
     with pytest.raises(ValueError, match="unknown augmentation recipe 'pil'"):
         cfg(tmp_path, augment="pil")
     with pytest.raises(ValueError, match="unknown augmentation fields"):
