@@ -39,6 +39,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import resources, runs
+from .domains import domain_of
 from .evaluate import EvalConfig, evaluate_run
 from .losses import TERMS, Objective
 from .train import TRAIN_VERSION, Diverged, TrainConfig, train
@@ -87,6 +88,8 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
             config["init"] = row["init"]
         if isinstance(row.get("init_marker"), str):
             config["id"] = row["init_marker"]
+        if isinstance(row.get("normalization"), bool):  # Quick-Thought (BookCorpus): l2-normalised or QT's raw outputs
+            config["arch"] = "qt" if row["normalization"] else "qt-raw"
         if row.get("queue_size", 0) > 0:  # MoCo (ImageNet-100): the queue, and which uniformity form
             config["queue"] = int(row["queue_size"])
             config["intra_batch"] = str(row.get("unif_intra_batch")).lower() != "false"
@@ -144,6 +147,9 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
                 cfg = TrainConfig.from_dict({**config, **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{origin}: {e}") from None
+            if evaluation.kind not in (kinds := domain_of(cfg.dataset).evaluations):
+                raise ValueError(f"{origin}: evaluation kind {evaluation.kind!r} does not apply to {cfg.dataset}; "
+                                 f"set evaluation: {{kind: {kinds[0]}}}")
             if run_id:
                 by_id[run_id] = cfg
             result.append(SweepRun(cfg, evaluation, origin, paper, cfg.init, str(run_id or "")))
@@ -262,7 +268,7 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
                 row["eval_seconds"] = record["seconds"]
         elif state == "failed":
             failed = runs.read_json(run_dir / runs.FAILED)
-            row.update({"failed_epoch": failed["epoch"], "failed_reason": failed["reason"]})
+            row.update({"failed_epoch": failed["epoch"], "failed_step": failed.get("step"), "failed_reason": failed["reason"]})
         rows.append({**row, **run.paper})
     return pd.DataFrame(rows)
 
