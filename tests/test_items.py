@@ -555,6 +555,20 @@ def test_fig9b_verdict_follows_the_sign_of_the_relation_and_reports_the_baseline
     assert "trained vs random init" in v["evidence"] and "2 runs diverged" in v["evidence"]
 
 
+def test_fig9b_collapsed_encoders_and_the_statistics_without_them():
+    cloud = fig9b.split(sentence_cloud(20))[0]
+    cloud.loc[:1, ["align", "uniform", "val_sentiment", "val_subjectivity"]] = [0.01, -0.05, 40.0, 40.0]  # 2 collapsed
+    assert fig9b.collapsed(cloud).tolist() == [True, True] + [False] * 18
+    cloud, targets, _ = fig5.usable(cloud, STANDIN)
+    table, fits = fig5.statistics(cloud, targets, n_boot=200)
+    spread = cloud[~fig9b.collapsed(cloud)].reset_index(drop=True)
+    without, _ = fig5.statistics(spread, targets, n_boot=200)
+    v = fig9b.judge(cloud, targets, table, fits, uncollapsed=without)
+    rho = without.set_index(["target", "score (lower = better)"]).loc[(STANDIN["val_sentiment"], "L_align"), "spearman"]
+    assert rho == pytest.approx(spearmanr(spread["align"], spread["val_sentiment"]).statistic)
+    assert f"without the 2 collapsed encoders: {STANDIN['val_sentiment']} rho align {rho:+.2f}" in v["evidence"]
+
+
 def test_fig9b_verdict_is_undecided_with_too_few_encoders():
     assert fig9b_verdict(sentence_cloud(fig5.MIN_ENCODERS - 1))["holds"] is None
 

@@ -4,7 +4,9 @@ L_align(alpha=2) on y, colour = 10-fold CV test accuracy on MR and on CR (on the
 and "subjectivity" tasks). The statistics, corner count and verdict are Figure 5a's (items/fig5.py).
 
 Randomly initialised encoders (epochs 0) are the baseline, not points of the cloud: `split` takes them out, and
-`versus_random` says whether training beats them. Diverged runs are results too: `diverged` lists them (with
+`versus_random` says whether training beats them. Collapsed encoders (`collapsed`: features in a small cap) sit
+at low L_align by construction and classify worst, which can hide or fake the lower-left relation; the
+statistics are also given without them, and the verdict's evidence reports both. Diverged runs are results too: `diverged` lists them (with
 the epoch and step at which the loss became non-finite) next to the paper's NaN rows.
 """
 from __future__ import annotations
@@ -37,6 +39,15 @@ def split(cloud: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trained encoders, randomly initialised ones: epochs 0)."""
     random = cloud["epochs"] == 0
     return cloud[~random].reset_index(drop=True), cloud[random].reset_index(drop=True)
+
+
+COLLAPSED = -0.5  # L_uniform(f) + L_uniform(g) above this: each encoder's mean Gaussian potential > e^-0.25 = 0.78
+
+
+def collapsed(cloud: pd.DataFrame) -> pd.Series:
+    """Encoders whose features fill a small cap of the sphere (L_uniform(f) + L_uniform(g) > COLLAPSED at t = 2:
+    randomly initialised GRUs sit at about -0.3, uniform features near -8)."""
+    return cloud["uniform"] > COLLAPSED
 
 
 def versus_random(trained: pd.DataFrame, random: pd.DataFrame, targets: dict[str, str]) -> pd.DataFrame:
@@ -72,10 +83,22 @@ def nan_agreement(results_dir: str | Path, sweep: str) -> pd.DataFrame | None:
 
 def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fits: dict,
           baseline: pd.DataFrame | None = None, agreement: dict | None = None, n_diverged: int = 0,
+          uncollapsed: pd.DataFrame | None = None,
           figures=("fig9b_sentences", "fig9b_statistics")) -> dict[str, Any]:
-    """Figure 5a's verdict on the sentence cloud; the evidence also says how training compares with random init
-    and how many runs diverged."""
+    """Figure 5a's verdict on the whole sentence cloud, as the paper plots it; the evidence also gives the
+    statistics without the collapsed encoders (`uncollapsed`: fig5.statistics' table on them), how training
+    compares with random init and how many runs diverged."""
     v = fig5.judge("Figure 9b", cloud, targets, table, fits, agreement=agreement, figures=list(figures))
+    if uncollapsed is not None and len(uncollapsed):
+        s = uncollapsed.set_index(["target", "score (lower = better)"])
+        v["evidence"] += f"; without the {int(collapsed(cloud).sum())} collapsed encoders: " + ", ".join(
+            f"{name} rho align {s.loc[(name, 'L_align'), 'spearman']:+.2f}, uniform "
+            f"{s.loc[(name, 'L_uniform'), 'spearman']:+.2f}" + (
+                f", fitted {s.loc[(name, 'fitted combination (CV)'), 'spearman']:+.2f} "
+                f"[{s.loc[(name, 'fitted combination (CV)'), 'ci_low']:+.2f}, "
+                f"{s.loc[(name, 'fitted combination (CV)'), 'ci_high']:+.2f}]"
+                if (name, "fitted combination (CV)") in s.index else "")
+            for name in targets.values())
     if baseline is not None and len(baseline) and baseline["random init"].notna().all():
         v["evidence"] += "; trained vs random init: " + ", ".join(
             f"{r['task']} median {r['trained median']:.2f} vs {r['random init']:.2f} ({r['median - random']:+.2f})"
@@ -88,6 +111,9 @@ def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fit
 def figure(cloud: pd.DataFrame, targets: dict[str, str], n_diverged: int = 0):
     """Figure 5a's panels on the sentence cloud, one per task."""
     fig = fig5.figure(cloud, targets, label="CV test accuracy (%)")
+    for ax in fig.axes[:len(targets)]:  # the panels (their colour bars come after them)
+        ax.set_xlabel(r"$\mathcal{L}_\mathsf{uniform}(f;t=2) + \mathcal{L}_\mathsf{uniform}(g;t=2)$")
+        ax.set_ylabel(r"$\mathcal{L}_\mathsf{align}(\alpha=2)$ of $f(s)$, $g$(neighbour)")
     if n_diverged:
         fig.text(0.99, 0.01, f"{n_diverged} diverged runs (NaN) not shown", ha="right", va="bottom", fontsize=9,
                  color="0.35")
