@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import i0
 from scipy.stats import spearmanr
 
-from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, say, table1, table2, theory, verdict
+from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, fig9b, say, table1, table2, table4, theory, verdict
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 WEIGHTS = {  # family -> (w_contrastive, w_align, w_uniform)
@@ -567,3 +567,131 @@ def test_trained_beats_random_needs_every_selected_encoder_five_percent_below_ev
 def test_non_collapsed_drops_encoders_whose_uniformity_is_near_zero():
     cloud = runs([{"uniform": -3.0}, {"uniform": -0.05}, {"uniform": -0.1}, {"uniform": -0.5}])
     assert table2.non_collapsed(cloud)["uniform"].tolist() == [-3.0, -0.5]
+# ----------------------------------------------------------------------------- Figure 9b and Table 4 (sentences)
+
+STANDIN = {"val_sentiment": "sentiment (MR's stand-in)", "val_subjectivity": "subjectivity (CR's stand-in)"}
+
+
+def sentence_cloud(n: int, sign: float = -1.0, seed: int = 0) -> pd.DataFrame:
+    """n trained stand-in encoders whose accuracies are 60 + sign * 5 * (align + uniform / 2) + noise, and two
+    random-init ones (epochs 0) at 55 / 60."""
+    rng = np.random.default_rng(seed)
+    align, uniform = rng.uniform(0.5, 2.0, n), rng.uniform(-7.5, -0.5, n)
+    acc = lambda: 60 + sign * 5 * (align + uniform / 2) + 0.3 * rng.normal(size=n)  # noqa: E731
+    trained = runs([{"family": list(WEIGHTS)[i % 3]} for i in range(n)], dataset="standin", epochs=2).assign(
+        align=align, uniform=uniform, val_sentiment=acc(), val_subjectivity=acc())
+    random = runs([{"family": "contrastive only", "val_subjectivity": v} for v in (59.0, 61.0)], dataset="standin",
+                  epochs=0, align=2.0, uniform=-0.3, val_sentiment=55.0)
+    return pd.concat([trained, random], ignore_index=True)
+
+
+def fig9b_verdict(cloud: pd.DataFrame) -> dict:
+    trained, random = fig9b.split(cloud)
+    trained, targets, _ = fig5.usable(trained, fig9b.targets(cloud))
+    table, fits = fig5.statistics(trained, targets, n_boot=300)
+    return fig9b.judge(trained, targets, table, fits, baseline=fig9b.versus_random(trained, random, targets), n_diverged=2)
+
+
+def test_fig9b_panels_baseline_and_split():
+    cloud = sentence_cloud(12)
+    assert fig9b.targets(cloud) == STANDIN
+    assert fig9b.targets(cloud.assign(dataset="bookcorpus")) == {"val_mr": "MR", "val_cr": "CR"}
+    with pytest.raises(ValueError, match="no Figure 9b tasks"):
+        fig9b.targets(cloud.assign(dataset="digits"))
+    trained, random = fig9b.split(cloud)
+    assert len(trained) == 12 and len(random) == 2 and (random["epochs"] == 0).all()
+    base = fig9b.versus_random(trained, random, STANDIN).set_index("task")
+    sub = base.loc["subjectivity (CR's stand-in)"]
+    assert sub["random init"] == 60.0 and sub["trained median"] == pytest.approx(trained["val_subjectivity"].median())
+    assert sub["share above random"] == pytest.approx((trained["val_subjectivity"] > 60).mean())
+
+
+@pytest.mark.parametrize("sign, holds", [(-1.0, True), (+1.0, False)])
+def test_fig9b_verdict_follows_the_sign_of_the_relation_and_reports_the_baseline(sign, holds):
+    v = fig9b_verdict(sentence_cloud(30, sign))
+    assert v["item"] == "Figure 9b" and v["holds"] is holds
+    assert "trained vs random init" in v["evidence"] and "2 runs diverged" in v["evidence"]
+
+
+def test_fig9b_collapsed_encoders_and_the_statistics_without_them():
+    cloud = fig9b.split(sentence_cloud(20))[0]
+    cloud.loc[:1, ["align", "uniform", "val_sentiment", "val_subjectivity"]] = [0.01, -0.05, 40.0, 40.0]  # 2 collapsed
+    assert fig9b.collapsed(cloud).tolist() == [True, True] + [False] * 18
+    cloud, targets, _ = fig5.usable(cloud, STANDIN)
+    table, fits = fig5.statistics(cloud, targets, n_boot=200)
+    spread = cloud[~fig9b.collapsed(cloud)].reset_index(drop=True)
+    without, _ = fig5.statistics(spread, targets, n_boot=200)
+    v = fig9b.judge(cloud, targets, table, fits, uncollapsed=without)
+    rho = without.set_index(["target", "score (lower = better)"]).loc[(STANDIN["val_sentiment"], "L_align"), "spearman"]
+    assert rho == pytest.approx(spearmanr(spread["align"], spread["val_sentiment"]).statistic)
+    assert f"without the 2 collapsed encoders: {STANDIN['val_sentiment']} rho align {rho:+.2f}" in v["evidence"]
+
+
+def test_fig9b_verdict_is_undecided_with_too_few_encoders():
+    assert fig9b_verdict(sentence_cloud(fig5.MIN_ENCODERS - 1))["holds"] is None
+
+
+def test_fig9b_diverged_runs_and_the_papers_nan_rows(tmp_path):
+    pd.DataFrame({"objective": ["a", "b", "c", "d"], "status": ["done", "failed", "failed", "todo"],
+                  "failed_epoch": [np.nan, 1, 1, np.nan], "failed_step": [np.nan, 7, 1, np.nan],
+                  "failed_reason": ["", "nan", "nan", ""], "paper_nan": [False, True, False, True]}
+                 ).to_csv(tmp_path / "sentences.csv", index=False)
+    gone = fig9b.diverged(tmp_path, "sentences")
+    assert gone["objective"].tolist() == ["b", "c"] and gone["failed_step"].tolist() == [7, 1]
+    agree = fig9b.nan_agreement(tmp_path, "sentences")  # the todo run is not counted
+    assert agree.loc["ours diverged", "paper NaN"] == 1 and agree.loc["ours diverged", "paper trained"] == 1
+    assert agree.loc["ours trained", "paper trained"] == 1 and agree.to_numpy().sum() == 3
+
+
+def table4_cloud(c_minus_au: float) -> pd.DataFrame:
+    """Per family two trained encoders (the better by CV is the worse on test) and a random-init one that would
+    win everything; contrastive's picks lead align + uniform's by `c_minus_au` on both tasks."""
+    def r(obj, fam, cv, val, **kw):
+        return {"objective": obj, "family": fam, "cv_sentiment": cv, "val_sentiment": val, "cv_subjectivity": cv + 10,
+                "val_subjectivity": val + 10, **kw}
+    return runs([r("contrastive(tau=0.1)", "contrastive only", 60.0, 58.0 + c_minus_au),
+                 r("contrastive(tau=1)", "contrastive only", 59.0, 70.0),
+                 r("align(alpha=2) + uniform(t=2)", "align + uniform only", 61.0, 58.0),
+                 r("0.9*align(alpha=2) + 0.1*uniform(t=5)", "align + uniform only", 55.0, 69.0),
+                 r("contrastive(tau=0.1) + uniform(t=2)", "all three", 62.0, 57.0),
+                 r("contrastive(tau=0.1)", "contrastive only", 99.0, 99.0, epochs=0)],
+                dataset="standin", epochs=2)
+
+
+def test_table4_selects_each_tasks_best_by_cv_and_reports_its_test_accuracy():
+    tasks = table4.tasks(table4_cloud(1.0))
+    assert tasks == {"sentiment": "sentiment", "subjectivity": "subjectivity"}
+    cands = table4.candidates(table4_cloud(1.0))
+    assert len(cands) == 5 and (cands["epochs"] > 0).all()  # the random-init encoder is no candidate
+    t = table4.with_paper(table4.select(cands, tasks), tasks).set_index("family")
+    assert t.loc["contrastive only", "sentiment"] == 59.0 and t.loc["contrastive only", "sentiment CV"] == 60.0
+    assert t.loc["contrastive only", "subjectivity objective"] == "contrastive(tau=0.1)"
+    assert t.loc["align + uniform only", "subjectivity"] == 68.0 and t.loc["all three", "candidates"] == 1
+    assert t["paper sentiment"].tolist() == [77.51, 73.76, 76.48]  # MR's column for the MR stand-in
+    assert t["paper subjectivity"].tolist() == [83.86, 80.95, 83.33]
+
+
+def test_table4_paper_table_reproduces_the_printed_table():
+    paper = table4.paper_table().set_index("family")
+    assert paper.loc["contrastive only", ["MR", "CR"]].tolist() == [77.51, 83.86]
+    assert paper.loc["align + uniform only", ["MR", "CR"]].tolist() == [73.76, 80.95]
+    assert paper.loc["align + uniform only", "MR objective"] == "0.9*align(alpha=2) + 0.1*uniform(t=5)"
+    assert paper.loc["contrastive only", "candidates"] == 19 and paper["candidates"].sum() == 108
+
+
+@pytest.mark.parametrize("c_minus_au, holds, winner", [(3.0, True, "here contrastive wins"),
+                                                       (0.4, False, "here a tie"),
+                                                       (-2.0, False, "here align + uniform wins")])
+def test_table4_verdict_says_which_family_wins(c_minus_au, holds, winner):
+    cloud = table4_cloud(c_minus_au)
+    tasks = table4.tasks(cloud)
+    v = table4.judge(table4.select(table4.candidates(cloud), tasks), tasks)
+    assert v["holds"] is holds and v["evidence"].startswith(winner)
+    assert f"sentiment {c_minus_au:+.2f}" in v["evidence"] and "the paper: contrastive wins, MR +3.75, CR +2.91" in v["evidence"]
+
+
+def test_table4_verdict_is_undecided_without_an_align_uniform_encoder():
+    cloud = table4_cloud(1.0)
+    cloud = cloud[cloud["w_align"] == 0]
+    tasks = table4.tasks(cloud)
+    assert table4.judge(table4.select(table4.candidates(cloud), tasks), tasks)["holds"] is None

@@ -31,6 +31,7 @@ NOTEBOOKS = {
     "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
     "06_table1": ((), ("Table 1",)),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
+    "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),
 }
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
@@ -152,6 +153,17 @@ def test_table2_selects_trained_encoders_by_cv_conv5_mse_with_the_papers_numbers
         assert (row["objective"], row["conv5"], row["conv4"]) == (best["objective"], best["val_conv5_mse"],
                                                                  pytest.approx(best["val_conv4_mse"]))
     assert (figures_dir / "table2.md").read_text().count("\n|") == 4  # header, rule, 2 rows
+def test_table4_has_one_row_per_family_with_the_papers_numbers(build):
+    t = pd.read_csv(build / "figures" / "smoke" / "table4.csv")
+    assert list(t["family"]) == list(FAMILIES)
+    assert t["paper sentiment"].tolist() == [77.51, 73.76, 76.48] and t["paper subjectivity"].tolist() == [83.86, 80.95, 83.33]
+    trained = add_family(load_results(build / "results" / "smoke", "sentences")[0]).query("epochs > 0")
+    for _, row in t.iterrows():  # each task's pick is the family's best by CV, with its own test accuracy
+        fam = trained[trained["family"] == row["family"]]
+        best = fam.loc[fam["cv_subjectivity"].idxmax()]
+        assert row["subjectivity CV"] == pytest.approx(best["cv_subjectivity"])
+        assert row["subjectivity"] == pytest.approx(best["val_subjectivity"])
+    assert (build / "figures" / "smoke" / "table4.md").read_text().count("\n|") == 5
 
 
 @pytest.mark.slow

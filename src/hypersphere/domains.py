@@ -6,6 +6,12 @@ A domain supplies four things, and nothing else in the package looks at dataset 
   - positive pairs: `views(data, images, generator)` -> one random view of each input, drawn with the
                     data's augmentation recipe (the run's choice from augment.RECIPES), called once per view;
   - evaluations:    the evaluation kinds that apply to it (evaluate.EVALUATIONS), the first one its default.
+Three optional hooks, for a domain whose positives are not two views of one input (sentences):
+  - order:          `order(n, batch, generator)` -> the epoch's sample order, cut into batches in sequence
+                    (default: a random permutation);
+  - batch_loss:     `batch_loss(model, objective, data, idx)` -> (loss, terms incl. "norm_error") of a batch
+                    of indices (default: the objective on `views` of the inputs, train.batch_loss);
+  - check:          `check(cfg)` raises ValueError for a TrainConfig the domain cannot train.
 
 The image domain covers the paper's STL-10 / CIFAR-10 setup and the embedded digits; the depth domain
 NYU-Depth-V2 and its rendered stand-in. A new domain is one more `Domain(...)` entry in DOMAINS.
@@ -17,7 +23,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from . import augment, data, depth, models, moco
+from . import augment, data, depth, models, moco, text
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class Domain:
     views: Callable[..., Any]
     evaluations: tuple[str, ...]
     archs: tuple[str, ...]
+    order: Callable[..., Any] | None = None
+    batch_loss: Callable[..., Any] | None = None
+    check: Callable[[Any], None] | None = None
 
 
 RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, else MoCo v1's linear one
@@ -60,7 +69,11 @@ IMAGE = Domain(name="image", datasets=data.DATASETS, load=data.load_dataset, enc
 # Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
 DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=_image_encoder,
                views=_image_views, evaluations=("depth",), archs=("auto",) + models.ARCHS)
-DOMAINS = {d.name: d for d in (IMAGE, DEPTH)}
+# Sentences (Fig. 9b, Table 4): Quick-Thought encoders on windows of consecutive sentences (text.py)
+TEXT = Domain(name="text", datasets=text.DATASETS, load=text.load_dataset, encoder=text.build_encoder, views=None,
+              evaluations=("sentences",), archs=tuple(text.ARCHS), order=text.contiguous_order,
+              batch_loss=text.batch_loss, check=text.check)
+DOMAINS = {d.name: d for d in (IMAGE, DEPTH, TEXT)}
 
 
 def domain_of(dataset: str) -> Domain:

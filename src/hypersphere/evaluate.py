@@ -14,6 +14,9 @@ Kinds (EVALUATIONS), one per downstream task; a domain lists the kinds that appl
   depth     validation MSE of the paper's depth decoder trained on each spatial tap (conv5, conv4) of the frozen
             encoder (depth.depth_probe; Fig. 5b, Table 2), its k-fold CV MSE on the train split, two image-blind
             baselines, and L_align, L_uniform on validation positive pairs as for classify.
+  sentences Fig. 9b / Table 4: logistic regression on frozen f||g features of each labelled task, nested CV
+            (cv_folds outer folds, l2_folds inner ones choosing C among 1, 1/2, ..., 1/256), and L_align,
+            L_uniform (f's + g's terms) on held-out neighbouring sentences.
 """
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import runs
+from . import runs, text
 from .augment import augment
 from .data import ImageData
 from .depth import DepthData, DepthProbeConfig, depth_probe
@@ -58,6 +62,7 @@ class EvalConfig:
     knn_k: int = 5
     cv_folds: int = 5               # k-fold CV on the labeled train split (Table 1 selection); 0 skips it
     snapshots: bool = False         # also evaluate the run's snapshot epochs (Fig. 8 trajectories)
+    max_examples: int = 0           # sentences: > 0 evaluates each task on a seeded class-balanced sample of this size
     seed: int = 0                   # CV folds, validation pairs and probe batches
 
     def __post_init__(self) -> None:
@@ -66,7 +71,8 @@ class EvalConfig:
         object.__setattr__(self, "taps", tuple(self.taps) or DEFAULT_TAPS[self.kind])
         if self.probe not in PROBES:
             raise ValueError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
-        for key, least in (("probe_epochs", 1), ("decoder_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2)):
+        for key, least in (("probe_epochs", 1), ("decoder_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2),
+                           ("max_examples", 0)):
             if getattr(self, key) < least:
                 raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
         if self.cv_folds == 1:
@@ -74,8 +80,12 @@ class EvalConfig:
         if not self.l2_grid or min(self.l2_grid) <= 0:
             raise ValueError(f"l2_grid must hold positive values, got {list(self.l2_grid)}")
 
+    # fields added after records were cached: hashed only when not the default, so older records stay valid
+    HASHED_UNLESS = {"max_examples": 0, "decoder_epochs": 120}
+
     def hashed(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
         return {**d, "l2_grid": list(d["l2_grid"]), "taps": list(d["taps"]), "eval_version": EVAL_VERSION}
 
     @classmethod
@@ -184,8 +194,39 @@ def depth(encoder: nn.Module, data: DepthData, cfg: EvalConfig, device, tau: flo
     return out
 
 
-EVALUATIONS = {"classify": classify, "depth": depth}
-DEFAULT_TAPS = {"classify": ("fc7", "output"), "depth": ("conv5", "conv4")}
+
+
+def sentences(model: nn.Module, data: text.TextData, cfg: EvalConfig, device, tau: float | None = None,
+              batch_size: int = 400, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """The sentence evaluations of a frozen Quick-Thought model (Fig. 9b, Table 4; Logeswaran & Lee 2018's
+    protocol as SentEval runs it), flat:
+      val_{task}    test accuracy (%) of L2-regularised logistic regression on the concatenated f and g outputs,
+                    by stratified `cv_folds`-fold CV (the paper: 10), C chosen in each fold by `l2_folds`-fold CV
+                    on its training part among 1, 1/2, ..., 1/256 (the paper: 10 folds);
+      cv_{task}     the chosen C's inner-CV accuracy, averaged over the folds (SentEval's devacc; Table 4 selects
+                    by it);
+      align, uniform, uniform_f, uniform_g (, contrastive)   text.pair_metrics on the held-out documents'
+                    neighbouring sentences; uniform = L_uniform(f) + L_uniform(g), the paper's form in this domain.
+    Each task uses a seeded class-balanced sample of `max_examples` sentences when that is > 0."""
+    if cfg.cv_folds < 2:
+        raise ValueError("the sentences evaluation is cross-validated: set cv_folds >= 2 (the paper: 10)")
+    out: dict[str, float] = {}
+    for task, labelled in data.tasks.items():
+        keep = np.arange(len(labelled.labels))
+        if 0 < cfg.max_examples < len(keep):
+            rng = np.random.default_rng(cfg.seed)
+            keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labelled.labels == c))[:cfg.max_examples // 2]
+                                           for c in (0, 1)]))
+        feats = text.features(model, [labelled.sentences[k] for k in keep], data.vocab)
+        r = text.nested_cv_accuracy(feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds,
+                                    seed=cfg.seed)
+        out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"]})
+    out.update(text.pair_metrics(model, data.held, data.vocab, tau, batch_size))
+    return out
+
+
+EVALUATIONS = {"classify": classify, "depth": depth, "sentences": sentences}
+DEFAULT_TAPS = {"classify": ("fc7", "output"), "depth": ("conv5", "conv4"), "sentences": ()}
 
 
 def check_kind(dataset: str, kind: str) -> None:
@@ -200,6 +241,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
                  data_dir: str = "data", progress: bool = True) -> dict[str, Any]:
     """The evaluation record of a finished run for `cfg`: read when it exists, else computed and written to
     run_dir/evals/<kind>-<hash>.json. Returns {"config", "run", "results", "trajectory", "seconds"}."""
+    from .domains import domain_of
     from .train import load_encoder, resolve_device  # train imports the domains, which name the evaluations
 
     run_dir, config = Path(run_dir), cfg.hashed()
@@ -210,9 +252,11 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not
     check_kind(runs.read_json(run_dir / runs.CONFIG)["dataset"], cfg.kind)  # before loading any data
     encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
+    if cfg.kind not in (kinds := domain_of(train_cfg.dataset).evaluations):
+        raise ValueError(f"evaluation kind {cfg.kind!r} does not apply to {train_cfg.dataset} runs; use {', '.join(kinds)}")
     data = data.to(device)
     tau = Objective.parse(train_cfg.objective).param("contrastive")
-    batch = min(train_cfg.batch_size, len(data.val_images))
+    batch = train_cfg.batch_size  # pair_metrics keeps a single batch of fewer pairs whole
     evaluation = partial(EVALUATIONS[cfg.kind], data=data, cfg=cfg, device=device, tau=tau, batch_size=batch)
     results = evaluation(encoder)
     trajectory = []

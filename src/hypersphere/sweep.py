@@ -87,6 +87,8 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
             config["init"] = row["init"]
         if isinstance(row.get("init_marker"), str):
             config["id"] = row["init_marker"]
+        if isinstance(row.get("normalization"), bool):  # Quick-Thought (BookCorpus): l2-normalised or QT's raw outputs
+            config["arch"] = "qt" if row["normalization"] else "qt-raw"
         if row.get("queue_size", 0) > 0:  # MoCo (ImageNet-100): the queue, and which uniformity form
             config["queue"] = int(row["queue_size"])
             config["intra_batch"] = str(row.get("unif_intra_batch")).lower() != "false"
@@ -266,7 +268,7 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
                 row["eval_seconds"] = record["seconds"]
         elif state == "failed":
             failed = runs.read_json(run_dir / runs.FAILED)
-            row.update({"failed_epoch": failed["epoch"], "failed_reason": failed["reason"]})
+            row.update({"failed_epoch": failed["epoch"], "failed_step": failed.get("step"), "failed_reason": failed["reason"]})
         rows.append({**row, **run.paper})
     return pd.DataFrame(rows)
 

