@@ -30,6 +30,7 @@ NOTEBOOKS = {
     "04_weighting": (("fig7_weighting",), ("Figure 7",)),
     "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
     "06_table1": ((), ("Table 1",)),
+    "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
 }
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
