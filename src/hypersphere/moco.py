@@ -4,8 +4,8 @@ average, and a FIFO queue of past keys that supplies the negatives (He et al. 20
 Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo v2).
 
 - Queue losses: in losses.py (`queue_contrastive_loss`, `queue_uniform_loss`; an Objective called with a queue).
-- `MoCo`: the two encoders, the EMA and the queue; `resnet50_moco` (MoCo v2 head) and `small_resnet_moco`
-  (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
+- `MoCo`: the two encoders, the EMA, the queue and Shuffle-BN under DDP; `resnet50_moco` (MoCo v2 head) and
+  `small_resnet_moco` (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
 - Data: `build_imagenet100` (the CMC 100-class subset as symlinks); MoCo v2's augmentation is the recipe
   "mocov2" of augment.RECIPES.
 - Linear evaluation: the probe "sgd-full" of evaluate.py (probes.MOCO_PROBE), with top-1 and top-5.
@@ -157,8 +157,9 @@ class MoCo(nn.Module):
         if world == 1:
             return self.encoder_k(im_k)
         images = distributed.gather(im_k.contiguous())
-        perm = torch.randperm(len(images), device=images.device) if rank == 0 else \
-            torch.empty(len(images), dtype=torch.long, device=images.device)
+        # drawn on the CPU, whose generator state a resumed run restores; the broadcast overwrites the others'
+        n = len(images)
+        perm = (torch.randperm(n) if rank == 0 else torch.empty(n, dtype=torch.long)).to(images.device)
         torch.distributed.broadcast(perm, 0)
         share = len(im_k)
         mine = images[perm[rank * share:(rank + 1) * share]].contiguous(memory_format=torch.channels_last)

@@ -34,23 +34,21 @@ def candidates(cloud: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return scratch.reset_index(drop=True), by
 
 
+TERMS = (("contr_w", "contrastive", "tau", "contr_tau"), ("align_w", "align", "alpha", "align_alpha"),
+         ("unif_w", "uniform", "t", "unif_t"))
+
+
 def paper_objective(row: pd.Series) -> str:
-    """The objective string of a row of imagenet100_encoders.csv."""
-    terms = [f"{row[w]:g}*{name}({p}={row[v]:g})".removeprefix("1*")
-             for w, name, p, v in (("contr_w", "contrastive", "tau", "contr_tau"), ("align_w", "align", "alpha", "align_alpha"),
-                                   ("unif_w", "uniform", "t", "unif_t")) if row[w] > 0]
-    return " + ".join(terms)
+    """The objective string of a row of imagenet100_encoders.csv, e.g. 3*align(alpha=2) + uniform(t=3)."""
+    return " + ".join(f"{row[w]:g}*{name}({p}={row[v]:g})".removeprefix("1*") for w, name, p, v in TERMS if row[w] > 0)
 
 
 def paper_table() -> pd.DataFrame:
     """The paper's Table 3, derived from its Table 9: per family the row with the highest 3-fold CV top-1."""
-    d = reference_table("imagenet100_encoders").rename(columns={"contr_w": "w_contrastive", "align_w": "w_align",
-                                                                "unif_w": "w_uniform"})
-    d = add_family(d)
-    best = d.loc[d.groupby("family")["cv_top1"].idxmax()].set_index("family")
-    best["objective"] = [paper_objective(r.rename({"w_contrastive": "contr_w", "w_align": "align_w", "w_uniform": "unif_w"}))
-                         for _, r in best.iterrows()]
-    return best
+    d = reference_table("imagenet100_encoders")
+    d["objective"] = [paper_objective(r) for _, r in d.iterrows()]
+    d = add_family(d.assign(w_contrastive=d["contr_w"], w_align=d["align_w"], w_uniform=d["unif_w"]))
+    return d.loc[d.groupby("family")["cv_top1"].idxmax()].set_index("family")
 
 
 def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:

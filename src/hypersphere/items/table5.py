@@ -31,7 +31,7 @@ def judge(paper: pd.DataFrame) -> dict[str, Any]:
     """Undecided, with the paper's numbers and why nothing was run; a reference table without both rows is an error."""
     t = paper.set_index("family")
     if missing := {"contrastive only", "align + uniform only"} - set(t.index):
-        raise ValueError(f"imagenet_table5.csv lacks the rows {sorted(missing)}: restore data/reference/imagenet_table5.csv")
+        raise ValueError(f"imagenet_table5.csv lacks the rows {sorted(missing)}: restore it from the repository")
     c, au = t.loc["contrastive only"], t.loc["align + uniform only"]
     evidence = (f"not run: {WHY_NOT}. The paper: {au['objective']} {au['val_top1']:.2f}% top-1 against "
                 f"{c['objective']} {c['val_top1']:.2f}% ({au['val_top1'] - c['val_top1']:+.2f} points)")
