@@ -29,12 +29,13 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: all setup data sweep notebooks report profile-new test help clean distclean images depth sentences
+.PHONY: all setup data sweep notebooks report profile-new test help clean distclean images depth moco sentences
 all: notebooks ## (default) set up, then train, evaluate and execute every notebook at PROFILE
 
 # One target per domain: its sweeps and notebooks (each fits the quick profile's 15-minute budget on 2 cores).
 images: $(patsubst %,$(BUILD)/%.ipynb,01_theory 02_hypersphere_2d 03_metrics_vs_accuracy 04_weighting 05_finetuning 06_table1) ## the image domain: theory, Figs. 3, 4, 5a, 7, 8 and Table 1
 depth: $(BUILD)/07_depth.ipynb ## the depth domain: Fig. 5b and Table 2
+moco: $(BUILD)/08_moco.ipynb ## MoCo (queue + EMA key encoder): Fig. 9a, Table 3 and Table 5's status
 sentences: $(BUILD)/09_sentences.ipynb ## the sentence domain: Fig. 9b and Table 4
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
@@ -65,6 +66,7 @@ $(BUILD)/03_metrics_vs_accuracy.ipynb $(BUILD)/06_table1.ipynb: $(call RESULT,cl
 $(BUILD)/04_weighting.ipynb: $(call RESULT,lambda)
 $(BUILD)/05_finetuning.ipynb: $(call RESULT,finetune)
 $(BUILD)/07_depth.ipynb: $(call RESULT,depth)
+$(BUILD)/08_moco.ipynb: $(call RESULT,moco)
 $(BUILD)/09_sentences.ipynb: $(call RESULT,sentences)
 
 # Each notebook is re-executed when it, the package or the profile change (parameters: notebook.py).

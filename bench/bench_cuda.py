@@ -12,7 +12,10 @@ numbers are no measurement) and skips what needs a GPU.
 - peak memory with the whole STL-10 train+unlabeled set (105,000 x 3 x 96 x 96 uint8) resident on the GPU;
 - projected wall time of one paper encoder and of the whole STL-10 cloud (data/reference/stl10_encoders.csv:
   every row's epochs x floor(105,000 / batch) steps, at the measured images/s, training only);
-- packing: K processes each training its own SmallAlexNet (batch 256) on the GPU at once, vs one alone.
+- packing: K processes each training its own SmallAlexNet (batch 256) on the GPU at once, vs one alone;
+- MoCo (Fig. 9a, Tables 3 and 5): one ResNet-50 MoCo v2 training step as train.py runs it (256 px uint8 images on
+  the GPU, MoCo v2 augmentation to 224 px, query encoder and EMA key encoder in bf16 autocast, a queue of 65,536,
+  3 L_align(2) + L_uniform(t=3) against the queue, SGD): images/s and peak memory.
 """
 from __future__ import annotations
 
@@ -247,6 +250,7 @@ def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False)
                     f"{one / 60:.1f} min; cloud {cloud / 3600:.1f} GPU-hours", "-",
                     note="training only (evaluation not included)" + ("; CPU dry run" if not cuda else ""),
                     raw={"projected_s": one, "cloud_s": cloud}))
+    rows.append(moco_resnet50_row(device, name, quick))
     if not cuda:
         rows.append(skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA"))
         return rows
@@ -258,3 +262,50 @@ def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False)
                     together / alone, note="ratio = aggregate packed throughput / a single run's",
                     raw={"packed_images_per_s": together, "alone_images_per_s": alone, "processes": pack}))
     return rows
+
+
+def moco_resnet50_row(device: torch.device, name: str, quick: bool) -> Row:
+    """images/s (both views) and peak memory of ResNet-50 MoCo v2 training steps through train.batch_loss; on a
+    CPU dry run 40 px images, 32 px crops, batch 4 and a queue of 16 (no measurement)."""
+    from dataclasses import replace
+
+    from bench_train import synthetic_data
+    from hypersphere.augment import recipe
+    from hypersphere.domains import IMAGE
+    from hypersphere.moco import MoCo, resnet50_moco
+    from hypersphere.train import batch_loss
+
+    cuda = device.type == "cuda"
+    batch, side, crop, queue, warmup, steps = ((128 if quick else 256), 256, 224, 65536, 2, (3 if quick else 10)) \
+        if cuda else (4, 40, 32, 16, 1, 1)
+    data = synthetic_data(2 * batch, 3, side, replace(recipe("mocov2"), crop_size=crop)).to(device)
+    torch.manual_seed(0)
+    encoder = resnet50_moco(128, mlp=True).to(device, memory_format=torch.channels_last)
+    moco = MoCo(encoder, queue, 0.999).to(device).train()
+    opt = torch.optim.SGD(encoder.parameters(), lr=0.03 * batch / 256, momentum=0.9, weight_decay=1e-4)
+    objective, gen = Objective.parse("3*align(alpha=2) + uniform(t=3)"), torch.Generator(device=device).manual_seed(0)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        idx = torch.randint(len(data.encoder_images), (batch,), device=device, generator=gen)
+        loss, _ = batch_loss(encoder, None, objective, IMAGE.views, data, data.encoder_images, None, idx, gen, moco)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    sec = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None
+    return Row("cuda", f"ResNet-50 MoCo v2 step B={batch} pairs, {crop} px, queue {queue}, bf16 autocast, {name}",
+               fmt_rate(2 * batch / sec, "image"), "-",
+               note=f"{fmt_time(sec)} per step (augment + query and key forward + bwd + SGD); " +
+                    (f"peak memory {peak:.1f} GiB" if cuda else "CPU dry run"),
+               raw={"seconds_per_step": sec, "images_per_s": 2 * batch / sec, "peak_gib": peak})
+

@@ -86,7 +86,8 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"]
     cuda = {r["case"].split(",")[0]: r for r in rows if r["bench"] == "cuda"}
-    assert {"SmallAlexNet B=8 pairs", "augment() alone", "loss of one batch"} <= set(cuda)
+    assert {"SmallAlexNet B=8 pairs", "augment() alone", "loss of one batch", "ResNet-50 MoCo v2 step B=4 pairs"} <= set(cuda)
+    assert cuda["ResNet-50 MoCo v2 step B=4 pairs"]["raw"]["images_per_s"] > 0
     assert cuda["SmallAlexNet B=8 pairs"]["raw"]["flops_per_step"] > 0
     skipped = [r["case"] for r in rows if r["met"] == "skipped"]
     assert any("peak memory" in c for c in skipped) and any("packing" in c for c in skipped)

@@ -1,6 +1,7 @@
 """Two processes with the gloo backend train one encoder as one process would on the same global batch:
 same loss, same gradients (distributed.py: gathered features keep their gradients; DDP averages), and with
-MoCo the same queue (each process enqueues the keys of the global batch)."""
+MoCo the same queue (each process enqueues the keys of the global batch) and Shuffle-BN's keys (each process
+encodes a share of the globally permuted key images)."""
 import os
 import socket
 
@@ -64,7 +65,8 @@ def reference(objective: str):
     moco = MoCo(encoder, QUEUE, momentum=0.9) if with_queue else None
     if moco is not None:
         moco.momentum_update()
-    zs = []
+        perm = torch.randperm(BATCH)  # Shuffle-BN's permutation, as process 0 draws it (its global generator)
+    zs, key_views = [], []
     for rank in range(WORLD):
         gen = torch.Generator().manual_seed(100 + rank)
         idx = torch.arange(BATCH)[rank * BATCH // WORLD:(rank + 1) * BATCH // WORLD]
@@ -73,10 +75,15 @@ def reference(objective: str):
         if moco is None:
             zs.append(encoder(torch.cat(x)).chunk(obj.views))
         else:
-            with torch.no_grad():
-                k = moco.encoder_k(x[1])
-            zs.append((encoder(x[0]), k))
-    zx, zy = torch.cat([z[0] for z in zs]), torch.cat([z[-1] for z in zs])
+            zs.append((encoder(x[0]),))
+            key_views.append(x[1])
+    zx = torch.cat([z[0] for z in zs])
+    if moco is None:
+        zy = torch.cat([z[-1] for z in zs])
+    else:  # Shuffle-BN: "process" r encodes the r-th share of the permuted key images; then unpermute
+        with torch.no_grad():
+            shuffled = torch.cat(key_views)[perm]
+            zy = torch.cat([moco.encoder_k(part) for part in shuffled.chunk(WORLD)])[torch.argsort(perm)]
     logits = head(zx) if obj.needs_labels else None
     queue = moco.queue.clone() if moco is not None else None
     loss, _ = obj(zx, zy, logits=logits, labels=data.train_labels[:BATCH], queue=queue)

@@ -16,7 +16,8 @@ from scipy.spatial.distance import pdist
 from scipy.special import i0
 from scipy.stats import spearmanr
 
-from hypersphere.items import add_family, fig3_4, fig5, fig7, fig8, fig9b, say, table1, table2, table4, theory, verdict
+from hypersphere.items import (add_family, fig3_4, fig5, fig7, fig8, fig9b, say, table1, table2, table3, table4, table5,
+                               theory, verdict)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 WEIGHTS = {  # family -> (w_contrastive, w_align, w_uniform)
@@ -695,3 +696,68 @@ def test_table4_verdict_is_undecided_without_an_align_uniform_encoder():
     cloud = cloud[cloud["w_align"] == 0]
     tasks = table4.tasks(cloud)
     assert table4.judge(table4.select(table4.candidates(cloud), tasks), tasks)["holds"] is None
+
+
+# ----------------------------------------------------------------------------- table3, table5 (MoCo)
+
+def moco_cloud() -> pd.DataFrame:
+    """Two families, one mixed encoder, one fine-tune; top-1 / top-5 on the penultimate layer, 3-fold CV top-1."""
+    return runs([
+        {"objective": "c1", "family": "contrastive only", "cv_penultimate_linear": 60.0, "val_penultimate_linear": 62.0,
+         "val_penultimate_linear_top5": 90.0},
+        {"objective": "c2", "family": "contrastive only", "cv_penultimate_linear": 58.0, "val_penultimate_linear": 64.0,
+         "val_penultimate_linear_top5": 91.0},
+        {"objective": "a1", "family": "align + uniform only", "cv_penultimate_linear": 59.0, "val_penultimate_linear": 61.0,
+         "val_penultimate_linear_top5": 89.0, "intra_batch": False},
+        {"objective": "a2", "family": "align + uniform only", "cv_penultimate_linear": 55.0, "val_penultimate_linear": 66.0,
+         "val_penultimate_linear_top5": 92.0},
+        {"objective": "mix", "family": "all three", "cv_penultimate_linear": 70.0, "val_penultimate_linear": 70.0,
+         "val_penultimate_linear_top5": 95.0},
+        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_penultimate_linear": 80.0,
+         "val_penultimate_linear": 80.0, "val_penultimate_linear_top5": 99.0},
+    ], intra_batch=True, align=1.0, uniform=-3.0)
+
+
+def test_table3_selects_each_family_by_cv_top1_with_the_papers_rows():
+    scratch, by = table3.candidates(moco_cloud())
+    assert by == "cv_penultimate_linear" and sorted(scratch["objective"]) == ["a1", "a2", "c1", "c2"]
+    t = table3.select(scratch, by).set_index("family")
+    assert t.loc["contrastive only", "objective"] == "c1" and t.loc["align + uniform only", "objective"] == "a1"
+    assert t.loc["align + uniform only", ["top-1", "top-5"]].tolist() == [61.0, 89.0]  # validation numbers of the pick
+    assert not t.loc["align + uniform only", "intra_batch"]
+    paper = pd.read_csv(REFERENCE / "imagenet100_encoders.csv")  # the paper's Table 3: rows 2 and 32 of its Table 9
+    assert t.loc["contrastive only", ["paper top-1", "paper top-5"]].tolist() == [72.80, 91.64] == \
+        paper.loc[paper["row"] == 2, ["val_top1", "val_top5"]].values[0].tolist()
+    assert t.loc["align + uniform only", ["paper top-1", "paper top-5"]].tolist() == [74.60, 92.74]
+    assert t["paper objective"].tolist() == ["contrastive(tau=0.07)", "3*align(alpha=2) + uniform(t=3)"]
+    no_cv = moco_cloud().drop(columns="cv_penultimate_linear")
+    scratch, by = table3.candidates(no_cv)
+    assert by == "val_penultimate_linear"
+    assert table3.select(scratch, by).set_index("family")["objective"].tolist() == ["c2", "a2"]
+
+
+@pytest.mark.parametrize("au, holds", [(62.0, True), (59.0, True), (58.99, False), (50.0, False)])
+def test_table3_verdict_allows_align_uniform_at_most_three_points_below_contrastive(au, holds):
+    table = pd.DataFrame({"family": list(table3.FAMILIES), "candidates": [2, 2], "selected by": "cv_penultimate_linear",
+                          "objective": ["c", "a"], "top-1": [62.0, au], "top-5": [90.0, 90.0],
+                          "paper top-1": [72.80, 74.60], "paper top-5": [91.64, 92.74]})
+    v = table3.judge(table)
+    assert v["holds"] is holds and f"{au - 62.0:+.2f} points" in v["evidence"]  # 62 - 3 = 59
+
+
+def test_table3_verdict_is_undecided_without_both_families():
+    scratch, by = table3.candidates(moco_cloud())
+    only_au = table3.select(scratch[scratch["family"] == "align + uniform only"], by)
+    assert only_au.set_index("family").loc["contrastive only", "candidates"] == 0
+    assert table3.judge(only_au)["holds"] is None
+    assert "- (72.80)" in table3.pretty(only_au).to_string()
+
+
+def test_table5_is_reported_not_decided_and_says_why():
+    t = table5.table()
+    assert t.set_index("family")["val_top1"].to_dict() == {"contrastive only": 67.5, "align + uniform only": 67.694}
+    assert t["ours top-1"].isna().all() and set(t["queue"]) == {65536}
+    v = table5.judge(t)
+    assert v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"] and "+0.19" in v["evidence"]
+    with pytest.raises(ValueError, match="lacks the rows"):
+        table5.judge(t.iloc[:1])

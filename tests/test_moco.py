@@ -94,6 +94,12 @@ def test_collapsed_features_give_finite_gradients(t):
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
     # all potentials are exp(0) = 1, up to the rounding of ||x||^2 + ||y||^2 - 2 x.y in float32, times t
     assert losses[0].item() == pytest.approx(0.0, abs=1e-6 * t)
+    for intra_batch in (True, False):  # the training path: an Objective against the queue, through the encoder's norm
+        raw = one.repeat(4, 1).mul(3.0).requires_grad_()
+        total, _ = Objective.parse(f"3*align(alpha=2) + uniform(t={t:g}) + contrastive(tau=0.07)")(
+            F.normalize(raw, dim=1), k, queue=queue, intra_batch=intra_batch)
+        (grad,) = torch.autograd.grad(total, raw)
+        assert torch.isfinite(total) and torch.isfinite(grad).all()
 
 
 def test_bf16_inputs_give_fp32_results():

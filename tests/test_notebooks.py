@@ -30,6 +30,7 @@ NOTEBOOKS = {
     "04_weighting": (("fig7_weighting",), ("Figure 7",)),
     "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
     "06_table1": ((), ("Table 1",)),
+    "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
     "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),
 }

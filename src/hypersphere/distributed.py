@@ -7,7 +7,8 @@ own augmentations; the features of all processes are gathered with a gather that
 L_uniform and L_contrastive are computed over the global batch, as in the paper (a per-GPU estimate would be
 another loss). Every process computes the same global loss; the gather's backward sums each feature's
 gradient over the processes and DDP averages the parameter gradients, which together give the gradient of
-the global loss. BatchNorm statistics stay per process (SyncBatchNorm needs GPUs: pass sync_bn on CUDA).
+the global loss. BatchNorm statistics stay per process; MoCo's key encoder normalises a random share of the
+global batch instead of its own (Shuffle-BN, moco.MoCo._keys).
 Only process 0 writes the run record.
 """
 from __future__ import annotations

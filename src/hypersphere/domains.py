@@ -43,6 +43,8 @@ class Domain:
 RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, else MoCo v1's linear one
     "resnet50": lambda dim, mlp, channels: moco.resnet50_moco(dim, mlp),
     "smallresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, in_channels=channels),
+    # a quarter of smallresnet's widths: ~6x faster on a CPU, for the quick profile's MoCo cloud on 28 px digits
+    "tinyresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, (8, 16, 32, 64), in_channels=channels),
 }
 
 

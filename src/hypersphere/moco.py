@@ -4,8 +4,8 @@ average, and a FIFO queue of past keys that supplies the negatives (He et al. 20
 Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo v2).
 
 - Queue losses: in losses.py (`queue_contrastive_loss`, `queue_uniform_loss`; an Objective called with a queue).
-- `MoCo`: the two encoders, the EMA and the queue; `resnet50_moco` (MoCo v2 head) and `small_resnet_moco`
-  (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
+- `MoCo`: the two encoders, the EMA, the queue and Shuffle-BN under DDP; `resnet50_moco` (MoCo v2 head) and
+  `small_resnet_moco` (for 24-32 px images on a CPU), both with the taps "penultimate" and "output".
 - Data: `build_imagenet100` (the CMC 100-class subset as symlinks); MoCo v2's augmentation is the recipe
   "mocov2" of augment.RECIPES.
 - Linear evaluation: the probe "sgd-full" of evaluate.py (probes.MOCO_PROBE), with top-1 and top-5.
@@ -25,7 +25,7 @@ import torchvision
 from torch import Tensor
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from . import resources
+from . import distributed, resources
 
 # ----------------------------------------------------------------------------- encoders
 
@@ -97,7 +97,8 @@ class MoCo(nn.Module):
     passes. Both encoders share the module's train/eval mode. The queue starts as random unit vectors
     (seeded), holds rows [N, dim], and is a FIFO: each batch of keys overwrites the oldest rows (wrapping).
 
-    Not here: Shuffle-BN (see forward).
+    Under DDP the key encoder runs with Shuffle-BN (He et al. 2020, Sec. 3.3; `_keys`), so that no process's
+    BatchNorm statistics for keys come from the same images as its queries.
     """
 
     def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, seed: int = 0,
@@ -136,14 +137,34 @@ class MoCo(nn.Module):
         """(q, k, queue) for a pair of views: q = f_q(im_q) with gradient, k = f_k(im_k) without, and a snapshot of
         the queue (the negatives for this step). In training mode this first applies the EMA (as after the
         previous optimiser step); the caller enqueues the keys after the loss (the keys of every process, under
-        DDP: train.batch_loss). Shuffle-BN (He et al. 2020, Sec. 3.3) is not implemented: with several processes
-        each one's key batch keeps its own BN statistics, as its query batch does."""
+        DDP: train.batch_loss)."""
         q = self.encoder_q(im_q)
         with torch.no_grad():
             if self.training:
                 self.momentum_update()
-            k = self.encoder_k(im_k)
+            k = self._keys(im_k)
         return q, k, self.queue.clone()
+
+    @torch.no_grad()
+    def _keys(self, im_k: Tensor) -> Tensor:
+        """f_k(im_k); with several processes, by Shuffle-BN (He et al. 2020, Sec. 3.3): gather every process's key
+        images, permute them with one permutation (drawn by process 0 from torch's global generator, broadcast),
+        encode this process's share of the permuted batch, gather the keys and undo the permutation. Each process
+        thus normalises its keys with BatchNorm statistics of a random part of the global batch, not of the
+        images whose queries it holds, and the model cannot tell positives by their shared statistics. Returns
+        this process's keys, in the order of its images."""
+        rank, world = distributed.rank_world()
+        if world == 1:
+            return self.encoder_k(im_k)
+        images = distributed.gather(im_k.contiguous())
+        # drawn on the CPU, whose generator state a resumed run restores; the broadcast overwrites the others'
+        n = len(images)
+        perm = (torch.randperm(n) if rank == 0 else torch.empty(n, dtype=torch.long)).to(images.device)
+        torch.distributed.broadcast(perm, 0)
+        share = len(im_k)
+        mine = images[perm[rank * share:(rank + 1) * share]].contiguous(memory_format=torch.channels_last)
+        k = distributed.gather(self.encoder_k(mine))
+        return k[torch.argsort(perm)][rank * share:(rank + 1) * share]
 
 
 # ----------------------------------------------------------------------------- ImageNet-100

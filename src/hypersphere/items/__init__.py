@@ -9,6 +9,8 @@ data/reference/ (resources.reference_table). Notebooks set parameters, call an i
     fig8       Figure 8: fine-tuning a poor encoder                         (05_finetuning)
     table1     Table 1: the best encoder of each loss family                (06_table1)
     table2     Table 2: the same for depth prediction; Figure 5b is fig5's  (07_depth)
+    table3     Table 3: the best MoCo encoder of each family; Fig. 9a is fig5's (08_moco)
+    table5     Table 5: full-ImageNet MoCo v2, reported, not run              (08_moco)
     fig9b      Figure 9b: the sentence encoders' metrics against MR / CR     (09_sentences)
     table4     Table 4: the best sentence encoder of each loss family        (09_sentences)
 
@@ -34,13 +36,14 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Figure 5b": ("07_depth", ("fig5b_metrics_vs_depth", "fig5b_statistics", "fig5b_ours_vs_paper")),
     "Figure 7": ("04_weighting", ("fig7_weighting",)),
     "Figure 8": ("05_finetuning", ("fig8_finetuning",)),
-    "Figure 9a": ("not replicated yet: needs ImageNet-100 with MoCo", ()),
+    "Figure 9a": ("08_moco", ("fig9a_metrics_vs_accuracy", "fig9a_statistics", "fig9a_ours_vs_paper")),
     "Figure 9b": ("09_sentences", ("fig9b_sentences", "fig9b_statistics")),
     "Table 1": ("06_table1", ("table1",)),
     "Table 2": ("07_depth", ("table2",)),
     "Table 2 (vs random init)": ("07_depth", ("table2",)),
-    "Table 3": ("not replicated yet: needs ImageNet-100", ()),
+    "Table 3": ("08_moco", ("table3",)),
     "Table 4": ("09_sentences", ("table4",)),
+    "Table 5": ("08_moco", ("table5",)),
 }
 
 FAMILIES = ("contrastive only", "align + uniform only", "all three")
