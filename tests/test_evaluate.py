@@ -77,7 +77,7 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     assert set(no_cv) == {"val_output_linear", "val_output_5nn", "align", "uniform"}
 
 
-@pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"), ({"kind": "depth"}, "evaluation kind"),
+@pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"), ({"kind": "regression"}, "unknown evaluation kind"),
                                          ({"cv_folds": 1}, "cv_folds"), ({"l2_grid": (0.0,)}, "l2_grid"),
                                          ({"knn_k": 0}, "knn_k")])
 def test_bad_evaluation_configs_are_refused(kw, message):
