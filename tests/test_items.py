@@ -557,7 +557,7 @@ def test_table2_verdicts_are_undecided_without_candidates_or_random_encoders():
     assert table2.versus_random(table2.select(trained, by), random.iloc[0:0])["holds"] is None
 
 
-@pytest.mark.parametrize("best_random, holds", [(0.35, True), (0.33, True), (0.32, False), (0.30, False)])
+@pytest.mark.parametrize("best_random, holds", [(0.36, True), (0.35, True), (0.34, False), (0.30, False)])
 def test_trained_beats_random_needs_every_selected_encoder_five_percent_below_every_random_one(best_random, holds):
     trained, random, by = table2.split(depth_cloud())
     table = table2.select(trained, by)  # selected conv5 MSE 0.33 and 0.305
