@@ -363,6 +363,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
                       if not math.isfinite(means["loss"]) else
                       f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)")
             if main:
+                # the run's first step with a non-finite loss (features that left the sphere: the epoch's last step)
                 step_of_run = (epoch - 1) * steps + min(first_bad, steps - 1) + 1
                 runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "step": step_of_run, "reason": reason})
                 (run_dir / runs.STATE).unlink(missing_ok=True)
