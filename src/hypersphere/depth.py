@@ -382,7 +382,8 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
 # ---------------------------------------------------------------------------------------- the domain's datasets
 
 DATASETS = ("nyu-depth-v2", "scenes")
-SCENES = {"n_train": 2000, "n_test": 500, "size": 24}  # the embedded stand-in's size (load_scenes)
+SCENES = {"n_train": 2000, "n_test": 500, "size": 24}  # the embedded stand-in (load_scenes); not in a run's hash: bump
+# train.TRAIN_VERSION with any change, or runs trained on the old scenes would be taken as current
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False) -> DepthData:
