@@ -34,6 +34,20 @@ def reference(name: str) -> Path:
     return path
 
 
+# the appendix tables' loss columns: (term, weight column, parameter column, parameter name)
+LOSS_COLUMNS = (("contrastive", "contr_w", "contr_tau", "tau"), ("align", "align_w", "align_alpha", "alpha"),
+                ("uniform", "unif_w", "unif_t", "t"))
+
+
+def row_objective(row) -> str:
+    """The objective of a row of an appendix table (data/reference/README.md) in canonical form, e.g.
+    3*align(alpha=2) + uniform(t=3)."""
+    from .losses import Objective
+
+    return str(Objective.parse(" + ".join(f"{row[w]:g}*{term}({p}={row[c]:g})"
+                                          for term, w, c, p in LOSS_COLUMNS if row[w] > 0)))
+
+
 def reference_table(name: str) -> pd.DataFrame:
     """A CSV of data/reference/ as a DataFrame (`name` without the .csv suffix)."""
     return pd.read_csv(reference(f"{name}.csv"))

@@ -76,13 +76,8 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
         df = df[df[key].astype(str) == str(value)]
     out = []
     for row in df.to_dict("records"):
-        terms = []
-        for name, w, p, pname in (("contrastive", "contr_w", "contr_tau", "tau"), ("align", "align_w", "align_alpha", "alpha"),
-                                  ("uniform", "unif_w", "unif_t", "t")):
-            if row[w] > 0:
-                terms.append(f"{row[w]:g}*{name}({pname}={row[p]:g})")
-        config = {"objective": " + ".join(terms), "epochs": int(row["epochs"]), "batch_size": int(row["batch_size"]),
-                  "lr": float(row["lr"]), "dim": int(row["dim"])}
+        config = {"objective": resources.row_objective(row), "epochs": int(row["epochs"]),
+                  "batch_size": int(row["batch_size"]), "lr": float(row["lr"]), "dim": int(row["dim"])}
         if row.get("init") not in (None, "rand") and isinstance(row.get("init"), str):
             config["init"] = row["init"]
         if isinstance(row.get("init_marker"), str):

@@ -88,6 +88,22 @@ def loss_family(w_contrastive: float, w_align: float, w_uniform: float) -> str:
     return "align + uniform only" if (w_align > 0 or w_uniform > 0) else ""
 
 
+def reference_cloud(name: str) -> pd.DataFrame:
+    """One of the paper's appendix tables (data/reference/<name>.csv) as a results table: its columns plus the
+    canonical `objective`, the w_* loss weights and the `family`."""
+    from ..resources import reference_table, row_objective
+
+    d = reference_table(name)
+    d = d.assign(objective=[row_objective(r) for _, r in d.iterrows()], w_contrastive=d["contr_w"],
+                 w_align=d["align_w"], w_uniform=d["unif_w"])
+    return add_family(d)
+
+
+def cell(ours: float, paper: float, fmt: str = ".2f") -> str:
+    """A table cell "ours (paper)", or "- (paper)" where we have no number."""
+    return f"{ours:{fmt}} ({paper:{fmt}})" if np.isfinite(ours) else f"- ({paper:{fmt}})"
+
+
 def add_family(df: pd.DataFrame) -> pd.DataFrame:
     """A `family` column from the w_* columns (runs trained with cross-entropy get "")."""
     supervised = df["w_xent"].fillna(0).to_numpy() > 0 if "w_xent" in df else False

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..resources import reference_table
-from . import FAMILIES, add_family, verdict
+from . import FAMILIES, add_family, cell, verdict
 
 COLUMNS = {"val_output_linear": "output+linear", "val_output_5nn": "output+5-NN",
            "val_fc7_linear": "fc7+linear", "val_fc7_5nn": "fc7+5-NN"}
@@ -55,8 +55,6 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     """"ours (paper)" cells, the form of the written table."""
-    def cell(ours, paper):
-        return f"{ours:.2f} ({paper:.2f})" if np.isfinite(ours) else f"- ({paper:.2f})"
     return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
                          **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})
 

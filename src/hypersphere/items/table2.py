@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..resources import reference_table
-from . import add_family, verdict
+from . import add_family, cell, reference_cloud, verdict
 
 FAMILIES = ("contrastive only", "align + uniform only")
 COLUMNS = {"val_conv5_mse": "conv5", "val_conv4_mse": "conv4"}
@@ -43,9 +42,7 @@ def non_collapsed(cloud: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table() -> pd.DataFrame:
     """The paper's Table 2, derived from its Table 8: per family the row with the lowest CV conv5 MSE."""
-    d = reference_table("nyu_depth_encoders").rename(columns={"contr_w": "w_contrastive", "align_w": "w_align",
-                                                              "unif_w": "w_uniform"})
-    d = add_family(d)
+    d = reference_cloud("nyu_depth_encoders")
     return d.loc[d.groupby("family")["cv_conv5_mse"].idxmin()].set_index("family")
 
 
@@ -94,7 +91,5 @@ def versus_random(table: pd.DataFrame, random: pd.DataFrame) -> dict[str, Any]:
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     """"ours (paper)" cells, the form of the written table."""
-    def cell(ours, paper):
-        return f"{ours:.4f} ({paper:.4f})" if np.isfinite(ours) else f"- ({paper:.4f})"
     return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
-                         **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})
+                         **{n: [cell(o, p, ".4f") for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..resources import reference_table
-from . import add_family, verdict
+from . import add_family, cell, reference_cloud, verdict
 
 FAMILIES = ("contrastive only", "align + uniform only")
 COLUMNS = {"val_penultimate_linear": "top-1", "val_penultimate_linear_top5": "top-5"}
@@ -34,20 +33,9 @@ def candidates(cloud: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return scratch.reset_index(drop=True), by
 
 
-TERMS = (("contr_w", "contrastive", "tau", "contr_tau"), ("align_w", "align", "alpha", "align_alpha"),
-         ("unif_w", "uniform", "t", "unif_t"))
-
-
-def paper_objective(row: pd.Series) -> str:
-    """The objective string of a row of imagenet100_encoders.csv, e.g. 3*align(alpha=2) + uniform(t=3)."""
-    return " + ".join(f"{row[w]:g}*{name}({p}={row[v]:g})".removeprefix("1*") for w, name, p, v in TERMS if row[w] > 0)
-
-
 def paper_table() -> pd.DataFrame:
     """The paper's Table 3, derived from its Table 9: per family the row with the highest 3-fold CV top-1."""
-    d = reference_table("imagenet100_encoders")
-    d["objective"] = [paper_objective(r) for _, r in d.iterrows()]
-    d = add_family(d.assign(w_contrastive=d["contr_w"], w_align=d["align_w"], w_uniform=d["unif_w"]))
+    d = reference_cloud("imagenet100_encoders")
     return d.loc[d.groupby("family")["cv_top1"].idxmax()].set_index("family")
 
 
@@ -83,8 +71,6 @@ def judge(table: pd.DataFrame) -> dict[str, Any]:
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     """"ours (paper)" cells, the form of the written table."""
-    def cell(ours, paper):
-        return f"{ours:.2f} ({paper:.2f})" if np.isfinite(ours) else f"- ({paper:.2f})"
     return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
                          "Paper's objective": table["paper objective"],
                          **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})

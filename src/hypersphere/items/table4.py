@@ -17,24 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..losses import Objective
-from ..resources import reference_table
-from . import FAMILIES, add_family, verdict
+from . import FAMILIES, add_family, cell, fig9b, reference_cloud, verdict
 
-TASKS = {"bookcorpus": {"mr": "MR", "cr": "CR"},
-         "standin": {"sentiment": "sentiment", "subjectivity": "subjectivity"}}
+PAPER_TASKS = {"mr": "MR", "cr": "CR"}
 PAPER_TASK = {"mr": "mr", "cr": "cr", "sentiment": "mr", "subjectivity": "cr"}  # the paper's task each stands in for
 MARGIN = 0.5  # points: about the paper's run-to-run spread (its rows 42-44 repeat one config within 0.9 points)
 CLAIM = "the best contrastive encoder beats the best L_align + L_uniform encoder (the paper's one reversal)"
 
 
 def tasks(cloud: pd.DataFrame) -> dict[str, str]:
-    out = {}
-    for dataset in cloud["dataset"].unique():
-        if dataset not in TASKS:
-            raise ValueError(f"no Table 4 tasks for dataset {dataset!r}; known: {', '.join(TASKS)}")
-        out.update(TASKS[dataset])
-    return out
+    """The tasks of this results table (Figure 9b's panels) -> their short names: MR, CR, sentiment, subjectivity."""
+    return {col.removeprefix("val_"): name.split(" (")[0] for col, name in fig9b.targets(cloud).items()}
 
 
 def candidates(cloud: pd.DataFrame) -> pd.DataFrame:
@@ -61,19 +54,12 @@ def select(cands: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
 
 def paper_cloud() -> pd.DataFrame:
     """The paper's Table 10 as a results table (objective, w_* columns, cv_/val_ mr and cr), diverged rows dropped."""
-    ref = reference_table("bookcorpus_encoders")
-    ref = ref[~ref["nan"].astype(bool)]
-    terms = (("contrastive", "contr_w", "contr_tau", "tau"), ("align", "align_w", "align_alpha", "alpha"),
-             ("uniform", "unif_w", "unif_t", "t"))
-    objectives = [str(Objective.parse(" + ".join(f"{r[w]:g}*{n}({p}={r[c]:g})" for n, w, c, p in terms if r[w] > 0)))
-                  for _, r in ref.iterrows()]
-    return pd.DataFrame({"objective": objectives, "w_contrastive": ref["contr_w"], "w_align": ref["align_w"],
-                         "w_uniform": ref["unif_w"], "epochs": ref["epochs"],
-                         **{c: ref[c] for c in ("cv_mr", "cv_cr", "val_mr", "val_cr")}}).reset_index(drop=True)
+    ref = reference_cloud("bookcorpus_encoders")
+    return ref[~ref["nan"].astype(bool)].reset_index(drop=True)
 
 
 def paper_table() -> pd.DataFrame:
-    return select(candidates(paper_cloud()), TASKS["bookcorpus"])
+    return select(candidates(paper_cloud()), PAPER_TASKS)
 
 
 def with_paper(table: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
@@ -81,14 +67,12 @@ def with_paper(table: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
     paper = paper_table().set_index("family")
     out = table.copy()
     for task, name in tasks.items():
-        out[f"paper {name}"] = [paper.loc[fam, TASKS["bookcorpus"][PAPER_TASK[task]]] for fam in out["family"]]
+        out[f"paper {name}"] = [paper.loc[fam, PAPER_TASKS[PAPER_TASK[task]]] for fam in out["family"]]
     return out
 
 
 def pretty(table: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
     """"ours (paper)" cells with each task's selected objective, the form of the written table."""
-    def cell(ours, paper):
-        return f"{ours:.2f} ({paper:.2f})" if np.isfinite(ours) else f"- ({paper:.2f})"
     out = {"Loss family": table["family"]}
     for name in tasks.values():
         out[name] = [cell(o, p) for o, p in zip(table[name], table[f"paper {name}"])]
