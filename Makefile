@@ -63,6 +63,7 @@ notebooks: $(EXECUTED) ## execute the notebooks at PROFILE into build/PROFILE/; 
 RESULT = results/$(PROFILE)/$(1).csv
 $(BUILD)/02_hypersphere_2d.ipynb: $(call RESULT,dim2)
 $(BUILD)/03_metrics_vs_accuracy.ipynb $(BUILD)/06_table1.ipynb: $(call RESULT,cloud)
+$(BUILD)/06_table1.ipynb: $(call RESULT,curves)
 $(BUILD)/04_weighting.ipynb: $(call RESULT,lambda)
 $(BUILD)/05_finetuning.ipynb: $(call RESULT,finetune)
 $(BUILD)/07_depth.ipynb: $(call RESULT,depth)

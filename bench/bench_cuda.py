@@ -289,7 +289,8 @@ def moco_resnet50_row(device: torch.device, name: str, quick: bool) -> Row:
 
     def step() -> None:
         idx = torch.randint(len(data.encoder_images), (batch,), device=device, generator=gen)
-        loss, _ = batch_loss(encoder, None, objective, IMAGE.views, data, data.encoder_images, None, idx, gen, moco)
+        x = [IMAGE.views(data, data.encoder_images[idx], gen) for _ in range(objective.views)]
+        loss, _ = batch_loss(encoder, None, objective, x, None, moco)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -47,8 +47,8 @@ def test_digits_shapes_and_recipe(digits):
     for t in (digits.train_labels, digits.val_labels):
         assert t.dtype == torch.int64 and set(t.tolist()) == set(range(10))
     assert digits.encoder_images is digits.train_images
-    assert digits.augment == AugmentConfig(24, (0.3, 1.0), (3 / 4, 4 / 3), False, (0.4, 0.4, 0.0, 0.0), 0.0)
-    assert digits.eval_resize == 26
+    assert digits.augment == AugmentConfig(12, (0.3, 1.0), (3 / 4, 4 / 3), False, (0.4, 0.4, 0.0, 0.0), 0.0)
+    assert digits.eval_resize == 13
 
 
 def test_digits_are_an_exact_stratified_partition(digits, reference_digits):
@@ -101,7 +101,7 @@ def test_digits_color_structure(digits, digits_color):
     d = digits_color
     assert d.name == "digits-color" and d.train_images.shape == (1347, 3, 28, 28) and d.train_images.dtype == torch.uint8
     assert torch.equal(d.train_labels, digits.train_labels) and torch.equal(d.val_labels, digits.val_labels)
-    assert d.augment == AugmentConfig(crop_size=24, scale=(0.3, 1.0), flip=False) and d.eval_resize == 26
+    assert d.augment == AugmentConfig(crop_size=12, scale=(0.3, 1.0), flip=False) and d.eval_resize == 13
     bg, fg, residual = _fit_colours(d.train_images, digits.train_images)
     assert residual <= 1.0  # uint8 rounding only
     assert bg.min() >= -0.01 and fg.max() <= 1.01

@@ -25,7 +25,7 @@ BATCH, WORLD, QUEUE = 16, 2, 64
 
 def setup(seed: int = 0):
     torch.manual_seed(seed)
-    return DigitsNet(in_channels=1, dim=8, input_size=24), nn.Linear(8, 10)
+    return DigitsNet(in_channels=1, dim=8, input_size=12), nn.Linear(8, 10)
 
 
 def grads(*modules) -> dict[str, torch.Tensor]:
@@ -46,8 +46,9 @@ def worker(rank: int, port: int, objective: str, out: str) -> None:
     obj, with_queue = parse(objective)
     moco = MoCo(model, QUEUE, momentum=0.9) if with_queue else None
     gen = torch.Generator().manual_seed(100 + rank)
-    loss, _ = batch_loss(model, head if obj.needs_labels else None, obj, IMAGE.views, data, data.train_images,
-                         data.train_labels, torch.arange(BATCH), gen, moco)
+    idx = distributed.shard(torch.arange(BATCH))
+    x = [IMAGE.views(data, data.train_images[idx], gen) for _ in range(obj.views)]
+    loss, _ = batch_loss(model, head if obj.needs_labels else None, obj, x, data.train_labels[:BATCH], moco)
     loss.backward()
     if moco is not None:  # every process enqueued the keys of the global batch
         torch.save(moco.queue[:BATCH].clone(), f"{out}/queue{rank}.pt")

@@ -259,6 +259,26 @@ def test_table1_verdict_is_undecided_without_a_contrastive_or_align_uniform_enco
     assert table1.judge(no_mixed)["holds"] is True  # the "all three" family is not needed
 
 
+def test_table1_selection_is_repeated_within_each_seed():
+    """Seed 0: align + uniform 1 point ahead; seed 1 (other candidates): contrastive 4 points ahead."""
+    def r(obj, fam, seed, v):
+        return {"objective": obj, "family": fam, "seed": seed, "cv_output_linear": v, **dict(zip(VALS, [v] * 4))}
+    cloud = runs([r("contrastive(tau=0.2)", "contrastive only", 0, 80.0), r("contrastive(tau=0.5)", "contrastive only", 0, 70.0),
+                  r("align(alpha=2) + uniform(t=2)", "align + uniform only", 0, 81.0),
+                  r("contrastive(tau=0.5)", "contrastive only", 1, 85.0),
+                  r("align(alpha=2) + uniform(t=2)", "align + uniform only", 1, 81.0)])
+    scratch, by = table1.candidates(cloud)
+    seeds = table1.by_seed(scratch, by)
+    assert seeds["seed"].tolist() == [0, 1]
+    assert seeds["contrastive only"].tolist() == ["contrastive(tau=0.2)", "contrastive(tau=0.5)"]
+    assert seeds["mean difference"].tolist() == [1.0, -4.0]
+    table = table1.select(scratch, by)
+    assert table1.judge(table)["holds"] is False  # among all: contrastive 85 (seed 1) against 81
+    assert table1.judge(table1.select(scratch[scratch["seed"] == 0], by), seeds.iloc[:1])["holds"] is True
+    v = table1.judge(table1.select(scratch[scratch["seed"] == 0], by), seeds)
+    assert v["holds"] is False and "within each seed it holds on 1 of 2, mean difference per seed 0: +1.00, 1: -4.00 (over seeds -1.50 +- 3.54)" in v["evidence"]
+
+
 def test_table1_paper_picks_finds_the_papers_objectives_in_canonical_form():
     scratch = pd.DataFrame({"objective": ["contrastive(tau=0.19)", "contrastive(tau=0.19)", "contrastive(tau=0.2)",
                                           "0.98*align(alpha=2) + 0.96*uniform(t=2)"],
@@ -364,7 +384,10 @@ def test_fig8_trajectories_are_the_children_of_the_poor_run_in_epoch_order():
 
 
 def test_fig8_summary():
-    s = fig8.summary(fig8.trajectories(*finetune_tables({"align only": 55.0, "align + uniform": 70.0})))
+    tables = finetune_tables({"align only": 55.0, "align + uniform": 70.0})
+    assert fig8.parents(tables[0]) == ["poor", "other"]
+    s = fig8.summary({"poor": fig8.trajectories(*tables)})
+    assert (s["parent"] == "poor").all()
     s = s.set_index("fine-tuned with")
     assert s.loc["align + uniform", ["start acc.", "final acc."]].tolist() == [60.0, 70.0]
     assert s.loc["align + uniform", "paper final"] == 73.40  # data/reference/fig8.csv
@@ -382,9 +405,19 @@ def test_fig8_summary():
     ({"align only": 55.0, "align + uniform": 70.0}, None),                          # a kind is missing
 ])
 def test_fig8_verdict_by_the_margin(final, holds):
-    v = fig8.judge(fig8.trajectories(*finetune_tables(final)))
+    v = fig8.judge({"poor": fig8.trajectories(*finetune_tables(final))})
     assert v["holds"] is holds
     assert "(paper: align only -6.1, uniform only -21.0, align + uniform +8.1 pts from 65.33%)" in v["evidence"]
+
+
+def test_fig8_verdict_needs_every_parent():
+    good = fig8.trajectories(*finetune_tables({"align only": 55.0, "uniform only": 45.0, "align + uniform": 70.0}))
+    bad = fig8.trajectories(*finetune_tables({"align only": 55.0, "uniform only": 62.0, "align + uniform": 70.0}))
+    v = fig8.judge({"poor": good, "poor-seed1": bad})
+    assert v["holds"] is False and "holds for 1 of 2 parents" in v["evidence"]
+    assert "poor-seed1: align only -5.0 pts, uniform only +2.0 pts" in v["evidence"]
+    assert fig8.judge({"poor": good, "poor-seed1": good})["holds"] is True
+    assert fig8.judge({"poor": good, "poor-seed1": {"align only": good["align only"]}})["holds"] is None
 
 
 # ----------------------------------------------------------------------------- Figures 3 and 4
@@ -761,3 +794,15 @@ def test_table5_is_reported_not_decided_and_says_why():
     assert v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"] and "+0.19" in v["evidence"]
     with pytest.raises(ValueError, match="lacks the rows"):
         table5.judge(t.iloc[:1])
+
+
+def test_fig7_verdict_needs_every_seed():
+    """Seed 0 alone is an inverted U; seed 1 peaks at lambda 1: the mean curve still holds, the verdict does not."""
+    three = {(1.0, 0.0): [(-0.01, 10.0), (-0.01, 10.0)], (1.0, 1.0): [(-3.0, 80.0), (-3.0, 60.0)],
+             (0.0, 2.0): [(-3.9, 20.0), (-3.9, 70.0)]}
+    lam = fig7.runs_by_lambda(lambda_runs(three))
+    v = fig7.judge(fig7.curve(lam), lam)
+    assert v["holds"] is False and "holds on 1 of 2 seeds, best lambda per seed 0: 0.5 (80.0%), 1: 1 (70.0%)" in v["evidence"]
+    lam = fig7.runs_by_lambda(lambda_runs({**three, (0.0, 2.0): [(-3.9, 20.0), (-3.9, 20.0)]}))
+    v = fig7.judge(fig7.curve(lam), lam)
+    assert v["holds"] is True and "holds on 2 of 2 seeds" in v["evidence"]

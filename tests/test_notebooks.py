@@ -29,7 +29,7 @@ NOTEBOOKS = {
     "03_metrics_vs_accuracy": (("fig5a_metrics_vs_accuracy",), ("Figure 5a",)),
     "04_weighting": (("fig7_weighting",), ("Figure 7",)),
     "05_finetuning": (("fig8_finetuning",), ("Figure 8",)),
-    "06_table1": ((), ("Table 1",)),
+    "06_table1": (("learning_curves",), ("Table 1",)),
     "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
     "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),

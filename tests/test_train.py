@@ -13,7 +13,7 @@ import torch
 
 from hypersphere import runs, train as train_module
 from hypersphere.__main__ import main
-from hypersphere.augment import RECIPES, recipe
+from hypersphere.augment import RECIPES, augment, recipe
 from hypersphere.train import TRAIN_VERSION, Diverged, TrainConfig, load_data, load_encoder, train
 
 FAST = dict(dataset="digits", dim=16, epochs=2, batch_size=128, device="cpu")
@@ -93,13 +93,32 @@ def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
     assert all(torch.equal(encoder.state_dict()[k], saved[k]) for k in saved)
 
 
+@pytest.mark.parametrize("batches_per_draw", [2, 1000])
+def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, batches_per_draw):
+    """Views are drawn for a chunk of batches at once (VIEW_VALUES): step s must get the views of the images
+    perm[s B:(s + 1) B]. A recipe without randomness makes each view a function of its image alone."""
+    fixed = {"recipe": "digits", "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "jitter": [0.0] * 4}
+    config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256)
+    monkeypatch.setattr(train_module, "VIEW_VALUES", batches_per_draw * 256 * 12 * 12)  # 5 steps: 2 + 2 + 1, or 5
+    seen, real = [], train_module.batch_loss
+    monkeypatch.setattr(train_module, "batch_loss", lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a))
+    train(config, progress=False)
+    data = load_data(config)
+    perm = torch.randperm(len(data.encoder_images), generator=torch.Generator().manual_seed(config.seed))
+    assert len(seen) == 5
+    for s, x in enumerate(seen):
+        expected = augment(data.encoder_images[perm[s * 256:(s + 1) * 256]], data.augment, data.mean, data.std,
+                           torch.Generator())
+        assert len(x) == 2 and all(torch.allclose(v, expected, atol=1e-6) for v in x), s
+
+
 def test_augmentation_recipes_by_name_and_with_overrides(tmp_path):
     assert recipe("digits") == RECIPES["digits"]
     assert recipe({"recipe": "stl10", "scale": [0.2, 1.0]}).scale == (0.2, 1.0)
     assert load_data(cfg(tmp_path, augment={"recipe": "digits", "grayscale_p": 0.5})).augment.grayscale_p == 0.5
     assert load_data(cfg(tmp_path)).augment == RECIPES["digits"]
-    smaller = load_data(cfg(tmp_path, augment={"recipe": "digits", "crop_size": 12}))
-    assert (smaller.augment.crop_size, smaller.eval_resize) == (12, 13)  # Resize(26) + CenterCrop(24), halved
+    larger = load_data(cfg(tmp_path, augment={"recipe": "digits", "crop_size": 24}))
+    assert (larger.augment.crop_size, larger.eval_resize) == (24, 26)  # Resize(13) + CenterCrop(12), doubled
     with pytest.raises(ValueError, match="unknown augmentation recipe 'pil'"):
         cfg(tmp_path, augment="pil")
     with pytest.raises(ValueError, match="unknown augmentation fields"):

@@ -31,7 +31,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGEFOLDER_SIDE = 96
 
-DIGITS_EVAL_RESIZE = 26  # Resize(26) + CenterCrop(24) ~ the paper's Resize(70) + CenterCrop(64)
+DIGITS_EVAL_RESIZE = 13  # Resize(13) + CenterCrop(12) ~ the paper's Resize(70) + CenterCrop(64)
 DIGITS_SIDE, DIGITS_VAL_SIZE, DIGITS_SPLIT_SEED = 28, 450, 0
 MIN_LUMA_CONTRAST = 0.25  # digits-color: foreground and background luminance differ by at least this
 

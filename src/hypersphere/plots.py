@@ -118,3 +118,23 @@ def rgbd_grid(images, depth, n: int = 8, title: str = ""):
     fig.colorbar(im, ax=axes[1].tolist(), label="depth (m)", shrink=0.9)
     fig.suptitle(title)
     return fig
+
+
+def learning_curves(table, points, acc: str = "val_output_linear"):
+    """Validation accuracy, L_align and exp(L_uniform) of each run's evaluated snapshots against the training
+    epoch, one line per run labelled by its objective and learning rate (`table`: a sweep's results table,
+    `points`: its .trajectories.csv)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
+    panels = [(acc, "validation accuracy (%), output + linear"), ("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
+              ("uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$")]
+    for k, (_, row) in enumerate(table.iterrows()):
+        t = points[points["run"] == row["run"]].sort_values("epoch")
+        for ax, (col, _) in zip(axes, panels):
+            y = np.exp(t[col]) if col == "uniform" else t[col]
+            ax.plot(t["epoch"], y, "o-", ms=4, color=f"C{k}", label=f"{row['objective']}, lr {row['lr']:g}")
+    for ax, (_, label) in zip(axes, panels):
+        ax.set(xlabel="training epoch", ylabel=label)
+    axes[2].set_ylim(0, 1.05)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    return fig

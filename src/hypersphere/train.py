@@ -3,7 +3,7 @@
     from hypersphere.train import TrainConfig, train
     run_dir = train(TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=30))
 
-The whole dataset sits on the training device as uint8 and both positive views are made there by
+The whole dataset sits on the training device as uint8 and the positive views are made there by
 batched tensor ops (augment.py), so a GPU never waits for CPU workers. The encoder runs channels_last
 (1.8x faster on CPU too) and, on CUDA, in bf16 autocast; the losses always compute in fp32.
 The paper's common image setup (docs/paper.md, "Image setup"): SGD, momentum 0.9, weight decay 1e-4,
@@ -35,7 +35,7 @@ from .moco import MoCo
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
 # initialisation, optimiser, loss numerics, data preparation): cached runs of an older version are then
 # reported and retrained instead of silently reused.
-TRAIN_VERSION = 3
+TRAIN_VERSION = 4  # 4: views drawn for many batches at once (VIEW_VALUES)
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,14 @@ class TrainConfig:
 
 
 AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations from seed AUGMENT_SEED * s + r + 1
+# Views are drawn for as many consecutive batches at once as fit in this many values per view (64 MB of float32):
+# the whole epoch for small images (digits, the depth stand-in), where one call per batch cost 8x the call per
+# epoch; one batch at a time for 64 px and larger crops at the paper's batch sizes, as before.
+VIEW_VALUES = 2 ** 24
 
 
-def _gathered_states(gen: torch.Generator) -> list[torch.Tensor]:
+def _gathered_states(state: torch.Tensor) -> list[torch.Tensor]:
     """Every process's augmentation generator state, so that a resumed distributed run continues each stream."""
-    state = gen.get_state()
     if distributed.rank_world()[1] == 1:
         return [state]
     states = [torch.empty_like(state) for _ in range(distributed.rank_world()[1])]
@@ -193,15 +196,13 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
     return encoder.to(device).eval(), cfg, data
 
 
-def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, views, data, images: torch.Tensor,
-               labels: torch.Tensor | None, global_idx: torch.Tensor, gen: torch.Generator, moco: MoCo | None = None):
-    """Loss and its unweighted terms on one global batch: the objective on `objective.views` random views of
-    each input (one forward pass over all, as the official code), or with `moco` on its queries, keys and
-    queue (the batch's keys are enqueued afterwards). Under torchrun each process encodes its share and the
-    losses see the gathered global batch (distributed.py). Only the encoders run under bf16 autocast (on
-    CUDA); augmentation and losses stay in fp32."""
-    idx = distributed.shard(global_idx)
-    x = [views(data, images[idx], gen) for _ in range(objective.views)]
+def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, x: list[torch.Tensor],
+               labels: torch.Tensor | None, moco: MoCo | None = None):
+    """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
+    random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as the official code), or
+    with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under torchrun each
+    process encodes its share and the losses see the gathered global batch (distributed.py); `labels` are the
+    global batch's. Only the encoders run under bf16 autocast (on CUDA); augmentation and losses stay in fp32."""
     device = x[0].device.type
     if moco is not None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -214,7 +215,7 @@ def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective,
         z = encoder(torch.cat(x).contiguous(memory_format=torch.channels_last))
     z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
     logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
-    loss, terms = objective(z[0], z[-1], logits=logits, labels=None if labels is None else labels[global_idx])
+    loss, terms = objective(z[0], z[-1], logits=logits, labels=labels)
     return loss, {**terms, "norm_error": _norm_error(z[0])}
 
 
@@ -289,12 +290,24 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         images = data.train_images if head is not None else data.encoder_images
         labels = data.train_labels if head is not None else None
         n = len(images)
-        step_loss = lambda idx: batch_loss(model, head, objective, domain.views, data, images, labels, idx, gen, moco)  # noqa: E731
+        batch = min(cfg.batch_size, n)
+        chunk = max(1, VIEW_VALUES // (batch * images.shape[1] * data.augment.crop_size ** 2))  # batches per draw
+
+        def step_loss(epoch: int, step: int, idx: torch.Tensor):
+            c0 = step - step % chunk
+            if drawn.get("chunk") != (epoch, c0):  # draw the views of batches c0, c0 + 1, ... (this process's shares)
+                rows = torch.cat([distributed.shard(perm[s * batch:(s + 1) * batch]) for s in range(c0, min(c0 + chunk, steps))])
+                drawn.update(chunk=(epoch, c0), gen=gen.get_state(),
+                             x=[domain.views(data, images[rows], gen) for _ in range(objective.views)])
+            local = len(distributed.shard(idx))  # this process's rows of each batch
+            x = [v[(step - c0) * local:(step - c0 + 1) * local] for v in drawn["x"]]
+            return batch_loss(model, head, objective, x, None if labels is None else labels[idx], moco)
     else:  # the domain's own loss on a batch of indices (sentences: the neighbours in a window of the stream)
         n = len(data)
-        step_loss = lambda idx: domain.batch_loss(model, objective, data, idx)  # noqa: E731
-    batch = min(cfg.batch_size, n)
+        batch, chunk = min(cfg.batch_size, n), 1
+        step_loss = lambda epoch, step, idx: domain.batch_loss(model, objective, data, idx)  # noqa: E731
     steps = n // batch  # drop the last incomplete batch, as the official loader does
+    drawn = {}  # the views of the current chunk of batches and the generator state they were drawn from
     order = torch.Generator(device=device).manual_seed(cfg.seed)  # the sample order: the same on every process
     gen = torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1)  # augmentations: per process
     log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
@@ -311,8 +324,9 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         sums = {k: v.to(device) for k, v in sums.items()}
 
     def save_state(epoch: int, step: int, perm, sums) -> None:
-        """Everything the loop needs to continue at (epoch, step) exactly as if it had not stopped."""
-        gens = _gathered_states(gen)
+        """Everything the loop needs to continue at (epoch, step) exactly as if it had not stopped: within a chunk
+        of batches the generator state that drew its views, so that a resumed run draws them again."""
+        gens = _gathered_states(gen.get_state() if step % chunk == 0 else drawn["gen"])
         if not main:
             return
         runs.save_checkpoint(run_dir / runs.STATE, {
@@ -339,7 +353,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
             sums, start_step = {}, 0
         for step in range(start_step, steps):
             idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = step_loss(idx)
+            loss, terms = step_loss(epoch, step, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:

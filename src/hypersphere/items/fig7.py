@@ -3,8 +3,8 @@ learning works because it optimises both properties, both should be needed: alig
 features to a point, uniformity alone ignores the positive pairs, and accuracy is an inverted U in lambda.
 
 The verdict holds when (i) the best lambda is strictly inside (0, 1) and beats both ends by more than
-MARGIN points, and (ii) alignment alone collapses (exp(L_uniform) > COLLAPSE at lambda = 0). Undecided
-without runs at both ends and one between. The paper's curve is data/reference/fig7.csv.
+MARGIN points, and (ii) alignment alone collapses (exp(L_uniform) > COLLAPSE at lambda = 0), on the seed-mean
+curve and on every seed's own curve. Undecided without runs at both ends and one between. The paper's curve is data/reference/fig7.csv.
 """
 from __future__ import annotations
 
@@ -37,23 +37,37 @@ def curve(lam: pd.DataFrame) -> pd.DataFrame:
     return g[["align", "exp_uniform", ACC]].mean().assign(acc_std=g[ACC].std().fillna(0.0), seeds=g.size())
 
 
+def _inverted_u(cur: pd.DataFrame) -> tuple[bool, float]:
+    """Whether one curve is an inverted U with collapse at lambda 0 (the module's rule), and its best lambda."""
+    acc, best = cur[ACC], cur[ACC].idxmax()
+    interior = 0 < best < 1 and acc[best] - acc[0.0] > MARGIN and acc[best] - acc[1.0] > MARGIN
+    return bool(interior and cur.loc[0.0, "exp_uniform"] > COLLAPSE), best
+
+
 def judge(cur: pd.DataFrame, lam: pd.DataFrame) -> dict[str, Any]:
+    """The rule on the seed-mean curve and, with several seeds, on each seed's own curve: it holds only when it
+    holds on every one of them."""
     acc = cur[ACC]
     claim = "accuracy is an inverted U in lambda, with collapse when uniformity is too weak"
     if len(cur) < 3 or 0.0 not in acc.index or 1.0 not in acc.index:
         return verdict("Figure 7", claim, None, f"needs runs at lambda 0, 1 and between; have "
                        f"{', '.join(f'{x:g}' for x in acc.index)}", ["fig7_weighting"])
-    best = acc.idxmax()
-    interior = 0 < best < 1 and acc[best] - acc[0.0] > MARGIN and acc[best] - acc[1.0] > MARGIN
-    collapse = cur.loc[0.0, "exp_uniform"] > COLLAPSE
+    holds, best = _inverted_u(cur)
     collapsed = lam.loc[lam["collapsed"], "lambda"].unique()
     paper = reference_table("fig7").set_index("lambda")[ACC]
     evidence = (f"best lambda {best:g} ({acc[best]:.1f}%) vs lambda 0 {acc[0.0]:.1f}% and lambda 1 {acc[1.0]:.1f}%; "
                 f"exp(L_uniform) at lambda 0: {cur.loc[0.0, 'exp_uniform']:.3f}; collapsed at lambda "
-                f"{', '.join(f'{x:g}' for x in collapsed) or 'none'}; paper: {paper.iloc[0]:g}% up to lambda "
-                f"{paper[paper == paper.iloc[0]].index.max():g}, best {paper.max():.2f}% at {paper.idxmax():g}, "
-                f"{paper.loc[1.0]:.2f}% at 1")
-    return verdict("Figure 7", claim, interior and collapse, evidence, ["fig7_weighting"])
+                f"{', '.join(f'{x:g}' for x in collapsed) or 'none'}")
+    seeds = {s: curve(g) for s, g in lam.groupby("seed")}
+    seeds = {s: c for s, c in seeds.items() if 0.0 in c.index and 1.0 in c.index and len(c) >= 3}
+    if len(seeds) > 1:
+        each = {s: _inverted_u(c) for s, c in seeds.items()}
+        holds = holds and all(h for h, _ in each.values())
+        evidence += (f"; holds on {sum(h for h, _ in each.values())} of {len(each)} seeds, best lambda per seed "
+                     + ", ".join(f"{s:g}: {b:g} ({seeds[s].loc[b, ACC]:.1f}%)" for s, (_, b) in each.items()))
+    evidence += (f"; paper: {paper.iloc[0]:g}% up to lambda {paper[paper == paper.iloc[0]].index.max():g}, best "
+                 f"{paper.max():.2f}% at {paper.idxmax():g}, {paper.loc[1.0]:.2f}% at 1")
+    return verdict("Figure 7", claim, holds, evidence, ["fig7_weighting"])
 
 
 def figure(lam: pd.DataFrame, cur: pd.DataFrame, chance: float | None = None, show_paper: bool = False):

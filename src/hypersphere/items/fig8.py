@@ -3,7 +3,8 @@ recording L_align, exp(L_uniform) and a freshly trained linear probe on outputs 
 (data/reference/fig8.csv): each term alone makes the encoder worse, only both together improve it.
 
 The verdict holds when fine-tuning with both ends more than MARGIN points above its start while each term
-alone ends no more than MARGIN above it; undecided with any of the three missing.
+alone ends no more than MARGIN above it, for every parent (one poor encoder per seed); undecided with any of
+the three fine-tunes missing.
 """
 from __future__ import annotations
 
@@ -41,45 +42,59 @@ def trajectories(finetune: pd.DataFrame, points: pd.DataFrame, parent_id: str = 
     return out
 
 
-def summary(trajectories: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Start and final accuracy and metrics of each fine-tuning kind, next to the paper's final accuracy."""
+def parents(finetune: pd.DataFrame) -> list[str]:
+    """The ids of the runs that others are fine-tuned from (one per seed of the poor encoder), in sweep order."""
+    return [r["id"] for _, r in finetune.iterrows() if r["id"] and (finetune["init"] == r["run"]).any()]
+
+
+def summary(by_parent: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Start and final accuracy and metrics of each parent's fine-tunes, next to the paper's final accuracy."""
     paper = reference_table("fig8").set_index("kind")
-    return pd.DataFrame([{"fine-tuned with": k, "objective": t["objective"].iloc[0], "start acc.": t[ACC].iloc[0],
-                          "final acc.": t[ACC].iloc[-1], "paper final": paper.loc[k, "final"],
+    return pd.DataFrame([{"parent": p, "fine-tuned with": k, "objective": t["objective"].iloc[0],
+                          "start acc.": t[ACC].iloc[0], "final acc.": t[ACC].iloc[-1], "paper final": paper.loc[k, "final"],
                           "start L_align": t["align"].iloc[0], "final L_align": t["align"].iloc[-1],
                           "start exp(L_uniform)": np.exp(t["uniform"].iloc[0]),
-                          "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1])} for k, t in trajectories.items()])
+                          "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1])}
+                         for p, trajectories in by_parent.items() for k, t in trajectories.items()])
 
 
-def judge(trajectories: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    gain = {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in trajectories.items()}
-    holds = None
-    if len(gain) == 3:
-        holds = gain["align + uniform"] > MARGIN and gain["align only"] <= MARGIN and gain["uniform only"] <= MARGIN
+def judge(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Any]:
+    """The rule on every parent (seed) of the poor encoder: it holds only when it holds for each of them, and is
+    undecided when a parent misses one of the three fine-tunes."""
+    gains = {p: {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in ts.items()} for p, ts in by_parent.items()}
+    each = {p: None if len(g) < 3 else bool(g["align + uniform"] > MARGIN and g["align only"] <= MARGIN
+                                             and g["uniform only"] <= MARGIN) for p, g in gains.items()}
+    holds = None if not each or None in each.values() else all(each.values())
     paper = reference_table("fig8").set_index("kind")
-    evidence = ("change in accuracy over fine-tuning: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items())
-                + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
-                + f" pts from {paper['start'].iloc[0]:.2f}%)")
+    evidence = ("change in accuracy over fine-tuning: " + "; ".join(
+        f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in gains.items())
+        + (f"; holds for {sum(h is True for h in each.values())} of {len(each)} parents" if len(each) > 1 else "")
+        + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
+        + f" pts from {paper['start'].iloc[0]:.2f}%)")
     return verdict("Figure 8", "fine-tuning a poor encoder improves it only with both L_align and L_uniform", holds,
                    evidence, ["fig8_finetuning"])
 
 
-def figure(trajectories: dict[str, pd.DataFrame], show_paper: bool = False):
+def figure(by_parent: dict[str, dict[str, pd.DataFrame]], show_paper: bool = False):
+    """One colour per fine-tuning kind, one marker per parent (seed) of the poor encoder."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
     panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"), ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
               (ACC, "validation accuracy (%), output + linear")]
     for ax, (col, label) in zip(axes, panels):
-        for k, t in trajectories.items():
-            y = np.exp(t["uniform"]) if col == "exp_uniform" else t[col]
-            ax.plot(t["epoch"], y, "o-", ms=4, color=KINDS[k], label=f"{k}: {t['objective'].iloc[0]}")
+        for (p, trajectories), marker in zip(by_parent.items(), "osD^v"):
+            for k, t in trajectories.items():
+                y = np.exp(t["uniform"]) if col == "exp_uniform" else t[col]
+                ax.plot(t["epoch"], y, "-", marker=marker, ms=4, color=KINDS[k], alpha=0.8,
+                        label=f"{k}: {t['objective'].iloc[0]}" if p == next(iter(by_parent)) else None)
         ax.set(xlabel="fine-tuning epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylim(bottom=0)
     axes[1].set_ylim(0, 1.05)
-    if show_paper and trajectories:
-        paper, last = reference_table("fig8").set_index("kind"), max(t["epoch"].max() for t in trajectories.values())
+    every = [t for ts in by_parent.values() for t in ts.values()]
+    if show_paper and every:
+        paper, last = reference_table("fig8").set_index("kind"), max(t["epoch"].max() for t in every)
         axes[2].plot(0, paper["start"].iloc[0], "s", color="0.45", ms=7, label="paper: start / final")
-        for k in trajectories:
+        for k in KINDS:
             axes[2].plot(last, paper.loc[k, "final"], "s", color=KINDS[k], mec="0.3", ms=7, alpha=0.6)
     fig.legend(*axes[2].get_legend_handles_labels(), loc="upper center", ncol=4, fontsize="small")
     fig.tight_layout(rect=(0, 0, 1, 0.92))
