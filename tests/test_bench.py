@@ -41,7 +41,7 @@ def test_every_benchmark_has_its_rows_with_positive_finite_ratios(quick_run):
     out, stdout = quick_run
     rows = json.loads((out / "testbox-quick.json").read_text())["rows"]
     benches = [r["bench"] for r in rows]
-    timed = {"loss": 2, "augment": 1, "train": 2, "probe": 1}  # quick sizes: B 256/768; B 256; 2 models; 1 epoch count
+    timed = {"loss": 2, "augment": 2, "train": 2, "probe": 1}  # quick: B 256/768; B 256 + epoch-wide draws; 2 models; 1 epoch count
     for bench, n in timed.items():
         with_ratio = [r for r in rows if r["bench"] == bench and r["ratio"] is not None]
         assert len(with_ratio) == n, (bench, with_ratio)

@@ -155,7 +155,7 @@ def test_load_scenes_caches_one_npz_and_reads_it_back(tmp_path):
 
 @pytest.mark.parametrize("encoder, size, shapes", [
     (SmallAlexNet(3, 128, 64), 64, {"conv4": (384, 15, 15), "conv5": (192, 7, 7)}),
-    (DigitsNet(3, 32, 32), 32, {"conv4": (48, 8, 8), "conv5": (96, 4, 4)}),
+    (DigitsNet(3, 32, 32), 32, {"conv4": (32, 8, 8), "conv5": (64, 4, 4)}),
 ])
 def test_feature_maps_and_decoder_shapes(encoder, size, shapes):
     encoder.eval()
@@ -215,7 +215,7 @@ def test_scene_depth_is_learnable_from_random_conv5_features(scenes):
     """A decoder on an untrained encoder's conv5 beats the image-blind predictors: the train mean depth and the
     train mean depth map. (Measured: MSE 0.38 vs 0.95 and 0.42.)"""
     torch.manual_seed(0)
-    r = depth_probe(DigitsNet(3, 32, 32), "conv5", scenes, DepthProbeConfig(epochs=8, batch_size=32), progress=False)
+    r = depth_probe(DigitsNet(3, 32, 32), "conv5", scenes, DepthProbeConfig(epochs=15, batch_size=32), progress=False)
     assert r["mean_mse"] == pytest.approx(1.0, abs=0.1)  # standardised target: the mean predictor scores ~1
     assert r["mse"] < 0.5 * r["mean_mse"] and r["mse"] < r["pixel_mean_mse"]
 

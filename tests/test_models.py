@@ -111,7 +111,7 @@ def test_digitsnet_shapes_and_gradients(dim):
     assert torch.allclose(z.norm(dim=1), torch.ones(8), atol=1e-5)
     F.mse_loss(z, torch.roll(z.detach(), 1, 0)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert model.feature_dims == {"conv5": 96 * 3 * 3, "fc7": 256, "output": dim}
+    assert model.feature_dims == {"conv5": 64 * 3 * 3, "fc7": 128, "output": dim}
 
 
 def test_build_encoder_and_errors():
