@@ -8,6 +8,7 @@ the three fine-tunes missing.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -81,7 +82,7 @@ def figure(by_parent: dict[str, dict[str, pd.DataFrame]], show_paper: bool = Fal
     panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"), ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
               (ACC, "validation accuracy (%), output + linear")]
     for ax, (col, label) in zip(axes, panels):
-        for (p, trajectories), marker in zip(by_parent.items(), "osD^v"):
+        for (p, trajectories), marker in zip(by_parent.items(), itertools.cycle("osD^v")):
             for k, t in trajectories.items():
                 y = np.exp(t["uniform"]) if col == "exp_uniform" else t[col]
                 ax.plot(t["epoch"], y, "-", marker=marker, ms=4, color=KINDS[k], alpha=0.8,

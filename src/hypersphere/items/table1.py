@@ -71,8 +71,9 @@ def by_seed(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     accuracy, and the mean difference over the four columns (align + uniform minus contrastive)."""
     rows = []
     for seed, cands in scratch.groupby("seed"):
-        t, diff = select(cands, by).set_index("family"), _difference(select(cands, by))
-        rows.append({"seed": seed, **{f"{f}": t.loc[f, "objective"] for f in FAMILIES[:2]},
+        t = select(cands, by)
+        diff, t = _difference(t), t.set_index("family")
+        rows.append({"seed": seed, **{f: t.loc[f, "objective"] for f in FAMILIES[:2]},
                      **{f"{f} output+linear": t.loc[f, "output+linear"] for f in FAMILIES[:2]},
                      "mean difference": np.nan if diff is None else diff.mean()})
     return pd.DataFrame(rows)
@@ -92,9 +93,9 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame | None = None) -> dict[str, A
                 + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); selected by {t['selected by'].iloc[0]}: "
                 + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"]))
     if seeds is not None and len(seeds) > 1:
-        each = seeds["mean difference"] >= -MARGIN
-        holds = holds and bool(each.all())
         d = seeds["mean difference"]
+        each = d >= -MARGIN
+        holds = holds and bool(each.all())
         evidence += (f"; within each seed it holds on {int(each.sum())} of {len(seeds)}, mean difference per seed "
                      + ", ".join(f"{s:g}: {x:+.2f}" for s, x in zip(seeds["seed"], d))
                      + f" (over seeds {d.mean():+.2f} +- {d.std():.2f})")
