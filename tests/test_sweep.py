@@ -178,8 +178,8 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     done_before = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns
                    for r in sweep_runs if status(r) == "done"}
     assert 2 <= len(done_before) < len(sweep_runs), "kill the sweep mid-way"
-    for r in sweep_runs:  # nothing half-written: a record is complete, or it has no result at all
-        assert status(r) == "done" or not (r.config.run_dir() / runs.TRAIN).exists()
+    for r in sweep_runs:  # nothing half-written: a training record is complete (evaluated or not), or absent
+        assert status(r) in ("done", "to evaluate") or not (r.config.run_dir() / runs.TRAIN).exists()
     assert subprocess.run(cmd, capture_output=True, cwd=tmp_path).returncode == 0
     assert all(status(r) == "done" for r in sweep_runs)
     assert len(pd.read_csv(tmp_path / "results" / "smoke" / "s.csv")) == len(sweep_runs)
