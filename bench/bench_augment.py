@@ -22,7 +22,7 @@ from PIL import Image
 
 from hypersphere.augment import RECIPES, AugmentConfig, augment
 from hypersphere.data import STL10_MEAN, STL10_STD, load_dataset
-from hypersphere.train import VIEW_VALUES
+from hypersphere.train import batches_per_draw
 from timing import Row, fmt_rate, interleaved, median, speedup
 
 SIDE = 96
@@ -103,7 +103,7 @@ def epoch_draw_row(rounds: int, threads: int, batch: int = 128) -> Row:
     data, gen = load_dataset("digits-color"), torch.Generator().manual_seed(0)
     images, cfg = data.train_images, RECIPES["digits-color"]
     steps = len(images) // batch
-    chunk = max(1, VIEW_VALUES // (batch * images.shape[1] * cfg.crop_size ** 2))
+    chunk = batches_per_draw(batch, images.shape[1], cfg.crop_size)
     perm = torch.randperm(len(images), generator=gen)
 
     def draw(per_call: int) -> None:

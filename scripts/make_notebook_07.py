@@ -1,11 +1,7 @@
 """Writes notebooks/07_depth.ipynb (clean: no outputs). Edit the cells here and rerun:
     python scripts/make_notebook_07.py"""
-from pathlib import Path
+from notebook_cells import code, md, parameters, setup, write
 
-import nbformat
-from nbformat.v4 import new_notebook, new_markdown_cell, new_code_cell
-
-md, code = new_markdown_cell, new_code_cell
 cells = [
 md(r"""# 07 · Figure 5b and Table 2: alignment, uniformity and depth prediction
 
@@ -25,24 +21,11 @@ encoders with the lowest depth MSE sit in the lower-left corner. *Table 2*: the 
 
 **Here.** The quick profile trains on rendered RGB-D scenes (below) instead of NYU; the paper profile runs the 64
 NYU configurations. This notebook trains nothing: it reads the `depth` sweep's results table (`make depth`)."""),
-code('profile = "quick"   # a profile of configs/profiles/: its sizes, sweeps and output folders\ndata_dir = "data"\ndevice = "auto"',
-     metadata={"tags": ["parameters"]}),
-code('''import warnings
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm in a kernel without ipywidgets
-import matplotlib.pyplot as plt
-import pandas as pd
-import torch
-
-from hypersphere import depth, plots, profiles, report
-from hypersphere.items import fig5, load_results, say, table2
-
-torch.set_num_threads(1)  # small work; more threads only contend on shared CPUs
-P = profiles.load(profile)
-S = P.sizes("07_depth")
-plots.set_style()
-print(f"profile {P.name}: {P.description.strip()}")
-TARGETS = {"val_conv5_mse": "conv5", "val_conv4_mse": "conv4"}  # the panels: depth MSE from each tap
-PAPER_COLS = {"val_conv5_mse": "paper_val_conv5_mse", "val_conv4_mse": "paper_val_conv4_mse"}'''),
+parameters(),
+setup("07_depth", """from hypersphere import depth, plots, profiles, report
+from hypersphere.items import fig5, load_results, say, table2""",
+      """TARGETS = {"val_conv5_mse": "conv5", "val_conv4_mse": "conv4"}  # the panels: depth MSE from each tap
+PAPER_COLS = {"val_conv5_mse": "paper_val_conv5_mse", "val_conv4_mse": "paper_val_conv4_mse"}"""),
 md(r"""## The data
 
 A few training images above their depth maps (near is bright). On the quick profile these are the embedded
@@ -140,7 +123,4 @@ report.write_verdicts(P.figures_dir, "07_depth", P.name, verdicts)
 for v in verdicts:
     print(say(v))'''),
 ]
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "hypersphere", "display_name": "hypersphere (.venv)", "language": "python"},
-    "language_info": {"name": "python"}})
-nbformat.write(nb, Path(__file__).resolve().parents[1] / "notebooks" / "07_depth.ipynb")
+write("07_depth", cells)

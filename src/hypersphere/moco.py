@@ -161,10 +161,9 @@ class MoCo(nn.Module):
         n = len(images)
         perm = (torch.randperm(n) if rank == 0 else torch.empty(n, dtype=torch.long)).to(images.device)
         torch.distributed.broadcast(perm, 0)
-        share = len(im_k)
-        mine = images[perm[rank * share:(rank + 1) * share]].contiguous(memory_format=torch.channels_last)
+        mine = images[distributed.shard(perm)].contiguous(memory_format=torch.channels_last)
         k = distributed.gather(self.encoder_k(mine))
-        return k[torch.argsort(perm)][rank * share:(rank + 1) * share]
+        return distributed.shard(k[torch.argsort(perm)])
 
 
 # ----------------------------------------------------------------------------- ImageNet-100

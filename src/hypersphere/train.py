@@ -140,6 +140,11 @@ AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations f
 VIEW_VALUES = 2 ** 24
 
 
+def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
+    """How many consecutive batches' views one augmentation call draws (VIEW_VALUES per view, at least one)."""
+    return max(1, VIEW_VALUES // (batch * channels * crop_size ** 2))
+
+
 def _gathered_states(state: torch.Tensor) -> list[torch.Tensor]:
     """Every process's augmentation generator state, so that a resumed distributed run continues each stream."""
     if distributed.rank_world()[1] == 1:
@@ -291,7 +296,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         labels = data.train_labels if head is not None else None
         n = len(images)
         batch = min(cfg.batch_size, n)
-        chunk = max(1, VIEW_VALUES // (batch * images.shape[1] * data.augment.crop_size ** 2))  # batches per draw
+        chunk = batches_per_draw(batch, images.shape[1], data.augment.crop_size)
 
         def step_loss(epoch: int, step: int, idx: torch.Tensor):
             c0 = step - step % chunk

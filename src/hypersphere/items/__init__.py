@@ -99,6 +99,15 @@ def reference_cloud(name: str) -> pd.DataFrame:
     return add_family(d)
 
 
+def best_of(cloud: pd.DataFrame, family: str, by: str, lower: bool = False) -> tuple[pd.Series, int]:
+    """The encoder of `family` with the highest (`lower`: lowest) `by` among those that have one, and how many
+    had one; an empty Series when none had, so that .get(column, default) fills a table's row either way."""
+    cands = cloud[(cloud["family"] == family) & cloud[by].notna()]
+    if cands.empty:
+        return pd.Series(dtype=object), 0
+    return cands.loc[cands[by].idxmin() if lower else cands[by].idxmax()], len(cands)
+
+
 def cell(ours: float, paper: float, fmt: str = ".2f") -> str:
     """A table cell "ours (paper)", or "- (paper)" where we have no number."""
     return f"{ours:{fmt}} ({paper:{fmt}})" if np.isfinite(ours) else f"- ({paper:{fmt}})"

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..resources import reference_table
-from . import FAMILIES, add_family, cell, verdict
+from . import FAMILIES, add_family, best_of, cell, verdict
 
 COLUMNS = {"val_output_linear": "output+linear", "val_output_5nn": "output+5-NN",
            "val_fc7_linear": "fc7+linear", "val_fc7_5nn": "fc7+5-NN"}
@@ -40,17 +40,11 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     paper = reference_table("table1").set_index("family")
     rows = []
     for fam in FAMILIES:
-        cands = scratch[(scratch["family"] == fam) & scratch[by].notna()]
-        row: dict[str, Any] = {"family": fam, "candidates": len(cands), "selected by": by}
-        if len(cands):
-            best = cands.loc[cands[by].idxmax()]
-            row.update({"objective": best["objective"], "selection score": best[by],
-                        **{name: best.get(col, np.nan) for col, name in COLUMNS.items()}})
-        else:
-            row.update({"objective": "", "selection score": np.nan, **{n: np.nan for n in COLUMNS.values()}})
-        row["paper objective"] = paper.loc[fam, "objective"]
-        row.update({f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()})
-        rows.append(row)
+        best, n = best_of(scratch, fam, by)
+        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
+                     "selection score": best.get(by, np.nan), **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                     "paper objective": paper.loc[fam, "objective"],
+                     **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
     return pd.DataFrame(rows)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import add_family, cell, reference_cloud, verdict
+from . import add_family, best_of, cell, reference_cloud, verdict
 
 FAMILIES = ("contrastive only", "align + uniform only")
 COLUMNS = {"val_conv5_mse": "conv5", "val_conv4_mse": "conv4"}
@@ -50,13 +50,10 @@ def select(trained: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per family: the encoder with the lowest `by`, its conv5 and conv4 MSE, and the paper's."""
     paper, rows = paper_table(), []
     for fam in FAMILIES:
-        cands = trained[(trained["family"] == fam) & trained[by].notna()]
-        row: dict[str, Any] = {"family": fam, "candidates": len(cands), "selected by": by, "objective": ""}
-        best = cands.loc[cands[by].idxmin()] if len(cands) else {}
-        row.update({"objective": best.get("objective", ""), "selection score": best.get(by, np.nan),
-                    **{name: best.get(col, np.nan) for col, name in COLUMNS.items()}})
-        row.update({f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()})
-        rows.append(row)
+        best, n = best_of(trained, fam, by, lower=True)
+        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
+                     "selection score": best.get(by, np.nan), **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                     **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
     return pd.DataFrame(rows)
 
 

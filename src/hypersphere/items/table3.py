@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import add_family, cell, reference_cloud, verdict
+from . import add_family, best_of, cell, reference_cloud, verdict
 
 FAMILIES = ("contrastive only", "align + uniform only")
 COLUMNS = {"val_penultimate_linear": "top-1", "val_penultimate_linear_top5": "top-5"}
@@ -43,9 +43,8 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per family: the candidate with the highest `by`, its top-1 and top-5, and the paper's."""
     paper, rows = paper_table(), []
     for fam in FAMILIES:
-        cands = scratch[(scratch["family"] == fam) & scratch[by].notna()]
-        best = cands.loc[cands[by].idxmax()] if len(cands) else pd.Series(dtype=object)
-        rows.append({"family": fam, "candidates": len(cands), "selected by": by, "objective": best.get("objective", ""),
+        best, n = best_of(scratch, fam, by)
+        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
                      "intra_batch": best.get("intra_batch", np.nan), "selection score": best.get(by, np.nan),
                      **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
                      "paper objective": paper.loc[fam, "objective"], "paper top-1": paper.loc[fam, "val_top1"],

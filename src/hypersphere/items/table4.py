@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import FAMILIES, add_family, cell, fig9b, reference_cloud, verdict
+from . import FAMILIES, add_family, best_of, cell, fig9b, reference_cloud, verdict
 
 PAPER_TASKS = {"mr": "MR", "cr": "CR"}
 PAPER_TASK = {"mr": "mr", "cr": "cr", "sentiment": "mr", "subjectivity": "cr"}  # the paper's task each stands in for
@@ -40,14 +40,11 @@ def select(cands: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
     """One row per family: per task, the encoder with the highest cv_<task>, its objective, CV and test accuracy."""
     rows = []
     for fam in FAMILIES:
-        f = cands[cands["family"] == fam]
-        row: dict[str, Any] = {"family": fam, "candidates": len(f)}
+        row: dict[str, Any] = {"family": fam, "candidates": int((cands["family"] == fam).sum())}
         for task, name in tasks.items():
-            ok = f[f[f"cv_{task}"].notna()]
-            best = ok.loc[ok[f"cv_{task}"].idxmax()] if len(ok) else None
-            row.update({f"{name} objective": "" if best is None else best["objective"],
-                        f"{name} CV": np.nan if best is None else best[f"cv_{task}"],
-                        name: np.nan if best is None else best[f"val_{task}"]})
+            best, _ = best_of(cands, fam, f"cv_{task}")
+            row.update({f"{name} objective": best.get("objective", ""), f"{name} CV": best.get(f"cv_{task}", np.nan),
+                        name: best.get(f"val_{task}", np.nan)})
         rows.append(row)
     return pd.DataFrame(rows)
 
