@@ -81,6 +81,11 @@ print(f"{len(cloud) - len(spread)} collapsed encoders left out: {sorted(cloud.lo
 uncollapsed, _ = fig5.statistics(spread, targets, n_boot=S["n_boot"])
 uncollapsed.to_csv(P.figures_dir / "fig9b_statistics_uncollapsed.csv", index=False)
 uncollapsed.round(3)'''),
+    md("""How much of that spread could chance alone make? Each accuracy is measured once on the task's sentences, so it
+carries a binomial standard error. Where the encoders' accuracies spread hardly more than that, no metric can rank
+them, whatever the truth of the claim."""),
+    code('''spread_noise = fig9b.noise(spread, targets)
+spread_noise.round(2)'''),
     code('''for col, name in targets.items():
     k = fig5.corner(cloud, col)
     print(f"{name}: {k['top_in_corner']} of the top {k['top']} in the lower-left quadrant ({k['share_all']:.0%} of all encoders)")
@@ -112,10 +117,10 @@ print((P.figures_dir / "table4.md").read_text())'''),
 Figure 9b (judged on the whole cloud, as the paper plots it; the evidence adds the numbers without collapsed
 encoders) holds when, for both tasks, the fitted combination of the two metrics ranks encoders out of sample with a
 95% interval on the right side of zero and both fitted weights point the paper's way. Table 4 holds when the best
-contrastive encoder leads the best align + uniform one by more than half a point on average; the evidence names the
-winner either way."""),
+contrastive encoder leads the best align + uniform one by more than half a point on average and by more than twice
+that lead's standard error; the evidence names the winner either way."""),
     code('''verdicts = [fig9b.judge(cloud, targets, stats, fits, baseline=baseline, agreement=agreement, n_diverged=len(gone),
-                         uncollapsed=uncollapsed),
+                         uncollapsed=uncollapsed, uncollapsed_noise=spread_noise),
             table4.judge(table, TASKS)]
 report.write_verdicts(P.figures_dir, "09_sentences", P.name, verdicts)
 for v in verdicts:

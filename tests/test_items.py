@@ -724,6 +724,29 @@ def test_table4_verdict_says_which_family_wins(c_minus_au, holds, winner):
     assert f"sentiment {c_minus_au:+.2f}" in v["evidence"] and "the paper: contrastive wins, MR +3.75, CR +2.91" in v["evidence"]
 
 
+@pytest.mark.parametrize("n, holds, winner", [(100_000, True, "here contrastive wins"), (1_000, False, "here a tie")])
+def test_table4_lead_must_also_exceed_twice_its_standard_error(n, holds, winner):
+    """A 1-point lead is a win on 100,000 sentences per task (standard error of the mean difference ~0.15) and a
+    tie on 1,000 (~1.5): twice that is the margin."""
+    cloud = table4_cloud(1.0).assign(n_sentiment=n, n_subjectivity=n)
+    tasks = table4.tasks(cloud)
+    t = table4.select(table4.candidates(cloud), tasks)
+    v = table4.judge(t, tasks)
+    c, a = (t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100 for f in ("contrastive only", "align + uniform only"))
+    se = np.sqrt((c * (1 - c) / n + a * (1 - a) / n).sum()) * 100 / 2
+    assert v["holds"] is holds and v["evidence"].startswith(winner)
+    assert f"standard error of the mean difference {se:.2f}" in v["evidence"]
+
+
+def test_fig9b_noise_compares_the_accuracies_spread_with_one_accuracys_standard_error():
+    cloud = fig9b.split(sentence_cloud(20))[0].assign(n_sentiment=2500)
+    t = fig9b.noise(cloud, STANDIN).set_index("task")
+    p = cloud["val_sentiment"].median() / 100
+    assert t.loc[STANDIN["val_sentiment"], "standard error"] == pytest.approx(100 * math.sqrt(p * (1 - p) / 2500))
+    assert t.loc[STANDIN["val_sentiment"], "spread (std)"] == pytest.approx(cloud["val_sentiment"].std())
+    assert np.isnan(t.loc[STANDIN["val_subjectivity"], "standard error"])  # n unknown: no standard error
+
+
 def test_table4_verdict_is_undecided_without_an_align_uniform_encoder():
     cloud = table4_cloud(1.0)
     cloud = cloud[cloud["w_align"] == 0]

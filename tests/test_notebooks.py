@@ -219,6 +219,15 @@ def test_cv_predictions_never_see_the_point_they_predict():
         stats.cv_predictions(X[:3], y[:3])
 
 
+def test_binomial_standard_error_matches_scipys_binomial_distribution():
+    from scipy.stats import binom
+    for acc, n in ((56.35, 10768), (67.5, 2878), (90.0, 40)):
+        assert stats.binomial_se(acc, n) == pytest.approx(100 * binom(n, acc / 100).std() / n)
+    rng = np.random.default_rng(0)  # and the spread of simulated accuracies on 2878 examples
+    simulated = 100 * rng.binomial(2878, 0.675, size=20000) / 2878
+    assert simulated.std() == pytest.approx(stats.binomial_se(67.5, 2878), rel=0.02)
+
+
 def test_selection_rule_and_families():
     pick = stats.selection_rule([3.0, 1.0, 2.0, np.nan], [50.0, 70.0, 60.0, 99.0], higher_is_better=False)
     assert pick == {"chosen": 70.0, "best": 70.0, "median": 60.0, "percentile": 100.0}

@@ -214,7 +214,8 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
     """train.train() on a BookCorpus-layout folder: batches are windows of consecutive sentences, the run is
     deterministic, its record is complete, and the `sentences` evaluation gives accuracies and both metrics."""
     data_dir = write_bookcorpus(tmp_path / "data")
-    cfg = TrainConfig(**TINY, objective="contrastive(tau=0.5)", data_dir=str(data_dir), runs_dir=str(tmp_path / "a"))
+    cfg = TrainConfig(**TINY, objective="contrastive(tau=0.5)", data_dir=str(data_dir), runs_dir=str(tmp_path / "a"),
+                      snapshot_epochs=(0, 2))
     a = train(cfg, progress=False)
     b = train(replace(cfg, runs_dir=str(tmp_path / "b")), progress=False)
     wa, wb = (runs.load_checkpoint(d / runs.CHECKPOINT)["encoder"] for d in (a, b))
@@ -225,9 +226,14 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
     assert not torch.equal(wa["f.gru.weight_hh_l0"], untrained.state_dict()["f.gru.weight_hh_l0"])
     order = T.contiguous_order(len(data), 16, torch.Generator().manual_seed(0)).view(-1, 16)
     assert sorted(order[:, 0].tolist()) == list(range(0, 16 * len(order), 16)) and (order.diff(dim=1) == 1).all()
-    record = evaluate_run(a, EvalConfig(kind="sentences", cv_folds=2, l2_folds=2), device="cpu", data_dir=str(data_dir))
+    record = evaluate_run(a, EvalConfig(kind="sentences", cv_folds=2, l2_folds=2, snapshots=True), device="cpu",
+                          data_dir=str(data_dir))
     r = record["results"]
-    assert set(r) == {"val_mr", "cv_mr", "val_cr", "cv_cr", "align", "uniform", "uniform_f", "uniform_g", "contrastive"}
+    assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f", "uniform_g",
+                      "contrastive"}
+    assert r["n_mr"] == len(data.tasks["mr"].labels) and r["n_cr"] == len(data.tasks["cr"].labels)
+    assert [p["epoch"] for p in record["trajectory"]] == [0, 2]  # the snapshots, evaluated the same way
+    assert {k: record["trajectory"][-1][k] for k in r} == pytest.approx(r)
     assert 0 <= r["align"] <= 4 and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"]) and -16 <= r["uniform"] <= 0
     with pytest.raises(ValueError, match="does not apply"):
         evaluate_run(a, EvalConfig(kind="classify"), device="cpu", data_dir=str(data_dir))

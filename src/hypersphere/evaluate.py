@@ -203,6 +203,7 @@ def sentences(model: nn.Module, data: text.TextData, cfg: EvalConfig, device, ta
                     on its training part among 1, 1/2, ..., 1/256 (the paper: 10 folds);
       cv_{task}     the chosen C's inner-CV accuracy, averaged over the folds (SentEval's devacc; Table 4 selects
                     by it);
+      n_{task}      the number of sentences evaluated (each is tested once: val's binomial standard error);
       align, uniform, uniform_f, uniform_g (, contrastive)   text.pair_metrics on the held-out documents'
                     neighbouring sentences; uniform = L_uniform(f) + L_uniform(g), the paper's form in this domain.
     Each task uses a seeded class-balanced sample of `max_examples` sentences when that is > 0."""
@@ -218,7 +219,7 @@ def sentences(model: nn.Module, data: text.TextData, cfg: EvalConfig, device, ta
         feats = text.features(model, [labelled.sentences[k] for k in keep], data.vocab)
         r = text.nested_cv_accuracy(feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds,
                                     seed=cfg.seed)
-        out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"]})
+        out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"], f"n_{task}": len(keep)})
     out.update(text.pair_metrics(model, data.held, data.vocab, tau, batch_size))
     return out
 
@@ -256,7 +257,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     results = evaluation(encoder)
     trajectory = []
     if cfg.snapshots:
-        snap_cfg = dataclasses.replace(cfg, cv_folds=0)
+        # the classification CV only selects Table 1's encoders: skipped at snapshots; the sentence tasks' accuracy is CV
+        snap_cfg = cfg if cfg.kind == "sentences" else dataclasses.replace(cfg, cv_folds=0)
         for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
                           disable=not progress):
             snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)

@@ -90,3 +90,9 @@ def selection_rule(score, accuracy, higher_is_better: bool = True) -> dict[str, 
     i = int(np.argmax(score) if higher_is_better else np.argmin(score))
     return {"chosen": float(accuracy[i]), "best": float(accuracy.max()), "median": float(np.median(accuracy)),
             "percentile": float(100 * (accuracy <= accuracy[i]).mean())}
+
+
+def binomial_se(accuracy, n) -> np.ndarray:
+    """Standard error (points) of an accuracy (%) measured on n independent examples: 100 sqrt(p (1 - p) / n)."""
+    p = np.asarray(accuracy, float) / 100
+    return 100 * np.sqrt(p * (1 - p) / np.asarray(n, float))

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 import yaml
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import resources, runs
@@ -186,15 +187,17 @@ def run_one(cfg: TrainConfig, evaluation: EvalConfig, threads: int) -> str:
     """Train one run (unless finished) and evaluate it (unless evaluated) with `threads` CPU threads. Returns
     what happened: trained, evaluated (only), failed (diverged), busy (another live process trains it) or
     waiting (its parent is not finished). Both executors call exactly this, so a run gives the same numbers
-    locally and on Ray (CPU results depend on the thread count)."""
+    locally and on Ray (CPU results depend on the thread count). The BLAS of numpy / scikit-learn (the probes) gets
+    the same `threads`: left at one per core in each of several workers, it oversubscribes the cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
             return "waiting"
-        run_dir = train(cfg, progress=False)
-        trained = runs.load_summary(run_dir).get("pid") == os.getpid()  # not another process that finished first
-        evaluate_run(run_dir, evaluation, cfg.device, cfg.data_dir, progress=False)
+        with threadpool_limits(threads):
+            run_dir = train(cfg, progress=False)
+            trained = runs.load_summary(run_dir).get("pid") == os.getpid()  # not another process that finished first
+            evaluate_run(run_dir, evaluation, cfg.device, cfg.data_dir, progress=False)
         return "trained" if trained else "evaluated"
     except Diverged:
         return "failed"

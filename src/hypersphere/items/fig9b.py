@@ -6,8 +6,9 @@ and "subjectivity" tasks). The statistics, corner count and verdict are Figure 5
 Randomly initialised encoders (epochs 0) are the baseline, not points of the cloud: `split` takes them out, and
 `versus_random` says whether training beats them. Collapsed encoders (`collapsed`: features in a small cap) sit
 at low L_align by construction and classify worst, which can hide or fake the lower-left relation; the
-statistics are also given without them, and the verdict's evidence reports both. Diverged runs are results too: `diverged` lists them (with
-the epoch and step at which the loss became non-finite) next to the paper's NaN rows.
+statistics are also given without them, and the verdict's evidence reports both, with `noise`: how far those
+encoders' accuracies spread against the standard error of one accuracy. Diverged runs are results too: `diverged`
+lists them (with the epoch and step at which the loss became non-finite) next to the paper's NaN rows.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import stats
 from . import fig5
 
 # the task columns of each dataset -> panel names (the paper's MR and CR; the stand-in's tasks in their place)
@@ -62,6 +64,21 @@ def versus_random(trained: pd.DataFrame, random: pd.DataFrame, targets: dict[str
     return pd.DataFrame(rows)
 
 
+def noise(cloud: pd.DataFrame, targets: dict[str, str]) -> pd.DataFrame:
+    """Per task: how far the encoders' accuracies spread (their standard deviation) against how much one accuracy
+    moves by chance (the binomial standard error on the task's `n_<task>` sentences, at the median accuracy; NaN
+    where the results do not say n). A spread near the standard error leaves little for L_align or L_uniform to
+    explain."""
+    rows = []
+    for col, name in targets.items():
+        n_col = "n_" + col.removeprefix("val_")
+        n = cloud[n_col].median() if n_col in cloud else np.nan
+        se = float(stats.binomial_se(cloud[col].median(), n))
+        rows.append({"task": name, "sentences": n, "median accuracy": cloud[col].median(), "standard error": se,
+                     "spread (std)": cloud[col].std(), "spread / standard error": cloud[col].std() / se})
+    return pd.DataFrame(rows)
+
+
 def diverged(results_dir: str | Path, sweep: str) -> pd.DataFrame:
     """The sweep's runs that diverged (status failed): objective, where it diverged and why, with the paper's
     own NaN flag for the same configuration when the table carries it (paper profile)."""
@@ -83,11 +100,12 @@ def nan_agreement(results_dir: str | Path, sweep: str) -> pd.DataFrame | None:
 
 def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fits: dict,
           baseline: pd.DataFrame | None = None, agreement: dict | None = None, n_diverged: int = 0,
-          uncollapsed: pd.DataFrame | None = None,
+          uncollapsed: pd.DataFrame | None = None, uncollapsed_noise: pd.DataFrame | None = None,
           figures=("fig9b_sentences", "fig9b_statistics")) -> dict[str, Any]:
     """Figure 5a's verdict on the whole sentence cloud, as the paper plots it; the evidence also gives the
-    statistics without the collapsed encoders (`uncollapsed`: fig5.statistics' table on them), how training
-    compares with random init and how many runs diverged."""
+    statistics without the collapsed encoders (`uncollapsed`: fig5.statistics' table on them), their accuracies'
+    spread against one accuracy's standard error (`uncollapsed_noise`: `noise` on them), how training compares
+    with random init and how many runs diverged."""
     v = fig5.judge("Figure 9b", cloud, targets, table, fits, agreement=agreement, figures=list(figures))
     if uncollapsed is not None and len(uncollapsed):
         s = uncollapsed.set_index(["target", "score (lower = better)"])
@@ -99,6 +117,9 @@ def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fit
                 f"{s.loc[(name, 'fitted combination (CV)'), 'ci_high']:+.2f}]"
                 if (name, "fitted combination (CV)") in s.index else "")
             for name in targets.values())
+    if uncollapsed_noise is not None and uncollapsed_noise["standard error"].notna().all():
+        v["evidence"] += "; their accuracies' spread (std) against one accuracy's standard error: " + ", ".join(
+            f"{r['task']} {r['spread (std)']:.2f} vs {r['standard error']:.2f}" for _, r in uncollapsed_noise.iterrows())
     if baseline is not None and len(baseline) and baseline["random init"].notna().all():
         v["evidence"] += "; trained vs random init: " + ", ".join(
             f"{r['task']} median {r['trained median']:.2f} vs {r['random init']:.2f} ({r['median - random']:+.2f})"
