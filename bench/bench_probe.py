@@ -1,4 +1,6 @@
-"""Benchmark 4: cost of evaluating one encoder, cached features vs the paper's full linear probe.
+"""Benchmark 4: cost of evaluating encoders.
+
+Row 1: one encoder, cached features vs the paper's full linear probe.
 
 Ours ("cached"): probes.extract_features once (train + validation, evaluation transform), then
 linear_probe_cached and knn_accuracy (k = 5) on those features.
@@ -11,17 +13,30 @@ within noise (here: within 2 binomial standard errors of the validation accuracy
 The full probe's cost grows with the epochs while the cached one's is mostly the single extraction pass,
 so the ratio grows with the epoch count and is roughly the ratio of encoder passes (augmentation adds a little),
 (epochs * n_train + n_val) / (n_train + n_val), which the note gives (the paper's probe has 100 epochs).
+
+Row 2: as many sweep workers as cores, each running the sentence evaluation's nested-CV logistic regression
+(text.nested_cv_accuracy, scikit-learn on numpy's BLAS) at once, with each worker's BLAS capped at one thread as
+sweep.run_one does ("ours") against BLAS left at its default of a thread per core ("reference"): the
+oversubscribed cores spin-wait. Target: >= 1 (the cap never slows the sweep).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hypersphere import runs
 from hypersphere.data import load_dataset
 from hypersphere.probes import ProbeConfig, extract_features, knn_accuracy, linear_probe_cached, linear_probe_full
+from hypersphere.text import nested_cv_accuracy
 from hypersphere.train import TrainConfig, make_encoder, train
 from timing import Row, fmt_time, interleaved, median, speedup
 
@@ -76,4 +91,26 @@ def run(quick: bool) -> list[Row]:
                  f"{2 * se:.1f} pts, {n_val} val images); encoder passes full/cached = {passes:.1f}",
             raw={"ours_s": t_ours, "reference_s": t_ref, "epochs": epochs, "cached_linear": acc["cached"],
                  "cached_5nn": acc["5nn"], "full_linear": acc["full"], "accuracy_within_2se": same}))
-    return rows
+    return rows + [blas_cap_row(quick)]
+
+
+def _sentence_probe(cap: int | None, n: int, seed: int) -> None:
+    """One worker's evaluation of one task: nested-CV logistic regression on n noisy linearly labelled 128-d
+    features (the size of the quick sentence encoders' f || g), with BLAS capped at `cap` threads (None: default)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 128))
+    y = (x @ rng.normal(size=128) + 8 * rng.normal(size=n) > 0).astype(int)
+    with threadpool_limits(cap) if cap else contextlib.nullcontext():
+        nested_cv_accuracy(x, y, folds=5, inner_folds=3)
+
+
+def blas_cap_row(quick: bool) -> Row:
+    workers, n, rounds = os.cpu_count() or 1, 1000 if quick else 4000, 1 if quick else 3
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        def all_workers(cap: int | None) -> None:
+            list(pool.map(_sentence_probe, [cap] * workers, [n] * workers, range(workers)))
+        all_workers(1)  # warm-up: each worker imports scikit-learn once
+        t_ours, t_ref = interleaved(lambda: all_workers(1), lambda: all_workers(None), rounds)
+    return Row("probe", f"{workers} workers' nested-CV logistic regressions at once ({n} x 128, 5x3 folds, 9 C): "
+               f"BLAS capped at 1 thread each vs default", fmt_time(median(t_ours)), fmt_time(median(t_ref)),
+               speedup(t_ours, t_ref), 1.0, raw={"ours_s": t_ours, "reference_s": t_ref, "workers": workers})

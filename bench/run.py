@@ -11,6 +11,7 @@ with a description of the machine (CPU model, cores, threads, torch version, dev
   augment    paper augmentation views/s: batched tensor ops vs torchvision+DataLoader  >= 3 (same cores each)
   train      train() pairs/s / (fwd+bwd+SGD on pre-augmented inputs) pairs/s           >= 0.85 on CPU
   probe      cached features (+5-NN) vs the paper's full augmented linear probe        >= 10, same accuracy
+             sweep workers' sentence probes at once, BLAS capped at 1 thread vs default  >= 1
   cuda       SmallAlexNet B=768 images/s, TFLOP/s, STL-10 projection, packed runs      (CUDA only; else skipped)
 
   python bench/run.py [--quick] [--only loss,augment,...] [--threads N] [--out DIR] [--cuda-only]
