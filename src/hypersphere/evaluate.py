@@ -226,6 +226,8 @@ def sentences(model: nn.Module, data: text.TextData, cfg: EvalConfig, device, ta
 
 EVALUATIONS = {"classify": classify, "depth": depth, "sentences": sentences}
 DEFAULT_TAPS = {"classify": ("fc7", "output"), "depth": ("conv5", "conv4"), "sentences": ()}
+# what a snapshot's evaluation leaves out: the CV that only selects Tables 1-2's encoders (a sentence accuracy is CV)
+SNAPSHOT_SKIPS = {"classify": {"cv_folds": 0}, "depth": {"cv_folds": 0}, "sentences": {}}
 
 
 def check_kind(dataset: str, kind: str) -> None:
@@ -257,8 +259,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     results = evaluation(encoder)
     trajectory = []
     if cfg.snapshots:
-        # the classification CV only selects Table 1's encoders: skipped at snapshots; the sentence tasks' accuracy is CV
-        snap_cfg = cfg if cfg.kind == "sentences" else dataclasses.replace(cfg, cv_folds=0)
+        snap_cfg = dataclasses.replace(cfg, **SNAPSHOT_SKIPS[cfg.kind])
         for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
                           disable=not progress):
             snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)

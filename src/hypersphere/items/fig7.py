@@ -4,7 +4,8 @@ features to a point, uniformity alone ignores the positive pairs, and accuracy i
 
 The verdict holds when (i) the best lambda is strictly inside (0, 1) and beats both ends by more than
 MARGIN points, and (ii) alignment alone collapses (exp(L_uniform) > COLLAPSE at lambda = 0), on the seed-mean
-curve and on every seed's own curve. Undecided without runs at both ends and one between. The paper's curve is data/reference/fig7.csv.
+curve and on every seed's own curve. Undecided without runs at both ends and one between. The paper's curve is
+data/reference/fig7.csv.
 """
 from __future__ import annotations
 

@@ -73,9 +73,10 @@ def noise(cloud: pd.DataFrame, targets: dict[str, str]) -> pd.DataFrame:
     for col, name in targets.items():
         n_col = "n_" + col.removeprefix("val_")
         n = cloud[n_col].median() if n_col in cloud else np.nan
-        se = float(stats.binomial_se(cloud[col].median(), n))
-        rows.append({"task": name, "sentences": n, "median accuracy": cloud[col].median(), "standard error": se,
-                     "spread (std)": cloud[col].std(), "spread / standard error": cloud[col].std() / se})
+        median, std = cloud[col].median(), cloud[col].std()
+        se = float(stats.binomial_se(median, n))
+        rows.append({"task": name, "sentences": n, "median accuracy": median, "standard error": se,
+                     "spread (std)": std, "spread / standard error": std / se})
     return pd.DataFrame(rows)
 
 
