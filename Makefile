@@ -19,11 +19,20 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 HS       := $(BIN)/python -m hypersphere
 # The profile file names its sweeps on one line, `sweeps: [a, b]`: read here without Python so that the
-# targets are known before the environment exists.
+# targets are known before the environment exists; a missing file or line stops make in one line.
 PROFILE_FILE := configs/profiles/$(PROFILE).yaml
-SWEEP_NAMES := $(shell sed -n 's/^sweeps: *\[\(.*\)\]/\1/p' $(PROFILE_FILE) | tr -d ',')
+NO_PROFILE_GOALS := setup test bench help clean distclean profile-new data
+ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
+ifeq ($(wildcard $(PROFILE_FILE)),)
+$(error no profile $(PROFILE): $(PROFILE_FILE) does not exist; pick one of configs/profiles/ or `make profile-new NAME=$(PROFILE)`)
+endif
+ifeq ($(shell grep -c '^sweeps: *\[.*\]' $(PROFILE_FILE)),0)
+$(error $(PROFILE_FILE) has no line `sweeps: [a, b]`; name its sweeps of configs/sweeps/$(PROFILE)/ on one line (`sweeps: []` for none))
+endif
+endif
+SWEEP_NAMES := $(shell sed -n 's/^sweeps: *\[\(.*\)\]/\1/p' $(PROFILE_FILE) 2>/dev/null | tr -d ',')
 BUILD    := build/$(PROFILE)
-SRC      := $(wildcard src/hypersphere/*.py src/hypersphere/items/*.py)
+SRC      := $(wildcard src/hypersphere/*.py src/hypersphere/*/*.py)
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))

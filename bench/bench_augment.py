@@ -21,7 +21,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from hypersphere.augment import RECIPES, AugmentConfig, augment
-from hypersphere.data import STL10_MEAN, STL10_STD, load_dataset
+from hypersphere.domains.image import STL10_MEAN, STL10_STD, load_dataset
 from hypersphere.train import batches_per_draw
 from timing import Row, fmt_rate, interleaved, median, speedup
 

@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
 from hypersphere.augment import AugmentConfig, augment
-from hypersphere.data import STL10_MEAN, STL10_STD
+from hypersphere.domains.image import STL10_MEAN, STL10_STD
 from hypersphere.losses import Objective
 from hypersphere.models import SmallAlexNet
 from timing import Row, fmt_rate, fmt_time, skipped

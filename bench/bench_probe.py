@@ -34,9 +34,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hypersphere import runs
-from hypersphere.data import load_dataset
+from hypersphere.domains.image import load_dataset
 from hypersphere.probes import ProbeConfig, extract_features, knn_accuracy, linear_probe_cached, linear_probe_full
-from hypersphere.text import nested_cv_accuracy
+from hypersphere.domains.text import nested_cv_accuracy
 from hypersphere.train import TrainConfig, make_encoder, train
 from timing import Row, fmt_time, interleaved, median, speedup
 

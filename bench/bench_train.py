@@ -20,7 +20,7 @@ import torch
 from hypersphere import runs
 from hypersphere.augment import AugmentConfig, augment
 from hypersphere.augment import RECIPES
-from hypersphere.data import STL10_MEAN, STL10_STD, ImageData
+from hypersphere.domains.image import STL10_MEAN, STL10_STD, ImageData
 from hypersphere.losses import Objective
 from hypersphere.train import TrainConfig, make_encoder, train
 from timing import Row, fmt_rate, interleaved, median, speedup

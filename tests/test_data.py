@@ -1,4 +1,4 @@
-"""Tests for hypersphere.data: the bundled digits sets, and the STL-10 / CIFAR-10 / ImageFolder loaders on tiny
+"""Tests for hypersphere.domains.image: the bundled digits sets, and the STL-10 / CIFAR-10 / ImageFolder loaders on tiny
 files written in the real on-disk formats."""
 
 import pickle
@@ -13,7 +13,7 @@ import torchvision.datasets.cifar
 from torchvision.datasets import STL10
 
 from hypersphere.augment import AugmentConfig
-from hypersphere.data import DATASETS, MIN_LUMA_CONTRAST, ImageData, load_dataset
+from hypersphere.domains.image import DATASETS, MIN_LUMA_CONTRAST, ImageData, load_dataset
 
 LUMA = np.array([0.2989, 0.587, 0.114])
 

@@ -1,4 +1,4 @@
-"""Tests for hypersphere.depth: the NYU-Depth-V2 loader on tiny files in the real MATLAB formats, the ray-cast
+"""Tests for hypersphere.domains.depth: the NYU-Depth-V2 loader on tiny files in the real MATLAB formats, the ray-cast
 stand-in against analytic depths, the spatial taps and Table 6's decoder, and the frozen-encoder depth probe."""
 import math
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 
 from hypersphere.augment import AugmentConfig, eval_transform, recipe
-from hypersphere.depth import (FOV, NYU_FILES, NYU_VALID, DepthData, DepthDecoder, DepthProbeConfig, depth_probe,
+from hypersphere.domains.depth import (FOV, NYU_FILES, NYU_VALID, DepthData, DepthDecoder, DepthProbeConfig, depth_probe,
                                depth_views, feature_maps, load_nyu, load_scenes, render, render_scenes, sample_scenes)
-from hypersphere.evaluate import pair_metrics
+from hypersphere.domains.image import pair_metrics
 from hypersphere.models import DigitsNet, SmallAlexNet
 
 
@@ -241,7 +241,7 @@ def test_depth_data_serves_the_pair_metrics_and_moves_devices(scenes):
 
 def test_depth_probe_cross_validates_on_disjoint_folds_covering_the_train_split(scenes, monkeypatch):
     """cv_mse is the mean held-out MSE of `cv_folds` decoders, each trained on the other folds of the train split."""
-    from hypersphere import depth as D
+    from hypersphere.domains import depth as D
     calls = []
     real = D.fit_decoder
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from hypersphere import distributed
-from hypersphere.data import load_dataset
+from hypersphere.domains.image import load_dataset
 from hypersphere.domains import IMAGE
 from hypersphere.losses import Objective
 from hypersphere.models import DigitsNet

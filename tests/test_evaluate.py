@@ -8,8 +8,9 @@ import torch.nn as nn
 
 from hypersphere import runs
 from hypersphere.augment import AugmentConfig
-from hypersphere.data import ImageData
-from hypersphere.evaluate import EvalConfig, classify, evaluate_run, pair_metrics
+from hypersphere.domains.image import ImageData
+from hypersphere.domains.image import classify, pair_metrics
+from hypersphere.evaluate import EvalConfig, evaluate_run
 from hypersphere.models import DigitsNet
 from hypersphere.probes import sanity_check
 from hypersphere.train import TrainConfig, train

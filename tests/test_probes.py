@@ -8,7 +8,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from hypersphere import augment as augment_module
 from hypersphere.augment import AugmentConfig, eval_transform
-from hypersphere.data import ImageData
+from hypersphere.domains.image import ImageData
 from hypersphere.probes import (ProbeConfig, choose_l2, cross_validate, extract_features, fit_logistic,
                                 knn_accuracy, lbfgs_probe, linear_probe_cached, linear_probe_full, sanity_check,
                                 stratified_folds)

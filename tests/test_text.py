@@ -1,4 +1,4 @@
-"""The sentence domain (text.py): loaders on files in the real formats, vocabulary, contiguous batches, packed
+"""The sentence domain (domains/text.py): loaders on files in the real formats, vocabulary, contiguous batches, packed
 encoders, the Quick-Thought losses against brute force, the nested-CV protocol, and learnability on the
 embedded stand-in."""
 import csv
@@ -19,7 +19,8 @@ import torch
 
 import yaml
 
-from hypersphere import resources, runs, text as T
+from hypersphere import resources, runs
+from hypersphere.domains import text as T
 from hypersphere.evaluate import EvalConfig, evaluate_run
 from hypersphere.sweep import load_sweep, run_sweep
 from hypersphere.train import TRAIN_VERSION, TrainConfig, train
@@ -367,3 +368,12 @@ def test_a_briefly_trained_encoder_beats_random_embeddings_on_the_standin(tmp_pa
         torch.set_num_threads(threads)
     assert acc[2]["val_subjectivity"] > acc[0]["val_subjectivity"] + 3, acc  # measured: 63.7 -> 68.9 (3000 examples)
     assert acc[2]["uniform"] < acc[0]["uniform"] - 1  # random outputs are far from uniform; training spreads them
+
+
+def test_the_data_command_summarises_the_sentence_stand_in(capsys):
+    from hypersphere.__main__ import main
+
+    assert main(["data", "standin"]) == 0
+    data = T.load_dataset("standin")
+    out = capsys.readouterr().out
+    assert out.startswith(f"standin: {len(data)} training sentences in ") and "sentiment (" in out

@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise OSError(f"downloading {args.dataset} into {args.data_dir} failed ({e}); check the network, "
                               "or put the official files there by hand") from None
-            print(f"{args.dataset}: {len(data.encoder_images)} encoder images, {len(data.train_images)} labeled train, "
-                  f"{len(data.val_images)} validation, {tuple(data.train_images.shape[1:])} uint8, under {args.data_dir}")
+            print(f"{args.dataset}: {data.summary()}, under {args.data_dir}")
         elif args.command == "notebook":
             print(notebook.execute(args.path, args.profile, ".", args.data_dir, args.device))
         elif args.command == "report":

@@ -11,8 +11,11 @@
 - `cross_validate` on stratified folds of the labeled train split (Table 1 selects encoders by it).
 All accuracies are in percent. Everything runs on the encoder's (or features') device.
 """
+from __future__ import annotations
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -20,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import augment, eval_transform
-from .data import ImageData
+
+if TYPE_CHECKING:  # the image domain uses the probes
+    from .domains.image import ImageData
 
 
 @dataclass(frozen=True)

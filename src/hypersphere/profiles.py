@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import resources
+from . import resources, userfiles
 
 
 @dataclass(frozen=True)
@@ -64,17 +62,18 @@ def load(name: str) -> Profile:
     if not path(name).exists():
         raise FileNotFoundError(f"no profile {name!r} ({path(name)}); choose from {', '.join(names())} or create "
                                 f"one with `python -m hypersphere profile new {name} --from quick`")
-    spec = yaml.safe_load(path(name).read_text()) or {}
-    if unknown := set(spec) - {"description", "sweeps", "workers", "notebooks"}:
-        raise ValueError(f"{path(name)}: unknown keys {sorted(unknown)} (expected description, sweeps, workers, notebooks)")
+    spec = userfiles.load_yaml(path(name), userfiles.PROFILE_KEYS, "a profile")
+    if "sweeps" not in spec:
+        raise userfiles.UserFileError(f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
+                                      f"files of configs/sweeps/{name}/ (`sweeps: []` for none)")
     sweeps_dir = resources.configs() / "sweeps" / name
-    if missing := [s for s in spec.get("sweeps", []) if not (sweeps_dir / f"{s}.yaml").exists()]:
+    if missing := [s for s in spec["sweeps"] or [] if not (sweeps_dir / f"{str(s)}.yaml").exists()]:
         raise ValueError(f"{path(name)} names sweeps {missing} that {sweeps_dir} does not hold")
     workers = spec.get("workers", 1)
     workers = (os.cpu_count() or 1) if workers == "auto" else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
-    return Profile(name, spec.get("description", ""), tuple(spec.get("sweeps", [])), workers,
+    return Profile(name, spec.get("description") or "", tuple(spec["sweeps"] or []), workers,
                    spec.get("notebooks") or {})
 
 

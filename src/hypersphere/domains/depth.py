@@ -8,12 +8,14 @@
 - `feature_maps`: the spatial activations of an encoder's last two conv blocks ("conv5", "conv4").
 - `DepthDecoder` (Table 6) and `depth_probe`: the paper's depth predictor trained on a frozen encoder's maps
   (appendix B.1), scored by MSE on the validation split.
+- `evaluate`: the evaluation kind `depth` (domains.DEPTH); encoders and views are the image domain's.
 
 The paper does not state its NYU preprocessing or depth target; the choices here are documented where made.
 """
 from dataclasses import dataclass, replace
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,10 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import runs
-from .augment import AugmentConfig, eval_transform, recipe
-from .data import _channel_stats, to_device
-from .probes import sanity_check
+from .. import models, runs
+from ..augment import AugmentConfig, eval_transform, recipe
+from ..probes import sanity_check
+from .image import channel_stats, pair_metrics, summary, to_device
 
 NYU_FILES = ("nyu_depth_v2_labeled.mat", "splits.mat")
 NYU_URL = "https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html"
@@ -57,9 +59,12 @@ class DepthData:
     def to(self, device) -> "DepthData":
         return to_device(self, device)
 
+    def summary(self) -> str:
+        return summary(self)
+
 
 def _depth_data(name, train_images, train_depth, val_images, val_depth, augment, eval_resize) -> DepthData:
-    mean, std = _channel_stats(train_images)
+    mean, std = channel_stats(train_images)
     return DepthData(name, train_images, train_images, train_depth, val_images, val_depth, mean, std,
                      train_depth.mean().item(), train_depth.std().item(), augment, eval_resize)
 
@@ -382,6 +387,7 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
 # ---------------------------------------------------------------------------------------- the domain's datasets
 
 DATASETS = ("nyu-depth-v2", "scenes")
+ARCHS = ("auto",) + models.ARCHS  # the image domain's conv encoders: the decoder reads their spatial taps
 SCENES = {"n_train": 2000, "n_test": 500, "size": 24}  # the embedded stand-in (load_scenes); not in a run's hash: bump
 # train.TRAIN_VERSION with any change, or runs trained on the old scenes would be taken as current
 
@@ -394,3 +400,25 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False) -
     if name == "scenes":
         return load_scenes(root, **SCENES)
     raise ValueError(f"unknown depth dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------- evaluation: depth
+
+def evaluate(encoder: nn.Module, data: DepthData, cfg, device, tau: float | None = None,
+          batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """Depth evaluations of one encoder as a flat dict (MSE of standardised depth, DepthData's units):
+      val_{tap}_mse, val_{tap}_rmse_m     the decoder's validation MSE (and RMSE in metres) per spatial tap,
+      cv_{tap}_mse                        for the first tap (conv5 by default, the one Table 2 selects by) its
+                                          `cv_folds`-fold CV MSE on the train split,
+      val_mean_mse, val_pixel_mean_mse    image-blind baselines: the train mean depth, the train mean depth map,
+      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    out: dict[str, float] = {}
+    probe = DepthProbeConfig(epochs=cfg.decoder_epochs, seed=cfg.seed)
+    taps = cfg.taps if taps is None else taps
+    for tap in taps:
+        r = depth_probe(encoder, tap, data, probe, device, progress=False, cv_folds=cfg.cv_folds if tap == taps[0] else 0)
+        out.update({f"val_{tap}_mse": r["mse"], f"val_{tap}_rmse_m": r["rmse_m"], "val_mean_mse": r["mean_mse"],
+                    "val_pixel_mean_mse": r["pixel_mean_mse"], **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {})})
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
+    return out

@@ -1,4 +1,5 @@
-"""Datasets as whole uint8 tensors, each with its positive-pair recipe (paper Sec. 3 "Common image setup").
+"""The image domain: datasets as whole uint8 tensors with their positive-pair recipes (paper Sec. 3 "Common image
+setup"), the encoder each uses, its random views, and the evaluation kind `classify` (Figs. 3-5a, 7-9a, Tables 1, 3).
 
 - stl10: the paper's setting. Encoders train on `train+unlabeled` (105,000 images, 96 px), probes on
   `train` (5,000), evaluation on `test` (8,000); crops of 64 px, evaluation Resize(70) + CenterCrop(64).
@@ -11,18 +12,31 @@
 - digits: scikit-learn's bundled 8x8 digits (no download), upsampled to 28 px, for seconds-long CPU runs.
 - digits-color: the same digits painted with a random foreground and background colour per image, so that
   colour is a nuisance the paper's colour augmentations have to remove, as on STL-10.
-"""
 
+The building blocks live outside the domain because the depth domain and the probes share them: the batched
+augmentation (augment.py), the conv encoders (models.py) and MoCo's ResNets (moco.py).
+"""
+from __future__ import annotations
+
+import dataclasses
 import os
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
-from .augment import GRAY_WEIGHTS, AugmentConfig, recipe
+from .. import models, moco
+from ..augment import GRAY_WEIGHTS, AugmentConfig, augment, recipe
+from ..losses import contrastive_loss
+from ..metrics import alignment, uniformity
+from ..probes import (MOCO_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy, lbfgs_probe,
+                      linear_probe_cached, linear_probe_full)
 
 DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder", "imagenet100")
 
@@ -54,6 +68,9 @@ class ImageData:
     def to(self, device) -> "ImageData":
         return to_device(self, device)
 
+    def summary(self) -> str:
+        return summary(self)
+
 
 def to_device(data, device):
     """A data dataclass with all its tensors moved to `device` (dtypes kept; a tensor used twice is moved once)."""
@@ -62,6 +79,12 @@ def to_device(data, device):
     for t in tensors.values():
         moved.setdefault(id(t), t.to(device))
     return replace(data, **{name: moved[id(t)] for name, t in tensors.items()})
+
+
+def summary(d) -> str:
+    """The splits' sizes of image data (ImageData, or the depth domain's DepthData)."""
+    return (f"{len(d.encoder_images)} encoder images, {len(d.train_images)} labeled train, {len(d.val_images)} "
+            f"validation, {tuple(d.train_images.shape[1:])} uint8")
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, seed: int = 0) -> ImageData:
@@ -87,7 +110,7 @@ def _missing(what: str, path: Path, dataset: str) -> FileNotFoundError:
                              f"or pass download=True (`--download`)")
 
 
-def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images on the 0-1 scale."""
     x = images.double().div(255).transpose(0, 1).flatten(1)
     return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
@@ -111,7 +134,7 @@ def _digits(color_seed: int | None = None) -> ImageData:
                                   random_state=DIGITS_SPLIT_SEED)
     train, val = torch.from_numpy(train), torch.from_numpy(val)
     train_images = images[train]
-    mean, std = _channel_stats(train_images)
+    mean, std = channel_stats(train_images)
     return ImageData(
         name="digits" if color_seed is None else "digits-color",
         encoder_images=train_images, train_images=train_images, train_labels=labels[train],
@@ -200,3 +223,109 @@ def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize
         name=name, encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
         val_labels=val_labels, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes),
         augment=recipe(recipe_name), eval_resize=eval_resize)
+
+
+# ---------------------------------------------------------------------------------------- encoders and views
+
+RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, else MoCo v1's linear one
+    "resnet50": lambda dim, mlp, channels: moco.resnet50_moco(dim, mlp),
+    "smallresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, in_channels=channels),
+    # a quarter of smallresnet's widths: ~6x faster on a CPU, for the quick profile's MoCo cloud on 28 px digits
+    "tinyresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, (8, 16, 32, 64), in_channels=channels),
+}
+ARCHS = ("auto",) + models.ARCHS + tuple(f"{r}{mlp}" for r in RESNETS for mlp in ("", "-mlp"))
+EMBEDDED = ("digits", "digits-color", "scenes")  # small images: DigitsNet by default
+
+
+def build_encoder(arch: str, dim: int, d) -> nn.Module:
+    """SmallAlexNet (the paper's) for natural images, DigitsNet for the embedded small images by default;
+    ResNets (taps "penultimate", "output") for MoCo. `d`: ImageData or the depth domain's DepthData."""
+    if arch == "auto":
+        arch = "digitsnet" if d.name in EMBEDDED else "smallalexnet"
+    if (name := arch.removesuffix("-mlp")) in RESNETS:
+        return RESNETS[name](dim, arch.endswith("-mlp"), d.train_images.shape[1])
+    return models.build_encoder(arch, d.train_images.shape[1], dim, d.augment.crop_size)
+
+
+def views(d, images: Tensor, generator: torch.Generator) -> Tensor:
+    """One random view of each image, with the data's augmentation recipe (augment.py)."""
+    return augment(images, d.augment, d.mean, d.std, generator)
+
+
+# ---------------------------------------------------------------------------------------- evaluation: classify
+@torch.no_grad()
+def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator, device=None,
+                 tau: float | None = None, batch_size: int = 768, chunk_size: int = 512) -> dict[str, float]:
+    """L_align(alpha=2) and L_uniform(t=2) of the encoder's outputs on the VALIDATION split (Fig. 5 axes).
+
+    The paper does not say how validation positive pairs are formed; here each validation image gives one pair
+    from two independent draws of the training augmentation `data.augment`. Both metrics are exact over the whole
+    split (metrics.alignment over all pairs; metrics.uniformity over all distinct pairs, averaged over the two
+    views as the paper's estimator does). With `tau`, also L_contrastive(tau): losses.contrastive_loss over
+    shuffled batches of `batch_size` pairs (the run's batch size; a last incomplete batch is dropped unless it is
+    the only one), averaged. Encoder in eval mode (mode restored afterwards). `generator` must live on `device`
+    (the encoder's by default), as augment() requires.
+    """
+    device = device or next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    fx, fy = [], []
+    for batch in data.val_images.split(chunk_size):
+        batch = batch.to(device)
+        fx.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
+        fy.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
+    encoder.train(was_training)
+    fx, fy = torch.cat(fx), torch.cat(fy)
+    out = {"align": alignment(fx, fy, alpha=2.0), "uniform": (uniformity(fx, t=2.0) + uniformity(fy, t=2.0)) / 2}
+    if tau is not None:
+        batches = torch.randperm(len(fx), generator=generator, device=generator.device).split(batch_size)
+        if len(batches) > 1 and len(batches[-1]) < batch_size:
+            batches = batches[:-1]
+        losses = [contrastive_loss(fx[b.to(device)], fy[b.to(device)], tau).item() for b in batches]
+        out["contrastive"] = sum(losses) / len(losses)
+    return out
+
+
+def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg, device) -> dict:
+    """Validation accuracy of the configured probe on one tap (and, for lbfgs, the chosen L2 and convergence)."""
+    if cfg.probe == "lbfgs":
+        l2, _ = choose_l2(train_f, data.train_labels, cfg.l2_grid, cfg.l2_folds, cfg.seed)
+        acc, info = lbfgs_probe(train_f, data.train_labels, val_f, data.val_labels, l2)
+        return {"linear": acc, "linear_top5": info["top5"], "linear_l2": l2, "linear_iterations": info["iterations"],
+                "linear_grad": info["grad_max"], "fit": info["standardised"]}
+    adam = ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed)
+    if cfg.probe == "adam":
+        return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, adam)}
+    probe = adam if cfg.probe == "adam-full" else dataclasses.replace(MOCO_PROBE, epochs=cfg.probe_epochs, seed=cfg.seed)
+    top1, top5 = linear_probe_full(encoder, tap, data, probe, device)
+    return {"linear": top1, "linear_top5": top5}
+
+
+def classify(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None = None,
+             batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+    """All classification evaluations of one encoder as a flat dict:
+      val_{tap}_linear, val_{tap}_{k}nn   validation accuracy (%) of the probe and of k-NN,
+      val_{tap}_linear_l2 (, _iterations, _grad)   the lbfgs probe's chosen L2 and its convergence,
+      cv_{tap}_linear, cv_{tap}_{k}nn     stratified `cv_folds`-fold CV on the labeled train split (the
+                                          linear one with the probe's optimiser on cached features),
+      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    taps = cfg.taps if taps is None else taps
+    out: dict[str, float] = {}
+    train_f = extract_features(encoder, data.train_images, data, taps, device=device)
+    val_f = extract_features(encoder, data.val_images, data, taps, device=device)
+    knn = partial(knn_accuracy, k=cfg.knn_k)
+    for tap in taps:
+        linear = _linear(encoder, tap, data, train_f[tap], val_f[tap], cfg, device)
+        fit = linear.pop("fit", None)  # the full-split fit: a warm start for the CV folds' fits
+        out.update({f"val_{tap}_{k}": v for k, v in linear.items()})
+        out[f"val_{tap}_{cfg.knn_k}nn"] = knn(train_f[tap], data.train_labels, val_f[tap], data.val_labels)
+        if cfg.cv_folds:
+            if cfg.probe == "lbfgs":
+                probe = lambda *a, l2=linear["linear_l2"], fit=fit: lbfgs_probe(*a, l2, init=fit)[0]  # noqa: E731
+            else:
+                probe = partial(linear_probe_cached, cfg=ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed))
+            out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)
+            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
+    return out
