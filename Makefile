@@ -38,7 +38,7 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: all setup data sweep notebooks report profile-new test help clean distclean images depth moco sentences
+.PHONY: all setup data sweep notebooks report publish profile-new test help clean distclean images depth moco sentences
 all: notebooks ## (default) set up, then train, evaluate and execute every notebook at PROFILE
 
 # One target per domain: its sweeps and notebooks (each fits the quick profile's 15-minute budget on 2 cores).
@@ -85,6 +85,9 @@ $(BUILD)/%.ipynb: notebooks/%.ipynb $(PROFILE_FILE) $(SRC) $(STAMP)
 
 report: notebooks ## render build/PROFILE/*.ipynb to HTML, with an index of paper items, figures and verdicts
 	$(HS) report --profile $(PROFILE)
+
+publish: report ## after `make`: copy the executed notebooks, figures and verdicts with an index into docs/PROFILE/
+	$(HS) publish --profile $(PROFILE)
 
 profile-new: ## copy profile FROM (default quick) and its sweeps to a new profile NAME to edit
 	@test -n "$(NAME)" || { echo "usage: make profile-new NAME=mystudy [FROM=quick]"; exit 2; }

@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist
 from scipy.special import i0
+from scipy import stats as scipy_stats
 from scipy.stats import spearmanr
 
 from hypersphere.items import (add_family, fig3_4, fig5, fig7, fig8, fig9b, say, table1, table2, table3, table4, table5,
@@ -35,6 +36,16 @@ def runs(rows: list[dict], **defaults) -> pd.DataFrame:
         out.append({"w_contrastive": 0.0, "w_align": 0.0, "w_uniform": 0.0, "w_xent": 0.0, "init": "rand",
                     "status": "done", **r})
     return pd.DataFrame(out)
+
+
+def seed_frame(column: str, values: list[float]) -> pd.DataFrame:
+    """A by_seed table: one difference per seed."""
+    return pd.DataFrame({"seed": range(len(values)), column: values})
+
+
+# the seed rule's three outcomes against a bound of -1 (Tables 1, 3 shift it): an interval wholly above, wholly
+# below, and one straddling it (the quick profile's Table 1, 3 seeds); one seed gives no interval
+SEED_CASES = [([0.5, 0.3, 0.7], True), ([-3.0, -2.8, -3.2], False), ([2.39, -2.56, -0.33], None), ([0.5], None)]
 
 
 # ----------------------------------------------------------------------------- items/__init__.py
@@ -239,24 +250,26 @@ def table1_table(contrastive: list[float] | None, align_uniform: list[float] | N
     return table1.select(add_family(scratch), "cv_output_linear")
 
 
-@pytest.mark.parametrize("au_minus_c, holds", [(+0.5, True), (-0.8, True), (-1.0, True), (-1.25, False), (-5, False)])
-def test_table1_verdict_is_the_mean_difference_against_the_margin(au_minus_c, holds):
-    contrastive = [80.0, 78.0, 84.0, 76.0]
-    align_uniform = [80.0 + 4 * au_minus_c, 78.0, 84.0, 76.0]  # the whole difference in one column
-    v = table1.judge(table1_table(contrastive, align_uniform))
+@pytest.mark.parametrize("per_seed, holds", SEED_CASES)
+def test_table1_verdict_is_the_seed_interval_of_the_mean_difference_against_the_margin(per_seed, holds):
+    contrastive, align_uniform = [80.0, 78.0, 84.0, 76.0], [82.0, 78.0, 84.0, 76.0]  # +0.5 among all candidates
+    v = table1.judge(table1_table(contrastive, align_uniform), seed_frame("mean difference", per_seed))
     assert v["holds"] is holds
     paper = pd.read_csv(REFERENCE / "table1.csv").set_index("family")[VALS]
     paper_mean = (paper.loc["align + uniform only"] - paper.loc["contrastive only"]).mean()  # 0.455
-    assert f"(mean {au_minus_c:+.2f}; paper mean {paper_mean:+.2f})" in v["evidence"]
+    assert f"(mean +0.50; paper mean {paper_mean:+.2f})" in v["evidence"]
+    assert f"the mean difference per seed 0: {per_seed[0]:+.2f}" in v["evidence"]
+    assert ("more seed" in v["evidence"]) == (holds is None) and "interval above -1" in v["evidence"]
 
 
 def test_table1_verdict_is_undecided_without_a_contrastive_or_align_uniform_encoder():
-    assert table1.judge(table1_table([80.0] * 4, None))["holds"] is None
-    assert table1.judge(table1_table(None, [80.0] * 4))["holds"] is None
-    assert table1.judge(table1_table([80.0, 78.0, 84.0, np.nan], [80.0] * 4))["holds"] is None  # a missing column
+    seeds = seed_frame("mean difference", [0.5, 0.3, 0.7])
+    assert table1.judge(table1_table([80.0] * 4, None), seeds)["holds"] is None
+    assert table1.judge(table1_table(None, [80.0] * 4), seeds)["holds"] is None
+    assert table1.judge(table1_table([80.0, 78.0, 84.0, np.nan], [80.0] * 4), seeds)["holds"] is None  # a missing column
     no_mixed = table1_table([80.0] * 4, [81.0] * 4)
     no_mixed.loc[2, VALS_NAMES] = np.nan
-    assert table1.judge(no_mixed)["holds"] is True  # the "all three" family is not needed
+    assert table1.judge(no_mixed, seeds)["holds"] is True  # the "all three" family is not needed
 
 
 def test_table1_selection_is_repeated_within_each_seed():
@@ -272,11 +285,11 @@ def test_table1_selection_is_repeated_within_each_seed():
     assert seeds["seed"].tolist() == [0, 1]
     assert seeds["contrastive only"].tolist() == ["contrastive(tau=0.2)", "contrastive(tau=0.5)"]
     assert seeds["mean difference"].tolist() == [1.0, -4.0]
-    table = table1.select(scratch, by)
-    assert table1.judge(table)["holds"] is False  # among all: contrastive 85 (seed 1) against 81
-    assert table1.judge(table1.select(scratch[scratch["seed"] == 0], by), seeds.iloc[:1])["holds"] is True
-    v = table1.judge(table1.select(scratch[scratch["seed"] == 0], by), seeds)
-    assert v["holds"] is False and "within each seed it holds on 1 of 2, mean difference per seed 0: +1.00, 1: -4.00 (over seeds -1.50 +- 3.54)" in v["evidence"]
+    v = table1.judge(table1.select(scratch, by), seeds)  # among all: contrastive 85 (seed 1) against 81
+    half = scipy_stats.t.ppf(0.975, 1) * np.std([1.0, -4.0], ddof=1) / np.sqrt(2)
+    assert v["holds"] is None and "(mean -4.00; paper mean" in v["evidence"]
+    assert (f"the mean difference per seed 0: +1.00, 1: -4.00; mean -1.50 points, 95% CI [{-1.5 - half:+.2f}, "
+            f"{-1.5 + half:+.2f}] over 2 seeds") in v["evidence"]
 
 
 def test_table1_paper_picks_finds_the_papers_objectives_in_canonical_form():
@@ -395,29 +408,32 @@ def test_fig8_summary():
     assert s.loc["align only", "final exp(L_uniform)"] == pytest.approx(math.exp(-3.0))
 
 
-@pytest.mark.parametrize("final, holds", [
-    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 70.0}, True),   # the paper's pattern
-    ({"align only": 61.0, "uniform only": 61.0, "align + uniform": 61.5}, True),   # singles exactly at the margin
-    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 61.0}, False),  # both: exactly the margin, not more
-    ({"align only": 61.5, "uniform only": 45.0, "align + uniform": 70.0}, False),  # align alone improves
-    ({"align only": 55.0, "uniform only": 62.0, "align + uniform": 70.0}, False),  # uniform alone improves
-    ({"align only": 55.0, "uniform only": 45.0, "align + uniform": 50.0}, False),  # nothing improves
-    ({"align only": 55.0, "align + uniform": 70.0}, None),                          # a kind is missing
+def fig8_parents(align_only: list[float], uniform_only: list[float], both: list[float]) -> dict:
+    """One parent (seed) per position, each fine-tuned from 60% to these final accuracies."""
+    return {f"poor-seed{i}": fig8.trajectories(*finetune_tables({"align only": a, "uniform only": u, "align + uniform": b}))
+            for i, (a, u, b) in enumerate(zip(align_only, uniform_only, both))}
+
+
+@pytest.mark.parametrize("align_only, uniform_only, both, holds", [
+    ([55, 54, 56], [45, 44, 46], [70, 69, 71], True),   # the paper's signs on every seed, tightly
+    ([55, 54, 56], [45, 44, 46], [50, 51, 49], False),  # both together lose on every seed
+    ([65, 66, 64], [45, 44, 46], [70, 69, 71], False),  # align alone gains on every seed
+    ([55, 65, 58], [45, 44, 46], [70, 69, 71], None),   # align alone: -5, +5, -2: the interval straddles 0
+    ([55], [45], [70], None),                           # one seed gives no interval
 ])
-def test_fig8_verdict_by_the_margin(final, holds):
-    v = fig8.judge({"poor": fig8.trajectories(*finetune_tables(final))})
+def test_fig8_verdict_is_each_kinds_seed_interval_on_its_side_of_zero(align_only, uniform_only, both, holds):
+    v = fig8.judge(fig8_parents(align_only, uniform_only, both))
     assert v["holds"] is holds
     assert "(paper: align only -6.1, uniform only -21.0, align + uniform +8.1 pts from 65.33%)" in v["evidence"]
+    assert f"poor-seed0: align only {align_only[0] - 60:+.1f} pts" in v["evidence"]
+    assert "align + uniform, a gain claimed: " in v["evidence"] and "align only, a loss claimed: " in v["evidence"]
 
 
-def test_fig8_verdict_needs_every_parent():
-    good = fig8.trajectories(*finetune_tables({"align only": 55.0, "uniform only": 45.0, "align + uniform": 70.0}))
-    bad = fig8.trajectories(*finetune_tables({"align only": 55.0, "uniform only": 62.0, "align + uniform": 70.0}))
-    v = fig8.judge({"poor": good, "poor-seed1": bad})
-    assert v["holds"] is False and "holds for 1 of 2 parents" in v["evidence"]
-    assert "poor-seed1: align only -5.0 pts, uniform only +2.0 pts" in v["evidence"]
-    assert fig8.judge({"poor": good, "poor-seed1": good})["holds"] is True
-    assert fig8.judge({"poor": good, "poor-seed1": {"align only": good["align only"]}})["holds"] is None
+def test_fig8_verdict_needs_every_fine_tune_of_every_parent():
+    parents = fig8_parents([55, 54, 56], [45, 44, 46], [70, 69, 71])
+    parents["poor-seed1"] = {"align only": parents["poor-seed1"]["align only"]}
+    v = fig8.judge(parents)
+    assert v["holds"] is None and "a parent misses a fine-tune" in v["evidence"]
 
 
 # ----------------------------------------------------------------------------- Figures 3 and 4
@@ -575,18 +591,29 @@ def test_table2_selects_each_family_by_cv_conv5_among_trained_from_scratch_encod
     assert table2.select(table2.split(no_cv)[0], "val_conv5_mse").set_index("family").loc["align + uniform only", "objective"] == "a2"
 
 
-@pytest.mark.parametrize("au, holds", [(0.305, True), (0.3059, True), (0.3061, False), (0.28, True)])
-def test_table2_verdict_allows_align_uniform_at_most_two_percent_above_contrastive(au, holds):
+@pytest.mark.parametrize("per_seed, holds", [([1.0, 1.2, 0.8], True), ([5.0, 6.0, 5.5], False),
+                                             ([0.0, 4.0, 2.0], None), ([1.0], None)])
+def test_table2_verdict_is_the_seed_interval_of_the_relative_mse_below_two_percent(per_seed, holds):
     table = pd.DataFrame({"family": list(table2.FAMILIES), "candidates": [2, 2], "selected by": "cv_conv5_mse",
-                          "objective": ["c", "a"], "conv5": [0.30, au], "conv4": [0.4, 0.4],
+                          "objective": ["c", "a"], "conv5": [0.30, 0.306], "conv4": [0.4, 0.4],
                           "paper conv5": [0.7024, 0.7014], "paper conv4": [0.7575, 0.7592]})
-    assert table2.judge(table)["holds"] is holds  # 0.30 * 1.02 = 0.306
+    v = table2.judge(table, seed_frame("relative conv5 MSE (%)", per_seed))
+    assert v["holds"] is holds and "(+2.0%; paper -0.1%)" in v["evidence"] and "interval below +2" in v["evidence"]
+
+
+def test_table2_selection_is_repeated_within_each_seed():
+    trained, _, by = table2.split(depth_cloud())
+    worse = np.where(trained["family"] == "align + uniform only", 1.1, 1.0)  # seed 1: align + uniform 10% worse
+    both = pd.concat([trained.assign(seed=0), trained.assign(seed=1, val_conv5_mse=trained["val_conv5_mse"] * worse)])
+    seeds = table2.by_seed(both, by)
+    assert seeds["seed"].tolist() == [0, 1] and seeds["align + uniform only"].tolist() == ["a1", "a1"]
+    assert seeds["relative conv5 MSE (%)"].tolist() == pytest.approx([100 * (0.305 / 0.33 - 1), 100 * (0.3355 / 0.33 - 1)])
 
 
 def test_table2_verdicts_are_undecided_without_candidates_or_random_encoders():
     trained, random, by = table2.split(depth_cloud())
     only_c = table2.select(trained[trained["family"] == "contrastive only"], by)
-    assert table2.judge(only_c)["holds"] is None
+    assert table2.judge(only_c, seed_frame("relative conv5 MSE (%)", [1.0, 1.2, 0.8]))["holds"] is None
     assert table2.versus_random(table2.select(trained, by), random.iloc[0:0])["holds"] is None
 
 
@@ -713,29 +740,29 @@ def test_table4_paper_table_reproduces_the_printed_table():
     assert paper.loc["contrastive only", "candidates"] == 19 and paper["candidates"].sum() == 108
 
 
-@pytest.mark.parametrize("c_minus_au, holds, winner", [(3.0, True, "here contrastive wins"),
-                                                       (0.4, False, "here a tie"),
-                                                       (-2.0, False, "here align + uniform wins")])
-def test_table4_verdict_says_which_family_wins(c_minus_au, holds, winner):
-    cloud = table4_cloud(c_minus_au)
+@pytest.mark.parametrize("per_seed, holds", [([3.0, 2.5, 3.5], True), ([-2.0, -2.5, -1.5], False),
+                                             ([0.4, -0.2, 0.6], None), ([3.0], None)])
+def test_table4_verdict_is_the_seed_interval_of_the_contrastive_lead_above_zero(per_seed, holds):
+    cloud = table4_cloud(1.0)
     tasks = table4.tasks(cloud)
-    v = table4.judge(table4.select(table4.candidates(cloud), tasks), tasks)
-    assert v["holds"] is holds and v["evidence"].startswith(winner)
-    assert f"sentiment {c_minus_au:+.2f}" in v["evidence"] and "the paper: contrastive wins, MR +3.75, CR +2.91" in v["evidence"]
+    v = table4.judge(table4.select(table4.candidates(cloud), tasks), tasks, seed_frame("mean lead", per_seed))
+    assert v["holds"] is holds and v["evidence"].startswith("among all encoders contrastive minus align + uniform")
+    assert "sentiment +1.00" in v["evidence"] and "the paper: contrastive wins, MR +3.75, CR +2.91" in v["evidence"]
+    assert "interval above +0" in v["evidence"]
 
 
-@pytest.mark.parametrize("n, holds, winner", [(100_000, True, "here contrastive wins"), (1_000, False, "here a tie")])
-def test_table4_lead_must_also_exceed_twice_its_standard_error(n, holds, winner):
-    """A 1-point lead is a win on 100,000 sentences per task (standard error of the mean difference ~0.15) and a
-    tie on 1,000 (~1.5): twice that is the margin."""
-    cloud = table4_cloud(1.0).assign(n_sentiment=n, n_subjectivity=n)
+def test_table4_selection_is_repeated_within_each_seed_and_reports_its_standard_error():
+    n = 1_000
+    cloud = pd.concat([table4_cloud(1.0).assign(seed=0), table4_cloud(-2.0).assign(seed=1)]).assign(n_sentiment=n,
+                                                                                                    n_subjectivity=n)
     tasks = table4.tasks(cloud)
-    t = table4.select(table4.candidates(cloud), tasks)
-    v = table4.judge(t, tasks)
+    seeds = table4.by_seed(table4.candidates(cloud), tasks)
+    assert seeds["mean lead"].tolist() == [1.0, -2.0] and seeds["sentiment lead"].tolist() == [1.0, -2.0]
+    t = table4.select(table4.candidates(cloud[cloud["seed"] == 0]), tasks)
     c, a = (t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100 for f in ("contrastive only", "align + uniform only"))
     se = np.sqrt((c * (1 - c) / n + a * (1 - a) / n).sum()) * 100 / 2
-    assert v["holds"] is holds and v["evidence"].startswith(winner)
-    assert f"standard error of the mean difference {se:.2f}" in v["evidence"]
+    v = table4.judge(t, tasks, seeds)
+    assert v["holds"] is None and f"standard error of that mean difference {se:.2f}" in v["evidence"]
 
 
 def test_fig9b_noise_compares_the_accuracies_spread_with_one_accuracys_standard_error():
@@ -751,7 +778,8 @@ def test_table4_verdict_is_undecided_without_an_align_uniform_encoder():
     cloud = table4_cloud(1.0)
     cloud = cloud[cloud["w_align"] == 0]
     tasks = table4.tasks(cloud)
-    assert table4.judge(table4.select(table4.candidates(cloud), tasks), tasks)["holds"] is None
+    seeds = seed_frame("mean lead", [3.0, 2.5, 3.5])
+    assert table4.judge(table4.select(table4.candidates(cloud), tasks), tasks, seeds)["holds"] is None
 
 
 # ----------------------------------------------------------------------------- table3, table5 (MoCo)
@@ -792,20 +820,29 @@ def test_table3_selects_each_family_by_cv_top1_with_the_papers_rows():
     assert table3.select(scratch, by).set_index("family")["objective"].tolist() == ["c2", "a2"]
 
 
-@pytest.mark.parametrize("au, holds", [(62.0, True), (59.0, True), (58.99, False), (50.0, False)])
-def test_table3_verdict_allows_align_uniform_at_most_three_points_below_contrastive(au, holds):
+@pytest.mark.parametrize("per_seed, holds", [([d - 2 for d in ds], h) for ds, h in SEED_CASES])  # bound -3
+def test_table3_verdict_is_the_seed_interval_of_the_top1_difference_against_three_points(per_seed, holds):
     table = pd.DataFrame({"family": list(table3.FAMILIES), "candidates": [2, 2], "selected by": "cv_penultimate_linear",
-                          "objective": ["c", "a"], "top-1": [62.0, au], "top-5": [90.0, 90.0],
+                          "objective": ["c", "a"], "top-1": [62.0, 59.5], "top-5": [90.0, 90.0],
                           "paper top-1": [72.80, 74.60], "paper top-5": [91.64, 92.74]})
-    v = table3.judge(table)
-    assert v["holds"] is holds and f"{au - 62.0:+.2f} points" in v["evidence"]  # 62 - 3 = 59
+    v = table3.judge(table, seed_frame("top-1 difference", per_seed))
+    assert v["holds"] is holds and "(-2.50 points; paper" in v["evidence"] and "interval above -3" in v["evidence"]
+
+
+def test_table3_selection_is_repeated_within_each_seed():
+    cloud = moco_cloud()
+    seed1 = cloud.assign(seed=1, val_penultimate_linear=cloud["val_penultimate_linear"] - np.where(
+        cloud["objective"] == "a1", 5.0, 0.0))
+    scratch, by = table3.candidates(pd.concat([cloud.assign(seed=0), seed1]))
+    seeds = table3.by_seed(scratch, by)
+    assert seeds["contrastive only"].tolist() == ["c1", "c1"] and seeds["top-1 difference"].tolist() == [-1.0, -6.0]
 
 
 def test_table3_verdict_is_undecided_without_both_families():
     scratch, by = table3.candidates(moco_cloud())
     only_au = table3.select(scratch[scratch["family"] == "align + uniform only"], by)
     assert only_au.set_index("family").loc["contrastive only", "candidates"] == 0
-    assert table3.judge(only_au)["holds"] is None
+    assert table3.judge(only_au, seed_frame("top-1 difference", [1.0, 2.0, 3.0]))["holds"] is None
     assert "- (72.80)" in table3.pretty(only_au).to_string()
 
 

@@ -6,6 +6,7 @@ tests then check the figures, tables and verdict files the notebooks write, and 
 The statistics (stats.py) are tested on synthetic data with known answers.
 """
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -177,6 +178,80 @@ def test_report_indexes_every_paper_item(build):
         assert (index.parent / f"{name}.html").stat().st_size > 10_000
         assert f'href="{name}.html"' in page
     assert 'href="../../../figures/smoke/fig7_weighting.png"' in page
+    assert '<img src="../../../figures/smoke/fig7_weighting.png"' in page and '<table class="figure"><caption>' in page
+
+
+def test_the_report_shows_every_items_verdict_and_figure_in_a_browser(build):
+    """As a person sees it: headless Chromium opens the index, and each judged item's row shows its verdict and
+    its figure, every image loaded (or, for a table, the table)."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver): no browser to look with")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(index.as_uri())
+        rows = driver.execute_script("""return [...document.querySelectorAll('body > table > tbody > tr')].slice(1).map(r => {
+            const c = r.children;
+            const box = c[2].getBoundingClientRect();
+            return {item: c[0].innerText, verdict: c[2].innerText, tables: c[5].querySelectorAll('table').length,
+                    visible: box.right <= window.innerWidth && box.width > 0,
+                    images: [...c[5].querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)};
+        })""")
+        driver.save_screenshot(str(index.with_suffix(".png")))
+    finally:
+        driver.quit()
+    judged = {v["item"] for v in report.read_verdicts(build / "figures" / "smoke")}
+    assert judged and {r["item"] for r in rows} >= judged
+    for r in rows:
+        if r["item"] in judged:
+            assert r["verdict"] in ("yes", "no", "undecided") and r["visible"], r  # on screen, not scrolled away
+            assert (r["images"] and all(r["images"])) or r["tables"], r  # a loaded figure, or the table itself
+    assert index.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_publish_copies_clean_notebooks_figures_and_an_index(build, tmp_path):
+    out = tmp_path / "docs" / "smoke"
+    (out / "stale.png").parent.mkdir(parents=True)
+    (out / "stale.png").write_bytes(b"from an older build")
+    index = report.publish(build / "build" / "smoke", build / "figures" / "smoke", out, workdir=build)
+    assert not (out / "stale.png").exists() and (out / "fig7_weighting.png").exists()
+    assert (out / "verdicts_06_table1.json").exists() and '<img src="fig7_weighting.png"' in index.read_text()
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    for name in NOTEBOOKS:
+        text = (out / f"{name}.ipynb").read_text()
+        assert str(build) not in text and '"papermill"' not in text and f'href="{name}.ipynb"' in index.read_text()
+        nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        assert not any(o.output_type == "stream" and o.name == "stderr" for c in nb.cells if c.cell_type == "code"
+                       for o in c.outputs)
+        assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4))
+        assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    report.publish(build / "build" / "smoke", build / "figures" / "smoke", out, workdir=build)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # the same build publishes the same bytes
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    """A notebook's cells as (type, source), without the parameters cell papermill injects."""
+    return [(c.cell_type, c.source) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_published_quick_notebooks_are_executions_of_the_current_sources(name):
+    """docs/quick/ holds `make publish`'s copies: each must be an execution of the notebook as committed (rerun
+    `make && make publish` after editing a notebook), small, and free of machine-specific paths."""
+    published = ROOT / "docs" / "quick" / f"{name}.ipynb"
+    assert published.exists(), f"{published} is missing: run `make && make publish`"
+    nb = nbformat.read(published, as_version=4)
+    assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), "rerun `make && make publish`"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code) and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs)
+    assert published.stat().st_size < 3_000_000 and "/work/" not in published.read_text()
 
 
 # ----------------------------------------------------------------------------- statistics, families, verdict files

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p = sub.add_parser("report", help="render build/<profile>/ to HTML with an index of paper items and verdicts")
     p.add_argument("--profile", default="quick")
+    p = sub.add_parser("publish", help="copy build/<profile>/'s executed notebooks, figures and an index into docs/<profile>/")
+    p.add_argument("--profile", default="quick")
     p = sub.add_parser("profile", help="show a profile, or create one to edit (`profile new NAME --from quick`)")
     p.add_argument("action", choices=("show", "new"))
     p.add_argument("name")
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             prof = profiles.load(args.profile)
             print(report.build_report(prof.build_dir, prof.figures_dir, prof.build_dir / "report"))
+        elif args.command == "publish":
+            prof = profiles.load(args.profile)
+            print(report.publish(prof.build_dir, prof.figures_dir, Path("docs") / prof.name))
         elif args.action == "new":
             print(f"{profiles.new(args.name, args.base)}: edit it and configs/sweeps/{args.name}/, then "
                   f"`make PROFILE={args.name}`")

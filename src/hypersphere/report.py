@@ -3,16 +3,18 @@
 Each notebook writes figures/<profile>/verdicts_<notebook>.json, one entry per paper item it judges
 ({"item", "claim", "holds", "evidence", "figures"}; the items compute them, hypersphere.items), and
 `build_report` renders every executed notebook of build/<profile>/ to HTML with an index.html mapping each
-paper item to its notebook, figures and verdict:
+paper item to its notebook, figures (shown inline) and verdict; `publish` copies the executed notebooks, cleaned of
+what changes from run to run, with the figures and the index into docs/<profile>/, where GitHub renders them:
 
     python -m hypersphere report --profile quick
+    python -m hypersphere publish --profile quick
 """
 from __future__ import annotations
 
-import datetime
 import html
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +71,40 @@ def _notebook_html(src: Path, dst: Path) -> None:
     dst.write_text(body, encoding="utf-8")
 
 
-def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path) -> Path:
-    """Render every executed notebook of build_dir to out_dir/<notebook>.html and write out_dir/index.html:
-    one row per paper item with its notebook, figure files and "replicates on this profile?" verdict."""
-    build_dir, figures_dir, out_dir = Path(build_dir), Path(figures_dir), Path(out_dir)
+def _table_html(markdown: str) -> str:
+    """A table file written by `markdown_table` (a caption line, then the table) as an HTML table."""
+    lines = [line for line in markdown.splitlines() if line.strip()]
+    rows = [[html.escape(c.strip().replace(r"\|", "|")) for c in line.strip("|").split(" | ")]
+            for line in lines if line.startswith("|") and not line.startswith("|---")]
+    caption = " ".join(html.escape(line) for line in lines if not line.startswith("|"))
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table class="figure"><caption>{caption}</caption><tr>{head}</tr>{body}</table>'
+
+
+def _executed(build_dir: Path) -> list[Path]:
     notebooks = sorted(p for p in build_dir.glob("*.ipynb") if not p.name.endswith(".tmp.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no executed notebooks in {build_dir}: run `make notebooks` first")
+    return notebooks
+
+
+def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path) -> Path:
+    """Render every executed notebook of build_dir to out_dir/<notebook>.html and write out_dir/index.html:
+    one row per paper item with its notebook, figures (PNG inline) and "replicates on this profile?" verdict."""
+    build_dir, figures_dir, out_dir = Path(build_dir), Path(figures_dir), Path(out_dir)
+    notebooks = _executed(build_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for nb in notebooks:
         _notebook_html(nb, out_dir / f"{nb.stem}.html")
-    rendered = {nb.stem for nb in notebooks}
+    return write_index(build_dir, figures_dir, out_dir, {nb.stem for nb in notebooks}, ".html")
+
+
+def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set[str], suffix: str) -> Path:
+    """out_dir/index.html: one row per paper item with its notebook (out_dir/<notebook><suffix>), its figures
+    (each PNG shown inline) and its verdict and evidence, from figures_dir/verdicts_*.json."""
     verdicts = read_verdicts(figures_dir)
     if any(v["profile"] == build_dir.name for v in verdicts):  # build/<profile>: figures/ may hold other profiles'
         verdicts = [v for v in verdicts if v["profile"] == build_dir.name]
@@ -92,7 +117,14 @@ def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | 
                         for ext in ("png", "pdf", "csv", "md", "tex") if (figures_dir / f"{name}.{ext}").exists())
 
     def notebook_link(name: str) -> str:
-        return link(out_dir / f"{name}.html", name) if name in rendered else html.escape(name)
+        return link(out_dir / f"{name}{suffix}", name) if name in rendered else html.escape(name)
+
+    def images(names) -> str:
+        """Each figure inline: its PNG, or for a table its markdown file as an HTML table."""
+        return "".join(f'<br><img src="{html.escape(os.path.relpath(figures_dir / f"{n}.png", out_dir))}" '
+                       f'alt="{html.escape(n)}" style="max-width:420px">' if (figures_dir / f"{n}.png").exists() else
+                       _table_html((figures_dir / f"{n}.md").read_text()) if (figures_dir / f"{n}.md").exists() else ""
+                       for n in names)
 
     rows = []
     for item, (where, figures) in ITEMS.items():
@@ -100,29 +132,75 @@ def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | 
         if not found:
             status = ("" if where.startswith("not replicated") else
                       "no verdict (see the notebook)" if where in rendered else "not built")
-            rows.append((item, notebook_link(where), figure_links(figures), "", status, ""))
+            rows.append((item, notebook_link(where), figure_links(figures) + images(figures), "", status, ""))
         for v in found:
             verdict = {True: "yes", False: "no", None: "undecided"}[v["holds"]]
-            rows.append((item, notebook_link(v["notebook"]), figure_links(v["figures"] or figures),
+            shown = v["figures"] or figures
+            rows.append((item, notebook_link(v["notebook"]), figure_links(shown) + images(shown),
                          html.escape(v["claim"]), verdict, html.escape(v["evidence"])))
     colour = {"yes": "#d4f4dd", "no": "#fbd9d3", "undecided": "#fff3c4"}
     body = "\n".join(
-        f'<tr><td>{i}</td><td>{n}</td><td>{f}</td><td>{c}</td>'
-        f'<td style="background:{colour.get(v, "none")}"><b>{v}</b></td><td>{e}</td></tr>'
+        f'<tr><td>{i}</td><td>{n}</td><td style="background:{colour.get(v, "none")}"><b>{v}</b></td>'
+        f'<td>{c}</td><td>{e}</td><td>{f}</td></tr>'
         for i, n, f, c, v, e in rows)
     profiles = sorted({v["profile"] for v in verdicts if v["profile"]})
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hypersphere replication report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}} th{{background:#eee}}</style></head>
 <body><h1>Wang &amp; Isola (ICML 2020): replication report</h1>
-<p>Build: <code>{html.escape(str(build_dir))}</code>; profile(s) of the verdicts: {html.escape(", ".join(profiles) or "none")};
-written {datetime.datetime.now().isoformat(timespec="seconds")}. "Replicates?" is computed by each notebook from this
-profile's numbers (small profiles train small encoders on small data: a "no" there says little about the paper).</p>
-<table><tr><th>paper item</th><th>notebook</th><th>figures</th><th>claim</th><th>replicates?</th><th>evidence</th></tr>
+<p>Build: <code>{html.escape(build_dir.name)}</code>; profile(s) of the verdicts: {html.escape(", ".join(profiles) or "none")}.
+"Replicates?" is computed by each notebook from this profile's numbers (small profiles train small encoders on
+small data: a "no" there says little about the paper); "undecided" means its seeds' interval does not settle it.</p>
+<table><tr><th>paper item</th><th>notebook</th><th>replicates?</th><th>claim</th><th>evidence</th><th>figures</th></tr>
 {body}</table>
-<h2>Notebooks</h2><ul>{"".join(f"<li>{link(out_dir / f'{s}.html', s)}</li>" for s in sorted(rendered))}</ul>
+<h2>Notebooks</h2><ul>{"".join(f"<li>{link(out_dir / f'{s}{suffix}', s)}</li>" for s in sorted(rendered))}</ul>
 </body></html>
 """
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
+    return index
+
+
+# ----------------------------------------------------------------------------- published copies
+
+VOLATILE_METADATA = ("papermill", "execution")  # one run's timings and paths
+
+
+def clean_notebook(nb, workdir: Path):
+    """An executed notebook as published: no run timings or absolute paths (paths under `workdir` become
+    relative), no stderr (progress bars, warnings), cell metadata reduced to tags; the rest as executed."""
+    import nbformat
+
+    for key in VOLATILE_METADATA:
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        cell.metadata = {"tags": cell.metadata["tags"]} if cell.metadata.get("tags") else {}
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    text = nbformat.writes(nb).replace(f"{workdir}/", "").replace(str(workdir), ".")
+    return nbformat.reads(text, as_version=4)
+
+
+def publish(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path, workdir: str | Path = ".") -> Path:
+    """Copy build_dir's executed notebooks (`clean_notebook`), figures_dir's PNG figures, markdown tables and
+    verdict files, and an index.html linking them into out_dir; files there that this call did not write are removed, so the copy is
+    exactly this build's. Returns the index."""
+    import nbformat
+
+    build_dir, figures_dir, out_dir = Path(build_dir), Path(figures_dir), Path(out_dir)
+    notebooks, workdir = _executed(build_dir), Path(workdir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = set()
+    for nb in notebooks:
+        text = nbformat.writes(clean_notebook(nbformat.read(nb, as_version=4), workdir)) + "\n"
+        runs.atomic_write(out_dir / nb.name, lambda f, text=text: f.write(text.encode()))
+        written.add(nb.name)
+    for path in sorted(p for pattern in ("*.png", "*.md", "verdicts_*.json") for p in figures_dir.glob(pattern)):
+        shutil.copyfile(path, out_dir / path.name)
+        written.add(path.name)
+    index = write_index(build_dir, out_dir, out_dir, {nb.stem for nb in notebooks}, ".ipynb")
+    written.add(index.name)
+    for stale in out_dir.iterdir():
+        if stale.is_file() and stale.name not in written:
+            stale.unlink()
     return index

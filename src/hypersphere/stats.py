@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
+from scipy.stats import t as student_t
 
 
 def spearman(x, y) -> float:
@@ -96,3 +97,56 @@ def binomial_se(accuracy, n) -> np.ndarray:
     """Standard error (points) of an accuracy (%) measured on n independent examples: 100 sqrt(p (1 - p) / n)."""
     p = np.asarray(accuracy, float) / 100
     return 100 * np.sqrt(p * (1 - p) / np.asarray(n, float))
+
+
+def mean_interval(x, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of x and its two-sided Student-t confidence interval, mean +- t_{n-1} sd / sqrt(n) (NaN bounds with
+    fewer than 2 values)."""
+    x = np.asarray(x, float)
+    mean = float(x.mean()) if len(x) else float("nan")
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(student_t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def seeds_to_decide(mean: float, sd: float, bound: float, level: float = 0.95, most: int = 1000) -> int | None:
+    """The fewest seeds whose interval, at this mean and spread, would lie wholly on one side of `bound`;
+    None when no number up to `most` would (the mean sits on the bound)."""
+    gap = abs(mean - bound)
+    for n in range(2, most + 1):
+        if gap > student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n):
+            return n
+    return None
+
+
+def decide(differences, bound: float, above: bool, level: float = 0.95) -> dict[str, Any]:
+    """A claim about paired differences over seeds (one difference per seed, e.g. one family's selected encoder
+    minus the other's): their mean lies above `bound` (`above`) or below it. It holds when the whole confidence
+    interval of the mean lies on the claimed side, fails when it lies wholly on the other side, and is undecided
+    when it straddles the bound or there are fewer than 2 seeds. `more_seeds`: how many more seeds would decide
+    it if the mean and spread stayed as measured (0 when decided; None when none would)."""
+    d = np.asarray(differences, float)
+    mean, low, high = mean_interval(d, level)
+    if len(d) < 2:
+        return {"n": len(d), "mean": mean, "low": low, "high": high, "holds": None, "more_seeds": 2 - len(d)}
+    claimed, other = (low > bound, high < bound) if above else (high < bound, low > bound)
+    holds = True if claimed else False if other else None
+    needed = 0 if holds is not None else seeds_to_decide(mean, float(d.std(ddof=1)), bound, level)
+    return {"n": len(d), "mean": mean, "low": low, "high": high, "holds": holds,
+            "more_seeds": None if needed is None else max(0, needed - len(d))}
+
+
+def describe(result: dict[str, Any], unit: str = "points", level: float = 0.95) -> str:
+    """`decide`'s result as evidence: mean, interval, seeds and, when undecided, how many more would decide it."""
+    if result["n"] < 2:
+        more = result["more_seeds"]
+        return (f"{result['mean']:+.2f} {unit} from {result['n']} seed{'s' * (result['n'] != 1)}: no interval; run at "
+                f"least {more} more seed{'s' * (more != 1)}")
+    text = (f"mean {result['mean']:+.2f} {unit}, {level:.0%} CI [{result['low']:+.2f}, {result['high']:+.2f}] over "
+            f"{result['n']} seeds")
+    if result["holds"] is None:
+        more = result["more_seeds"]
+        text += ("; no number of seeds would decide it at this mean" if more is None else
+                 f"; about {more} more seeds at this mean and spread would decide it")
+    return text

@@ -20,10 +20,12 @@ notebook, and unit tests of its computation and verdict on small fixture tables.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ..stats import decide, describe
 
 # paper item -> (the notebook that covers it, its figure files), or why it is not replicated yet
 ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -54,6 +56,23 @@ def verdict(item: str, claim: str, holds: bool | None, evidence: str, figures: S
     """One verdict entry: holds is True, False or None (undecided, e.g. too few runs)."""
     return {"item": item, "claim": claim, "holds": None if holds is None else bool(holds), "evidence": evidence,
             "figures": list(figures)}
+
+
+def per_seed(cands: pd.DataFrame, selection: Callable[[pd.DataFrame], dict[str, Any]]) -> pd.DataFrame:
+    """`selection` repeated among each seed's candidates alone (the `seed` column): one row per seed."""
+    return pd.DataFrame([{"seed": seed, **selection(c)} for seed, c in cands.groupby("seed")])
+
+
+def seed_verdict(item: str, claim: str, differences: pd.Series, seeds: Sequence, bound: float, above: bool,
+                 what: str, unit: str, evidence: str, figures: Sequence[str]) -> dict[str, Any]:
+    """The verdict on paired differences over seeds (stats.decide): holds when their confidence interval lies
+    wholly on the claimed side of `bound`, fails when wholly on the other, undecided otherwise; the evidence
+    gives each seed's difference, the interval and how many more seeds would decide it."""
+    result = decide(differences, bound, above)
+    side = "above" if above else "below"
+    evidence += (f"; {what} per seed " + ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(seeds, differences))
+                 + f"; {describe(result, unit)}; the claim needs the interval {side} {bound:+g}")
+    return verdict(item, claim, result["holds"], evidence, figures)
 
 
 def say(v: dict[str, Any]) -> str:

@@ -2,9 +2,8 @@
 recording L_align, exp(L_uniform) and a freshly trained linear probe on outputs at every epoch. The paper
 (data/reference/fig8.csv): each term alone makes the encoder worse, only both together improve it.
 
-The verdict holds when fine-tuning with both ends more than MARGIN points above its start while each term
-alone ends no more than MARGIN above it, for every parent (one poor encoder per seed); undecided with any of
-the three fine-tunes missing.
+The verdict judges those signs against seed noise (`judge`): over the parents (one poor encoder per seed), the
+95% interval of the change in accuracy must lie above 0 with both terms and below 0 with each term alone.
 """
 from __future__ import annotations
 
@@ -17,10 +16,11 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from ..resources import reference_table
+from ..stats import decide, describe
 from . import verdict
 
 KINDS = {"align only": "C0", "uniform only": "C1", "align + uniform": "C2"}
-MARGIN = 1.0  # points: the top of the paper's run-to-run spread
+GAINS = {"align only": False, "uniform only": False, "align + uniform": True}  # the sign each kind's change must have
 ACC = "val_output_linear"
 
 
@@ -60,16 +60,20 @@ def summary(by_parent: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
 
 
 def judge(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Any]:
-    """The rule on every parent (seed) of the poor encoder: it holds only when it holds for each of them, and is
-    undecided when a parent misses one of the three fine-tunes."""
+    """The signs of the changes in accuracy, judged against seed noise: each parent (one per seed of the poor
+    encoder) gives one change per kind of fine-tuning, and each kind's 95% interval over the parents must lie on
+    its claimed side of 0 (a gain with both terms, a loss with either alone; stats.decide). Holds when all three
+    do, fails when any lies wholly on the wrong side, undecided otherwise or when a parent misses a fine-tune."""
     gains = {p: {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in ts.items()} for p, ts in by_parent.items()}
-    each = {p: None if len(g) < 3 else bool(g["align + uniform"] > MARGIN and g["align only"] <= MARGIN
-                                             and g["uniform only"] <= MARGIN) for p, g in gains.items()}
-    holds = None if not each or None in each.values() else all(each.values())
+    complete = bool(gains) and all(len(g) == len(GAINS) for g in gains.values())
+    results = {k: decide([g[k] for g in gains.values()], 0.0, gain) for k, gain in GAINS.items()} if complete else {}
+    outcomes = [r["holds"] for r in results.values()]
+    holds = None if not complete else False if False in outcomes else True if all(outcomes) else None
     paper = reference_table("fig8").set_index("kind")
     evidence = ("change in accuracy over fine-tuning: " + "; ".join(
         f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in gains.items())
-        + (f"; holds for {sum(h is True for h in each.values())} of {len(each)} parents" if len(each) > 1 else "")
+        + "".join(f"; {k}, a {'gain' if GAINS[k] else 'loss'} claimed: {describe(r)}" for k, r in results.items())
+        + (" (a parent misses a fine-tune)" if gains and not complete else "")
         + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
         + f" pts from {paper['start'].iloc[0]:.2f}%)")
     return verdict("Figure 8", "fine-tuning a poor encoder improves it only with both L_align and L_uniform", holds,

@@ -1,0 +1,41 @@
+"""The seed-interval rule of the comparison verdicts (stats.decide), checked against scipy's t-test interval."""
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from hypersphere import stats
+
+
+@pytest.mark.parametrize("seed, n", [(0, 2), (1, 3), (2, 5), (3, 12)])
+def test_mean_interval_equals_scipys_one_sample_t_interval(seed, n):
+    x = np.random.default_rng(seed).normal(0.3, 2.0, n)
+    mean, low, high = stats.mean_interval(x, level=0.9)
+    ci = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.9)
+    assert mean == pytest.approx(x.mean()) and low == pytest.approx(ci.low) and high == pytest.approx(ci.high)
+
+
+def test_a_claim_holds_fails_or_is_undecided_by_where_the_interval_lies():
+    above = stats.decide([0.4, 0.6, 0.5], bound=-1.0, above=True)  # interval well above -1
+    assert above["holds"] is True and above["more_seeds"] == 0 and above["low"] > -1
+    below = stats.decide([-3.1, -2.9, -3.0], bound=-1.0, above=True)  # wholly below: excluded
+    assert below["holds"] is False and below["more_seeds"] == 0 and below["high"] < -1
+    straddles = stats.decide([2.39, -2.56, -0.33], bound=-1.0, above=True)
+    assert straddles["holds"] is None and straddles["low"] < -1 < straddles["high"] and straddles["more_seeds"] > 0
+    assert stats.decide([0.4, 0.6, 0.5], bound=1.0, above=False)["holds"] is True  # the same numbers, a "below" claim
+    one = stats.decide([5.0], bound=0.0, above=True)
+    assert one["holds"] is None and one["more_seeds"] == 1 and "no interval" in stats.describe(one)
+
+
+def test_the_projected_number_of_seeds_decides_the_claim_at_that_mean_and_spread():
+    d = np.array([1.0, -0.4, 0.9, 0.2])  # mean +0.425 against a bound of 0: undecided
+    r = stats.decide(d, bound=0.0, above=True)
+    assert r["holds"] is None and r["more_seeds"] > 0
+    n = r["n"] + r["more_seeds"]
+
+    def like_d(k):  # k values with exactly d's mean and standard deviation
+        w = np.resize(d, k) - np.resize(d, k).mean()
+        return d.mean() + d.std(ddof=1) * w / w.std(ddof=1)
+
+    assert stats.decide(like_d(n), 0.0, True)["holds"] is True
+    assert stats.decide(like_d(n - 1), 0.0, True)["holds"] is None
+    assert stats.decide([0.5, -0.5], bound=0.0, above=True)["more_seeds"] is None  # the mean sits on the bound
