@@ -251,6 +251,7 @@ def test_the_published_quick_notebooks_are_executions_of_the_current_sources(nam
     assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), "rerun `make && make publish`"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code) and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs)
+    assert [c.id for c in code if "injected-parameters" in c.metadata.get("tags", [])] == ["injected-parameters"]
     assert published.stat().st_size < 3_000_000 and "/work/" not in published.read_text()
 
 

@@ -164,17 +164,21 @@ small data: a "no" there says little about the paper); "undecided" means its see
 # ----------------------------------------------------------------------------- published copies
 
 VOLATILE_METADATA = ("papermill", "execution")  # one run's timings and paths
+INJECTED = "injected-parameters"  # papermill's tag of the parameters cell it inserts
 
 
 def clean_notebook(nb, workdir: Path):
     """An executed notebook as published: no run timings or absolute paths (paths under `workdir` become
-    relative), no stderr (progress bars, warnings), cell metadata reduced to tags; the rest as executed."""
+    relative), no stderr (progress bars, warnings), cell metadata reduced to tags, and a fixed id for the
+    parameters cell papermill injects (it draws a random one each run); the rest as executed."""
     import nbformat
 
     for key in VOLATILE_METADATA:
         nb.metadata.pop(key, None)
     for cell in nb.cells:
         cell.metadata = {"tags": cell.metadata["tags"]} if cell.metadata.get("tags") else {}
+        if INJECTED in cell.metadata.get("tags", []):
+            cell.id = INJECTED
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
     text = nbformat.writes(nb).replace(f"{workdir}/", "").replace(str(workdir), ".")
