@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from . import notebook, profiles, report, runs, sweep
+from . import measure, notebook, profiles, report, runs, sweep
 from .domains import DOMAINS, domain_of
 from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train
@@ -100,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p = sub.add_parser("report", help="render build/<profile>/ to HTML with an index of paper items and verdicts")
     p.add_argument("--profile", default="quick")
+    p = sub.add_parser("measure", help="L_align, L_uniform (with CIs) and effective rank of a features file, a run "
+                                       "or any module (hypersphere.measure)", description=measure.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", help="features.npy or .pt ([2, N, d], or [N, d] with --positives), a run directory, or "
+                                "module:callable returning an nn.Module")
+    p.add_argument("--positives", help="[P, 2] positive index pairs (.npy or .pt) into [N, d] features")
+    p.add_argument("--dataset", help="for module:callable: a dataset of this project (imagefolder: --data-dir holds "
+                                     "train/ and val/)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--alpha", type=float, default=2.0)
+    p.add_argument("--t", type=float, default=2.0)
+    p.add_argument("--normalize", action="store_true", help="l2-normalise the features first")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = sub.add_parser("publish", help="copy build/<profile>/'s executed notebooks, figures and an index into docs/<profile>/")
     p.add_argument("--profile", default="quick")
     p = sub.add_parser("profile", help="show a profile, or create one to edit (`profile new NAME --from quick`)")
@@ -152,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             prof = profiles.load(args.profile)
             print(report.build_report(prof.build_dir, prof.figures_dir, prof.build_dir / "report"))
+        elif args.command == "measure":
+            kw = {"alpha": args.alpha, "t": args.t, "normalize": args.normalize}
+            if Path(args.what).is_dir():
+                result = measure.from_run(args.what, args.data_dir, **kw)
+            elif ":" in args.what and not Path(args.what).exists():
+                if not args.dataset:
+                    raise ValueError("module:callable needs --dataset (e.g. --dataset digits-color)")
+                result = measure.from_module(args.what, args.dataset, args.data_dir, **kw)
+            else:
+                result = measure.from_file(args.what, args.positives, **kw)
+            print(json.dumps(result, indent=2) if args.json else measure.table(result))
         elif args.command == "publish":
             prof = profiles.load(args.profile)
             print(report.publish(prof.build_dir, prof.figures_dir, Path("docs") / prof.name))

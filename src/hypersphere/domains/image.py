@@ -254,6 +254,21 @@ def views(d, images: Tensor, generator: torch.Generator) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- evaluation: classify
 @torch.no_grad()
+def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device, chunk_size: int = 512) -> tuple[Tensor, Tensor]:
+    """The encoder's outputs (float32) on two independent draws of the training augmentation of each validation
+    image: row i of both is a positive pair. Eval mode, restored afterwards; `generator` lives on `device`."""
+    was_training = encoder.training
+    encoder.eval()
+    fx, fy = [], []
+    for batch in data.val_images.split(chunk_size):
+        batch = batch.to(device)
+        fx.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
+        fy.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
+    encoder.train(was_training)
+    return torch.cat(fx), torch.cat(fy)
+
+
+@torch.no_grad()
 def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator, device=None,
                  tau: float | None = None, batch_size: int = 768, chunk_size: int = 512) -> dict[str, float]:
     """L_align(alpha=2) and L_uniform(t=2) of the encoder's outputs on the VALIDATION split (Fig. 5 axes).
@@ -267,15 +282,7 @@ def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator
     (the encoder's by default), as augment() requires.
     """
     device = device or next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    fx, fy = [], []
-    for batch in data.val_images.split(chunk_size):
-        batch = batch.to(device)
-        fx.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
-        fy.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
-    encoder.train(was_training)
-    fx, fy = torch.cat(fx), torch.cat(fy)
+    fx, fy = view_pairs(encoder, data, generator, device, chunk_size)
     out = {"align": alignment(fx, fy, alpha=2.0), "uniform": (uniformity(fx, t=2.0) + uniformity(fy, t=2.0)) / 2}
     if tau is not None:
         batches = torch.randperm(len(fx), generator=generator, device=generator.device).split(batch_size)
