@@ -76,7 +76,7 @@ def _array(path: Path) -> Tensor:
                          f"numpy.save or torch.save") from None
     if not isinstance(data, (np.ndarray, Tensor)):
         raise ValueError(f"{path}: holds a {type(data).__name__}, not an array; save one tensor of features")
-    return torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data).float()
+    return torch.as_tensor(data).float()
 
 
 def from_file(path: str | Path, positives: str | Path | None = None, **kw) -> dict[str, float]:

@@ -67,13 +67,14 @@ def load(name: str) -> Profile:
         raise userfiles.UserFileError(f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
                                       f"files of configs/sweeps/{name}/ (`sweeps: []` for none)")
     sweeps_dir = resources.configs() / "sweeps" / name
-    if missing := [s for s in spec["sweeps"] or [] if not (sweeps_dir / f"{str(s)}.yaml").exists()]:
+    sweeps = tuple(spec["sweeps"] or [])
+    if missing := [s for s in sweeps if not (sweeps_dir / f"{s}.yaml").exists()]:
         raise ValueError(f"{path(name)} names sweeps {missing} that {sweeps_dir} does not hold")
     workers = spec.get("workers", 1)
     workers = (os.cpu_count() or 1) if workers == "auto" else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
-    return Profile(name, spec.get("description") or "", tuple(spec["sweeps"] or []), workers,
+    return Profile(name, spec.get("description") or "", sweeps, workers,
                    spec.get("notebooks") or {})
 
 

@@ -119,12 +119,15 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
     def notebook_link(name: str) -> str:
         return link(out_dir / f"{name}{suffix}", name) if name in rendered else html.escape(name)
 
-    def images(names) -> str:
-        """Each figure inline: its PNG, or for a table its markdown file as an HTML table."""
-        return "".join(f'<br><img src="{html.escape(os.path.relpath(figures_dir / f"{n}.png", out_dir))}" '
-                       f'alt="{html.escape(n)}" style="max-width:420px">' if (figures_dir / f"{n}.png").exists() else
-                       _table_html((figures_dir / f"{n}.md").read_text()) if (figures_dir / f"{n}.md").exists() else ""
-                       for n in names)
+    def inline(name: str) -> str:
+        """A figure shown in the page: its PNG, or for a table its markdown file as an HTML table."""
+        if (figures_dir / f"{name}.png").exists():
+            src = html.escape(os.path.relpath(figures_dir / f"{name}.png", out_dir))
+            return f'<br><img src="{src}" alt="{html.escape(name)}" style="max-width:420px">'
+        return _table_html((figures_dir / f"{name}.md").read_text()) if (figures_dir / f"{name}.md").exists() else ""
+
+    def figure_cell(names) -> str:
+        return figure_links(names) + "".join(inline(n) for n in names)
 
     rows = []
     for item, (where, figures) in ITEMS.items():
@@ -132,11 +135,10 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
         if not found:
             status = ("" if where.startswith("not replicated") else
                       "no verdict (see the notebook)" if where in rendered else "not built")
-            rows.append((item, notebook_link(where), figure_links(figures) + images(figures), "", status, ""))
+            rows.append((item, notebook_link(where), figure_cell(figures), "", status, ""))
         for v in found:
             verdict = {True: "yes", False: "no", None: "undecided"}[v["holds"]]
-            shown = v["figures"] or figures
-            rows.append((item, notebook_link(v["notebook"]), figure_links(shown) + images(shown),
+            rows.append((item, notebook_link(v["notebook"]), figure_cell(v["figures"] or figures),
                          html.escape(v["claim"]), verdict, html.escape(v["evidence"])))
     colour = {"yes": "#d4f4dd", "no": "#fbd9d3", "undecided": "#fff3c4"}
     body = "\n".join(

@@ -13,12 +13,12 @@ A domain supplies four things:
   - positive pairs: `views(data, images, generator)` -> one random view of each input, drawn with the
                     data's augmentation recipe (the run's choice from augment.RECIPES), called once per view;
   - evaluations:    {kind: Evaluation} of the downstream tasks that apply to it, the first one its default.
-Three optional hooks, for a domain whose positives are not two views of one input (sentences):
-  - order:          `order(n, batch, generator)` -> the epoch's sample order, cut into batches in sequence
-                    (default: a random permutation);
+A domain whose positives are not two views of one input (sentences) sets two hooks instead of `views`, and the
+trainer then draws its batches with train.DomainBatches:
+  - order:          `order(n, batch, generator)` -> the epoch's sample order, cut into batches in sequence;
   - batch_loss:     `batch_loss(model, objective, data, idx)` -> (loss, terms incl. "norm_error") of a batch
-                    of indices (default: the objective on `views` of the inputs, train.batch_loss);
-  - check:          `check(cfg)` raises ValueError for a TrainConfig the domain cannot train.
+                    of indices.
+Any domain may set `check(cfg)`, which raises ValueError for a TrainConfig the domain cannot train.
 
 A new domain is one more module here and one more `Domain(...)` entry in DOMAINS.
 """

@@ -63,14 +63,17 @@ def per_seed(cands: pd.DataFrame, selection: Callable[[pd.DataFrame], dict[str, 
     return pd.DataFrame([{"seed": seed, **selection(c)} for seed, c in cands.groupby("seed")])
 
 
-def seed_verdict(item: str, claim: str, differences: pd.Series, seeds: Sequence, bound: float, above: bool,
+def seed_verdict(item: str, claim: str, seeds: pd.DataFrame, column: str, bound: float, above: bool,
                  what: str, unit: str, evidence: str, figures: Sequence[str]) -> dict[str, Any]:
-    """The verdict on paired differences over seeds (stats.decide): holds when their confidence interval lies
-    wholly on the claimed side of `bound`, fails when wholly on the other, undecided otherwise; the evidence
-    gives each seed's difference, the interval and how many more seeds would decide it."""
+    """The verdict on the paired differences `seeds[column]` (a by_seed table; seeds without one are left out,
+    stats.decide): holds when their confidence interval lies wholly on the claimed side of `bound`, fails when
+    wholly on the other, undecided otherwise; the evidence gives each seed's difference, the interval and how
+    many more seeds would decide it."""
+    seeds = seeds.dropna(subset=[column])
+    differences = seeds[column]
     result = decide(differences, bound, above)
     side = "above" if above else "below"
-    evidence += (f"; {what} per seed " + ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(seeds, differences))
+    evidence += (f"; {what} per seed " + ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(seeds["seed"], differences))
                  + f"; {describe(result, unit)}; the claim needs the interval {side} {bound:+g}")
     return verdict(item, claim, result["holds"], evidence, figures)
 

@@ -85,8 +85,7 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     evidence = ("among all candidates align + uniform minus contrastive: " + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
                 + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); selected by {t['selected by'].iloc[0]}: "
                 + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"]))
-    seeds = seeds.dropna(subset=["mean difference"])
-    return seed_verdict("Table 1", claim, seeds["mean difference"], seeds["seed"], -MARGIN, True,
+    return seed_verdict("Table 1", claim, seeds, "mean difference", -MARGIN, True,
                         "the mean difference", "points", evidence, ["table1"])
 
 

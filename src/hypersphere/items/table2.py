@@ -86,8 +86,7 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     evidence = (f"among all candidates conv5 MSE align + uniform {au['conv5']:.4f} vs contrastive {c['conv5']:.4f} "
                 f"({_relative(table):+.1f}%; paper {paper_rel:+.1%}), conv4 {au['conv4']:.4f} vs {c['conv4']:.4f}; "
                 f"selected by {au['selected by']}: {au['objective']}; {c['objective']}")
-    seeds = seeds.dropna(subset=["relative conv5 MSE (%)"])
-    return seed_verdict("Table 2", claim, seeds["relative conv5 MSE (%)"], seeds["seed"], 100 * MARGIN, False,
+    return seed_verdict("Table 2", claim, seeds, "relative conv5 MSE (%)", 100 * MARGIN, False,
                         "the relative conv5 MSE", "%", evidence, ["table2"])
 
 

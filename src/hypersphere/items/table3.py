@@ -76,8 +76,7 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
                 f"({diff:+.2f} points; paper {au['paper top-1']:.2f} vs {c['paper top-1']:.2f}, {paper_diff:+.2f}), "
                 f"top-5 {au['top-5']:.2f} vs {c['top-5']:.2f}; selected by {au['selected by']} among "
                 f"{au['candidates']} and {c['candidates']} encoders: {au['objective']}; {c['objective']}")
-    seeds = seeds.dropna(subset=["top-1 difference"])
-    return seed_verdict("Table 3", CLAIM, seeds["top-1 difference"], seeds["seed"], -MARGIN, True,
+    return seed_verdict("Table 3", CLAIM, seeds, "top-1 difference", -MARGIN, True,
                         "the top-1 difference", "points", evidence, ["table3"])
 
 
