@@ -94,22 +94,76 @@ def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
 
 
 @pytest.mark.parametrize("batches_per_draw", [2, 1000])
-def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, batches_per_draw):
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, batches_per_draw, drop_last):
     """Views are drawn for a chunk of batches at once (VIEW_VALUES): step s must get the views of the images
-    perm[s B:(s + 1) B]. A recipe without randomness makes each view a function of its image alone."""
+    perm[s B:(s + 1) B]. A recipe without randomness makes each view a function of its image alone. With
+    drop_last false the 1,347 images give a sixth, partial batch of 67, as the official STL-10 loader keeps
+    its last partial batch (137 steps of 768 on 105,000 images)."""
     fixed = {"recipe": "digits", "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "jitter": [0.0] * 4}
-    config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256)
+    config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256, drop_last=drop_last)
     monkeypatch.setattr(train_module, "VIEW_VALUES", batches_per_draw * 256 * 12 * 12)  # 5 steps: 2 + 2 + 1, or 5
     seen, real = [], train_module.batch_loss
     monkeypatch.setattr(train_module, "batch_loss", lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a))
-    train(config, progress=False)
+    run_dir = train(config, progress=False)
     data = load_data(config)
     perm = torch.randperm(len(data.encoder_images), generator=torch.Generator().manual_seed(config.seed))
-    assert len(seen) == 5
+    assert [len(x[0]) for x in seen] == [256] * 5 + [67] * (not drop_last)
+    assert runs.load_summary(run_dir)["steps"] == len(seen)
     for s, x in enumerate(seen):
         expected = augment(data.encoder_images[perm[s * 256:(s + 1) * 256]], data.augment, data.mean, data.std,
                            torch.Generator())
         assert len(x) == 2 and all(torch.allclose(v, expected, atol=1e-6) for v in x), s
+
+
+def test_group_batchnorm_is_dataparallel_on_that_many_parts(tmp_path):
+    """Each part normalised with its own statistics (each module run apart on its part, as DataParallel's
+    replicas are), the running statistics of the first part only, eval mode untouched."""
+    import copy
+
+    from hypersphere.models import SmallAlexNet, group_batchnorm
+    torch.manual_seed(0)
+    reference = SmallAlexNet(3, 16, 32).train()
+    grouped = group_batchnorm(copy.deepcopy(reference), 4)
+    x = torch.randn(16, 3, 32, 32)
+    replicas = [copy.deepcopy(reference) for _ in range(4)]
+    expected = torch.cat([r(part) for r, part in zip(replicas, x.chunk(4))])
+    assert torch.allclose(grouped(x), expected, atol=1e-5)
+    assert not torch.allclose(reference(x), expected, atol=1e-3)  # one batch's statistics differ
+    for (name, a), b in zip(grouped.state_dict().items(), replicas[0].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    grouped.eval(), replicas[0].eval()
+    assert torch.allclose(grouped(x), replicas[0](x), atol=1e-5)
+
+
+def test_recipe_settings_of_the_official_code_are_hashed_and_checked(tmp_path):
+    """drop_last, bn_groups and bf16 name other runs when set, older runs keep their names at the defaults,
+    and bn_groups trains (the weights differ from one BatchNorm over the whole batch)."""
+    base = cfg(tmp_path, epochs=1)
+    names = {cfg(tmp_path, epochs=1, **kw).run_dir().name for kw in
+             ({}, {"drop_last": False}, {"bn_groups": 2}, {"bf16": True})}
+    assert len(names) == 4 and not {"drop_last", "bn_groups", "bf16"} & set(base.hashed())
+    with pytest.raises(ValueError, match="bn_groups must be >= 1 and divide batch_size 128"):
+        cfg(tmp_path, bn_groups=3)
+    with pytest.raises(ValueError, match="MoCo runs .* use Shuffle-BN"):
+        cfg(tmp_path, bn_groups=2, queue=256, objective="contrastive(tau=0.2)")
+    one = runs.load_checkpoint(train(base, progress=False) / runs.CHECKPOINT)["encoder"]
+    two = runs.load_checkpoint(train(cfg(tmp_path, epochs=1, bn_groups=2), progress=False) / runs.CHECKPOINT)["encoder"]
+    assert one.keys() == two.keys() and not all(torch.equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast applies on CUDA only")
+def test_bf16_is_an_explicit_option_on_cuda(tmp_path):
+    from hypersphere.losses import Objective
+    from hypersphere.models import DigitsNet
+    torch.manual_seed(0)
+    encoder, objective = DigitsNet(1, 16, 12).cuda(), Objective.parse("align + uniform")
+    x = [torch.randn(64, 1, 12, 12, device="cuda") for _ in range(2)]
+    fp32, _ = train_module.batch_loss(encoder, None, objective, x, None)
+    with torch.no_grad():
+        reference, _ = objective(*encoder(torch.cat(x)).chunk(2))
+    bf16, _ = train_module.batch_loss(encoder, None, objective, x, None, None, True)
+    assert fp32.item() == pytest.approx(reference.item(), rel=1e-5) and bf16.item() != fp32.item()
 
 
 def test_augmentation_recipes_by_name_and_with_overrides(tmp_path):

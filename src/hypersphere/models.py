@@ -122,6 +122,29 @@ class DigitsNet(TapEncoder):
         self._finish(in_channels, input_size, fc_widths=(self.FC7,), dim=dim)
 
 
+def group_batchnorm(module: nn.Module, groups: int) -> nn.Module:
+    """Make every BatchNorm of `module` normalise each of `groups` equal parts of a training batch with the part's
+    own statistics, as nn.DataParallel on `groups` GPUs runs it: the official STL-10 code encodes
+    cat([views x, views y]) on 4 GPUs, so each GPU's BatchNorm sees half of one view's batch. The running
+    statistics follow the first part only (DataParallel keeps device 0's buffers). Eval mode is unchanged; the
+    weights and state_dict keys too. Returns `module`."""
+    def forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+        if not bn.training:
+            return type(bn).forward(bn, x)
+        first, *rest = x.chunk(groups)
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1 / bn.num_batches_tracked.item()  # cumulative average
+        parts = [F.batch_norm(first, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, momentum, bn.eps)]
+        parts += [F.batch_norm(p, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for p in rest]
+        return torch.cat(parts)
+
+    if groups > 1:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.forward = forward.__get__(m)
+    return module
+
+
 def build_encoder(arch: str, in_channels: int, dim: int, input_size: int) -> TapEncoder:
     """Encoder by name: "smallalexnet" (STL-10 / CIFAR-10) or "digitsnet" (digits)."""
     if arch == "smallalexnet":

@@ -10,8 +10,10 @@ and the epoch's progress; saved and restored exactly), a batch source (`ViewBatc
 state) and `_write_record` (checkpoint, then train.json).
 
 The whole dataset sits on the training device as uint8 and the positive views are made there by
-batched tensor ops (augment.py), so a GPU never waits for CPU workers. The encoder runs channels_last
-(1.8x faster on CPU too) and, on CUDA, in bf16 autocast; the losses always compute in fp32.
+batched tensor ops (augment.py), so a GPU never waits for CPU workers; a dataset too large for memory (ImageNet)
+streams its decoded images from DataLoader workers into the same batched augmentation (domains/image.py,
+ImageFiles). The encoder runs channels_last (1.8x faster on CPU too), in fp32 as the official code, or with
+`bf16` in bf16 autocast on CUDA; the losses always compute in fp32.
 The paper's common image setup (docs/paper.md, "Image setup"): SGD, momentum 0.9, weight decay 1e-4,
 lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185. Sentence encoders (Fig. 9b)
 train through the same loop with Adam, gradient clipping and the text domain's batch order and loss (domains/text.py).
@@ -32,7 +34,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import distributed, runs
+from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
 from .losses import Objective
@@ -69,6 +71,11 @@ class TrainConfig:
     queue: int = 0
     ema: float = 0.999
     intra_batch: bool = True        # L_uniform also over distinct pairs of the batch's queries (paper appendix)
+    # the official STL-10 code's details (docs/paper.md, "Differences from the official code")
+    drop_last: bool = True          # False: keep each epoch's last partial batch, as the official loader does
+    bn_groups: int = 1              # > 1: BatchNorm normalises that many equal parts of the views' batch apart, as
+                                    # nn.DataParallel on that many GPUs does (the official 83.19%: 4; models.group_batchnorm)
+    bf16: bool = False              # CUDA only: encoders in bf16 autocast (losses stay fp32); the official code is fp32
     # where and how (not hashed)
     name: str = ""                  # prefix of the run directory (default: the dataset)
     data_dir: str = "data"
@@ -79,7 +86,7 @@ class TrainConfig:
 
     NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir", "checkpoint_minutes")
     # fields added after runs were cached: hashed only when they differ from these defaults, so older runs keep their names
-    HASHED_UNLESS = {"optimizer": "sgd", "clip_grad": 0.0}
+    HASHED_UNLESS = {"optimizer": "sgd", "clip_grad": 0.0, "drop_last": True, "bn_groups": 1, "bf16": False}
 
     def __post_init__(self) -> None:
         """Reject bad configs before any data is loaded (one line naming the problem and the fix)."""
@@ -107,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
         if self.queue and Objective.parse(self.objective).needs_labels:
             raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms, not xent")
+        if self.bn_groups < 1 or self.batch_size % self.bn_groups:
+            raise ValueError(f"bn_groups must be >= 1 and divide batch_size {self.batch_size}, got {self.bn_groups}")
+        if self.bn_groups > 1 and (self.queue or domain.batch_loss):
+            raise ValueError("bn_groups splits the views' batch of in-batch image runs; MoCo runs (queue > 0) use "
+                             "Shuffle-BN and sentence runs have no BatchNorm: leave bn_groups at 1")
         if domain.check is not None:
             domain.check(self)
 
@@ -208,21 +220,22 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
 
 
 def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, x: list[torch.Tensor],
-               labels: torch.Tensor | None, moco: MoCo | None = None):
+               labels: torch.Tensor | None, moco: MoCo | None = None, bf16: bool = False):
     """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
     random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as the official code), or
     with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under torchrun each
     process encodes its share and the losses see the gathered global batch (distributed.py); `labels` are the
-    global batch's. Only the encoders run under bf16 autocast (on CUDA); augmentation and losses stay in fp32."""
+    global batch's. With `bf16` (CUDA only) the encoders run under bf16 autocast; augmentation and losses stay fp32."""
     device = x[0].device.type
+    bf16 = bf16 and device == "cuda"
     if moco is not None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             q, k, queue = moco(*(v.contiguous(memory_format=torch.channels_last) for v in x))
         q, k = distributed.gather(q.float()), distributed.gather(k.float())
         loss, terms = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
         moco.enqueue(k)
         return loss, {**terms, "norm_error": _norm_error(q)}
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         z = encoder(torch.cat(x).contiguous(memory_format=torch.channels_last))
     z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
     logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
@@ -315,9 +328,13 @@ class ViewBatches:
         self.images = data.train_images if supervised else data.encoder_images
         self.labels = data.train_labels if supervised else None
         self.n, self.batch = len(self.images), min(cfg.batch_size, len(self.images))
-        self.steps = self.n // self.batch  # drop the last incomplete batch
+        self.steps = self.n // self.batch if cfg.drop_last else -(-self.n // self.batch)
+        if (self.n % self.batch if not cfg.drop_last else 0) % distributed.rank_world()[1]:
+            raise ValueError(f"the last partial batch of {self.n % self.batch} does not divide by "
+                             f"{distributed.rank_world()[1]} processes; set drop_last true or change batch_size")
         self.chunk = batches_per_draw(self.batch, self.images.shape[1], data.augment.crop_size)
         self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
+        self.bf16 = cfg.bf16
         self.drawn = {}  # the views of the current chunk of batches and the generator state they were drawn from
 
     def order(self, generator: torch.Generator) -> torch.Tensor:
@@ -330,10 +347,10 @@ class ViewBatches:
                               for s in range(c0, min(c0 + self.chunk, self.steps))])
             self.drawn = {"chunk": (state.epoch, c0), "gen": self.gen.get_state(),
                           "x": [self.views(self.data, self.images[rows], self.gen) for _ in range(self.objective.views)]}
-        local = len(distributed.shard(idx))  # this process's rows of each batch
-        x = [v[(step - c0) * local:(step - c0 + 1) * local] for v in self.drawn["x"]]
+        start = (step - c0) * (self.batch // distributed.rank_world()[1])  # only a chunk's last batch can be partial
+        x = [v[start:start + len(distributed.shard(idx))] for v in self.drawn["x"]]
         labels = None if self.labels is None else self.labels[idx]
-        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco)
+        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco, self.bf16)
 
     def gen_state(self, step: int) -> torch.Tensor:
         """The augmentation stream to save for continuing at `step`: within a chunk, the state that drew the chunk,
@@ -373,7 +390,7 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
     MoCo's key encoder and queue, the supervised head, the optimiser and schedule, the random streams."""
     torch.manual_seed(cfg.seed)
-    encoder = make_encoder(cfg, data)
+    encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
     if cfg.init and fresh:
         if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
             raise runs.RunError(f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)")
@@ -488,16 +505,20 @@ def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int)
 def _end_epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, means: dict[str, float], seconds: float,
                first_step: int, main: bool) -> None:
     """The epoch's log row, the schedule's step, a snapshot when asked for, and the saved state of the next epoch."""
-    views = batches.objective.views
     state.log.append({"epoch": state.epoch, "lr": state.opt.param_groups[0]["lr"],
                       **{k: round(v, 6) for k, v in means.items()}, "seconds": round(seconds, 3),
-                      "images_per_s": round((batches.steps - first_step) * batches.batch * views / seconds, 1)})
+                      "images_per_s": round(_images(batches, first_step) / seconds, 1)})
     state.sched.step()
     if main:
         runs.write_csv(run_dir / runs.LOG, state.log)
     _snapshot(cfg, run_dir, state, state.epoch, main)
     state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, {}
     state.save(run_dir / runs.STATE, cfg, batches.gen_state(0), main)
+
+
+def _images(batches, first_step: int = 0) -> int:
+    """The views an epoch's steps from `first_step` on encode (a kept last batch may be partial)."""
+    return (min(batches.n, batches.steps * batches.batch) - first_step * batches.batch) * batches.objective.views
 
 
 def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, main: bool) -> None:
@@ -519,7 +540,7 @@ def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, d
         "resumed": state.resumed,
         "final_loss": state.log[-1]["loss"] if state.log else None,
         "train_seconds": round(train_seconds, 2),
-        "images_per_s": round(steps * batches.batch * batches.objective.views / train_seconds, 1) if train_seconds else None,
+        "images_per_s": round(cfg.epochs * _images(batches) / train_seconds, 1) if train_seconds else None,
         "device": str(device),
         "torch": torch.__version__,
         "pid": os.getpid(),
