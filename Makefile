@@ -76,7 +76,7 @@ $(BUILD)/06_table1.ipynb: $(call RESULT,curves)
 $(BUILD)/04_weighting.ipynb: $(call RESULT,lambda)
 $(BUILD)/05_finetuning.ipynb: $(call RESULT,finetune)
 $(BUILD)/07_depth.ipynb: $(call RESULT,depth)
-$(BUILD)/08_moco.ipynb: $(call RESULT,moco)
+$(BUILD)/08_moco.ipynb: $(call RESULT,moco) $(filter $(call RESULT,imagenet),$(RESULTS))
 $(BUILD)/09_sentences.ipynb: $(call RESULT,sentences)
 
 # Each notebook is re-executed when it, the package or the profile change (parameters: notebook.py).

@@ -856,6 +856,18 @@ def test_table5_is_reported_not_decided_and_says_why():
         table5.judge(t.iloc[:1])
 
 
+@pytest.mark.parametrize("au, holds", [(66.7, True), (66.3, False)])
+def test_table5_is_judged_from_the_imagenet_sweeps_results(au, holds):
+    """Objectives match in canonical form; our align + uniform may trail contrastive by at most 1 point."""
+    results = pd.DataFrame({"objective": ["contrastive(tau=0.2)", "3 * align(alpha=2) + 1*uniform(t=3)", "align"],
+                            table5.TOP1: [67.5, au, 1.0]})
+    t = table5.table(results)
+    assert t.set_index("family")["ours top-1"].to_dict() == {"contrastive only": 67.5, "align + uniform only": au}
+    v = table5.judge(t)
+    assert v["holds"] is holds and f"{au - 67.5:+.2f} points" in v["evidence"] and "the paper" in v["evidence"]
+    assert table5.judge(table5.table(results.iloc[:1]))["holds"] is None
+
+
 def test_fig7_verdict_needs_every_seed():
     """Seed 0 alone is an inverted U; seed 1 peaks at lambda 1: the mean curve still holds, the verdict does not."""
     three = {(1.0, 0.0): [(-0.01, 10.0), (-0.01, 10.0)], (1.0, 1.0): [(-3.0, 80.0), (-3.0, 60.0)],

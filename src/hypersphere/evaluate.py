@@ -34,15 +34,16 @@ from .train import load_encoder, resolve_device
 
 # Bump in any commit that changes what an evaluation config computes: older records are then ignored.
 EVAL_VERSION = 1
-PROBES = ("lbfgs", "adam", "adam-full", "sgd-full")
+PROBES = ("lbfgs", "adam", "adam-full", "sgd-full", "sgd-lincls")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """How to evaluate a trained encoder. probe: lbfgs (converged logistic regression, L2 picked from
     `l2_grid` by `l2_folds`-fold CV on the labeled train split; the default), adam (the paper's Adam probe on
-    cached features), adam-full (the paper's protocol: Adam on fresh augmented crops every epoch) or sgd-full
-    (the protocol of its MoCo experiments: SGD, lr 10, on fresh crops; probe_epochs 60 for the paper's)."""
+    cached features), adam-full (the paper's protocol: Adam on fresh augmented crops every epoch), sgd-full
+    (the protocol of its ImageNet-100 MoCo experiments: SGD, lr 10, on fresh crops; probe_epochs 60 for the
+    paper's) or sgd-lincls (the official MoCo code's ImageNet protocol, Table 5: SGD, lr 30; probe_epochs 100)."""
     kind: str = "classify"
     probe: str = "lbfgs"
     l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)

@@ -56,6 +56,9 @@ class ProbeConfig:
 
 # SGD(lr 10, momentum 0.9, weight decay 0), batch 256, 60 epochs, lr x0.2 at epochs 30, 40 and 50
 MOCO_PROBE = ProbeConfig(optimizer="sgd", lr=10.0, batch_size=256, epochs=60, milestones=(30 / 60, 40 / 60, 50 / 60))
+# the official MoCo code's linear classification on ImageNet (main_lincls.py), Table 5's: SGD lr 30, batch 256,
+# 100 epochs, lr x0.1 at epochs 60 and 80, no weight decay
+LINCLS_PROBE = ProbeConfig(optimizer="sgd", lr=30.0, batch_size=256, epochs=100, milestones=(0.6, 0.8), gamma=0.1)
 
 
 def _device(encoder: nn.Module, device) -> torch.device:
@@ -83,8 +86,9 @@ def extract_features(encoder: nn.Module, images: Tensor, data: ImageData, taps: 
 
 
 def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim: int, num_classes: int,
-                  cfg: ProbeConfig, device) -> nn.Linear:
-    """Train a linear classifier with the paper's schedule; `featurize(idx)` gives the batch's features.
+                  cfg: ProbeConfig, device, plan: Callable[[list[Tensor]], None] | None = None) -> nn.Linear:
+    """Train a linear classifier with the paper's schedule; `featurize(idx)` gives the batch's features, and
+    `plan`, if given, learns each epoch's batches first (streamed images decode them ahead: ImageFiles.plan).
 
     The classifier starts at zero (the problem is convex, and it needs no random init to be deterministic);
     batches come from a CPU generator seeded with cfg.seed, so runs are reproducible.
@@ -98,7 +102,10 @@ def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim:
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
     labels = labels.to(device)
     for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
+        batches = torch.randperm(len(labels), generator=gen).split(cfg.batch_size)
+        if plan is not None:
+            plan(list(batches))
+        for idx in batches:
             loss = F.cross_entropy(clf(featurize(idx).float()), labels[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,7 +185,8 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
         x = augment(data.train_images[idx.to(data.train_images.device)].to(device), crops, data.mean, data.std, gen)
         return encoder.forward_taps(x, (tap,))[tap].float()
 
-    clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device)
+    clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device,
+                        getattr(data.train_images, "plan", None))
     val_f = extract_features(encoder, data.val_images, data, (tap,), device=device)[tap]
     encoder.train(was_training)
     sanity_check(before, encoder)

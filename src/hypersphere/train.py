@@ -336,6 +336,7 @@ class ViewBatches:
         self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
         self.bf16 = cfg.bf16
         self.drawn = {}  # the views of the current chunk of batches and the generator state they were drawn from
+        self.planned = None  # streamed images (ImageFiles): the (epoch, chunk) its workers decode next
 
     def order(self, generator: torch.Generator) -> torch.Tensor:
         return torch.randperm(self.n, generator=generator, device=generator.device)
@@ -343,14 +344,21 @@ class ViewBatches:
     def loss(self, state: TrainState, step: int, idx: torch.Tensor):
         c0 = step - step % self.chunk
         if self.drawn.get("chunk") != (state.epoch, c0):  # draw the views of batches c0, c0 + 1, ... (this process's shares)
-            rows = torch.cat([distributed.shard(state.perm[s * self.batch:(s + 1) * self.batch])
-                              for s in range(c0, min(c0 + self.chunk, self.steps))])
+            if hasattr(self.images, "plan") and self.planned != (state.epoch, c0):  # streamed: decode the rest ahead
+                self.images.plan([self._rows(state.perm, c) for c in range(c0, self.steps, self.chunk)])
+            self.planned = (state.epoch, c0 + self.chunk)
+            images = self.images[self._rows(state.perm, c0)].to(self.gen.device, non_blocking=True)
             self.drawn = {"chunk": (state.epoch, c0), "gen": self.gen.get_state(),
-                          "x": [self.views(self.data, self.images[rows], self.gen) for _ in range(self.objective.views)]}
+                          "x": [self.views(self.data, images, self.gen) for _ in range(self.objective.views)]}
         start = (step - c0) * (self.batch // distributed.rank_world()[1])  # only a chunk's last batch can be partial
         x = [v[start:start + len(distributed.shard(idx))] for v in self.drawn["x"]]
         labels = None if self.labels is None else self.labels[idx]
         return batch_loss(state.model, state.head, self.objective, x, labels, state.moco, self.bf16)
+
+    def _rows(self, perm: torch.Tensor, c0: int) -> torch.Tensor:
+        """This process's shares of batches c0, c0 + 1, ... of the chunk that starts at step c0."""
+        return torch.cat([distributed.shard(perm[s * self.batch:(s + 1) * self.batch])
+                          for s in range(c0, min(c0 + self.chunk, self.steps))])
 
     def gen_state(self, step: int) -> torch.Tensor:
         """The augmentation stream to save for continuing at `step`: within a chunk, the state that drew the chunk,
