@@ -12,6 +12,7 @@ with a description of the machine (CPU model, cores, threads, torch version, dev
   train      train() pairs/s / (fwd+bwd+SGD on pre-augmented inputs) pairs/s           >= 0.85 on CPU
   probe      cached features (+5-NN) vs the paper's full augmented linear probe        >= 10, same accuracy
              sweep workers' sentence probes at once, BLAS capped at 1 thread vs default  >= 1
+  stream     streamed JPEGs -> MoCo v2 views/s: ImageFiles + batched augment vs PIL    >= 1 (same cores each)
   cuda       SmallAlexNet B=768 images/s, TFLOP/s, STL-10 projection, packed runs      (CUDA only; else skipped)
 
   python bench/run.py [--quick] [--only loss,augment,...] [--threads N] [--out DIR] [--cuda-only]
@@ -39,10 +40,11 @@ import bench_augment
 import bench_cuda
 import bench_loss
 import bench_probe
+import bench_stream
 import bench_train
 from timing import Row, finite_positive
 
-BENCHES = ("loss", "augment", "train", "probe", "cuda")
+BENCHES = ("loss", "augment", "train", "probe", "stream", "cuda")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "augment": lambda: bench_augment.run(args.quick, threads),
         "train": lambda: bench_train.run(args.quick),
         "probe": lambda: bench_probe.run(args.quick),
+        "stream": lambda: bench_stream.run(args.quick, threads),
         "cuda": lambda: bench_cuda.run(args.quick, args.pack, compile=not args.no_compile, dry_run=args.dry_run),
     }
     for name in only:
