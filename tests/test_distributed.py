@@ -131,6 +131,8 @@ def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
                     "snapshot_epochs: [0, 1]}\n")
     (run,) = load_sweep(path)
     assert _from_args(TrainConfig, _parser().parse_args(["train", *train_argv(run.config)])) == run.config
+    typed = _from_args(TrainConfig, _parser().parse_args(["train", "--dataset", "digits", "--objective", "align + uniform"]))
+    assert typed.run_dir() == TrainConfig(dataset="digits", objective="align + uniform").run_dir()  # the README's commands
     df = run_sweep([run], tmp_path / "t.csv", executor="torchrun", gpus_per_run=2, progress=False)
     assert list(df["status"]) == ["done"] and df.loc[0, "val_output_linear"] > 0
     assert runs.train_status(run.config.run_dir(), TRAIN_VERSION) == "done"

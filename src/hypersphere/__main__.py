@@ -40,7 +40,9 @@ def _add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (
             item = typing.get_args(hint)[0]
             parser.add_argument(flag, type=item, nargs="*", default=f.default, metavar=item.__name__.upper())
         elif hint is typing.Any:  # e.g. an augmentation recipe: a name or a YAML mapping
-            parser.add_argument(flag, type=yaml.safe_load, default=f.default, help=f"(default: {f.default!r})")
+            # argparse passes a string default through `type`, and YAML reads "" as None: keep the default as it is
+            parser.add_argument(flag, type=lambda text: yaml.safe_load(text) if text else text, default=f.default,
+                                help=f"(default: {f.default!r})")
         else:
             parser.add_argument(flag, type=hint, default=f.default, help=f"(default: {f.default!r})")
 
