@@ -20,8 +20,8 @@ from . import verdict
 CLAIM = "3 L_align(alpha=2) + L_uniform(t=3) matches MoCo v2's contrastive loss on full ImageNet"
 MARGIN = 1.0  # top-1 points the align + uniform run may trail by and still "match" (one seed each: no interval)
 TOP1 = "val_penultimate_linear"
-WHY_NOT = ("needs ImageNet-1k in data/imagenet/{train,val}/<wnid>/ and about 8 GPU-days per encoder: "
-           "configs/sweeps/paper/imagenet.yaml trains it on the paper profile (README, \"Paper scale\")")
+WHY_NOT = ("it needs ImageNet-1k in data/imagenet/{train,val}/<wnid>/ and 8 GPUs: the paper profile's sweep "
+           "configs/sweeps/paper/imagenet.yaml trains it (README, \"The paper profile on GPUs\")")
 
 
 def table(results: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def judge(t5: pd.DataFrame) -> dict[str, Any]:
     paper = (f"the paper: {au['objective']} {au['val_top1']:.2f}% top-1 against {c['objective']} "
              f"{c['val_top1']:.2f}% ({au['val_top1'] - c['val_top1']:+.2f} points)")
     if pd.isna(c["ours top-1"]) or pd.isna(au["ours top-1"]):
-        return verdict("Table 5", CLAIM, None, f"not run: {WHY_NOT}. {paper}", ["table5"])
+        return verdict("Table 5", CLAIM, None, f"not run: {WHY_NOT}; {paper}", ["table5"])
     gap = au["ours top-1"] - c["ours top-1"]
     evidence = (f"ours: {au['ours top-1']:.2f}% against {c['ours top-1']:.2f}% ({gap:+.2f} points; one seed each, "
                 f"so no interval: holds within {MARGIN:g} point); {paper}")
