@@ -106,3 +106,26 @@ def test_evaluation_records_are_cached_per_config_and_survive_nothing_else(tmp_p
                                                       snapshots=True))
     assert [p["epoch"] for p in with_snapshots["trajectory"]] == [0, 1]
     assert with_snapshots["trajectory"][-1]["val_output_linear"] == pytest.approx(first["results"]["val_output_linear"])
+
+
+def test_records_hold_the_label_free_statistics_and_older_records_get_them_added(tmp_path, monkeypatch):
+    """A new record holds rankme, uniform_centred and eigen_decay of the first validation view; a record written
+    before they existed gets exactly those values added, its other results untouched and the probes not rerun."""
+    from hypersphere import evaluate as evaluate_module
+    from hypersphere.domains.image import view_pairs
+    from hypersphere.metrics import LABEL_FREE, label_free
+    from hypersphere.train import load_encoder
+    cfg = TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=1, batch_size=256, dim=8,
+                      runs_dir=str(tmp_path))
+    run_dir = train(cfg, progress=False)
+    fast = EvalConfig(taps=("output",), cv_folds=0, l2_grid=(1e-3,), l2_folds=2)
+    record = evaluate_run(run_dir, fast)
+    encoder, _, data = load_encoder(run_dir)
+    fx, _ = view_pairs(encoder, data, torch.Generator().manual_seed(fast.seed), "cpu")
+    assert {k: record["results"][k] for k in LABEL_FREE} == label_free(fx)
+    path = runs.eval_path(run_dir, "classify", fast.hashed())
+    older = {**record, "results": {k: v for k, v in record["results"].items() if k not in LABEL_FREE}}
+    runs.write_json(path, older)
+    monkeypatch.setattr(evaluate_module, "_evaluate", lambda *a, **k: pytest.fail("the probes were rerun"))
+    assert evaluate_run(run_dir, fast)["results"] == record["results"]
+    assert runs.read_json(path)["results"] == record["results"]

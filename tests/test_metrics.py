@@ -70,3 +70,26 @@ def test_uniformity_bound_matches_numerical_integration(m, t):
     num, _ = integrate.quad(lambda s: math.exp(-2 * t * (1 - s)) * w(s), -1, 1)
     den, _ = integrate.quad(w, -1, 1)
     assert uniformity_bound(m, t) == pytest.approx(math.log(num / den), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- label-free statistics
+
+def test_centred_uniformity_and_the_spectrum_decay_against_numpy_and_scipy():
+    """uniform_centred: scipy's pdist on the centred, renormalised points; eigen_decay: numpy's polyfit of the
+    log covariance spectrum against log rank (an independent eigen-solver and fit)."""
+    import numpy as np
+    from scipy.spatial.distance import pdist
+
+    from hypersphere.metrics import centred_uniformity, eigen_decay, label_free
+    g = torch.Generator().manual_seed(0)
+    f = F.normalize(torch.randn(300, 12, generator=g) * torch.linspace(3, 0.2, 12) + 2.0, dim=1)
+    c = f.double().numpy() - f.double().numpy().mean(0)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    assert centred_uniformity(f) == pytest.approx(np.log(np.mean(np.exp(-2 * pdist(c) ** 2))), abs=1e-5)
+    lam = np.sort(np.linalg.eigvalsh(np.cov(f.double().numpy().T)))[::-1]
+    lam = lam[lam > 1e-6 * lam[0]]
+    slope = np.polyfit(np.log(np.arange(1, len(lam) + 1)), np.log(lam), 1)[0]
+    assert eigen_decay(f) == pytest.approx(-slope, rel=1e-6)
+    assert set(label_free(f)) == {"rankme", "uniform_centred", "eigen_decay"}
+    with pytest.raises(ValueError, match="not unit-norm"):
+        label_free(f * 2)

@@ -15,6 +15,8 @@ The evaluation kinds, one per downstream task, belong to their domains (domains.
             baselines, and L_align, L_uniform on validation positive pairs as for classify.
   sentences (domains/text.py) Fig. 9b / Table 4: logistic regression on frozen f||g features of each labelled
             task, nested CV, and L_align, L_uniform (f's + g's terms) on held-out neighbouring sentences.
+Every kind's results also hold the label-free statistics of its features (metrics.label_free: RankMe, centred
+uniformity, the spectrum's decay), for choosing encoders without labels (notebook 10_beyond).
 With `snapshots`, the same metrics on the output tap at each snapshot epoch of the run (Fig. 8 trajectories).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 from . import runs
 from .domains import EVALUATIONS, domain_of
 from .losses import Objective
+from .metrics import LABEL_FREE, label_free
 from .train import load_encoder, resolve_device
 
 # Bump in any commit that changes what an evaluation config computes: older records are then ignored.
@@ -97,10 +100,45 @@ def check_kind(dataset: str, kind: str) -> None:
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
                  data_dir: str = "data", progress: bool = True) -> dict[str, Any]:
     """The evaluation record of a finished run for `cfg`: read when it exists, else computed and written to
-    run_dir/evals/<kind>-<hash>.json. Returns {"config", "run", "results", "trajectory", "seconds"}."""
+    run_dir/evals/<kind>-<hash>.json. Returns {"config", "run", "results", "trajectory", "seconds"}. Its results
+    hold the label-free statistics too (metrics.LABEL_FREE); a record written before they existed gets them
+    added (nothing else is recomputed: they depend on the encoder and the seed only)."""
     run_dir, config = Path(run_dir), cfg.hashed()
-    if (record := runs.load_eval(run_dir, cfg.kind, config)) is not None:
+    record = runs.load_eval(run_dir, cfg.kind, config)
+    if record is not None and set(LABEL_FREE) <= set(record["results"]):
         return record
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not
+    check_kind(runs.read_json(run_dir / runs.CONFIG)["dataset"], cfg.kind)  # before loading any data
+    encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
+    data = data.to(device)
+    kind = EVALUATIONS[cfg.kind]
+    if record is None:
+        record = {"config": config, "run": run_dir.name, **_evaluate(encoder, train_cfg, data, cfg, kind, run_dir,
+                                                                        device, data_dir, progress)}
+    record["results"].update(label_free(kind.features(encoder, data, cfg, device)))
+    record["seconds"] = round(record.get("seconds", 0) + time.perf_counter() - t0, 2)
+    record["device"] = str(device)
+    runs.write_json(runs.eval_path(run_dir, cfg.kind, config), record)
+    return record
+
+
+def _evaluate(encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, device, data_dir: str,
+              progress: bool) -> dict[str, Any]:
+    """The kind's results of the encoder, and with `snapshots` of each snapshot epoch's encoder (the trajectory)."""
+    tau = Objective.parse(train_cfg.objective).param("contrastive")
+    batch = train_cfg.batch_size  # pair_metrics keeps a single batch of fewer pairs whole
+    results = kind.run(encoder, data, cfg, device, tau, batch)
+    trajectory = []
+    if cfg.snapshots:
+        snap_cfg = dataclasses.replace(cfg, **kind.snapshot)
+        for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
+                          disable=not progress):
+            snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)
+            point = kind.run(snap, data, snap_cfg, device, tau, batch, taps=("output",))
+            trajectory.append({"epoch": epoch, **point})
+    return {"results": results, "trajectory": trajectory}
     device = resolve_device(device)
     t0 = time.perf_counter()
     runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not

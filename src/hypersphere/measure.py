@@ -21,18 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .metrics import check_unit_norm, uniformity, uniformity_bound
+from .metrics import check_unit_norm, effective_rank, uniformity, uniformity_bound
 from .stats import mean_interval
 
 JACKKNIFE_BLOCKS = 10  # uniformity's interval: delete-a-block jackknife over this many blocks of inputs
-
-
-def effective_rank(f: Tensor) -> float:
-    """exp of the entropy of the normalised singular values of the feature matrix (RankMe): 1 for features on
-    one line, the dimension for isotropic ones."""
-    s = torch.linalg.svdvals(f.double())
-    p = s / s.sum() + 1e-12  # RankMe's epsilon: log 0 never happens
-    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def _uniform_interval(f: Tensor, t: float, level: float, blocks: int) -> tuple[float, float, float]:

@@ -1,6 +1,14 @@
 """Alignment and uniformity of a whole held-out set (docs/paper.md, "Definitions"), and the uniformity bound
 (section 2). Unlike the minibatch losses, these are exact over every pair of the set, computed in
-blocks so that memory stays bounded (100k x 128 features fit in a few hundred MB)."""
+blocks so that memory stays bounded (100k x 128 features fit in a few hundred MB).
+
+Label-free statistics that other work proposes for choosing an encoder without labels, next to L_align and
+L_uniform in every evaluation record (`label_free`; the study is notebook 10_beyond):
+  rankme            the effective rank of the features (Garrido et al. 2023, RankMe): higher is better;
+  uniform_centred   L_uniform(t=2) of the features centred on their mean and renormalised: how uniform they are
+                    around their mean direction, which plain L_uniform confounds with that direction's weight;
+  eigen_decay       alpha of a power law lambda_k ~ k^-alpha fitted to the covariance spectrum (Agrawal et al. 2022,
+                    alpha-ReQ), whose claim is that alpha near 1 is best."""
 from __future__ import annotations
 
 import math
@@ -56,6 +64,42 @@ def uniformity(f: Tensor, t: float = 2.0, normalize: bool = False, block: int = 
                 logits = logits[torch.triu(torch.ones_like(logits, dtype=torch.bool), diagonal=1)]
             lse.append(torch.logsumexp(logits.flatten(), dim=0).double())
     return (torch.logsumexp(torch.stack(lse), dim=0) - math.log(n * (n - 1) / 2)).item()
+
+
+def effective_rank(f: Tensor) -> float:
+    """exp of the entropy of the normalised singular values of the feature matrix (RankMe): 1 for features on
+    one line, the dimension for isotropic ones."""
+    s = torch.linalg.svdvals(f.double())
+    p = s / s.sum() + 1e-12  # RankMe's epsilon: log 0 never happens
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def centred_uniformity(f: Tensor, t: float = 2.0) -> float:
+    """L_uniform(t) of the features minus their mean, renormalised onto the sphere."""
+    f = check_unit_norm(f)
+    return uniformity(torch.nn.functional.normalize(f - f.mean(0), dim=1), t)
+
+
+def eigen_decay(f: Tensor, floor: float = 1e-6) -> float:
+    """alpha of lambda_k ~ k^-alpha: the least-squares slope of log lambda_k against log k (negated) over the
+    covariance eigenvalues above `floor` times the largest (alpha-ReQ's fit); nan with fewer than 3 of them."""
+    lam = torch.linalg.eigvalsh(torch.cov(f.double().T)).flip(0)
+    lam = lam[lam > floor * lam[0]]
+    if len(lam) < 3:
+        return float("nan")
+    k = torch.arange(1, len(lam) + 1, dtype=torch.float64).log()
+    slope = ((k - k.mean()) * (lam.log() - lam.log().mean())).sum() / ((k - k.mean()) ** 2).sum()
+    return float(-slope)
+
+
+LABEL_FREE = ("rankme", "uniform_centred", "eigen_decay")
+
+
+def label_free(f: Tensor) -> dict[str, float]:
+    """The label-free statistics of the unit-norm features f [N, d] (LABEL_FREE; see the module docstring)."""
+    f = check_unit_norm(f)
+    return {"rankme": effective_rank(f), "uniform_centred": centred_uniformity(f), "eigen_decay": eigen_decay(f)}
 
 
 def uniformity_bound(dim: int, t: float = 2.0) -> float:

@@ -35,9 +35,12 @@ from . import depth, image, text
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation kind: `run(encoder, data, cfg, device, tau, batch_size, taps=None)` -> a flat dict of results
-    (cfg: evaluate.EvalConfig; tau: the run's contrastive temperature, for L_contrastive; batch_size: the run's)."""
+    (cfg: evaluate.EvalConfig; tau: the run's contrastive temperature, for L_contrastive; batch_size: the run's);
+    `features(encoder, data, cfg, device)` -> the unit-norm validation features [N, d] whose label-free statistics
+    (metrics.label_free) every record holds."""
     run: Callable[..., dict[str, float]]
     taps: tuple[str, ...]  # the taps it reads when the EvalConfig names none
+    features: Callable[..., Any]
     snapshot: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields a snapshot epoch's evaluation overrides
 
 
@@ -59,16 +62,18 @@ NO_SELECTION_CV = {"cv_folds": 0}  # a snapshot's evaluation skips the CV that o
 
 IMAGE = Domain(name="image", datasets=image.DATASETS, load=image.load_dataset, encoder=image.build_encoder,
                views=image.views, archs=image.ARCHS,
-               evaluations={"classify": Evaluation(image.classify, ("fc7", "output"), NO_SELECTION_CV)})
+               evaluations={"classify": Evaluation(image.classify, ("fc7", "output"), image.validation_features,
+                                                  NO_SELECTION_CV)})
 # Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
 DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=image.build_encoder,
                views=image.views, archs=depth.ARCHS,
-               evaluations={"depth": Evaluation(depth.evaluate, ("conv5", "conv4"), NO_SELECTION_CV)})
+               evaluations={"depth": Evaluation(depth.evaluate, ("conv5", "conv4"), image.validation_features,
+                                               NO_SELECTION_CV)})
 # Sentences (Fig. 9b, Table 4): Quick-Thought encoders on windows of consecutive sentences; the sentence
 # accuracy is itself cross-validated, so a snapshot's evaluation keeps its CV.
 TEXT = Domain(name="text", datasets=text.DATASETS, load=text.load_dataset, encoder=text.build_encoder, views=None,
               archs=tuple(text.ARCHS), order=text.contiguous_order, batch_loss=text.batch_loss, check=text.check,
-              evaluations={"sentences": Evaluation(text.evaluate, ())})
+              evaluations={"sentences": Evaluation(text.evaluate, (), text.validation_features)})
 DOMAINS = {d.name: d for d in (IMAGE, DEPTH, TEXT)}
 EVALUATIONS = {kind: e for d in DOMAINS.values() for kind, e in d.evaluations.items()}
 

@@ -348,6 +348,12 @@ def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device, chu
     return torch.cat(fx), torch.cat(fy)
 
 
+def validation_features(encoder: nn.Module, data, cfg, device) -> Tensor:
+    """The outputs on the first view of each validation pair (view_pairs, seeded as the evaluation's pair_metrics):
+    the features the label-free statistics of an evaluation record read."""
+    return view_pairs(encoder, data, torch.Generator(device=device).manual_seed(cfg.seed), device)[0]
+
+
 @torch.no_grad()
 def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator, device=None,
                  tau: float | None = None, batch_size: int = 768, chunk_size: int = 512) -> dict[str, float]:

@@ -512,6 +512,13 @@ def pair_metrics(model: QuickThought, corpus: Corpus, vocab: Vocab, tau: float |
     return out
 
 
+def validation_features(model: QuickThought, data: "TextData", cfg, device) -> Tensor:
+    """f || g of the held-out sentences, each l2-normalised, the concatenation renormalised (the features the
+    sentence probes read, on the sphere): what the label-free statistics of an evaluation record read."""
+    zf, zg = encode(model, data.held.sentences, data.vocab)
+    return F.normalize(torch.cat([F.normalize(zf, dim=1), F.normalize(zg, dim=1)], dim=1), dim=1)
+
+
 # ---------------------------------------------------------------------------------------- evaluation: sentences
 
 def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = None,
