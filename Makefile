@@ -21,7 +21,7 @@ HS       := $(BIN)/python -m hypersphere
 # The profile file names its sweeps on one line, `sweeps: [a, b]`: read here without Python so that the
 # targets are known before the environment exists; a missing file or line stops make in one line.
 PROFILE_FILE := configs/profiles/$(PROFILE).yaml
-NO_PROFILE_GOALS := setup test bench help clean distclean profile-new data
+NO_PROFILE_GOALS := setup test bench gpu-check help clean distclean profile-new data
 ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(PROFILE_FILE)),)
 $(error no profile $(PROFILE): $(PROFILE_FILE) does not exist; pick one of configs/profiles/ or `make profile-new NAME=$(PROFILE)`)
@@ -38,7 +38,7 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: all setup data sweep notebooks report publish profile-new test help clean distclean images depth moco sentences
+.PHONY: all setup data sweep notebooks report publish profile-new test help clean distclean images depth moco sentences beyond
 all: notebooks ## (default) set up, then train, evaluate and execute every notebook at PROFILE
 
 # One target per domain: its sweeps and notebooks (each fits the quick profile's 15-minute budget on 2 cores).
@@ -46,6 +46,7 @@ images: $(patsubst %,$(BUILD)/%.ipynb,01_theory 02_hypersphere_2d 03_metrics_vs_
 depth: $(BUILD)/07_depth.ipynb ## the depth domain: Fig. 5b and Table 2
 moco: $(BUILD)/08_moco.ipynb ## MoCo (queue + EMA key encoder): Fig. 9a, Table 3 and Table 5's status
 sentences: $(BUILD)/09_sentences.ipynb ## the sentence domain: Fig. 9b and Table 4
+beyond: $(BUILD)/10_beyond.ipynb ## beyond the paper: which label-free statistic picks the best encoder, per domain
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
 
@@ -78,6 +79,7 @@ $(BUILD)/05_finetuning.ipynb: $(call RESULT,finetune)
 $(BUILD)/07_depth.ipynb: $(call RESULT,depth)
 $(BUILD)/08_moco.ipynb: $(call RESULT,moco) $(filter $(call RESULT,imagenet),$(RESULTS))
 $(BUILD)/09_sentences.ipynb: $(call RESULT,sentences)
+$(BUILD)/10_beyond.ipynb: $(filter $(foreach s,cloud depth moco sentences,$(call RESULT,$(s))),$(RESULTS))
 
 # Each notebook is re-executed when it, the package or the profile change (parameters: notebook.py).
 $(BUILD)/%.ipynb: notebooks/%.ipynb $(PROFILE_FILE) $(SRC) $(STAMP)
@@ -100,6 +102,10 @@ test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)
 .PHONY: bench
 bench: $(STAMP) ## speed ratios against reference implementations, measured side by side -> bench/results/
 	$(BIN)/python bench/run.py --out bench/results
+
+.PHONY: gpu-check
+gpu-check: $(STAMP) ## the one prepared GPU check (8 minutes or less on one GPU): every paper path, sweep costs -> bench/results/
+	$(BIN)/python bench/run.py --cuda-only --out bench/results
 
 help: ## list targets and variables
 	@echo "targets:"; grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'

@@ -878,3 +878,47 @@ def test_fig7_verdict_needs_every_seed():
     lam = fig7.runs_by_lambda(lambda_runs({**three, (0.0, 2.0): [(-3.9, 20.0), (-3.9, 20.0)]}))
     v = fig7.judge(fig7.curve(lam), lam)
     assert v["holds"] is True and "holds on 2 of 2 seeds" in v["evidence"]
+
+
+# ----------------------------------------------------------------------------- beyond: label-free selection
+
+def beyond_cloud(n: int, seed: int = 0) -> pd.DataFrame:
+    """n encoders whose RankMe tracks performance exactly and whose L_align + L_uniform is noise."""
+    rng = np.random.default_rng(seed)
+    perf = rng.permutation(n).astype(float)
+    return pd.DataFrame({"performance": perf, "rankme": perf + 1, "align": rng.random(n), "uniform": -rng.random(n),
+                         "uniform_centred": -rng.random(n), "eigen_decay": 1 + rng.random(n)})
+
+
+def test_beyond_ranks_statistics_orients_them_and_judges_the_papers_pair():
+    from hypersphere.items import beyond
+    clouds = {"images": beyond_cloud(30), "depth": beyond_cloud(30, seed=1).assign(
+        performance=lambda d: -d["performance"], align=lambda d: d["performance"] / 100)}
+    t = beyond.table(clouds, n_boot=500).set_index(["domain", "statistic"])
+    assert t.loc[("images", "RankMe"), "spearman"] == pytest.approx(1.0)
+    assert t.loc[("images", "RankMe"), "picked"] == t.loc[("images", "RankMe"), "best"] == 29
+    assert t.loc[("images", "RankMe"), "picked percentile"] == 100
+    # depth: performance is an MSE (lower is better) and L_align grows with it: a perfect ranking
+    assert t.loc[("depth", "L_align"), "spearman"] == pytest.approx(1.0)
+    assert t.loc[("depth", "L_align"), "picked"] == t.loc[("depth", "L_align"), "best"] == -29
+    v = beyond.judge("images", clouds["images"], t.reset_index(), n_boot=500)
+    assert v["holds"] is False and "the best other statistic, RankMe" in v["evidence"]
+    paper_best = {"images": beyond_cloud(30).assign(align=lambda d: -d["performance"], uniform=0.0)}
+    v = beyond.judge("images", paper_best["images"], beyond.table(paper_best, n_boot=500), n_boot=500)
+    assert v["holds"] is True and "the best other statistic, L_align: +0.00 [+0.00, +0.00]" in v["evidence"]
+    few = {"MoCo": beyond_cloud(5)}
+    assert beyond.judge("MoCo", few["MoCo"], beyond.table(few, n_boot=200))["holds"] is None
+
+
+def test_paired_bootstrap_of_a_spearman_difference_matches_a_loop_over_scipy():
+    from scipy.stats import spearmanr
+    from hypersphere.stats import bootstrap_spearman_difference
+    rng = np.random.default_rng(3)
+    y = rng.random(40)
+    a, b = y + 0.3 * rng.random(40), y + 1.5 * rng.random(40)
+    diff, lo, hi = bootstrap_spearman_difference(a, b, y, n_boot=300, seed=7)
+    assert diff == pytest.approx(spearmanr(a, y).statistic - spearmanr(b, y).statistic)
+    idx = np.random.default_rng(7).integers(0, 40, size=(300, 40))
+    loop = [spearmanr(a[i], y[i]).statistic - spearmanr(b[i], y[i]).statistic for i in idx]
+    assert (lo, hi) == pytest.approx((np.quantile(loop, 0.025), np.quantile(loop, 0.975)), abs=1e-9)
+    assert lo < diff < hi and lo > 0  # a tracks y more closely than b

@@ -34,6 +34,8 @@ NOTEBOOKS = {
     "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
     "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),
+    "10_beyond": (("beyond_statistics",), tuple(f"Label-free selection ({d})" for d in ("images", "depth", "MoCo",
+                                                                                         "sentences"))),
 }
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]

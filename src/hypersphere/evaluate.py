@@ -97,6 +97,13 @@ def check_kind(dataset: str, kind: str) -> None:
         raise ValueError(f"evaluation kind {kind!r} does not apply to {dataset}; use kind: {' or '.join(kinds)}")
 
 
+def load_record(run_dir: str | Path, cfg: EvalConfig) -> dict[str, Any] | None:
+    """The run's complete evaluation record for `cfg`, or None: absent, or written before the label-free
+    statistics (evaluate_run then adds them)."""
+    record = runs.load_eval(Path(run_dir), cfg.kind, cfg.hashed())
+    return record if record is not None and set(LABEL_FREE) <= set(record["results"]) else None
+
+
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
                  data_dir: str = "data", progress: bool = True) -> dict[str, Any]:
     """The evaluation record of a finished run for `cfg`: read when it exists, else computed and written to
@@ -104,9 +111,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     hold the label-free statistics too (metrics.LABEL_FREE); a record written before they existed gets them
     added (nothing else is recomputed: they depend on the encoder and the seed only)."""
     run_dir, config = Path(run_dir), cfg.hashed()
+    if (complete := load_record(run_dir, cfg)) is not None:
+        return complete
     record = runs.load_eval(run_dir, cfg.kind, config)
-    if record is not None and set(LABEL_FREE) <= set(record["results"]):
-        return record
     device = resolve_device(device)
     t0 = time.perf_counter()
     runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not

@@ -33,6 +33,22 @@ def bootstrap_spearman(x, y, n_boot: int = 2000, level: float = 0.95, seed: int 
     return rho, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
 
 
+def bootstrap_spearman_difference(a, b, y, n_boot: int = 2000, level: float = 0.95,
+                                  seed: int = 0) -> tuple[float, float, float]:
+    """rho(a, y) - rho(b, y) and its paired percentile-bootstrap interval: both scores are ranked on the same
+    resamples of the points, so what they share does not widen the interval. Returns (difference, low, high)."""
+    a, b, y = (np.asarray(v, float) for v in (a, b, y))
+    diff = spearman(a, y) - spearman(b, y)
+    if np.isnan(diff):
+        return diff, float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    ranked_y = rankdata(y[idx], axis=1)
+    boots = _pearson_rows(rankdata(a[idx], axis=1), ranked_y) - _pearson_rows(rankdata(b[idx], axis=1), ranked_y)
+    boots = boots[np.isfinite(boots)]
+    alpha = (1 - level) / 2
+    return float(diff), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
+
+
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(1, keepdims=True)
     b = b - b.mean(1, keepdims=True)

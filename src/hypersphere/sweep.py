@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import resources, runs, userfiles
-from .evaluate import EvalConfig, check_kind, evaluate_run
+from .evaluate import EvalConfig, check_kind, evaluate_run, load_record
 from .losses import TERMS, Objective
 from .train import TRAIN_VERSION, Diverged, TrainConfig, train
 
@@ -178,7 +178,7 @@ def status(run: SweepRun) -> str:
         return "training elsewhere"
     if state == "todo" and (run.config.run_dir() / runs.STATE).exists():
         return "partial"
-    if state == "done" and runs.load_eval(run.config.run_dir(), run.evaluation.kind, run.evaluation.hashed()) is None:
+    if state == "done" and load_record(run.config.run_dir(), run.evaluation) is None:
         return "to evaluate"
     return state
 
@@ -258,7 +258,7 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
             summary = runs.load_summary(run_dir)
             row.update({k: v for k, v in summary.items() if k not in ("config_hash", "run", "resumed", "pid", "host")})
             row["resumed"] = len(summary.get("resumed", []))
-            record = runs.load_eval(run_dir, run.evaluation.kind, run.evaluation.hashed())
+            record = load_record(run_dir, run.evaluation)
             if record is None:
                 row["status"] = "to evaluate"
             else:
@@ -275,7 +275,7 @@ def trajectories(sweep_runs: list[SweepRun]) -> pd.DataFrame:
     """The evaluated snapshots of every run (Fig. 8): one row per run and snapshot epoch."""
     rows = []
     for run in sweep_runs:
-        record = runs.load_eval(run.config.run_dir(), run.evaluation.kind, run.evaluation.hashed())
+        record = load_record(run.config.run_dir(), run.evaluation)
         rows += [{"run": run.config.run_dir().name, **point} for point in (record or {}).get("trajectory", [])]
     return pd.DataFrame(rows)
 

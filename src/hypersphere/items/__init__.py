@@ -13,6 +13,7 @@ data/reference/ (resources.reference_table). Notebooks set parameters, call an i
     table5     Table 5: full-ImageNet MoCo v2, reported, not run              (08_moco)
     fig9b      Figure 9b: the sentence encoders' metrics against MR / CR     (09_sentences)
     table4     Table 4: the best sentence encoder of each loss family        (09_sentences)
+    beyond     beyond the paper: which label-free statistic picks the best encoder (10_beyond)
 
 A new figure is a new module here with its reference numbers in data/reference/, an entry in ITEMS, a
 notebook, and unit tests of its computation and verdict on small fixture tables.
@@ -46,6 +47,7 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Table 3": ("08_moco", ("table3",)),
     "Table 4": ("09_sentences", ("table4",)),
     "Table 5": ("08_moco", ("table5",)),
+    **{f"Label-free selection ({d})": ("10_beyond", ("beyond_statistics",)) for d in ("images", "depth", "MoCo", "sentences")},
 }
 
 FAMILIES = ("contrastive only", "align + uniform only", "all three")

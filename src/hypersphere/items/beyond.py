@@ -1,0 +1,128 @@
+"""Beyond the paper (notebook 10_beyond): which statistic of an encoder's features, computed without labels, best
+picks the encoder that does best downstream?
+
+Every evaluation record holds, next to L_align(alpha=2) and L_uniform(t=2), the label-free statistics of
+metrics.label_free. For each domain's cloud of encoders (the quick profile's Figs. 5a, 5b, 9a and 9b) this module
+ranks the encoders by each statistic and compares the ranking with downstream performance: Spearman's rho
+oriented so that +1 is a perfect ranking (a statistic that is better when lower is negated), with a percentile
+bootstrap interval over encoders, and the performance of the encoder the statistic ranks first. A domain's verdict
+asks whether L_align + L_uniform, the paper's pair, ranks its encoders as well as the best of the other statistics
+(within MARGIN of its rho, by a paired bootstrap interval of the difference).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..metrics import LABEL_FREE
+from . import fig5, fig9b, load_results, verdict
+
+# statistic -> (how to compute it from a results table, whether higher is better)
+STATISTICS: dict[str, tuple[Any, bool]] = {
+    "L_align": (lambda d: d["align"], False),
+    "L_uniform": (lambda d: d["uniform"], False),
+    "L_align + L_uniform": (lambda d: d["align"] + d["uniform"], False),
+    "RankMe": (lambda d: d["rankme"], True),
+    "centred L_uniform": (lambda d: d["uniform_centred"], False),
+    "|alpha - 1| (alpha-ReQ)": (lambda d: (d["eigen_decay"] - 1).abs(), False),
+}
+PAPER_PAIR = "L_align + L_uniform"
+MARGIN = 0.1  # rho the paper's pair may trail the best statistic by and still rank "as well"
+MIN_ENCODERS = 8
+
+# sweep -> (domain, performance column, higher is better, its name)
+DOMAINS = {
+    "cloud": ("images", "val_output_linear", True, "output + linear accuracy (%)"),
+    "depth": ("depth", "val_conv5_mse", False, "conv5 depth MSE"),
+    "moco": ("MoCo", "val_penultimate_linear", True, "penultimate + linear top-1 (%)"),
+    "sentences": ("sentences", "val_tasks", True, "mean accuracy of the two sentence tasks (%)"),
+}
+
+
+def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Each domain's encoders with a loss family, finite metrics and a performance column `performance`, for the
+    sweeps of DOMAINS among `sweeps` (a profile's), and per domain a note of what was left out."""
+    clouds, notes = {}, {}
+    for sweep in (s for s in DOMAINS if s in sweeps):
+        domain, col, _, name = DOMAINS[sweep]
+        df, note = load_results(results_dir, sweep, need=["align", "uniform", *LABEL_FREE])
+        if sweep == "sentences":  # the mean over the dataset's two tasks (MR and CR, or their stand-ins)
+            df = df.assign(val_tasks=df[list(fig9b.targets(df))].mean(axis=1))
+        cloud, kept, usable_note = fig5.usable(df, {col: name})
+        clouds[domain] = cloud.assign(performance=cloud[col] if kept else np.nan)
+        notes[domain] = f"{sweep}.csv: {note}; {usable_note}; performance: {name}"
+    return clouds, notes
+
+
+def goodness(cloud: pd.DataFrame, statistic: str) -> np.ndarray:
+    """The statistic oriented so that higher ranks an encoder first."""
+    compute, higher = STATISTICS[statistic]
+    values = compute(cloud).to_numpy(float)
+    return values if higher else -values
+
+
+def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per domain and statistic: encoders, oriented Spearman rho with its bootstrap CI, the performance of the
+    encoder the statistic ranks first, the best and the median performance, and the pick's percentile."""
+    rows = []
+    for domain, cloud in clouds.items():
+        higher = next(h for d, _, h, _ in DOMAINS.values() if d == domain)
+        y = cloud["performance"].to_numpy(float) * (1 if higher else -1)
+        for name in STATISTICS:
+            g = goodness(cloud, name)
+            ok = np.isfinite(g) & np.isfinite(y)
+            rho, lo, hi = stats.bootstrap_spearman(g[ok], y[ok], n_boot=n_boot, seed=seed)
+            pick = stats.selection_rule(g[ok], y[ok], higher_is_better=True)
+            sign = 1 if higher else -1
+            rows.append({"domain": domain, "statistic": name, "encoders": int(ok.sum()), "spearman": rho,
+                         "ci_low": lo, "ci_high": hi, "picked": sign * pick["chosen"], "best": sign * pick["best"],
+                         "median": sign * pick["median"], "picked percentile": pick["percentile"]})
+    return pd.DataFrame(rows)
+
+
+def judge(domain: str, cloud: pd.DataFrame, t: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Against the best of the other statistics (by rho): holds when the paired-bootstrap 95% interval of
+    rho(L_align + L_uniform) - rho(that statistic) lies above -MARGIN, fails when it lies below, undecided when it
+    straddles -MARGIN or the domain has too few encoders."""
+    claim = f"L_align + L_uniform ranks the {domain} encoders as well as the best label-free statistic"
+    rows = t[t["domain"] == domain].set_index("statistic")
+    if len(cloud) < MIN_ENCODERS or rows["spearman"].isna().all():
+        return verdict(f"Label-free selection ({domain})", claim, None,
+                       f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed", ["beyond_statistics"])
+    rival = rows["spearman"].drop(PAPER_PAIR).idxmax()
+    higher = next(h for d, _, h, _ in DOMAINS.values() if d == domain)
+    y = cloud["performance"].to_numpy(float) * (1 if higher else -1)
+    diff, lo, hi = stats.bootstrap_spearman_difference(goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y,
+                                                       n_boot=n_boot, seed=seed)
+    holds = True if lo > -MARGIN else False if hi < -MARGIN else None
+    ranked = ", ".join(f"{s} {r['spearman']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                       for s, r in rows.sort_values("spearman", ascending=False).iterrows())
+    p, r = rows.loc[PAPER_PAIR], rows.loc[rival]
+    evidence = (f"{len(cloud)} encoders; Spearman with performance (+1 ranks them perfectly): {ranked}. "
+                f"{PAPER_PAIR} minus the best other statistic, {rival}: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}] (paired "
+                f"bootstrap; margin -{MARGIN:g}). First picks: {PAPER_PAIR} {p['picked']:.3g}, {rival} "
+                f"{r['picked']:.3g}; the best encoder {p['best']:.3g}, the median {p['median']:.3g}")
+    return verdict(f"Label-free selection ({domain})", claim, holds, evidence, ["beyond_statistics"])
+
+
+def figure(t: pd.DataFrame):
+    """One panel per domain: each statistic's oriented Spearman rho with its 95% bootstrap interval."""
+    domains = list(dict.fromkeys(t["domain"]))
+    fig, axes = plt.subplots(1, len(domains), figsize=(3.6 * len(domains), 3.2), sharey=True, squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        rows = t[t["domain"] == domain]
+        ypos = np.arange(len(rows))[::-1]
+        err = np.vstack([rows["spearman"] - rows["ci_low"], rows["ci_high"] - rows["spearman"]])
+        colours = ["C3" if s == PAPER_PAIR else "C0" for s in rows["statistic"]]
+        ax.barh(ypos, rows["spearman"], xerr=err, color=colours, alpha=0.8, capsize=2)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(ypos, rows["statistic"])
+        ax.set_xlim(-1, 1)
+        ax.set_title(f"{domain} ({rows['encoders'].iloc[0]} encoders)")
+        ax.set_xlabel("Spearman with performance")
+    fig.tight_layout()
+    return fig
