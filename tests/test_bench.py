@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hypersphere import profiles
+from hypersphere.sweep import load_sweep, sweep_path
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # trains small encoders (about 30 s in all)
 
@@ -81,6 +84,8 @@ def test_probe_rows_report_both_accuracies(quick_run):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
 def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
+    """Every paper path of the GPU check runs on the CPU at tiny sizes (about a minute on 2 cores), each row with
+    positive finite numbers; peak memory and packing are skipped; one projection row per paper sweep."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only", "--dry-run", "--quick",
                            "--threads", "1", "--name", "box", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -90,9 +95,41 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     assert {"SmallAlexNet B=8 pairs", "augment() alone", "loss of one batch", "ResNet-50 MoCo v2 step B=4 pairs"} <= set(cuda)
     assert cuda["ResNet-50 MoCo v2 step B=4 pairs"]["raw"]["images_per_s"] > 0
     assert cuda["SmallAlexNet B=8 pairs"]["raw"]["flops_per_step"] > 0
+
+    def one(prefix: str) -> dict:
+        (row,) = [r for r in rows if r["bench"] == "cuda" and r["case"].startswith(prefix)]
+        return row["raw"]
+
+    def positive(*values) -> bool:
+        return all(math.isfinite(v) and v > 0 for v in values)
+
+    for tap in ("conv5", "conv4"):  # the depth decoder on the frozen encoder's maps
+        assert positive(one(f"NYU depth decoder training on {tap}")["images_per_s"])
+    assert positive(one("NYU-Depth-V2 encoder")["images_per_s"])
+    stream = one("ResNet-50 MoCo v2 streamed through train()")
+    assert positive(stream["images_per_s"], stream["mfu"], stream["run_images_per_s"]) and stream["steps"] == 8
+    qt = one("Quick-Thought through train()")
+    assert positive(qt["sentences_per_s"], qt["mfu"]) and qt["steps"] == 12
+    accuracy = one("accuracy after")
+    assert all(0 <= accuracy[k] <= 100 for k in ("fp32_accuracy", "bf16_accuracy"))
+    assert accuracy["difference"] == pytest.approx(accuracy["bf16_accuracy"] - accuracy["fp32_accuracy"])
+    moco_loss = one("MoCo loss after")
+    assert math.isfinite(moco_loss["fp32"]) and math.isfinite(moco_loss["bf16"])
+
+    # one projection per paper sweep, in the profile's order; PFLOP counted at the paper's sizes even in the dry run
+    projected = {r["case"].split(",")[0].removeprefix("projected: paper sweep "): r for r in rows
+                 if r["case"].startswith("projected: paper sweep")}
+    assert list(projected) == list(profiles.load("paper").sweeps)
+    for sweep, r in projected.items():
+        assert positive(r["raw"]["gpu_hours"], r["raw"]["pflop"]), sweep
+        assert f"{r['raw']['runs']} runs" in r["case"] and r["raw"]["runs"] == len(load_sweep(sweep_path(sweep, "paper")))
+    pair = one("ResNet-50 MoCo v2 step B=4 pairs, 32 px, queue 16, fp32")["flops_per_pair"]  # counted at 224 px
+    # Table 5: 2 runs x 200 epochs of 5,004 batches of 256
+    assert projected["imagenet"]["raw"]["pflop"] == pytest.approx(2 * 200 * 5004 * 256 * pair / 1e15)
+
     skipped = [r["case"] for r in rows if r["met"] == "skipped"]
     assert any("peak memory" in c for c in skipped) and any("packing" in c for c in skipped)
-    assert any(c.startswith("projected") for c in cuda)
+    assert any(c.startswith("projected: one STL-10 encoder") for c in cuda)
     no_flag = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only"], capture_output=True,
                              text=True, cwd=REPO)
     assert no_flag.returncode != 0 and "--dry-run" in no_flag.stderr
