@@ -79,7 +79,7 @@ $(BUILD)/05_finetuning.ipynb: $(call RESULT,finetune)
 $(BUILD)/07_depth.ipynb: $(call RESULT,depth)
 $(BUILD)/08_moco.ipynb: $(call RESULT,moco) $(filter $(call RESULT,imagenet),$(RESULTS))
 $(BUILD)/09_sentences.ipynb: $(call RESULT,sentences)
-$(BUILD)/10_beyond.ipynb: $(filter $(foreach s,cloud depth moco sentences,$(call RESULT,$(s))),$(RESULTS))
+$(BUILD)/10_beyond.ipynb: $(filter $(foreach s,cloud depth moco sentences beyond,$(call RESULT,$(s))),$(RESULTS))
 
 # Each notebook is re-executed when it, the package or the profile change (parameters: notebook.py).
 $(BUILD)/%.ipynb: notebooks/%.ipynb $(PROFILE_FILE) $(SRC) $(STAMP)

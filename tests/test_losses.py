@@ -2,6 +2,8 @@
 property tests, and the objective's parser."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -343,3 +345,69 @@ def test_objective_canonical_form(spec, canonical):
 def test_bad_objective_specs_quote_the_offending_part(spec, quoted):
     with pytest.raises(ValueError, match=__import__("re").escape(quoted)):
         Objective.parse(spec)
+
+
+# ----------------------------------------------------------------------------- objectives beyond the paper
+
+def _pairs(k=12, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(k, d, generator=g, dtype=torch.float64), torch.randn(k, d, generator=g, dtype=torch.float64)
+
+
+def test_ntxent_against_a_loop_over_its_2k_anchors():
+    from hypersphere.losses import ntxent_loss
+    x, y = (F.normalize(v, dim=1) for v in _pairs())
+    z, k, tau = torch.cat([x, y]).numpy(), len(x), 0.3
+    terms = []
+    for i in range(2 * k):
+        positive = (i + k) % (2 * k)
+        others = [j for j in range(2 * k) if j != i]
+        terms.append(-z[i] @ z[positive] / tau + np.log(sum(np.exp(z[i] @ z[j] / tau) for j in others)))
+    assert ntxent_loss(x, y, tau).item() == pytest.approx(np.mean(terms), rel=1e-10)
+
+
+def test_barlow_twins_against_numpy():
+    from hypersphere.losses import barlow_loss
+    x, y = _pairs()
+    a, b = x.numpy(), y.numpy()
+    za = (a - a.mean(0)) / np.sqrt(a.var(0) + 1e-5)  # the official code's affine-free BatchNorm
+    zb = (b - b.mean(0)) / np.sqrt(b.var(0) + 1e-5)
+    c = za.T @ zb / len(a)
+    d = c.shape[0]
+    expected = sum((1 - c[i, i]) ** 2 for i in range(d)) + 0.005 * sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j)
+    assert barlow_loss(x, y, 0.005).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_vicreg_against_numpy():
+    from hypersphere.losses import vicreg_loss
+    x, y = _pairs()
+    x, y = 0.3 * x, 0.3 * y  # some dimensions' std under gamma = 1: the hinge is active
+    a, b = x.numpy(), y.numpy()
+    invariance = ((a - b) ** 2).mean()
+    variance = np.mean([np.maximum(0, 1 - np.sqrt(v.var(0, ddof=1) + 1e-4)).mean() for v in (a, b)])
+    covariance = sum(((np.cov(v.T) - np.diag(np.diag(np.cov(v.T)))) ** 2).sum() / v.shape[1] for v in (a, b))
+    assert vicreg_loss(x, y).item() == pytest.approx(25 * invariance + 25 * variance + covariance, rel=1e-10)
+
+
+def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
+    from hypersphere.losses import predictive_loss
+    p1, p2 = (v.requires_grad_() for v in _pairs(seed=1))
+    t1, t2 = (v.requires_grad_() for v in _pairs(seed=2))
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    a, b, c, d = (unit(v.detach().numpy()) for v in (p1, p2, t1, t2))
+    expected = (((a - d) ** 2).sum(1).mean() + ((b - c) ** 2).sum(1).mean()) / 2
+    loss = predictive_loss((p1, p2), (t1, t2))
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    loss.backward()
+    assert t1.grad is None and t2.grad is None and p1.grad.abs().sum() > 0
+
+
+def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
+    objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(gamma=2) + simsiam + byol(width=2)")
+    assert str(objective) == ("ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(gamma=2) + simsiam(width=4) + "
+                              "byol(width=2)")
+    with pytest.raises(ValueError, match="needs its parameter"):
+        Objective.parse("ntxent")
+    x, y = (F.normalize(v.float(), dim=1) for v in _pairs())
+    with pytest.raises(ValueError, match="no form against a queue"):
+        Objective.parse("barlow")(x, y, queue=x)

@@ -307,7 +307,54 @@ def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_pat
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
     assert all(torch.equal(a["moco"][k], b["moco"][k]) for k in a["moco"])  # key encoder and queue
-    with pytest.raises(ValueError, match="not xent"):
+    with pytest.raises(ValueError, match="takes contrastive, align and uniform terms only"):
         cfg(tmp_path, objective="xent()", queue=512)
     with pytest.raises(ValueError, match="use queue >= batch_size"):
         cfg(tmp_path, **{**moco, "queue": 64})
+
+
+@pytest.mark.parametrize("objective, modules", [("ntxent(tau=0.5)", ()), ("barlow", ()), ("vicreg", ()),
+                                                ("simsiam", ("predictor",)), ("byol", ("predictor", "target"))])
+def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypatch, objective, modules):
+    """SimCLR's NT-Xent (with the MLP projection head), Barlow Twins, VICReg, SimSiam and BYOL: a crash mid-epoch,
+    then the same command, ends with the weights (predictor and EMA target included) of an uninterrupted run."""
+    kw = dict(objective=objective, arch="digitsnet-mlp" if objective.startswith("ntxent") else "auto", epochs=1,
+              ema=0.9, checkpoint_minutes=0.0, lr=0.005)  # the quick recipe's lr: at 0.06 VICReg's loss (x25) diverges
+    whole = train(cfg(tmp_path / "a", **kw), progress=False)
+    real, calls = train_module.batch_loss, []
+
+    def crash_on_the_fourth_step(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "batch_loss", crash_on_the_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b", **kw), progress=False)
+    monkeypatch.setattr(train_module, "batch_loss", real)
+    resumed = train(cfg(tmp_path / "b", **kw), progress=False)
+    a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
+    assert set(modules) == {k for k in ("predictor", "target") if k in a}
+    for module in ("encoder", *modules):
+        assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module
+    log = list(csv.DictReader((whole / runs.LOG).open()))
+    assert ("spread" in log[0]) == (not objective.startswith("ntxent")) and float(log[0]["loss"]) == float(log[0]["loss"])
+
+
+def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypatch):
+    """_spread measures how far the features spread: ~1 for points spread over the sphere, 0 for one point; an
+    epoch whose mean spread falls under COLLAPSED fails the run like a divergence, failed.json saying why."""
+    spread_out = torch.nn.functional.normalize(torch.randn(4096, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert train_module._spread(spread_out).item() == pytest.approx(1.0, abs=0.02)
+    assert train_module._spread(spread_out[:1].expand(64, -1)).item() == 0.0
+    monkeypatch.setattr(train_module, "_spread", lambda z: torch.tensor(0.01))  # as a collapsed encoder's
+    with pytest.raises(Diverged, match="collapsed in epoch 1"):
+        train(cfg(tmp_path, objective="simsiam", epochs=1), progress=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert runs.train_status(run, TRAIN_VERSION) == "failed"
+    assert "spread" in json.loads((run / runs.FAILED).read_text())["reason"]
+    with pytest.raises(ValueError, match="takes contrastive, align and uniform terms only"):
+        cfg(tmp_path, objective="byol", queue=512)
+    with pytest.raises(ValueError, match="standin's domain has its own loss"):
+        TrainConfig(dataset="standin", arch="qt-small", objective="barlow", optimizer="adam", lr=1e-3)

@@ -196,6 +196,51 @@ def contrastive_loss(x: Tensor, y: Tensor, tau: float) -> Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def ntxent_loss(x: Tensor, y: Tensor, tau: float) -> Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1): each of the 2K views against the 2K - 1 others, its positive the
+    other view of its input (L_contrastive's estimator compares each view with the other view's K only); the mean
+    of the 2K cross-entropy terms."""
+    z = torch.cat([_fp32(x), _fp32(y)])
+    logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))
+    k = len(x)
+    positives = torch.cat([torch.arange(k, 2 * k), torch.arange(k)]).to(x.device)
+    return F.cross_entropy(logits, positives)
+
+
+def barlow_loss(x: Tensor, y: Tensor, lambd: float) -> Tensor:
+    """Barlow Twins (Zbontar et al. 2021, Eq. 1) on the embeddings before l2-normalisation: C is the cross-correlation
+    of the two views with every dimension standardised over the batch (as the official code's affine-free
+    BatchNorm: biased variance, eps 1e-5); sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2."""
+    def standardise(v: Tensor) -> Tensor:
+        v = _fp32(v)
+        return (v - v.mean(0)) / (v.var(0, unbiased=False) + 1e-5).sqrt()
+    c = standardise(x).T @ standardise(y) / len(x)
+    on = (c.diagonal() - 1).pow(2).sum()
+    return on + lambd * (c.pow(2).sum() - c.diagonal().pow(2).sum())
+
+
+def vicreg_loss(x: Tensor, y: Tensor, gamma: float = 1.0) -> Tensor:
+    """VICReg (Bardes et al. 2022, Eq. 6, with its coefficients 25, 25, 1) on the embeddings before
+    l2-normalisation: 25 * invariance (the mean squared difference of the views) + 25 * variance (the mean hinge
+    relu(gamma - std) of each dimension's std over the batch, eps 1e-4, both views averaged) + covariance (the sum
+    of the squared off-diagonal covariances divided by the dimension, both views summed)."""
+    x, y = _fp32(x), _fp32(y)
+    invariance = F.mse_loss(x, y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    variance = sum(F.relu(gamma - (v.var(0) + 1e-4).sqrt()).mean() for v in (x, y)) / 2
+    d = x.shape[1]
+    covariance = sum(((v.T @ v) / (len(v) - 1)).fill_diagonal_(0).pow(2).sum() / d for v in (x, y))
+    return 25 * invariance + 25 * variance + covariance
+
+
+def predictive_loss(p: tuple[Tensor, Tensor], t: tuple[Tensor, Tensor]) -> Tensor:
+    """BYOL's loss (Grill et al. 2020, Eq. 2), symmetrised: the mean over both directions of
+    ||p_1 / |p_1| - t_2 / |t_2| ||^2 = 2 - 2 cos(p_1, t_2), the targets t without gradient. SimSiam (Chen & He
+    2021) minimises -cos with the same stop-gradient, the same objective up to 2 - 2 cos = 2 (1 + D)."""
+    return sum((2 - 2 * F.cosine_similarity(_fp32(a), _fp32(b).detach(), dim=1)).mean()
+               for a, b in ((p[0], t[1]), (p[1], t[0]))) / 2
+
+
 def queue_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
     """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
     q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
@@ -238,7 +283,18 @@ TERMS: dict[str, tuple[str, float | None]] = {
     # `scale`, as cosine classifiers do. Unscaled, the logits can only be as large as the head's weights and
     # cross-entropy stays near log C for many epochs (digits-color at dim 2).
     "xent": ("scale", 10.0),
+    # Beyond the paper (notebook 10_beyond): SimCLR's NT-Xent; Barlow Twins and VICReg on the embeddings before
+    # l2-normalisation; SimSiam (stop-gradient) and BYOL (an EMA target encoder, TrainConfig.ema) through a
+    # predictor MLP whose hidden layer is `width` times the output dimension.
+    "ntxent": ("tau", None),
+    "barlow": ("lambd", 0.0051),
+    "vicreg": ("gamma", 1.0),
+    "simsiam": ("width", 4.0),
+    "byol": ("width", 4.0),
 }
+RAW_TERMS = ("barlow", "vicreg")  # on the embeddings before l2-normalisation
+PREDICTOR_TERMS = ("simsiam", "byol")
+COLLAPSE_PRONE = RAW_TERMS + PREDICTOR_TERMS  # no negatives: a collapse is checked for and recorded
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _TERM = re.compile(
     rf"^\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*"
@@ -325,10 +381,17 @@ class Objective:
     def needs_labels(self) -> bool:
         return any(term.name == "xent" for term in self.terms)
 
+    def uses(self, names: tuple[str, ...]) -> bool:
+        return any(term.name in names for term in self.terms)
+
     def __call__(self, zx: Tensor, zy: Tensor | None = None, logits: Tensor | None = None,
-                 labels: Tensor | None = None, queue: Tensor | None = None,
-                 intra_batch: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-        if queue is not None and self.needs_labels:
+                 labels: Tensor | None = None, queue: Tensor | None = None, intra_batch: bool = True,
+                 raw: tuple[Tensor, Tensor] | None = None, predicted: tuple[Tensor, Tensor] | None = None,
+                 targets: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`raw`: both views' embeddings before l2-normalisation (Barlow Twins, VICReg); `predicted`: the
+        predictor's outputs on both views, `targets`: what they predict (BYOL: the EMA encoder's outputs; SimSiam:
+        zx and zy themselves, detached in the loss)."""
+        if queue is not None and (self.needs_labels or self.uses(COLLAPSE_PRONE + ("ntxent",))):
             raise ValueError(f"objective {self} has no form against a queue: use contrastive, align and uniform terms")
         values: dict[str, Tensor] = {}
         for term in self.terms:
@@ -340,6 +403,14 @@ class Objective:
             elif term.name == "uniform":
                 values[term.name] = ((uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2 if queue is None
                                      else queue_uniform_loss(zx, queue, term.param, intra_batch))
+            elif term.name == "ntxent":
+                values[term.name] = ntxent_loss(zx, zy, term.param)
+            elif term.name == "barlow":
+                values[term.name] = barlow_loss(*raw, term.param)
+            elif term.name == "vicreg":
+                values[term.name] = vicreg_loss(*raw, term.param)
+            elif term.name in PREDICTOR_TERMS:
+                values[term.name] = predictive_loss(predicted, targets if term.name == "byol" else (zx, zy))
             else:
                 values[term.name] = F.cross_entropy(term.param * _fp32(logits), labels)
         total = sum(term.weight * values[term.name] for term in self.terms)

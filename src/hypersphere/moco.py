@@ -55,8 +55,9 @@ class MocoEncoder(nn.Module):
             out["output"] = F.normalize(self.head(h), dim=1)
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_taps(x, ("output",))["output"]
+    def forward(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """The output tap, or with normalize=False the head's output before the l2-normalisation."""
+        return self.forward_taps(x, ("output",))["output"] if normalize else self.head(self.trunk(x))
 
 
 def resnet50_moco(dim: int = 128, mlp: bool = True) -> MocoEncoder:
@@ -90,6 +91,30 @@ def small_resnet_moco(dim: int = 128, mlp: bool = True, widths: Sequence[int] = 
 
 # ----------------------------------------------------------------------------- MoCo
 
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """theta_target <- m theta_target + (1 - m) theta_online for every parameter (buffers are the target's own)."""
+    for p_o, p_t in zip(online.parameters(), target.parameters()):
+        p_t.mul_(momentum).add_(p_o.detach() * (1 - momentum))
+
+
+class EMATarget(nn.Module):
+    """BYOL's target network (Grill et al. 2020): a copy of the online encoder without gradient that follows it by
+    an exponential moving average, applied (in training mode) before each use, as MoCo's key encoder is."""
+
+    def __init__(self, encoder: nn.Module, momentum: float):
+        super().__init__()
+        self.online = [encoder]  # a list: not a submodule, so neither its weights nor DDP's wrapper are saved twice
+        self.encoder = copy.deepcopy(getattr(encoder, "module", encoder)).requires_grad_(False)
+        self.momentum = momentum
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            ema_update(self.encoder, self.online[0], self.momentum)
+        with torch.no_grad():
+            return self.encoder(x)
+
+
 class MoCo(nn.Module):
     """Query encoder f_q, key encoder f_k = EMA of f_q, and a queue of `queue_size` l2-normalised keys (He et al.
     2020, Algorithm 1). f_k starts as a copy of f_q, gets no gradient, and follows theta_k <- m theta_k +
@@ -115,12 +140,9 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(init, dim=1).to(next(encoder.parameters()).device))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long, device=self.queue.device))
 
-    @torch.no_grad()
     def momentum_update(self) -> None:
         """theta_k <- m theta_k + (1 - m) theta_q for every parameter (He et al. 2020, Eq. 2)."""
-        m = self.momentum
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(m).add_(p_q.detach() * (1 - m))
+        ema_update(self.encoder_k, self.encoder_q, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

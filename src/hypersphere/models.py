@@ -84,9 +84,12 @@ class TapEncoder(nn.Module):
                 out["output"] = F.normalize(self.head(h), dim=1)
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        """l2-normalised features [B, dim] on the unit hypersphere."""
-        return self.forward_taps(x, ("output",))["output"]
+    def forward(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """l2-normalised features [B, dim] on the unit hypersphere; with normalize=False the head's output before
+        the normalisation (the embedding Barlow Twins and VICReg act on)."""
+        if normalize:
+            return self.forward_taps(x, ("output",))["output"]
+        return self.head(self.fc(self.conv(x).flatten(1)))
 
 
 class SmallAlexNet(TapEncoder):
@@ -146,9 +149,15 @@ def group_batchnorm(module: nn.Module, groups: int) -> nn.Module:
 
 
 def build_encoder(arch: str, in_channels: int, dim: int, input_size: int) -> TapEncoder:
-    """Encoder by name: "smallalexnet" (STL-10 / CIFAR-10) or "digitsnet" (digits)."""
-    if arch == "smallalexnet":
-        return SmallAlexNet(in_channels, dim, input_size)
-    if arch == "digitsnet":
-        return DigitsNet(in_channels, dim, input_size)
-    raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+    """Encoder by name: "smallalexnet" (STL-10 / CIFAR-10) or "digitsnet" (digits); with "-mlp" the linear head
+    becomes SimCLR's projection head Linear-ReLU-Linear (Chen et al. 2020), fc7 then being the representation
+    before the head and "output" the one after it."""
+    base = arch.removesuffix("-mlp")
+    if base not in ("smallalexnet", "digitsnet"):
+        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)} (each also with -mlp)")
+    encoder = (SmallAlexNet if base == "smallalexnet" else DigitsNet)(in_channels, dim, input_size)
+    if arch.endswith("-mlp"):
+        width = encoder.feature_dims["fc7"]
+        encoder.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+        init_weights_(encoder.head)
+    return encoder

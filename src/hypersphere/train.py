@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
-from .losses import Objective
-from .moco import MoCo
+from .losses import COLLAPSE_PRONE, PREDICTOR_TERMS, RAW_TERMS, Objective
+from .moco import EMATarget, MoCo
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
 # initialisation, optimiser, loss numerics, data preparation): cached runs of an older version are then
@@ -112,8 +113,12 @@ class TrainConfig:
             raise ValueError(f"queue must be >= 0 and ema in [0, 1], got {self.queue} and {self.ema}")
         if 0 < self.queue < self.batch_size:
             raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
-        if self.queue and Objective.parse(self.objective).needs_labels:
-            raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms, not xent")
+        objective = Objective.parse(self.objective)
+        if self.queue and (objective.needs_labels or objective.uses(COLLAPSE_PRONE + ("ntxent",))):
+            raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms only")
+        if domain.batch_loss and objective.uses(COLLAPSE_PRONE + ("ntxent",)):
+            raise ValueError(f"ntxent, barlow, vicreg, simsiam and byol train image encoders; {self.dataset}'s "
+                             "domain has its own loss: use contrastive, align and uniform terms")
         if self.bn_groups < 1 or self.batch_size % self.bn_groups:
             raise ValueError(f"bn_groups must be >= 1 and divide batch_size {self.batch_size}, got {self.bn_groups}")
         if self.bn_groups > 1 and (self.queue or domain.batch_loss):
@@ -172,6 +177,9 @@ def _gathered_states(state: torch.Tensor) -> list[torch.Tensor]:
     return states
 
 
+COLLAPSED = 0.05  # an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or inf; the run is recorded as failed with the epoch and reason."""
 
@@ -220,7 +228,8 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
 
 
 def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, x: list[torch.Tensor],
-               labels: torch.Tensor | None, moco: MoCo | None = None, bf16: bool = False):
+               labels: torch.Tensor | None, moco: MoCo | None = None, bf16: bool = False,
+               predictor: nn.Module | None = None, target: EMATarget | None = None):
     """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
     random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as the official code), or
     with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under torchrun each
@@ -235,12 +244,32 @@ def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective,
         loss, terms = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
         moco.enqueue(k)
         return loss, {**terms, "norm_error": _norm_error(q)}
+    raw = objective.uses(RAW_TERMS)  # Barlow Twins and VICReg read the embeddings before l2-normalisation
+    both = torch.cat(x).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        z = encoder(torch.cat(x).contiguous(memory_format=torch.channels_last))
-    z = [distributed.gather(v) for v in z.float().chunk(objective.views)]
-    logits = head(z[0]) if head is not None else None  # on the global batch: the same on every process
-    loss, terms = objective(z[0], z[-1], logits=logits, labels=labels)
-    return loss, {**terms, "norm_error": _norm_error(z[0])}
+        out = encoder(both, normalize=False) if raw else encoder(both)
+    out = [distributed.gather(v) for v in out.float().chunk(objective.views)]
+    z = [F.normalize(v, dim=1) for v in out] if raw else out
+    # the heads run on the global batch: the same on every process
+    logits = head(z[0]) if head is not None else None
+    extra = {"raw": (out[0], out[-1])} if raw else {}
+    if predictor is not None:
+        extra["predicted"] = (predictor(z[0]), predictor(z[-1]))
+    if target is not None:  # BYOL: the EMA target encoder's outputs on both views
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            t = target(both)
+        extra["targets"] = tuple(distributed.gather(v) for v in t.float().chunk(objective.views))
+    loss, terms = objective(z[0], z[-1], logits=logits, labels=labels, **extra)
+    terms["norm_error"] = _norm_error(z[0])
+    if objective.uses(COLLAPSE_PRONE):
+        terms["spread"] = _spread(z[0])
+    return loss, terms
+
+
+def _spread(z: torch.Tensor) -> torch.Tensor:
+    """sqrt(d) times the mean over dimensions of the features' std over the batch: about 1 for features spread over
+    the sphere, 0 for a collapsed encoder (every input mapped to one point)."""
+    return z.detach().std(0).mean() * z.shape[1] ** 0.5
 
 
 def _norm_error(z: torch.Tensor) -> torch.Tensor:
@@ -291,9 +320,12 @@ class TrainState:
     sums: dict = field(default_factory=dict)  # `epoch`'s running sums of the loss terms, on the device
     log: list = field(default_factory=list)  # one row per finished epoch
     resumed: list = field(default_factory=list)  # (epoch, step) where each restart continued
+    predictor: nn.Module | None = None  # SimSiam's and BYOL's predictor
+    target: EMATarget | None = None  # BYOL's EMA target encoder
 
     def modules(self) -> dict[str, nn.Module | None]:
-        return {"encoder": self.encoder, "head": self.head, "moco": self.moco}
+        return {"encoder": self.encoder, "head": self.head, "moco": self.moco, "predictor": self.predictor,
+                "target": self.target}
 
     def save(self, path: Path, cfg: TrainConfig, gen_state: torch.Tensor, main: bool) -> None:
         """Write the state (process 0) with every process's augmentation stream `gen_state` (a collective)."""
@@ -353,7 +385,8 @@ class ViewBatches:
         start = (step - c0) * (self.batch // distributed.rank_world()[1])  # only a chunk's last batch can be partial
         x = [v[start:start + len(distributed.shard(idx))] for v in self.drawn["x"]]
         labels = None if self.labels is None else self.labels[idx]
-        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco, self.bf16)
+        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco, self.bf16, state.predictor,
+                          state.target)
 
     def _rows(self, perm: torch.Tensor, c0: int) -> torch.Tensor:
         """This process's shares of batches c0, c0 + 1, ... of the chunk that starts at step c0."""
@@ -411,7 +444,13 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
     if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
         head = nn.Linear(cfg.dim, data.num_classes).to(device)
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
-    params = list(encoder.parameters()) + (list(head.parameters()) if head else [])
+    predictor = target = None
+    if objective.uses(PREDICTOR_TERMS):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
+        hidden = round(max(objective.param(n) or 0 for n in PREDICTOR_TERMS) * cfg.dim)
+        predictor = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, cfg.dim)).to(device)
+        target = EMATarget(model, cfg.ema).to(device) if objective.uses(("byol",)) else None
+    params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
     opt = (torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam" else
            torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
     milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
@@ -419,7 +458,8 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
              else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1))
     return TrainState(encoder=encoder, model=model, head=head, moco=moco, opt=opt, sched=sched,
                       order=torch.Generator(device=device).manual_seed(cfg.seed),
-                      gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1))
+                      gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
+                      predictor=predictor, target=target)
 
 def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
     """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
@@ -456,7 +496,9 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
 def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, main: bool) -> dict[str, float]:
     """The steps of `state.epoch` from `state.step` on, saving the state every `checkpoint_minutes` within it.
     Returns the epoch's mean loss terms; raises Diverged (after recording why) when the epoch diverged."""
-    (state.moco or state.encoder).train()
+    for module in (state.moco or state.encoder, state.predictor, state.target):
+        if module is not None:
+            module.train()
     if state.perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
         state.perm, state.sums, state.step = batches.order(state.order), {}, 0
     last_save = time.perf_counter()
@@ -501,12 +543,16 @@ def _accumulate(sums: dict, terms: dict[str, torch.Tensor], step: int, steps: in
 
 
 def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int) -> str | None:
-    """Why the epoch diverged, or None: a non-finite mean loss, or features that left the sphere (dead or
-    non-finite encoder outputs, which a finite loss can hide)."""
+    """Why the epoch diverged, or None: a non-finite mean loss, features that left the sphere (dead or non-finite
+    encoder outputs, which a finite loss can hide), or, for objectives without negatives, features that
+    collapsed to a point."""
     if not math.isfinite(means["loss"]):
         return f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
     if not means["norm_error"] < 0.01:
         return f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)"
+    if "spread" in means and not means["spread"] >= COLLAPSED:
+        return (f"the features collapsed in epoch {epoch}: their spread (sqrt(dim) x the mean std of a dimension over "
+                f"the batch; about 1 when spread over the sphere) fell to {means['spread']:.3g}")
     return None
 
 

@@ -11,6 +11,7 @@ asks whether L_align + L_uniform, the paper's pair, ranks its encoders as well a
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -19,7 +20,7 @@ import pandas as pd
 
 from .. import stats
 from ..metrics import LABEL_FREE
-from . import fig5, fig9b, load_results, verdict
+from . import fig9b, load_results, verdict
 
 # statistic -> (how to compute it from a results table, whether higher is better)
 STATISTICS: dict[str, tuple[Any, bool]] = {
@@ -33,6 +34,7 @@ STATISTICS: dict[str, tuple[Any, bool]] = {
 PAPER_PAIR = "L_align + L_uniform"
 MARGIN = 0.1  # rho the paper's pair may trail the best statistic by and still rank "as well"
 MIN_ENCODERS = 8
+TARGET = 80.0  # % output + linear an objective beyond the paper should reach on the quick recipe (or collapse)
 
 # sweep -> (domain, performance column, higher is better, its name)
 DOMAINS = {
@@ -44,18 +46,35 @@ DOMAINS = {
 
 
 def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    """Each domain's encoders with a loss family, finite metrics and a performance column `performance`, for the
-    sweeps of DOMAINS among `sweeps` (a profile's), and per domain a note of what was left out."""
+    """Each domain's encoders with finite metrics and a performance column `performance` (supervised encoders left
+    out), for the sweeps of DOMAINS among `sweeps` (a profile's), the images domain joined by the encoders of the
+    `beyond` sweep (objectives beyond the paper) when the profile has it; and per domain a note of what was left out."""
     clouds, notes = {}, {}
     for sweep in (s for s in DOMAINS if s in sweeps):
         domain, col, _, name = DOMAINS[sweep]
-        df, note = load_results(results_dir, sweep, need=["align", "uniform", *LABEL_FREE])
+        parts = [sweep] + (["beyond"] if sweep == "cloud" and "beyond" in sweeps else [])
+        loaded = [load_results(results_dir, part, need=["align", "uniform", *LABEL_FREE]) for part in parts]
+        df = pd.concat([d for d, _ in loaded], ignore_index=True)
         if sweep == "sentences":  # the mean over the dataset's two tasks (MR and CR, or their stand-ins)
             df = df.assign(val_tasks=df[list(fig9b.targets(df))].mean(axis=1))
-        cloud, kept, usable_note = fig5.usable(df, {col: name})
-        clouds[domain] = cloud.assign(performance=cloud[col] if kept else np.nan)
-        notes[domain] = f"{sweep}.csv: {note}; {usable_note}; performance: {name}"
+        supervised = df["w_xent"].fillna(0).to_numpy() > 0 if "w_xent" in df else np.zeros(len(df), bool)
+        ok = np.isfinite(df[["align", "uniform", col]].to_numpy(float)).all(axis=1) & ~supervised
+        clouds[domain] = df[ok].assign(performance=df.loc[ok, col]).reset_index(drop=True)
+        notes[domain] = "; ".join(note for _, note in loaded) + (
+            f"; {len(df) - ok.sum()} without finite metrics and performance, or supervised, left out; "
+            f"{ok.sum()} encoders; performance: {name}")
     return clouds, notes
+
+
+def objectives(results_dir) -> pd.DataFrame:
+    """The beyond sweep's runs, failed ones included: objective, arch, status, the two accuracies, why a run failed
+    (a collapse or a divergence), and whether it reached TARGET % output + linear."""
+    df = pd.read_csv(Path(results_dir) / "beyond.csv")
+    cols = ["objective", "arch", "dim", "lr", "status", "val_output_linear", "val_fc7_linear", "rankme", "failed_reason"]
+    df = df.reindex(columns=cols)
+    below = [f"below {TARGET:g}%, effective rank {r:.1f} of {d:g}" for r, d in zip(df["rankme"], df["dim"])]
+    return df.assign(outcome=np.where(df["status"] == "failed", "failed: " + df["failed_reason"].astype(str),
+                                      np.where(df["val_output_linear"] >= TARGET, f">= {TARGET:g}%", below)))
 
 
 def goodness(cloud: pd.DataFrame, statistic: str) -> np.ndarray:
