@@ -231,7 +231,7 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
                           data_dir=str(data_dir))
     r = record["results"]
     assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f", "uniform_g",
-                      "contrastive"}
+                      "contrastive", "rankme", "uniform_centred", "eigen_decay"}
     assert r["n_mr"] == len(data.tasks["mr"].labels) and r["n_cr"] == len(data.tasks["cr"].labels)
     assert [p["epoch"] for p in record["trajectory"]] == [0, 2]  # the snapshots, evaluated the same way
     assert {k: record["trajectory"][-1][k] for k in r} == pytest.approx(r)

@@ -230,7 +230,8 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     run_dir = capsys.readouterr().out.splitlines()[0]
     assert main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0", "--taps", "output"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"run", "val_output_linear", "val_output_5nn", "align", "uniform"}
+    assert set(out) == {"run", "val_output_linear", "val_output_5nn", "align", "uniform", "rankme", "uniform_centred",
+                        "eigen_decay"}
     assert main(["train", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     assert main(["evaluate", run_dir, "--probe", "svm"]) == 2
@@ -284,12 +285,9 @@ def test_a_run_locked_by_a_live_process_is_not_trained_twice(tmp_path):
     train(config, progress=False)
 
 
-def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_path, monkeypatch):
-    """MoCo (queue > 0): a crash mid-epoch, then the same command, ends with the weights, key encoder and
-    queue of an uninterrupted run (they are part of the saved state)."""
-    moco = dict(objective="contrastive(tau=0.2) + align(alpha=2) + uniform(t=2)", arch="smallresnet", dim=8,
-                batch_size=256, epochs=1, queue=512, ema=0.9, checkpoint_minutes=0.0)
-    whole = train(cfg(tmp_path / "a", **moco), progress=False)
+def crash_then_resume(tmp_path, monkeypatch, **kw):
+    """An uninterrupted run (runs dir a) and the same config crashed in its fourth step, then run again (b)."""
+    whole = train(cfg(tmp_path / "a", **kw), progress=False)
     real, calls = train_module.batch_loss, []
 
     def crash_on_the_fourth_step(*args):
@@ -300,9 +298,17 @@ def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_pat
 
     monkeypatch.setattr(train_module, "batch_loss", crash_on_the_fourth_step)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "b", **moco), progress=False)
+        train(cfg(tmp_path / "b", **kw), progress=False)
     monkeypatch.setattr(train_module, "batch_loss", real)
-    resumed = train(cfg(tmp_path / "b", **moco), progress=False)
+    return whole, train(cfg(tmp_path / "b", **kw), progress=False)
+
+
+def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_path, monkeypatch):
+    """MoCo (queue > 0): a crash mid-epoch, then the same command, ends with the weights, key encoder and
+    queue of an uninterrupted run (they are part of the saved state)."""
+    moco = dict(objective="contrastive(tau=0.2) + align(alpha=2) + uniform(t=2)", arch="smallresnet", dim=8,
+                batch_size=256, epochs=1, queue=512, ema=0.9, checkpoint_minutes=0.0)
+    whole, resumed = crash_then_resume(tmp_path, monkeypatch, **moco)
     assert runs.load_summary(resumed)["resumed"] == [{"epoch": 1, "step": 3}]  # 5 steps an epoch
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
@@ -320,20 +326,7 @@ def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypa
     then the same command, ends with the weights (predictor and EMA target included) of an uninterrupted run."""
     kw = dict(objective=objective, arch="digitsnet-mlp" if objective.startswith("ntxent") else "auto", epochs=1,
               ema=0.9, checkpoint_minutes=0.0, lr=0.005)  # the quick recipe's lr: at 0.06 VICReg's loss (x25) diverges
-    whole = train(cfg(tmp_path / "a", **kw), progress=False)
-    real, calls = train_module.batch_loss, []
-
-    def crash_on_the_fourth_step(*args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "batch_loss", crash_on_the_fourth_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "b", **kw), progress=False)
-    monkeypatch.setattr(train_module, "batch_loss", real)
-    resumed = train(cfg(tmp_path / "b", **kw), progress=False)
+    whole, resumed = crash_then_resume(tmp_path, monkeypatch, **kw)
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
     assert set(modules) == {k for k in ("predictor", "target") if k in a}
     for module in ("encoder", *modules):

@@ -133,7 +133,8 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
 
 def _evaluate(encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, device, data_dir: str,
               progress: bool) -> dict[str, Any]:
-    """The kind's results of the encoder, and with `snapshots` of each snapshot epoch's encoder (the trajectory)."""
+    """The kind's results of the encoder, and with `snapshots` of each snapshot epoch's encoder (the trajectory,
+    its points with their label-free statistics; the record's results get theirs in evaluate_run)."""
     tau = Objective.parse(train_cfg.objective).param("contrastive")
     batch = train_cfg.batch_size  # pair_metrics keeps a single batch of fewer pairs whole
     results = kind.run(encoder, data, cfg, device, tau, batch)
@@ -144,27 +145,5 @@ def _evaluate(encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, de
                           disable=not progress):
             snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)
             point = kind.run(snap, data, snap_cfg, device, tau, batch, taps=("output",))
-            trajectory.append({"epoch": epoch, **point})
+            trajectory.append({"epoch": epoch, **point, **label_free(kind.features(snap, data, snap_cfg, device))})
     return {"results": results, "trajectory": trajectory}
-    device = resolve_device(device)
-    t0 = time.perf_counter()
-    runs.load_summary(run_dir)  # a finished run, or a one-line error saying why not
-    check_kind(runs.read_json(run_dir / runs.CONFIG)["dataset"], cfg.kind)  # before loading any data
-    encoder, train_cfg, data = load_encoder(run_dir, device, data_dir)
-    data = data.to(device)
-    tau = Objective.parse(train_cfg.objective).param("contrastive")
-    batch = train_cfg.batch_size  # pair_metrics keeps a single batch of fewer pairs whole
-    kind = EVALUATIONS[cfg.kind]
-    results = kind.run(encoder, data, cfg, device, tau, batch)
-    trajectory = []
-    if cfg.snapshots:
-        snap_cfg = dataclasses.replace(cfg, **kind.snapshot)
-        for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
-                          disable=not progress):
-            snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)
-            point = kind.run(snap, data, snap_cfg, device, tau, batch, taps=("output",))
-            trajectory.append({"epoch": epoch, **point})
-    record = {"config": config, "run": run_dir.name, "results": results, "trajectory": trajectory,
-              "seconds": round(time.perf_counter() - t0, 2), "device": str(device)}
-    runs.write_json(runs.eval_path(run_dir, cfg.kind, config), record)
-    return record

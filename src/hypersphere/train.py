@@ -429,7 +429,8 @@ def _device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
 
 def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool) -> TrainState:
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
-    MoCo's key encoder and queue, the supervised head, the optimiser and schedule, the random streams."""
+    MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
+    optimiser and schedule, the random streams."""
     torch.manual_seed(cfg.seed)
     encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
     if cfg.init and fresh:
