@@ -1,7 +1,7 @@
 """The paper's three training losses as minibatch estimators (docs/paper.md, "Definitions"), and the weighted
 objective `w_c L_contrastive(tau) + w_a L_align(alpha) + w_u L_uniform(t)` that names every run.
 
-All losses compute in at least float32 whatever the input precision (bf16 autocast on CUDA feeds them bf16).
+All losses compute in at least float32 whatever the input precision (under `bf16`, autocast on CUDA feeds them bf16).
 """
 from __future__ import annotations
 

@@ -77,6 +77,11 @@ def objectives(results_dir) -> pd.DataFrame:
                                       np.where(df["val_output_linear"] >= TARGET, f">= {TARGET:g}%", below)))
 
 
+def _higher(domain: str) -> bool:
+    """Whether the domain's performance is better when higher (accuracy) or lower (depth MSE)."""
+    return next(h for d, _, h, _ in DOMAINS.values() if d == domain)
+
+
 def goodness(cloud: pd.DataFrame, statistic: str) -> np.ndarray:
     """The statistic oriented so that higher ranks an encoder first."""
     compute, higher = STATISTICS[statistic]
@@ -89,7 +94,7 @@ def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) ->
     encoder the statistic ranks first, the best and the median performance, and the pick's percentile."""
     rows = []
     for domain, cloud in clouds.items():
-        higher = next(h for d, _, h, _ in DOMAINS.values() if d == domain)
+        higher = _higher(domain)
         y = cloud["performance"].to_numpy(float) * (1 if higher else -1)
         for name in STATISTICS:
             g = goodness(cloud, name)
@@ -113,8 +118,7 @@ def judge(domain: str, cloud: pd.DataFrame, t: pd.DataFrame, n_boot: int = 2000,
         return verdict(f"Label-free selection ({domain})", claim, None,
                        f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed", ["beyond_statistics"])
     rival = rows["spearman"].drop(PAPER_PAIR).idxmax()
-    higher = next(h for d, _, h, _ in DOMAINS.values() if d == domain)
-    y = cloud["performance"].to_numpy(float) * (1 if higher else -1)
+    y = cloud["performance"].to_numpy(float) * (1 if _higher(domain) else -1)
     diff, lo, hi = stats.bootstrap_spearman_difference(goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y,
                                                        n_boot=n_boot, seed=seed)
     holds = True if lo > -MARGIN else False if hi < -MARGIN else None
