@@ -295,6 +295,7 @@ TERMS: dict[str, tuple[str, float | None]] = {
 RAW_TERMS = ("barlow", "vicreg")  # on the embeddings before l2-normalisation
 PREDICTOR_TERMS = ("simsiam", "byol")
 COLLAPSE_PRONE = RAW_TERMS + PREDICTOR_TERMS  # no negatives: a collapse is checked for and recorded
+IN_BATCH_ONLY = COLLAPSE_PRONE + ("ntxent",)  # no form against a MoCo queue, nor in the sentence domain's loss
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _TERM = re.compile(
     rf"^\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*"
@@ -391,7 +392,7 @@ class Objective:
         """`raw`: both views' embeddings before l2-normalisation (Barlow Twins, VICReg); `predicted`: the
         predictor's outputs on both views, `targets`: what they predict (BYOL: the EMA encoder's outputs; SimSiam:
         zx and zy themselves, detached in the loss)."""
-        if queue is not None and (self.needs_labels or self.uses(COLLAPSE_PRONE + ("ntxent",))):
+        if queue is not None and (self.needs_labels or self.uses(IN_BATCH_ONLY)):
             raise ValueError(f"objective {self} has no form against a queue: use contrastive, align and uniform terms")
         values: dict[str, Tensor] = {}
         for term in self.terms:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
-from .losses import COLLAPSE_PRONE, PREDICTOR_TERMS, RAW_TERMS, Objective
+from .losses import COLLAPSE_PRONE, IN_BATCH_ONLY, PREDICTOR_TERMS, RAW_TERMS, Objective
 from .moco import EMATarget, MoCo
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
@@ -114,9 +114,9 @@ class TrainConfig:
         if 0 < self.queue < self.batch_size:
             raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
         objective = Objective.parse(self.objective)
-        if self.queue and (objective.needs_labels or objective.uses(COLLAPSE_PRONE + ("ntxent",))):
+        if self.queue and (objective.needs_labels or objective.uses(IN_BATCH_ONLY)):
             raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms only")
-        if domain.batch_loss and objective.uses(COLLAPSE_PRONE + ("ntxent",)):
+        if domain.batch_loss and objective.uses(IN_BATCH_ONLY):
             raise ValueError(f"ntxent, barlow, vicreg, simsiam and byol train image encoders; {self.dataset}'s "
                              "domain has its own loss: use contrastive, align and uniform terms")
         if self.bn_groups < 1 or self.batch_size % self.bn_groups:
@@ -361,9 +361,10 @@ class ViewBatches:
         self.labels = data.train_labels if supervised else None
         self.n, self.batch = len(self.images), min(cfg.batch_size, len(self.images))
         self.steps = self.n // self.batch if cfg.drop_last else -(-self.n // self.batch)
-        if (self.n % self.batch if not cfg.drop_last else 0) % distributed.rank_world()[1]:
-            raise ValueError(f"the last partial batch of {self.n % self.batch} does not divide by "
-                             f"{distributed.rank_world()[1]} processes; set drop_last true or change batch_size")
+        last, world = (0 if cfg.drop_last else self.n % self.batch), distributed.rank_world()[1]
+        if last % world:
+            raise ValueError(f"the last partial batch of {last} does not divide by {world} processes; "
+                             "set drop_last true or change batch_size")
         self.chunk = batches_per_draw(self.batch, self.images.shape[1], data.augment.crop_size)
         self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
         self.bf16 = cfg.bf16
