@@ -910,6 +910,41 @@ def test_beyond_ranks_statistics_orients_them_and_judges_the_papers_pair():
     assert beyond.judge("MoCo", few["MoCo"], beyond.table(few, n_boot=200))["holds"] is None
 
 
+def test_beyond_outcomes_give_the_reason_in_numbers(tmp_path):
+    from hypersphere.items import beyond
+    run = dict(id="", dataset="digits-color", arch="auto", lr=0.005, status="done", dim=32, failed_reason=np.nan)
+    rows = [dict(run, id="random", objective="align(alpha=2) + uniform(t=2)", val_output_linear=23.6, rankme=12.8),
+            dict(run, objective="vicreg(nu=30)", val_output_linear=92.9, rankme=28.9),
+            dict(run, objective="byol(width=4)", val_output_linear=18.2, rankme=9.2),
+            dict(run, objective="byol(width=4)", dataset="digits", val_output_linear=95.6, rankme=12.5),
+            dict(run, objective="barlow(lambd=0.1)", val_output_linear=64.0, rankme=13.3),
+            dict(run, objective="simsiam(width=4)", status="failed", val_output_linear=np.nan, rankme=np.nan,
+                 failed_reason="the features collapsed in epoch 41")]
+    pd.DataFrame(rows).assign(optimizer=["sgd", np.nan, np.nan, np.nan, "adam", np.nan]).to_csv(tmp_path / "beyond.csv")
+    out = beyond.objectives(tmp_path).set_index(["objective", "dataset"])
+    assert list(out["optimizer"]) == ["sgd", "sgd", "sgd", "sgd", "adam", "sgd"]  # absent = the default
+    assert out.loc[("vicreg(nu=30)", "digits-color"), "outcome"] == "reached 80%"
+    assert out.loc[("byol(width=4)", "digits-color"), "outcome"] == (
+        "below 80%; dimensional collapse: effective rank 9.2 of 32 (random init 12.8); under the random-init "
+        "encoder's 23.6%; 95.6% on grey digits")
+    assert out.loc[("byol(width=4)", "digits"), "outcome"] == "reached 80%"
+    # more effective dimensions than the random encoder and above its accuracy: no collapse claimed
+    assert out.loc[("barlow(lambd=0.1)", "digits-color"), "outcome"] == (
+        "below 80%; effective rank 13.3 of 32 (random init 12.8)")
+    assert out.loc[("simsiam(width=4)", "digits-color"), "outcome"] == "failed: the features collapsed in epoch 41"
+
+
+def test_beyond_joins_only_the_beyond_encoders_on_the_clouds_data(tmp_path):
+    from hypersphere.items import beyond
+    encoder = dict(status="done", align=0.5, uniform=-2.0, rankme=10.0, uniform_centred=-2.0, eigen_decay=1.0)
+    pd.DataFrame([dict(encoder, dataset="digits-color", val_output_linear=80.0)] * 3).to_csv(tmp_path / "cloud.csv")
+    pd.DataFrame([dict(encoder, dataset="digits-color", val_output_linear=90.0),
+                  dict(encoder, dataset="digits", val_output_linear=95.0)]).to_csv(tmp_path / "beyond.csv")
+    clouds, notes = beyond.load(tmp_path, ["cloud", "beyond"])
+    assert list(clouds["images"]["performance"]) == [80.0, 80.0, 80.0, 90.0]
+    assert "1 on other data (digits) left out" in notes["images"] and "4 encoders" in notes["images"]
+
+
 def test_paired_bootstrap_of_a_spearman_difference_matches_a_loop_over_scipy():
     from scipy.stats import spearmanr
     from hypersphere.stats import bootstrap_spearman_difference

@@ -381,12 +381,13 @@ def test_barlow_twins_against_numpy():
 def test_vicreg_against_numpy():
     from hypersphere.losses import vicreg_loss
     x, y = _pairs()
-    x, y = 0.3 * x, 0.3 * y  # some dimensions' std under gamma = 1: the hinge is active
+    x, y = 0.3 * x, 0.3 * y  # some dimensions' std under 1: the hinge is active
     a, b = x.numpy(), y.numpy()
     invariance = ((a - b) ** 2).mean()
     variance = np.mean([np.maximum(0, 1 - np.sqrt(v.var(0, ddof=1) + 1e-4)).mean() for v in (a, b)])
     covariance = sum(((np.cov(v.T) - np.diag(np.diag(np.cov(v.T)))) ** 2).sum() / v.shape[1] for v in (a, b))
-    assert vicreg_loss(x, y).item() == pytest.approx(25 * invariance + 25 * variance + covariance, rel=1e-10)
+    for nu in (1, 30):
+        assert vicreg_loss(x, y, nu).item() == pytest.approx(25 * invariance + 25 * variance + nu * covariance, rel=1e-10)
 
 
 def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
@@ -403,8 +404,8 @@ def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
 
 
 def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
-    objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(gamma=2) + simsiam + byol(width=2)")
-    assert str(objective) == ("ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(gamma=2) + simsiam(width=4) + "
+    objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(nu=2) + simsiam + byol(width=2)")
+    assert str(objective) == ("ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(nu=2) + simsiam(width=4) + "
                               "byol(width=2)")
     with pytest.raises(ValueError, match="needs its parameter"):
         Objective.parse("ntxent")

@@ -219,18 +219,19 @@ def barlow_loss(x: Tensor, y: Tensor, lambd: float) -> Tensor:
     return on + lambd * (c.pow(2).sum() - c.diagonal().pow(2).sum())
 
 
-def vicreg_loss(x: Tensor, y: Tensor, gamma: float = 1.0) -> Tensor:
-    """VICReg (Bardes et al. 2022, Eq. 6, with its coefficients 25, 25, 1) on the embeddings before
+def vicreg_loss(x: Tensor, y: Tensor, nu: float = 1.0) -> Tensor:
+    """VICReg (Bardes et al. 2022, Eq. 6, coefficients lambda = mu = 25 and nu) on the embeddings before
     l2-normalisation: 25 * invariance (the mean squared difference of the views) + 25 * variance (the mean hinge
-    relu(gamma - std) of each dimension's std over the batch, eps 1e-4, both views averaged) + covariance (the sum
-    of the squared off-diagonal covariances divided by the dimension, both views summed)."""
+    relu(1 - std) of each dimension's std over the batch, eps 1e-4, both views averaged) + nu * covariance (the sum
+    of the squared off-diagonal covariances divided by the dimension d, both views summed). The paper's nu = 1 is
+    tuned for d = 8192; the 1/d makes the covariance term weaker the smaller d is (docs/paper.md, beyond the paper)."""
     x, y = _fp32(x), _fp32(y)
     invariance = F.mse_loss(x, y)
     x, y = x - x.mean(0), y - y.mean(0)
-    variance = sum(F.relu(gamma - (v.var(0) + 1e-4).sqrt()).mean() for v in (x, y)) / 2
+    variance = sum(F.relu(1 - (v.var(0) + 1e-4).sqrt()).mean() for v in (x, y)) / 2
     d = x.shape[1]
     covariance = sum(((v.T @ v) / (len(v) - 1)).fill_diagonal_(0).pow(2).sum() / d for v in (x, y))
-    return 25 * invariance + 25 * variance + covariance
+    return 25 * invariance + 25 * variance + nu * covariance
 
 
 def predictive_loss(p: tuple[Tensor, Tensor], t: tuple[Tensor, Tensor]) -> Tensor:
@@ -288,7 +289,7 @@ TERMS: dict[str, tuple[str, float | None]] = {
     # predictor MLP whose hidden layer is `width` times the output dimension.
     "ntxent": ("tau", None),
     "barlow": ("lambd", 0.0051),
-    "vicreg": ("gamma", 1.0),
+    "vicreg": ("nu", 1.0),
     "simsiam": ("width", 4.0),
     "byol": ("width", 4.0),
 }

@@ -48,13 +48,18 @@ DOMAINS = {
 def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Each domain's encoders with finite metrics and a performance column `performance` (supervised encoders left
     out), for the sweeps of DOMAINS among `sweeps` (a profile's), the images domain joined by the encoders of the
-    `beyond` sweep (objectives beyond the paper) when the profile has it; and per domain a note of what was left out."""
+    `beyond` sweep (objectives beyond the paper) on its data when the profile has it; and per domain a note of what
+    was left out."""
     clouds, notes = {}, {}
     for sweep in (s for s in DOMAINS if s in sweeps):
         domain, col, _, name = DOMAINS[sweep]
         parts = [sweep] + (["beyond"] if sweep == "cloud" and "beyond" in sweeps else [])
         loaded = [load_results(results_dir, part, need=["align", "uniform", *LABEL_FREE]) for part in parts]
         df = pd.concat([d for d, _ in loaded], ignore_index=True)
+        other = ~df["dataset"].isin(loaded[0][0]["dataset"])  # the beyond sweep's controls on other data
+        if other.any():
+            loaded.append((None, f"{other.sum()} on other data ({', '.join(df.loc[other, 'dataset'].unique())}) left out"))
+            df = df[~other].reset_index(drop=True)
         if sweep == "sentences":  # the mean over the dataset's two tasks (MR and CR, or their stand-ins)
             df = df.assign(val_tasks=df[list(fig9b.targets(df))].mean(axis=1))
         supervised = df["w_xent"].fillna(0).to_numpy() > 0 if "w_xent" in df else np.zeros(len(df), bool)
@@ -67,14 +72,44 @@ def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
 
 
 def objectives(results_dir) -> pd.DataFrame:
-    """The beyond sweep's runs, failed ones included: objective, arch, status, the two accuracies, why a run failed
-    (a collapse or a divergence), and whether it reached TARGET % output + linear."""
-    df = pd.read_csv(Path(results_dir) / "beyond.csv")
-    cols = ["objective", "arch", "dim", "lr", "status", "val_output_linear", "val_fc7_linear", "rankme", "failed_reason"]
-    df = df.reindex(columns=cols)
-    below = [f"below {TARGET:g}%, effective rank {r:.1f} of {d:g}" for r, d in zip(df["rankme"], df["dim"])]
-    return df.assign(outcome=np.where(df["status"] == "failed", "failed: " + df["failed_reason"].astype(str),
-                                      np.where(df["val_output_linear"] >= TARGET, f">= {TARGET:g}%", below)))
+    """The beyond sweep's runs, failed ones included, each with its outcome against TARGET % output + linear."""
+    df = pd.read_csv(Path(results_dir) / "beyond.csv", dtype={"id": str})
+    cols = ["id", "objective", "dataset", "arch", "optimizer", "lr", "status", "val_output_linear", "val_fc7_linear",
+            "rankme", "dim", "failed_reason"]
+    df = df.reindex(columns=cols).assign(id=lambda d: d["id"].fillna(""), optimizer=lambda d: d["optimizer"].fillna("sgd"))
+    return df.assign(outcome=[outcome(row, df) for _, row in df.iterrows()]).drop(columns="failed_reason")
+
+
+def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
+    """Why a beyond run reached TARGET or not, in numbers: the trainer's reason for a failed run (a collapse to a point,
+    a divergence); for a run below TARGET, its effective rank (RankMe) against the random-init encoder's (the run
+    with id `random` on the same data: fewer effective dimensions than a random encoder has is a dimensional
+    collapse), its accuracy against that encoder's, and what the same objective and arch reach on grey `digits`, a
+    control where colour is no nuisance."""
+    if row["id"] == "random":
+        return "the random-init reference"
+    if row["status"] == "failed":
+        return f"failed: {row['failed_reason']}"
+    if row["status"] != "done":
+        return f"not finished ({row['status']})"
+    if row["val_output_linear"] >= TARGET:
+        return f"reached {TARGET:g}%"
+    parts = [f"below {TARGET:g}%"]
+    random = runs[(runs["id"] == "random") & (runs["dataset"] == row["dataset"]) & (runs["status"] == "done")]
+    rank = f"effective rank {row['rankme']:.1f} of {row['dim']:g}"
+    if len(random):
+        ref = random.iloc[0]
+        collapsed = row["rankme"] < ref["rankme"]
+        parts.append(f"{'dimensional collapse: ' if collapsed else ''}{rank} (random init {ref['rankme']:.1f})")
+        if row["val_output_linear"] < ref["val_output_linear"]:
+            parts.append(f"under the random-init encoder's {ref['val_output_linear']:.1f}%")
+    else:
+        parts.append(rank)
+    control = runs[(runs["objective"] == row["objective"]) & (runs["arch"] == row["arch"]) &
+                   (runs["dataset"] == "digits") & (runs["dataset"] != row["dataset"]) & (runs["status"] == "done")]
+    if len(control):
+        parts.append(f"{control['val_output_linear'].iloc[0]:.1f}% on grey digits")
+    return "; ".join(parts)
 
 
 def _higher(domain: str) -> bool:
