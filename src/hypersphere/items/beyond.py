@@ -55,17 +55,17 @@ def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         domain, col, _, name = DOMAINS[sweep]
         parts = [sweep] + (["beyond"] if sweep == "cloud" and "beyond" in sweeps else [])
         loaded = [load_results(results_dir, part, need=["align", "uniform", *LABEL_FREE]) for part in parts]
-        df = pd.concat([d for d, _ in loaded], ignore_index=True)
+        df, said = pd.concat([d for d, _ in loaded], ignore_index=True), [note for _, note in loaded]
         other = ~df["dataset"].isin(loaded[0][0]["dataset"])  # the beyond sweep's controls on other data
         if other.any():
-            loaded.append((None, f"{other.sum()} on other data ({', '.join(df.loc[other, 'dataset'].unique())}) left out"))
+            said.append(f"{other.sum()} on other data ({', '.join(df.loc[other, 'dataset'].unique())}) left out")
             df = df[~other].reset_index(drop=True)
         if sweep == "sentences":  # the mean over the dataset's two tasks (MR and CR, or their stand-ins)
             df = df.assign(val_tasks=df[list(fig9b.targets(df))].mean(axis=1))
         supervised = df["w_xent"].fillna(0).to_numpy() > 0 if "w_xent" in df else np.zeros(len(df), bool)
         ok = np.isfinite(df[["align", "uniform", col]].to_numpy(float)).all(axis=1) & ~supervised
         clouds[domain] = df[ok].assign(performance=df.loc[ok, col]).reset_index(drop=True)
-        notes[domain] = "; ".join(note for _, note in loaded) + (
+        notes[domain] = "; ".join(said) + (
             f"; {len(df) - ok.sum()} without finite metrics and performance, or supervised, left out; "
             f"{ok.sum()} encoders; performance: {name}")
     return clouds, notes
@@ -94,8 +94,8 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
         return f"not finished ({row['status']})"
     if row["val_output_linear"] >= TARGET:
         return f"reached {TARGET:g}%"
-    parts = [f"below {TARGET:g}%"]
-    random = runs[(runs["id"] == "random") & (runs["dataset"] == row["dataset"]) & (runs["status"] == "done")]
+    parts, done = [f"below {TARGET:g}%"], runs[runs["status"] == "done"]
+    random = done[(done["id"] == "random") & (done["dataset"] == row["dataset"])]
     rank = f"effective rank {row['rankme']:.1f} of {row['dim']:g}"
     if len(random):
         ref = random.iloc[0]
@@ -105,8 +105,8 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
             parts.append(f"under the random-init encoder's {ref['val_output_linear']:.1f}%")
     else:
         parts.append(rank)
-    control = runs[(runs["objective"] == row["objective"]) & (runs["arch"] == row["arch"]) &
-                   (runs["dataset"] == "digits") & (runs["dataset"] != row["dataset"]) & (runs["status"] == "done")]
+    control = done[(done["objective"] == row["objective"]) & (done["arch"] == row["arch"]) &
+                   (done["dataset"] == "digits") & (row["dataset"] != "digits")]
     if len(control):
         parts.append(f"{control['val_output_linear'].iloc[0]:.1f}% on grey digits")
     return "; ".join(parts)
