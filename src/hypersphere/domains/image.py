@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import pickle
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -168,39 +169,64 @@ def _colorize(gray: Tensor, generator: torch.Generator, tries: int = 16) -> Tens
 _STL10_FILES = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin")
 
 
-def _stl10(root: Path, download: bool) -> ImageData:
-    """STL-10 (paper's setting): encoder on train+unlabeled, probes on train, evaluation on test."""
-    from torchvision.datasets import STL10
+def _stl10_split(folder: Path, split: str) -> tuple[Tensor, Tensor]:
+    """One split of stl10_binary/: images stored column-major [N, 3, W, H] -> [N, 3, H, W]; labels 1-10 -> 0-9
+    (-1 for the unlabeled split)."""
+    raw = np.fromfile(folder / f"{split}_X.bin", dtype=np.uint8)
+    if raw.size % (3 * 96 * 96):
+        raise ValueError(f"{folder / split}_X.bin is not whole 3x96x96 images ({raw.size} bytes); download it again")
+    images = torch.from_numpy(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2).copy())
+    y = folder / f"{split}_y.bin"
+    labels = (torch.from_numpy(np.fromfile(y, dtype=np.uint8).astype(np.int64)) - 1 if y.is_file()
+              else torch.full((len(images),), -1, dtype=torch.int64))
+    if len(labels) != len(images):
+        raise ValueError(f"{y} has {len(labels)} labels for {len(images)} images; download STL-10 again")
+    return images, labels
 
+
+def _stl10(root: Path, download: bool) -> ImageData:
+    """STL-10 (paper's setting): encoder on train+unlabeled, probes on train, evaluation on test. The binaries are
+    read as stl10_binary.tar.gz holds them; torchvision only downloads them (and checks their md5)."""
     folder = root / "stl10_binary"
-    if not download and not all((folder / f).is_file() for f in _STL10_FILES):
+    if download:
+        from torchvision.datasets import STL10
+        STL10(str(root), split="train+unlabeled", download=True)
+    if not all((folder / f).is_file() for f in _STL10_FILES):
         raise _missing("STL-10", folder, "stl10")
-    both = STL10(str(root), split="train+unlabeled", download=download)  # train first, then unlabeled (-1)
-    test = STL10(str(root), split="test", download=False)
-    images, labels = torch.from_numpy(both.data).contiguous(), torch.from_numpy(both.labels).long()
-    labeled = labels >= 0
+    (train, train_y), (unlabeled, _), (test, test_y) = (_stl10_split(folder, s) for s in ("train", "unlabeled", "test"))
+    images = torch.cat([train, unlabeled])  # train first, then unlabeled, as torchvision's train+unlabeled
     return ImageData(
-        name="stl10", encoder_images=images, train_images=images[labeled], train_labels=labels[labeled],
-        val_images=torch.from_numpy(test.data).contiguous(), val_labels=torch.from_numpy(test.labels).long(),
-        mean=STL10_MEAN, std=STL10_STD, num_classes=10, augment=recipe("stl10"), eval_resize=70)
+        name="stl10", encoder_images=images, train_images=images[:len(train)], train_labels=train_y,
+        val_images=test, val_labels=test_y, mean=STL10_MEAN, std=STL10_STD, num_classes=10, augment=recipe("stl10"),
+        eval_resize=70)
+
+
+def _cifar10_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
+    """Pickled batches of cifar-10-batches-py/: 'data' uint8 [N, 3072] (R, G, B planes, row-major), 'labels'."""
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels += list(batch["labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
 def _cifar10(root: Path, download: bool) -> ImageData:
-    """CIFAR-10 at 32 px: encoder and probes on train (50,000), evaluation on test (10,000)."""
-    from torchvision.datasets import CIFAR10
-
+    """CIFAR-10 at 32 px: encoder and probes on train (50,000), evaluation on test (10,000). The pickles are read
+    as cifar-10-python.tar.gz holds them; torchvision only downloads them (and checks their md5)."""
     folder = root / "cifar-10-batches-py"
-    if not download and not folder.is_dir():
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    if download:
+        from torchvision.datasets import CIFAR10
+        CIFAR10(str(root), train=True, download=True)
+    if not all((folder / f).is_file() for f in names + ["test_batch"]):
         raise _missing("CIFAR-10", folder, "cifar10")
-    train = CIFAR10(str(root), train=True, download=download)
-    test = CIFAR10(str(root), train=False, download=False)
-    images = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+    (images, labels), (val_images, val_labels) = _cifar10_batches(folder, names), _cifar10_batches(folder, ["test_batch"])
     return ImageData(
-        name="cifar10", encoder_images=images, train_images=images,
-        train_labels=torch.tensor(train.targets, dtype=torch.int64),
-        val_images=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
-        val_labels=torch.tensor(test.targets, dtype=torch.int64), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        num_classes=10, augment=recipe("cifar10"), eval_resize=35)
+        name="cifar10", encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
+        val_labels=val_labels, mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10, augment=recipe("cifar10"),
+        eval_resize=35)
 
 
 def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize: int, stream: bool = False) -> ImageData:
