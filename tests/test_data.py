@@ -209,6 +209,50 @@ def test_missing_imagefolder(tmp_path):
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
 
 
+def _save(path, shade, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 50, 3), shade, np.uint8)).save(path, fmt)
+
+
+def test_a_raw_imagenet_val_folder_names_the_sorting_script(tmp_path, capsys):
+    """ImageNet's val/ as downloaded: its JPEGs side by side, not in <wnid>/ folders. Loading fails in one line naming
+    the fix (valprep.sh) instead of torchvision's bare "Couldn't find any class folder", and `train` stops before
+    it trains anything."""
+    from hypersphere.__main__ import main
+    for k, wnid in enumerate(("n01440764", "n01443537")):
+        _save(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{k}.JPEG", 60 * k, "JPEG")
+    for i in range(1, 4):
+        _save(tmp_path / "imagenet" / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", 30 * i, "JPEG")
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset("imagenet", root=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "imagenet" / "val") in msg and "class folders" in msg and "valprep.sh" in msg
+    runs = tmp_path / "runs"
+    assert main(["train", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--runs-dir", str(runs), "--epochs", "1",
+                 "--quiet"]) == 2
+    assert "valprep.sh" in capsys.readouterr().err and not list(runs.rglob("*.pt"))
+
+
+def test_images_the_decoder_cannot_read_fail_once_up_front(tmp_path):
+    """torchvision's ImageFolder lists .bmp and .tif files, which TorchCodec does not decode: one error names their
+    extensions, their number and the fix before any image is decoded; JPEG, PNG and WebP files load."""
+    for split in ("train", "val"):
+        _save(tmp_path / split / "cat" / "0.png", 10)
+        _save(tmp_path / split / "dog" / "0.webp", 20)
+        _save(tmp_path / split / "dog" / "1.JPG", 30, "JPEG")
+    _save(tmp_path / "train" / "cat" / "1.bmp", 40)
+    _save(tmp_path / "train" / "dog" / "2.tif", 50)
+    with pytest.raises(ValueError) as err:
+        load_dataset("imagefolder", root=tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "train") in msg and "2 images as .bmp, .tif" in msg
+    assert "convert them to PNG or JPEG, or remove them" in msg
+    for path in (tmp_path / "train" / "cat" / "1.bmp", tmp_path / "train" / "dog" / "2.tif"):
+        path.unlink()
+    d = load_dataset("imagefolder", root=tmp_path)
+    assert d.train_images.shape == (3, 3, 96, 96) and d.train_labels.tolist() == [0, 1, 1]
+
+
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError) as err:
         load_dataset("mnist")

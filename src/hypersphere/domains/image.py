@@ -5,8 +5,8 @@ setup"), the encoder each uses, its random views, and the evaluation kind `class
   `train` (5,000), evaluation on `test` (8,000); crops of 64 px, evaluation Resize(70) + CenterCrop(64).
 - cifar10: kept at its native 32 px with the paper's recipe scaled to it: crop 32 (scale 0.08-1) and
   evaluation Resize(35) + CenterCrop(32), the same 64/70 ratio (upsampling to 64 px would only cost compute).
-- imagefolder: any `root/train/<class>/*` and `root/val/<class>/*`, resized (shorter side) and centre-cropped
-  to 96 px like STL-10, ImageNet normalisation.
+- imagefolder: any `root/train/<class>/*` and `root/val/<class>/*` (JPEG, PNG, WebP), resized (shorter side) and
+  centre-cropped to 96 px like STL-10, ImageNet normalisation.
 - imagenet100: `root/imagenet100/{train,val}/<wnid>/*` (build it from ImageNet with moco.build_imagenet100),
   kept at 256 px for MoCo's 224 px crops (Fig. 9a, Table 3); about 25 GB of uint8 in memory.
 - imagenet: `root/imagenet/{train,val}/<wnid>/*.JPEG`, ImageNet-1k for MoCo v2 (Table 5), streamed: 1.28 M images
@@ -48,6 +48,7 @@ STL10_MEAN, STL10_STD = (0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)  # th
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGEFOLDER_SIDE = 96
+DECODED = (".jpg", ".jpeg", ".png", ".webp")  # of torchvision's ImageFolder extensions, those `decode` reads
 
 DIGITS_EVAL_RESIZE = 13  # Resize(13) + CenterCrop(12) ~ the paper's Resize(70) + CenterCrop(64)
 DIGITS_SIDE, DIGITS_VAL_SIZE, DIGITS_SPLIT_SEED = 28, 450, 0
@@ -233,14 +234,12 @@ def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize
     """root/train/<class>/* and root/val/<class>/* (torchvision's ImageFolder), each image resized (shorter side)
     and centre-cropped to `side` px: decoded into memory, or with `stream` left on disk as ImageFiles that decode
     the rows a batch draws. Encoder and probes on train, evaluation on val."""
-    from torchvision.datasets import ImageFolder
-
     if not ((root / "train").is_dir() and (root / "val").is_dir()):
         hint = {"imagenet100": " (build it with hypersphere.moco.build_imagenet100)",
                 "imagenet": " (ImageNet's val sorted into class folders, as for the official MoCo code)"}.get(name, "")
         raise FileNotFoundError(f"image folders not found under {root}/train and {root}/val (they cannot be "
                                 f"downloaded); pass a root holding train/<class>/*.jpg and val/<class>/*.jpg{hint}")
-    train, val = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))  # lists the files only
+    train, val = _listed(root / "train"), _listed(root / "val")
     if train.classes != val.classes:
         raise ValueError(f"{root}/train and {root}/val have different classes; give both the same class folders")
     (images, labels), (val_images, val_labels) = [
@@ -252,6 +251,24 @@ def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize
         name=name, encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
         val_labels=val_labels, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes),
         augment=recipe(recipe_name), eval_resize=eval_resize)
+
+
+def _listed(folder: Path):
+    """torchvision's ImageFolder of `folder` (it lists the files only), checked before anything is decoded: it has
+    class folders, and `decode` reads every image it lists."""
+    from torchvision.datasets import ImageFolder
+
+    if not any(entry.is_dir() for entry in os.scandir(folder)):
+        raise FileNotFoundError(f"{folder} has no class folders; sort its images into {folder}/<class>/ (a raw "
+                                f"ImageNet val/ is flat: sort it into val/<wnid>/ with the devkit's ground truth, e.g. "
+                                f"the widely used valprep.sh)")
+    images = ImageFolder(str(folder))
+    if other := [path for path, _ in images.samples if not path.lower().endswith(DECODED)]:
+        kinds = sorted({os.path.splitext(path)[1].lower() for path in other})
+        raise ValueError(f"{folder} holds {len(other)} images as {', '.join(kinds)} (e.g. {other[0]}), which the "
+                         f"decoder (TorchCodec: {', '.join(DECODED)}) does not read; convert them to PNG or JPEG, or "
+                         f"remove them")
+    return images
 
 
 def decode(path: str, side: int) -> Tensor:
