@@ -75,6 +75,98 @@ def test_load_books_names_the_problem_when_no_books(tmp_path):
         T.load_books(tmp_path)
 
 
+WORDS = "the a man woman dog house said walked into room and of was it he she".split()
+
+
+def lines_book(n: int, seed: int) -> str:
+    """n lowercased, tokenised sentences one per line, as in books_large_p1.txt: quotes, an abbreviation, a question
+    inside a line, a heading with no full stop, some sentences longer than MAX_TOKENS."""
+    rng = np.random.default_rng(seed)
+    forms = ["`` {w} ? '' she asked .", "mr . {w} .", "chapter {k}", "{w} , {w} !", "{w} ."]
+    return "".join(forms[k % 5].format(w=" ".join(rng.choice(WORDS, rng.integers(1, 25))), k=k) + "\n"
+                   for k in range(n))
+
+
+def test_one_sentence_per_line_files_load_as_one_sentence_per_line(tmp_path):
+    """BookCorpus's lowercased, tokenised releases: 3 files of 300 sentences are 900 sentences (read as prose, as
+    before, they were a handful: no capital letter ever starts a sentence), and the summary says how they were read."""
+    for k in range(3):
+        (tmp_path / f"part{k}.txt").write_text(lines_book(300, k), encoding="utf-8")
+    corpus = T.load_books(tmp_path)
+    assert len(corpus) == 900 and corpus.names == ["part0", "part1", "part2"] and np.bincount(corpus.doc).tolist() == [300] * 3
+    assert corpus.sentences[1][:3] == ["mr", ".", corpus.sentences[1][2]] and corpus.sentences[2][0] == "chapter"
+    assert len(T.load_books(tmp_path, form="prose")) < 10
+    train, held, vocab, read = T.pack_books(tmp_path, progress=False)
+    assert len(train) + len(held) == 900 and read == "3 files read as 3 one sentence per line; 3 documents"
+    cased = [f"The man number {k} walked into the room." for k in range(50)]
+    assert T.detect_form(cased) == "lines" and T.detect_form(BOOK_A.splitlines()) == "prose"
+    assert T.detect_form((BOOK_A + "\n\n" + BOOK_B).splitlines()) == "prose"
+    with pytest.raises(ValueError, match="unknown book form"):
+        T.load_books(tmp_path, form="sentences")
+
+
+def test_documents_are_files_books_marked_by_blank_lines_and_blocks(tmp_path, monkeypatch):
+    """In the lines form 2 blank lines (a paragraph, as soskek/bookcorpus writes them) keep the book, 3 or more (its
+    5 between books) start another; a document longer than DOC_BLOCK sentences is cut into blocks."""
+    book = lambda n, w: "".join(f"{w} sentence {k} .\n" for k in range(n))  # noqa: E731
+    (tmp_path / "a.txt").write_text(book(5, "one") + "\n\n" + book(5, "two") + "\n" * 6 + book(5, "three"))
+    (tmp_path / "b.txt").write_text(book(3, "four"))
+    monkeypatch.setattr(T, "DOC_BLOCK", 4)
+    corpus = T.load_books(tmp_path)
+    assert np.bincount(corpus.doc).tolist() == [4, 4, 2, 4, 1, 3]
+    assert corpus.names == ["a", "a#2", "a#3", "a#4", "a#5", "b"]
+    assert corpus.sentences[9] == ["two", "sentence", "4", "."] and corpus.sentences[10][0] == "three"
+
+
+def test_packing_equals_the_split_vocabulary_and_encoding_in_memory(tmp_path, monkeypatch):
+    """pack_books (chunked here every 7 sentences) against Corpus.split, Vocab.build (ties by first occurrence) and
+    Vocab.encode of the same folder held as lists, with prose and one-per-line files mixed; the Packed API the
+    trainer and bench/bench_cuda.py use (windows, slices, iteration)."""
+    monkeypatch.setattr(T, "PACK_CHUNK", 7)
+    for k in range(4):
+        (tmp_path / f"lines{k}.txt").write_text(lines_book(60, k), encoding="utf-8")
+    (tmp_path / "prose.txt").write_text(BOOK_A * 3, encoding="utf-8")
+    corpus = T.load_books(tmp_path)
+    train, held = corpus.split(0.4, seed=1)
+    vocab = T.Vocab.build(train.sentences, max_size=20)
+    p_train, p_held, p_vocab, read = T.pack_books(tmp_path, held_out=0.4, seed=1, max_size=20, progress=False)
+    assert p_vocab.words == vocab.words and read == "5 files read as 4 one sentence per line, 1 prose; 5 documents"
+    for packed, part in ((p_train, train), (p_held, held)):
+        assert [s.tolist() for s in packed] == [vocab.encode(s) for s in part.sentences]
+        assert packed.doc.tolist() == part.doc.tolist() and isinstance(packed.tokens, np.memmap)
+    assert max(map(len, p_train)) == T.MAX_TOKENS and sum(map(len, p_train)) == len(p_train.tokens)
+    window = p_train[3:8]
+    assert len(window) == 5 and [s.tolist() for s in window] == [s.tolist() for s in list(p_train)[3:8]]
+    batch, expected = p_train.batch(torch.arange(3, 8)), T.pack([vocab.encode(s) for s in train.sentences[3:8]])
+    assert torch.equal(batch.data, expected.data) and torch.equal(batch.batch_sizes, expected.batch_sizes)
+
+
+def test_the_packed_cache_is_built_once_atomically_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    for k in range(2):
+        (tmp_path / f"part{k}.txt").write_text(lines_book(40, k), encoding="utf-8")
+    first = T.pack_books(tmp_path, progress=False)
+    (built,) = [p for p in (tmp_path / ".packed").iterdir() if p.is_dir()]
+    monkeypatch.setattr(T, "pack_stream", lambda *a, **k: pytest.fail("rebuilt"))
+    again = T.pack_books(tmp_path, progress=False)  # read back
+    assert again[2].words == first[2].words and [s.tolist() for s in again[0]] == [s.tolist() for s in first[0]]
+
+    def killed(stream, folder, **kw):  # dies mid-build, having written part of a file
+        next(iter(stream))
+        (folder / "train_tokens.npy").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "pack_stream", killed)
+    with (tmp_path / "part1.txt").open("a") as f:
+        f.write("one more sentence .\n")
+    with pytest.raises(KeyboardInterrupt):
+        T.pack_books(tmp_path, progress=False)
+    assert sorted(p.name.endswith(".tmp") for p in (tmp_path / ".packed").iterdir() if p.is_dir()) == [False, True]
+    monkeypatch.undo()
+    rebuilt = T.pack_books(tmp_path, progress=False)
+    assert len(rebuilt[0]) + len(rebuilt[1]) == len(first[0]) + len(first[1]) + 1
+    assert not [p for p in (tmp_path / ".packed").iterdir() if p.name.endswith(".tmp")]
+
+
 def test_mr_and_cr_loaders_read_sentevals_latin1_files(tmp_path):
     pos = "a charming , caf\xe9-set romance .\nsimply superb .\n"
     (tmp_path / "rt-polarity.pos").write_bytes(pos.encode("latin-1"))  # \xe9 is one byte: not UTF-8
@@ -98,6 +190,30 @@ def test_missing_mr_and_cr_files_raise_one_line_errors_naming_them(tmp_path):
     assert "movie-review-data" in msg
     with pytest.raises(FileNotFoundError, match=r"custrev\.pos and custrev\.neg .*get_transfer_data"):
         T.load_cr(tmp_path)
+
+
+def test_mr_reads_cornells_windows_1252_bytes_and_splits_lines_at_newlines_only(tmp_path):
+    """Cornell's rt-polarity files are Windows-1252: 0x85 is "…" (U+0085 in latin-1, a line break to
+    str.splitlines()) and 0x92 "’"; 0x81, undefined there, reads as latin-1."""
+    pos = b"a charming \x85 and often affecting journey .\nthe film\x92s end is superb .\n"
+    (tmp_path / "rt-polarity.pos").write_bytes(pos)
+    (tmp_path / "rt-polarity.neg").write_bytes(b"a dull \x85 mess \x81 .\n")
+    assert len(pos.decode("latin-1").splitlines()) == 3  # the old reading: one snippet too many
+    mr = T.load_mr(tmp_path)
+    assert mr.labels.tolist() == [1, 1, 0]
+    assert mr.sentences[0] == ["a", "charming", "…", "and", "often", "affecting", "journey", "."]
+    assert mr.sentences[1][:3] == ["the", "film's", "end"] and mr.sentences[2] == ["a", "dull", "…", "mess", "\x81", "."]
+    (tmp_path / "rt-polarity.pos").write_text("naïve but “fun” .\n", encoding="utf-8")  # UTF-8 files read as such
+    assert T.load_mr(tmp_path).sentences[0] == ["naïve", "but", "“", "fun", "”", "."]
+
+
+def test_sentevals_upper_case_mr_and_cr_folders_are_read(tmp_path):
+    data_dir = write_bookcorpus(tmp_path / "data")
+    for task in ("mr", "cr"):
+        (data_dir / task).rename(data_dir / task.upper())
+    data = T.load_dataset("bookcorpus", str(data_dir))
+    assert len(data.tasks["mr"].labels) == 24 and len(data.tasks["cr"].labels) == 24
+    assert data.summary().endswith("; 8 files read as 8 prose; 8 documents")
 
 
 def test_vocab_keeps_the_most_frequent_words_and_maps_the_rest_to_unk():
@@ -231,13 +347,61 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
                           data_dir=str(data_dir))
     r = record["results"]
     assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f", "uniform_g",
-                      "contrastive", "rankme", "uniform_centred", "eigen_decay"}
+                      "uniform_n", "uniform_se", "contrastive", "rankme", "uniform_centred", "eigen_decay"}
     assert r["n_mr"] == len(data.tasks["mr"].labels) and r["n_cr"] == len(data.tasks["cr"].labels)
     assert [p["epoch"] for p in record["trajectory"]] == [0, 2]  # the snapshots, evaluated the same way
     assert {k: record["trajectory"][-1][k] for k in r} == pytest.approx(r)
     assert 0 <= r["align"] <= 4 and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"]) and -16 <= r["uniform"] <= 0
     with pytest.raises(ValueError, match="does not apply"):
         evaluate_run(a, EvalConfig(kind="classify"), device="cpu", data_dir=str(data_dir))
+
+
+def held_stream(n: int = 3000, docs: int = 30, seed: int = 0) -> T.Packed:
+    """A held-out stream of n random sentences of 1-11 word ids in `docs` documents."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 12, n))])
+    return T.Packed(rng.integers(2, 50, offsets[-1]).astype(np.int32), offsets,
+                    np.repeat(np.arange(docs), n // docs).astype(np.int32))
+
+
+def test_pair_metrics_are_exact_below_the_sample_size_and_a_seeded_sample_above_it(monkeypatch):
+    """At most `sample` held-out sentences: all of them, exactly as before (the stand-in's case), or a seeded sample
+    whose estimate lies within a few standard errors of the whole set's, only its sentences (and their neighbours,
+    and the sampled windows) encoded."""
+    from hypersphere.metrics import alignment, uniformity
+    torch.manual_seed(0)
+    model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
+    held = held_stream()
+    full = T.pair_metrics(model, held, tau=0.5, batch_size=100)
+    zf, zg = T.encode_ids(model, held)
+    i, j = T.neighbour_pairs(torch.as_tensor(held.doc))
+    assert full["align"] == alignment(zf[i], zg[j], normalize=True) and full["uniform_n"] == 3000
+    assert full["uniform_f"] == uniformity(zf, normalize=True) and full["uniform_g"] == uniformity(zg, normalize=True)
+    encoded, encode_ids = [], T.encode_ids
+    monkeypatch.setattr(T, "encode_ids", lambda model, ids, *a: encoded.append(len(ids)) or encode_ids(model, ids, *a))
+    sub = T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=0)
+    assert sub["uniform_n"] == 300 and encoded[0] <= 2 * 300 + 3 * 100
+    assert sub == T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=0)
+    assert sub["uniform"] != T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=1)["uniform"]
+    assert abs(sub["uniform"] - full["uniform"]) < 4 * sub["uniform_se"] and 0 < full["uniform_se"] < sub["uniform_se"]
+    assert sub["align"] == pytest.approx(full["align"], rel=0.05)
+    assert sub["contrastive"] == pytest.approx(full["contrastive"], rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_held_out_metrics_and_label_free_statistics_run_on_the_models_device():
+    from types import SimpleNamespace
+
+    from hypersphere.metrics import label_free
+    torch.manual_seed(0)
+    model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
+    held = held_stream()
+    cpu = T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=500)
+    model.cuda()
+    assert T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=500) == pytest.approx(cpu, rel=1e-3)
+    feats = T.validation_features(model, SimpleNamespace(held=held), SimpleNamespace(seed=0), "cuda")
+    assert feats.is_cuda and len(feats) == 3000
+    assert label_free(feats) == pytest.approx(label_free(feats.cpu()), rel=1e-3)
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -14,9 +14,12 @@ The evaluation kinds, one per downstream task, belong to their domains (domains.
             the frozen encoder (Fig. 5b, Table 2), its k-fold CV MSE on the train split, two image-blind
             baselines, and L_align, L_uniform on validation positive pairs as for classify.
   sentences (domains/text.py) Fig. 9b / Table 4: logistic regression on frozen f||g features of each labelled
-            task, nested CV, and L_align, L_uniform (f's + g's terms) on held-out neighbouring sentences.
+            task, nested CV, and L_align, L_uniform (f's + g's terms) on held-out neighbouring sentences: all of
+            them up to text.HELD_OUT_SAMPLE (100k), a seeded sample of that many beyond (BookCorpus's ~3.7M), with
+            the sample's size and uniform's standard error (uniform_n, uniform_se); on the run's device.
 Every kind's results also hold the label-free statistics of its features (metrics.label_free: RankMe, centred
-uniformity, the spectrum's decay), for choosing encoders without labels (notebook 10_beyond).
+uniformity, the spectrum's decay), for choosing encoders without labels (notebook 10_beyond), computed where the
+kind's features are (the sentences' on the run's device, on the same held-out sample as its L_uniform).
 With `snapshots`, the same metrics on the output tap at each snapshot epoch of the run (Fig. 8 trajectories).
 """
 from __future__ import annotations

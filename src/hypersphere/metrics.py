@@ -1,6 +1,7 @@
 """Alignment and uniformity of a whole held-out set (docs/paper.md, "Definitions"), and the uniformity bound
 (section 2). Unlike the minibatch losses, these are exact over every pair of the set, computed in
-blocks so that memory stays bounded (100k x 128 features fit in a few hundred MB).
+blocks so that memory stays bounded (100k x 128 features fit in a few hundred MB); `uniformity_se` is the
+standard error of uniformity on a sample of a larger set (the U-statistic variance).
 
 Label-free statistics that other work proposes for choosing an encoder without labels, next to L_align and
 L_uniform in every evaluation record (`label_free`; the study is notebook 10_beyond):
@@ -12,6 +13,7 @@ L_uniform in every evaluation record (`label_free`; the study is notebook 10_bey
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -66,6 +68,44 @@ def uniformity(f: Tensor, t: float = 2.0, normalize: bool = False, block: int = 
     return (torch.logsumexp(torch.stack(lse), dim=0) - math.log(n * (n - 1) / 2)).item()
 
 
+@torch.no_grad()
+def uniformity_se(fs: Sequence[Tensor], t: float = 2.0, normalize: bool = False, block: int = 4096,
+                  values: Sequence[float] | None = None) -> float:
+    """Standard error of sum_m L_uniform(f_m; t) (a single term, or a sentence's f and g terms) over n points, the
+    rows of each f_m [n, d_m], as an estimate of its value on the distribution they are independent draws from.
+
+    Each L_uniform(f_m) = log U_m, U_m the mean of h_m(x, y) = exp(-t ||f_m(x) - f_m(y)||^2) over the n(n-1)/2
+    distinct pairs: a U-statistic. To first order (the delta method) the sum moves as the U-statistic of the kernel
+    k = sum_m h_m / U_m, whose variance is 2 / (n (n-1)) (2 (n-2) zeta_1 + zeta_2) (Hoeffding 1948), zeta_1 =
+    Cov(k(X, Y), k(X, Z)) and zeta_2 = Var k(X, Y); both are estimated without bias from the ordered pairs' sums
+    T = sum_ij c_ij, Q = sum_ij c_ij^2 and S = sum_i (sum_j c_ij)^2 of c = k - m (m terms; centred, so that nothing
+    cancels): E c_ij c_ik = (S - Q) / n(n-1)(n-2), E c_ij^2 = Q / n(n-1), (E c)^2 = (T^2 - 4S + 2Q) / n(n-1)(n-2)(n-3).
+    Near-uniform features make zeta_1 vanish (a degenerate U-statistic): the zeta_2 term then dominates. `values`:
+    the terms' L_uniform, when already computed. One more pass over the pairs, in blocks as `uniformity`."""
+    fs = [check_unit_norm(f, normalize) for f in fs]
+    n = len(fs[0])
+    if n < 4:
+        return float("nan")
+    u = [math.exp(v) for v in (values if values is not None else [uniformity(f, t, block=block) for f in fs])]
+    r = torch.zeros(n, dtype=torch.float64, device=fs[0].device)
+    q = torch.zeros((), dtype=torch.float64, device=fs[0].device)
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            c = sum(gaussian_logits(f[i:i + block], f[j:j + block], t).double().exp() / um for f, um in zip(fs, u))
+            c = c - len(fs)
+            if i == j:
+                c.fill_diagonal_(0)
+            r[i:i + block] += c.sum(1)
+            if i != j:
+                r[j:j + block] += c.sum(0)
+            q += (1 if i == j else 2) * c.pow(2).sum()
+    total, s, q = r.sum().item(), r.pow(2).sum().item(), q.item()
+    cross, square = (s - q) / (n * (n - 1) * (n - 2)), q / (n * (n - 1))
+    mean2 = (total * total - 4 * s + 2 * q) / (n * (n - 1) * (n - 2) * (n - 3))
+    var = 2 / (n * (n - 1)) * (2 * (n - 2) * (cross - mean2) + (square - mean2))
+    return math.sqrt(max(var, 0.0))
+
+
 def effective_rank(f: Tensor) -> float:
     """exp of the entropy of the normalised singular values of the feature matrix (RankMe): 1 for features on
     one line, the dimension for isotropic ones."""
@@ -88,7 +128,7 @@ def eigen_decay(f: Tensor, floor: float = 1e-6) -> float:
     lam = lam[lam > floor * lam[0]]
     if len(lam) < 3:
         return float("nan")
-    k = torch.arange(1, len(lam) + 1, dtype=torch.float64).log()
+    k = torch.arange(1, len(lam) + 1, dtype=torch.float64, device=lam.device).log()
     slope = ((k - k.mean()) * (lam.log() - lam.log().mean())).sum() / ((k - k.mean()) ** 2).sum()
     return float(-slope)
 
