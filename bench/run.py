@@ -13,9 +13,11 @@ with a description of the machine (CPU model, cores, threads, torch version, dev
   probe      cached features (+5-NN) vs the paper's full augmented linear probe        >= 10, same accuracy
              sweep workers' sentence probes at once, BLAS capped at 1 thread vs default  >= 1
   stream     streamed JPEGs -> MoCo v2 views/s: ImageFiles + batched augment vs PIL    >= 1 (same cores each)
-  cuda       the GPU check (make gpu-check): every paper path (SmallAlexNet, the depth   (CUDA only; else skipped;
-             decoder, MoCo in memory and streamed, Quick-Thought), fp32 vs bf16         --dry-run: on the CPU)
-             accuracy, each paper sweep's projected GPU-hours and PFLOP, packed runs
+  cuda       the GPU check (make gpu-check): the trainer's own step for every kind of    (CUDA only; else skipped;
+             step the paper sweeps train, at their batches (SmallAlexNet, ResNet-50     --dry-run: on the CPU)
+             MoCo in memory and streamed through train(), Quick-Thought), bf16, the
+             depth decoder, fp32 vs bf16 accuracy, a 2-process DDP run (2 GPUs), each
+             paper sweep's projected GPU-hours and PFLOP (costs.py), packed runs
 
   python bench/run.py [--quick] [--only loss,augment,...] [--threads N] [--out DIR] [--cuda-only]
 
