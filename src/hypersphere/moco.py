@@ -21,9 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor
-from torchvision.models.resnet import BasicBlock, conv1x1
 
 from . import distributed, resources
 
@@ -62,6 +60,8 @@ class MocoEncoder(nn.Module):
 
 def resnet50_moco(dim: int = 128, mlp: bool = True) -> MocoEncoder:
     """torchvision's ResNet-50 (random init) with its fc replaced by MoCo's head; penultimate = pooled 2048-d."""
+    import torchvision  # here, not at the top: it imports torch._dynamo, ~3 s of every CLI start
+
     trunk = torchvision.models.resnet50(weights=None)
     trunk.fc = nn.Identity()
     return MocoEncoder(trunk, 2048, dim, mlp)
@@ -72,6 +72,8 @@ def small_resnet_moco(dim: int = 128, mlp: bool = True, widths: Sequence[int] = 
     """A ResNet for 24-32 px images on a CPU: the CIFAR stem (conv3x3 stride 1, no max-pool), then stages of
     torchvision BasicBlocks of `widths` (strides 1, 2, 2, 2), global average pooling (penultimate = widths[-1]).
     The defaults are ResNet-18's layout at half width with one block per stage; init as torchvision's ResNet."""
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
     layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
     c_in = widths[0]
