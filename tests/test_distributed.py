@@ -4,6 +4,10 @@ MoCo the same queue (each process enqueues the keys of the global batch) and Shu
 encodes a share of the globally permuted key images)."""
 import os
 import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +15,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from hypersphere import distributed
+from hypersphere import distributed, runs
 from hypersphere.domains.image import load_dataset
 from hypersphere.domains import IMAGE
 from hypersphere.losses import Objective
 from hypersphere.models import DigitsNet
 from hypersphere.moco import MoCo
-from hypersphere.train import batch_loss
+from hypersphere.sweep import train_argv
+from hypersphere.train import TRAIN_VERSION, TrainConfig, batch_loss, train
 
 OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()", "moco: contrastive(tau=0.2) + uniform(t=2)")
 BATCH, WORLD, QUEUE = 16, 2, 64
@@ -120,9 +125,7 @@ def test_shard_needs_a_batch_that_divides_and_is_identity_alone():
 
 def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
     """The torchrun executor rebuilds each config on the command line and trains it with DDP (gloo on CPU)."""
-    from hypersphere import runs
-    from hypersphere.sweep import load_sweep, run_sweep, train_argv
-    from hypersphere.train import TRAIN_VERSION, TrainConfig
+    from hypersphere.sweep import load_sweep, run_sweep
     from hypersphere.__main__ import _parser, _from_args
     path = tmp_path / "s.yaml"
     path.write_text(f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, runs_dir: {tmp_path / 'runs'}}}\n"
@@ -136,3 +139,106 @@ def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
     df = run_sweep([run], tmp_path / "t.csv", executor="torchrun", gpus_per_run=2, progress=False)
     assert list(df["status"]) == ["done"] and df.loc[0, "val_output_linear"] > 0
     assert runs.train_status(run.config.run_dir(), TRAIN_VERSION) == "done"
+
+
+def test_torchrun_processes_bind_gpu_local_rank_before_nccl_starts(monkeypatch):
+    """Process 9 of 16 (second node of two, eight GPUs each) trains on its node's GPU 1, bound as the current
+    device before the NCCL group starts, and NCCL is bound to it; a lone process keeps the device asked for."""
+    env = {"WORLD_SIZE": "16", "RANK": "9", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    assert distributed.local_device(torch.device("cuda"), env) == torch.device("cuda", 1)
+    assert distributed.local_device(torch.device("cuda", 3), {}) == torch.device("cuda", 3)
+    assert distributed.local_device(torch.device("cpu"), env) == torch.device("cpu")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.init_from_env(torch.device("cuda"))[0] == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("nccl", {"device_id": torch.device("cuda", 1)})]
+
+
+def test_torchrun_restarts_on_a_shared_store_are_refused_with_the_fix(monkeypatch):
+    """torchrun's default store outlives a restart: a restarted group would read its predecessor's addresses (gloo:
+    connection refused), so a run that may restart asks for a store per start at its first start."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "TORCHELASTIC_MAX_RESTARTS": "1",
+                       "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="--standalone .* and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        distributed.init_from_env(torch.device("cpu"))
+
+
+COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "barrier", "reduce", "gather",
+               "scatter", "reduce_scatter", "all_to_all", "all_gather_object", "broadcast_object_list",
+               "gather_object", "scatter_object_list")
+
+
+def record_collectives(seen: list) -> None:
+    """Wrap torch.distributed's collectives to record each call's name and the devices of the tensors it gets."""
+    def devices(value) -> set:
+        if isinstance(value, torch.Tensor):
+            return {value.device}
+        return set().union(*map(devices, value)) if isinstance(value, (list, tuple)) else set()
+
+    for name in COLLECTIVES:
+        def recorded(*args, _name=name, _real=getattr(dist, name), **kw):
+            seen.append((_name, devices([*args, *kw.values()])))
+            return _real(*args, **kw)
+        setattr(dist, name, recorded)
+
+
+MOCO = TrainConfig(dataset="digits", dim=8, epochs=2, batch_size=256, queue=256, ema=0.9, device="cpu",
+                  checkpoint_minutes=0)  # 5 steps an epoch, the state saved after each
+
+
+def train_worker(rank: int, port: int, out: str) -> None:
+    """One process of `torchrun --nnodes 2 --nproc_per_node 1` (LOCAL_RANK 0 on both nodes) training MOCO, every
+    collective recorded."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    seen = []
+    record_collectives(seen)
+    run_dir = train(replace(MOCO, runs_dir=out), progress=False)
+    torch.save({"seen": seen, "bound": distributed.collective_device(), "run": run_dir,
+                "cuda": distributed.local_device(torch.device("cuda"), os.environ)}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """MOCO trained by two gloo processes with torchrun's environment (train_worker): the run and the records."""
+    out = tmp_path_factory.mktemp("two")
+    mp.spawn(train_worker, args=(free_port(), str(out)), nprocs=WORLD)
+    return out
+
+
+def test_every_collective_of_a_torchrun_run_gets_tensors_on_the_process_device(two_processes):
+    """Through train(): the features' gather and its backward, the step's agreement to save, the generator states'
+    gather, Shuffle-BN's permutation and the barriers all get tensors on the device the process bound (the CPU
+    under gloo), none through an object collective (those pick a device of their own); on CUDA each process
+    would bind GPU LOCAL_RANK."""
+    for rank in range(WORLD):
+        out = torch.load(two_processes / f"rank{rank}.pt", weights_only=False)
+        names = {name for name, _ in out["seen"]}
+        assert {"all_gather", "all_reduce", "broadcast", "barrier"} <= names and not {n for n in names if "object" in n}
+        assert out["bound"] == torch.device("cpu") and out["cuda"] == torch.device("cuda", 0)
+        assert all(devices <= {out["bound"]} for _, devices in out["seen"]), out["seen"]
+        assert runs.load_summary(out["run"])["device"] == "cpu"
+    assert runs.train_status(out["run"], TRAIN_VERSION) == "done"
+
+
+def test_a_process_killed_under_torchrun_restarts_and_resumes_to_the_same_weights(two_processes, tmp_path):
+    """torchrun --max-restarts 1 (with a store per start): process 1 SIGKILLs itself mid-epoch 2 (train.py's kill
+    hook), torchrun restarts the group, which resumes from the state saved there and ends with the weights and queue
+    of the uninterrupted run bit for bit."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "--max-restarts=1",
+           "-m", "hypersphere", "train", "--quiet", *train_argv(replace(MOCO, runs_dir=str(tmp_path)))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+           "HYPERSPHERE_KILL_AT": "2:2", "HYPERSPHERE_KILL_RANK": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (d for d in tmp_path.iterdir() if d.is_dir())
+    assert runs.load_summary(run)["resumed"] == [{"epoch": 2, "step": 2}]
+    a, b = (runs.load_checkpoint(d / runs.CHECKPOINT) for d in (two_processes / run.name, run))
+    for module in ("encoder", "moco"):
+        assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module

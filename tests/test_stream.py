@@ -1,12 +1,11 @@
 """The streaming image path (domains/image.py, ImageFiles: Table 5's ImageNet) on real JPEG files the tests write:
 decoding against PIL, indexing and decoding ahead like the decoded tensor, a streamed run against the same images
 held in memory, and Table 5's smoke sweep under torchrun with two gloo processes, killed with SIGKILL mid-epoch
-and resumed to the weights of an uninterrupted run."""
+(train.py's kill hook) and resumed to the weights of an uninterrupted run."""
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,30 +115,31 @@ def process_tree(root: int) -> list[int]:
 
 def test_table5_smoke_sweep_under_torchrun_resumes_after_sigkill_to_identical_weights(folder, tmp_path):
     """Two gloo processes per run (DDP, each its share of every batch and its own augmentation stream), the
-    state saved after every step; SIGKILL the whole sweep in the middle of an epoch and rerun it: every run ends
-    with the weights and queue of a sweep that was never interrupted."""
+    state saved after every step; both processes of the first run SIGKILL themselves in the middle of its second
+    epoch (train.py's kill hook, as a node failure), which fails the sweep; rerun it: every run ends with the
+    weights and queue of a sweep that was never interrupted."""
     def cmd(runs_dir: Path) -> list[str]:
         return [sys.executable, "-m", "hypersphere", "sweep", str(SMOKE), "--profile", "smoke", "--executor", "torchrun",
                 "--gpus-per-run", "2", "--set", f"data_dir={folder}", f"runs_dir={runs_dir}", "checkpoint_minutes=0",
                 "device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "a"), env=env, cwd=tmp_path, check=True, capture_output=True)
-    proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = load_sweep(SMOKE, {"data_dir": str(folder), "runs_dir": str(tmp_path / "b")})[0].config
-    deadline = time.time() + 300
-    while time.time() < deadline:  # the first run, in the middle of its second epoch
-        state = runs.load_state(first.run_dir(), first.hashed(), TRAIN_VERSION)
-        if state is not None and state["epoch"] == 2 and state["step"] > 0:
-            break
-        time.sleep(0.02)
-    for pid in process_tree(proc.pid):  # torchrun starts its workers in sessions of their own
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1)
-    assert runs.train_status(first.run_dir(), TRAIN_VERSION) == "todo", "kill it mid-epoch"
+    kill = {**env, "HYPERSPHERE_KILL_AT": "2:1", "HYPERSPHERE_KILL_RUN": first.run_dir().name}
+    proc = subprocess.Popen(cmd(tmp_path / "b"), env=kill, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        err = proc.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:  # hung: kill its whole tree (torchrun's workers run in sessions of their own)
+        for pid in process_tree(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert proc.returncode != 0 and f"torchrun training of {first.run_dir().name} failed" in err, err[-3000:]
+    assert runs.train_status(first.run_dir(), TRAIN_VERSION) == "todo"
+    state = runs.load_state(first.run_dir(), first.hashed(), TRAIN_VERSION)
+    assert (state["epoch"], state["step"]) == (2, 1)
     subprocess.run(cmd(tmp_path / "b"), env=env, cwd=tmp_path, check=True, capture_output=True)
-    assert runs.load_summary(first.run_dir())["resumed"][0]["epoch"] == 2
+    assert runs.load_summary(first.run_dir())["resumed"] == [{"epoch": 2, "step": 1}]
     for run in load_sweep(SMOKE, {"data_dir": str(folder), "runs_dir": str(tmp_path / "a")}):
         a = runs.load_checkpoint(run.config.run_dir() / runs.CHECKPOINT)
         b = runs.load_checkpoint(tmp_path / "b" / run.config.run_dir().name / runs.CHECKPOINT)

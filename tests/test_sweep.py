@@ -1,5 +1,6 @@
 """Sweeps and profiles: validation, ordering, caching of training and of evaluation, the results table,
 kill -9 resumption, failures, Ray."""
+import contextlib
 import os
 import re
 import signal
@@ -164,24 +165,30 @@ def test_unwritable_output_directory_fails_in_one_line(tmp_path):
 
 
 def test_killed_sweep_resumes_where_it_stopped(tmp_path):
+    """Two workers take the six runs in order, so the fourth starts once two runs are finished; it SIGKILLs its
+    worker after its first epoch (train.py's kill hook), which breaks the sweep. Rerun: the finished runs are kept,
+    the fourth resumes from its saved state, the rest train."""
     body = "runs:\n  - {epochs: 3, grid: {objective: ['align + uniform', 'contrastive(tau=0.5)'], dim: [4, 6, 8]}}\n"
     path = write_sweep(tmp_path, body)
     cmd = [sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            cwd=tmp_path)
     sweep_runs = load_sweep(path)
-    deadline = time.time() + 120
-    while sum(status(r) == "done" for r in sweep_runs) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    fourth = sweep_runs[3].config.run_dir()
+    env = {**os.environ, "HYPERSPHERE_KILL_AT": "2:0", "HYPERSPHERE_KILL_RUN": fourth.name}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=tmp_path)
+    try:
+        assert proc.wait(timeout=300) != 0, "a killed worker fails the sweep"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever remains of its process group, as a node failure would
+            os.killpg(proc.pid, signal.SIGKILL)
     done_before = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns
                    for r in sweep_runs if status(r) == "done"}
-    assert 2 <= len(done_before) < len(sweep_runs), "kill the sweep mid-way"
+    assert 2 <= len(done_before) < len(sweep_runs) and status(sweep_runs[3]) == "partial"
     for r in sweep_runs:  # nothing half-written: a training record is complete (evaluated or not), or absent
         assert status(r) in ("done", "to evaluate") or not (r.config.run_dir() / runs.TRAIN).exists()
     assert subprocess.run(cmd, capture_output=True, cwd=tmp_path).returncode == 0
     assert all(status(r) == "done" for r in sweep_runs)
+    assert runs.load_summary(fourth)["resumed"] == [{"epoch": 2, "step": 0}]
     assert len(pd.read_csv(tmp_path / "results" / "smoke" / "s.csv")) == len(sweep_runs)
     assert all(os.stat(d / runs.TRAIN).st_mtime_ns == s for d, s in done_before.items())
 

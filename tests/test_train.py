@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -245,27 +244,22 @@ def _train_cmd(runs_dir, *extra):
 
 
 def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
-    """Kill -9 mid-epoch (the state is saved after every step here, --checkpoint-minutes 0), rerun: every RNG,
-    the optimiser and schedule, the epoch's sample order and partial loss sums are restored, so on CPU with one
-    thread the final weights, log and snapshots equal an uninterrupted run's exactly."""
+    """SIGKILL mid-epoch 2 (train.py's kill hook, right after the state of step 3 is saved; it is saved after every
+    step here, --checkpoint-minutes 0), then the same command: every RNG, the optimiser and schedule, the epoch's
+    sample order and partial loss sums are restored, so on CPU with one thread the final weights, log and snapshots
+    equal an uninterrupted run's exactly. The resumed run starts after the kill point and never reaches it again."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (run_a,) = (tmp_path / "a").iterdir()
     run_b = tmp_path / "b" / run_a.name
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it in the middle of epoch 2 or later
-        state = runs.load_state(run_b, json.loads((run_a / runs.CONFIG).read_text()), TRAIN_VERSION)
-        if state is not None and state["epoch"] >= 2 and state["step"] > 0:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert runs.train_status(run_b, TRAIN_VERSION) == "todo" and (run_b / runs.STATE).exists()
-    subprocess.run(_train_cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env, check=True, capture_output=True)
-    summary = runs.load_summary(run_b)
-    assert len(summary["resumed"]) == 1 and summary["resumed"][0]["epoch"] >= 2
+    killed = {**env, "HYPERSPHERE_KILL_AT": "2:3"}
+    cmd = _train_cmd(tmp_path / "b", "--checkpoint-minutes", "0")
+    assert subprocess.run(cmd, env=killed, capture_output=True).returncode == -signal.SIGKILL
+    assert runs.train_status(run_b, TRAIN_VERSION) == "todo"
+    state = runs.load_state(run_b, json.loads((run_a / runs.CONFIG).read_text()), TRAIN_VERSION)
+    assert (state["epoch"], state["step"]) == (2, 3)
+    subprocess.run(cmd, env=killed, check=True, capture_output=True)
+    assert runs.load_summary(run_b)["resumed"] == [{"epoch": 2, "step": 3}]
     for name in (runs.CHECKPOINT, "snapshots/epoch-2.pt", "snapshots/epoch-4.pt"):
         a, b = runs.load_checkpoint(run_a / name)["encoder"], runs.load_checkpoint(run_b / name)["encoder"]
         assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -9,23 +9,56 @@ another loss). Every process computes the same global loss; the gather's backwar
 gradient over the processes and DDP averages the parameter gradients, which together give the gradient of
 the global loss. BatchNorm statistics stay per process; MoCo's key encoder normalises a random share of the
 global batch instead of its own (Shuffle-BN, moco.MoCo._keys).
-Only process 0 writes the run record.
+Only process 0 writes the run record. Each process binds GPU LOCAL_RANK before NCCL starts and runs every
+collective on it (init_from_env, collective_device). Under `torchrun --max-restarts N` a process killed mid-epoch
+restarts the whole group, which resumes from the run's last saved state (train.py). The tests run all of this
+with gloo on the CPU (tests/test_distributed.py); the NCCL path has not yet run on GPUs.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 
-def init_from_env(device_type: str) -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return rank_world()
+def local_device(device: torch.device, env: Mapping[str, str]) -> torch.device:
+    """This process's device: under torchrun (WORLD_SIZE > 1) a CUDA run's process trains on GPU LOCAL_RANK of its
+    node (torchrun starts one process per GPU; RANK counts over all nodes), else `device` as asked."""
+    if device.type == "cuda" and int(env.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(env["LOCAL_RANK"]))
+    return device
+
+
+def init_from_env(device: torch.device) -> tuple[torch.device, int, int]:
+    """This process's device (local_device), rank and world size, joining the process group torchrun describes
+    (WORLD_SIZE > 1). The process binds its GPU as the current CUDA device before NCCL starts, and NCCL is bound
+    to it (device_id): left unbound, every process would talk to NCCL from GPU 0 (a duplicate-GPU error or a hang).
+    On the CPU the group is gloo's. Restarts (torchrun --max-restarts) need a store per start, which only torchrun's
+    c10d rendezvous with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 makes: its default, and the static rendezvous, keep
+    the first start's store, where a restarted group reads its predecessor's addresses."""
+    device = local_device(device, os.environ)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"
+        if restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            raise ValueError("torchrun --max-restarts would restart the processes on the store of their first start, "
+                             "whose stale addresses fail the new group (pytorch#135712): launch torchrun with "
+                             "--standalone (or --rdzv-backend c10d) and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return (device, *rank_world())
+
+
+def collective_device() -> torch.device:
+    """Where this process's collectives run: its own GPU under NCCL (bound by init_from_env), else the CPU."""
+    if rank_world()[1] > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def rank_world() -> tuple[int, int]:
@@ -43,14 +76,24 @@ def shard(global_idx: Tensor) -> Tensor:
     return global_idx[rank * size:(rank + 1) * size]
 
 
+def all_gather(x: Tensor) -> list[Tensor]:
+    """Every process's `x` (the same shape on all), in rank order, on x's device; gathered on the collectives'
+    device (NCCL takes GPU tensors only: generator states, CPU tensors even for CUDA generators, travel there)."""
+    world = rank_world()[1]
+    if world == 1:
+        return [x]
+    mine = x.to(collective_device()).contiguous()
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return [part.to(x.device) for part in parts]
+
+
 class _Gather(torch.autograd.Function):
     """All-gather whose backward sums the gradient of every process's copy and returns this process's rows."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        parts = [torch.empty_like(x) for _ in range(rank_world()[1])]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        return torch.cat(all_gather(x))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -70,7 +113,7 @@ def agree(flag: bool) -> bool:
     """Process 0's decision on every process (e.g. whether to save now), so that collectives stay in step."""
     if rank_world()[1] == 1:
         return flag
-    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    value = torch.tensor([int(flag)], device=collective_device())
     dist.broadcast(value, 0)
     return bool(value.item())
 

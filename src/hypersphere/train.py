@@ -17,6 +17,14 @@ ImageFiles). The encoder runs channels_last (1.8x faster on CPU too), in fp32 as
 The paper's common image setup (docs/paper.md, "Image setup"): SGD, momentum 0.9, weight decay 1e-4,
 lr 0.12 per 256 images of batch, 200 epochs, lr x0.1 at epochs 155, 170 and 185. Sentence encoders (Fig. 9b)
 train through the same loop with Adam, gradient clipping and the text domain's batch order and loss (domains/text.py).
+
+Tests kill a run at a chosen point, without racing it, through test-only environment variables:
+HYPERSPHERE_KILL_AT="E:S" makes the training process SIGKILL itself right after the resumable state with epoch E
+and step S is saved (S > 0: a mid-epoch save, after every step with checkpoint_minutes 0; S = 0: the save at the end
+of epoch E - 1). HYPERSPHERE_KILL_RANK=r kills only process r of a torchrun run (default: every process, as a node
+failure does); HYPERSPHERE_KILL_RUN=<run directory name> only that run of a sweep (default: every run). A resumed
+run continues after its saved point and never reaches it again, so the hook fires at most once per run: torchrun's
+elastic restart, or the same command run again, completes the run.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -166,15 +175,6 @@ VIEW_VALUES = 2 ** 24
 def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
     """How many consecutive batches' views one augmentation call draws (VIEW_VALUES per view, at least one)."""
     return max(1, VIEW_VALUES // (batch * channels * crop_size ** 2))
-
-
-def _gathered_states(state: torch.Tensor) -> list[torch.Tensor]:
-    """Every process's augmentation generator state, so that a resumed distributed run continues each stream."""
-    if distributed.rank_world()[1] == 1:
-        return [state]
-    states = [torch.empty_like(state) for _ in range(distributed.rank_world()[1])]
-    torch.distributed.all_gather_object(states, state)
-    return states
 
 
 COLLAPSED = 0.05  # an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
@@ -329,7 +329,7 @@ class TrainState:
 
     def save(self, path: Path, cfg: TrainConfig, gen_state: torch.Tensor, main: bool) -> None:
         """Write the state (process 0) with every process's augmentation stream `gen_state` (a collective)."""
-        gens = _gathered_states(gen_state)
+        gens = distributed.all_gather(gen_state)
         if main:
             runs.save_checkpoint(path, {
                 "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION,
@@ -337,6 +337,7 @@ class TrainState:
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "order": self.order.get_state(),
                 "gen": gens, "torch_rng": torch.get_rng_state(),
                 **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")}})
+        _kill_hook(path.parent.name, self.epoch, self.step)
 
     def restore(self, saved: dict, rank: int, device: torch.device) -> None:
         for k, m in self.modules().items():
@@ -349,6 +350,17 @@ class TrainState:
         self.perm = None if saved["perm"] is None else saved["perm"].to(device)
         self.sums = {k: v.to(device) for k, v in saved["sums"].items()}
         self.resumed = saved["resumed"] + [{"epoch": self.epoch, "step": self.step}]
+
+
+def _kill_hook(run: str, epoch: int, step: int) -> None:
+    """Tests' deterministic SIGKILL (module docstring): once the state at (`epoch`, `step`) of `run` is saved."""
+    env = os.environ
+    if env.get("HYPERSPHERE_KILL_AT") != f"{epoch}:{step}" or env.get("HYPERSPHERE_KILL_RUN", run) != run:
+        return
+    distributed.barrier()  # every process passed the save point, and process 0 has written the state
+    rank = distributed.rank_world()[0]
+    if env.get("HYPERSPHERE_KILL_RANK", str(rank)) == str(rank):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ViewBatches:
@@ -419,15 +431,6 @@ class DomainBatches:
         return self.gen.get_state()
 
 
-def _device(cfg: TrainConfig) -> tuple[torch.device, int, int]:
-    """The training device, this process's rank and the world size (torchrun's, else 0 and 1)."""
-    device = resolve_device(cfg.device)
-    rank, world = distributed.init_from_env(device.type)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    return device, rank, world
-
-
 def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool) -> TrainState:
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
     MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
@@ -470,7 +473,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
               file=sys.stderr)
     saved = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
-    device, rank, world = _device(cfg)
+    device, rank, world = distributed.init_from_env(resolve_device(cfg.device))  # torchrun's, else 0 and 1
     main = rank == 0  # only the first process writes the record
     if saved is None and main:
         runs.start_training(run_dir, cfg.hashed())
