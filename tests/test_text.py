@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -437,7 +436,8 @@ def test_a_diverged_sentence_run_is_a_failed_row_with_its_step(tmp_path):
 
 
 def test_a_killed_sentence_run_resumes_to_the_same_weights(tmp_path):
-    """kill -9 mid-epoch (state saved after every step), rerun: the weights and log equal an uninterrupted run's."""
+    """kill -9 mid-epoch (state saved after every step; the process kills itself after step 2: train.py's test hook),
+    rerun: the weights and log equal an uninterrupted run's."""
     data_dir = write_bookcorpus(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = lambda runs_dir, *extra: [sys.executable, "-m", "hypersphere", "train", "--dataset", "bookcorpus", "--arch",  # noqa: E731
@@ -447,16 +447,9 @@ def test_a_killed_sentence_run_resumes_to_the_same_weights(tmp_path):
     subprocess.run(cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
     (run_a,) = (tmp_path / "a").iterdir()
     run_b = tmp_path / "b" / run_a.name
-    proc = subprocess.Popen(cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        state = runs.load_state(run_b, json.loads((run_a / runs.CONFIG).read_text()), TRAIN_VERSION)
-        if state is not None and state["step"] >= 2:  # mid-epoch
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run(cmd(tmp_path / "b", "--checkpoint-minutes", "0"), capture_output=True,
+                            env={**env, "HYPERSPHERE_KILL_AT": "1:2"})  # SIGKILLs itself after step 2's save
+    assert killed.returncode == -signal.SIGKILL
     assert runs.train_status(run_b, TRAIN_VERSION) == "todo", "kill it before it finishes"
     subprocess.run(cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env, check=True, capture_output=True)
     assert len(runs.load_summary(run_b)["resumed"]) == 1
