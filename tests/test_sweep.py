@@ -76,6 +76,34 @@ def test_paper_cloud_reproduces_the_table_configs():
     assert by_row[1].paper["paper_val_out_linear"] == 19.31
 
 
+def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_new_seeds():
+    """Runs are named by their resolved config: lr 0.36 written out at batch 768 is the linear-scaling rule's, so
+    Fig. 8's parent, Fig. 7's 13 encoders and official.yaml's one-BatchNorm run are the cloud's rows, trained once;
+    Fig. 8's fine-tunes are the cloud's rows 274, 279 and 289 (constant lr, as the official trainer runs 12 epochs)
+    but for the snapshots they keep. Each appendix row is a run, a repeated config trains again under seed 1, 2, ..."""
+    paper = {name: load_sweep(SWEEPS_DIR / "paper" / f"{name}.yaml") for name in ("cloud", "finetune", "lambda",
+                                                                                   "official", "moco", "sentences")}
+    cloud = {r.config.run_dir(): r for r in paper["cloud"]}
+    by_row = {int(r.paper["paper_row"]): r.config for r in paper["cloud"]}
+    poor, *finetunes = paper["finetune"]
+    assert poor.config.run_dir() == by_row[89].run_dir() and poor.config.lr == 0 and by_row[89].lr == 0.36
+    assert all(r.config.run_dir() in cloud for r in paper["lambda"]) and paper["official"][1].config.run_dir() in cloud
+    fig8 = {by_row[row].canonical_objective: by_row[row] for row in (274, 279, 289)}
+    for run in finetunes:
+        twin = fig8[run.config.canonical_objective]
+        assert twin.lr_decay_at == run.config.lr_decay_at == () and twin.init == run.config.init
+        assert {k: v for k, v in run.config.hashed().items() if k != "snapshot_epochs"} == \
+               {k: v for k, v in twin.hashed().items() if k != "snapshot_epochs"}
+    assert all(c.lr_decay_at == () for c in by_row.values() if c.epochs == 12)
+    assert by_row[1].lr_decay_at == train_module.TrainConfig.lr_decay_at  # the 200-epoch rows decay at 155, 170, 185
+    for name, rows, distinct in (("cloud", 309, 303), ("moco", 45, 42), ("sentences", 114, 112)):
+        configs = [r.config for r in paper[name]]
+        assert len(configs) == len({c.run_dir() for c in configs}) == rows, name
+        assert len({c.run_dir() for c in configs if c.seed == 0}) == distinct, name
+    assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == [(43, 1), (44, 2)]
+    assert train_module.TrainConfig(optimizer="adam", lr=0.36).hashed()["lr"] == 0.36  # the rule is SGD's only
+
+
 def test_sweep_runs_once_and_caches(tmp_path):
     sweep_runs = load_sweep(write_sweep(tmp_path, SMALL))
     table = tmp_path / "results" / "s.csv"

@@ -71,12 +71,14 @@ def sweep_path(name: str, profile: str) -> Path:
 
 
 def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Configs and reported numbers from one of the paper's appendix tables (data/reference/*.csv)."""
+    """Configs and reported numbers from one of the paper's appendix tables (data/reference/*.csv). The tables repeat
+    some configurations (trained again by the paper, so their numbers differ by its run-to-run spread): each repeat
+    gets the next seed, in order of appearance, so it trains again here too."""
     numeric = ["epochs", "batch_size", "lr", "dim"] + [c for _, w, p, _ in resources.LOSS_COLUMNS for c in (w, p)]
     df = userfiles.load_csv(path, "an appendix table (data/reference/README.md)", numeric, numeric, {"init": str})
     for key, value in where.items():
         df = df[df[key].astype(str) == str(value)]
-    out = []
+    out, seen = [], collections.Counter()
     for row in df.to_dict("records"):
         config = {"objective": resources.row_objective(row), "epochs": int(row["epochs"]),
                   "batch_size": int(row["batch_size"]), "lr": float(row["lr"]), "dim": int(row["dim"])}
@@ -89,6 +91,11 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
         if row.get("queue_size", 0) > 0:  # MoCo (ImageNet-100): the queue, and which uniformity form
             config["queue"] = int(row["queue_size"])
             config["intra_batch"] = str(row.get("unif_intra_batch")).lower() != "false"
+        # a row that repeats an earlier one's config is another training of it, as the paper's was: seeds 1, 2, ...
+        key = repr(sorted((k, v) for k, v in config.items() if k != "id"))
+        if seen[key]:
+            config["seed"] = seen[key]
+        seen[key] += 1
         paper = {f"paper_{k}": v for k, v in row.items() if k.startswith(("cv_", "val_")) or k in ("row", "nan")}
         out.append((config, paper))
     return out

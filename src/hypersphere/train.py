@@ -145,10 +145,14 @@ class TrainConfig:
         return self.lr or 0.12 * self.batch_size / 256
 
     def hashed(self) -> dict[str, Any]:
-        """The fields that define the trained weights, objective in canonical form."""
+        """The fields that define the trained weights, in one form each: the objective canonical, an SGD lr equal
+        to the linear-scaling rule's as the rule itself (so the paper's rows that spell out lr 0.36 at batch 768
+        and a sweep that leaves it to the rule share one run)."""
         d = {k: v for k, v in dataclasses.asdict(self).items()
              if k not in self.NOT_HASHED and not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
         d["objective"] = self.canonical_objective
+        if self.optimizer == "sgd" and math.isclose(self.lr, 0.12 * self.batch_size / 256, rel_tol=1e-9):
+            d["lr"] = 0.0  # one encoder, one name: the linear-scaling lr written out hashes as the rule (0)
         d["init"] = Path(self.init).name  # the parent run's name-hash, wherever runs/ lives
         d["lr_decay_at"], d["snapshot_epochs"] = list(d["lr_decay_at"]), list(d["snapshot_epochs"])
         return d
