@@ -1,5 +1,6 @@
 import math
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -9,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from hypersphere import augment as augment_module
 from hypersphere.augment import AugmentConfig, eval_transform
 from hypersphere.domains.image import ImageData
-from hypersphere.probes import (ProbeConfig, choose_l2, cross_validate, extract_features, fit_logistic,
+from hypersphere.probes import (LINCLS_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, fit_logistic,
                                 knn_accuracy, lbfgs_probe, linear_probe_cached, linear_probe_full, sanity_check,
                                 stratified_folds)
 from hypersphere.models import DigitsNet
@@ -206,7 +207,7 @@ def test_extract_features_matches_manual_eval_transform():
 
 
 def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
-    data = tiny_data()
+    data = tiny_data(augment=AugmentConfig(crop_size=12, scale=(0.5, 1.0), jitter=(0.4, 0.4, 0, 0), blur_p=0.5))
     torch.manual_seed(0)
     model = DigitsNet(dim=4, input_size=12)  # left in train mode on purpose: the probe must switch to eval
     before = snapshot(model)
@@ -227,7 +228,13 @@ def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
     assert len(crop_cfgs) == 12
     for c in crop_cfgs:
         assert (c.crop_size, c.scale, c.ratio, c.flip) == (12, data.augment.scale, data.augment.ratio, True)
-        assert c.jitter == (0.0, 0.0, 0.0, 0.0) and c.grayscale_p == 0.0
+        assert c.jitter == (0.0, 0.0, 0.0, 0.0) and c.grayscale_p == 0.0 and c.blur_p == 0.0
+    crop_cfgs.clear()  # MoCo's main_lincls.py: RandomResizedCrop at its default scale, where MoCo trains at 0.2-1
+    linear_probe_full(model, "output", data, replace(cfg, epochs=1, crop_scale=(0.08, 1.0)))
+    assert {c.scale for c in crop_cfgs} == {(0.08, 1.0)} and {c.blur_p for c in crop_cfgs} == {0.0}
+    assert (LINCLS_PROBE.optimizer, LINCLS_PROBE.lr, LINCLS_PROBE.batch_size, LINCLS_PROBE.epochs,
+            LINCLS_PROBE.lr_milestones(), LINCLS_PROBE.gamma, LINCLS_PROBE.crop_scale) == \
+           ("sgd", 30.0, 256, 100, [60, 80], 0.1, (0.08, 1.0))
     monkeypatch.undo()
 
     model.eval = lambda: model  # simulate the bug: a probe that never switches BN to eval

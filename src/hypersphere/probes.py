@@ -41,6 +41,7 @@ class ProbeConfig:
     epochs: int = 100
     milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs where the lr is multiplied by gamma
     gamma: float = 0.2
+    crop_scale: tuple[float, ...] = ()  # the training crops' area range; () keeps the dataset's (linear_probe_full)
     seed: int = 0
 
     def __post_init__(self):
@@ -57,8 +58,9 @@ class ProbeConfig:
 # SGD(lr 10, momentum 0.9, weight decay 0), batch 256, 60 epochs, lr x0.2 at epochs 30, 40 and 50
 MOCO_PROBE = ProbeConfig(optimizer="sgd", lr=10.0, batch_size=256, epochs=60, milestones=(30 / 60, 40 / 60, 50 / 60))
 # the official MoCo code's linear classification on ImageNet (main_lincls.py), Table 5's: SGD lr 30, batch 256,
-# 100 epochs, lr x0.1 at epochs 60 and 80, no weight decay
-LINCLS_PROBE = ProbeConfig(optimizer="sgd", lr=30.0, batch_size=256, epochs=100, milestones=(0.6, 0.8), gamma=0.1)
+# 100 epochs, lr x0.1 at epochs 60 and 80, no weight decay, on RandomResizedCrop(224)'s default scale (0.08-1)
+LINCLS_PROBE = ProbeConfig(optimizer="sgd", lr=30.0, batch_size=256, epochs=100, milestones=(0.6, 0.8), gamma=0.1,
+                           crop_scale=(0.08, 1.0))
 
 
 def _device(encoder: nn.Module, device) -> torch.device:
@@ -170,14 +172,17 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
     fewer than 5 classes. Ends with `sanity_check` that the encoder is unchanged. With MOCO_PROBE, the
     protocol of the paper's MoCo experiments.
 
-    Training crops are the dataset's crop recipe without colour augmentation: data.augment with jitter 0 and
-    grayscale 0. For STL-10 / CIFAR-10 that is exactly the paper's RandomResizedCrop(scale 0.08-1) + flip; for
-    digits it keeps that dataset's milder crops and no flip (a mirrored digit is not a digit)."""
+    Training crops are the dataset's crop recipe without colour augmentation or blur (data.augment with jitter,
+    grayscale and blur 0), at `cfg.crop_scale` when set. For STL-10 / CIFAR-10 that is exactly the paper's
+    RandomResizedCrop(scale 0.08-1) + flip; with LINCLS_PROBE, MoCo's main_lincls.py (0.08-1 + flip, where the
+    MoCo datasets train at 0.2-1 with MoCo v2's blur); for digits it keeps that dataset's milder crops and no flip
+    (a mirrored digit is not a digit)."""
     device = _device(encoder, device)
     before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
     was_training = encoder.training
     encoder.eval()
-    crops = replace(data.augment, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0)
+    crops = replace(data.augment, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0,
+                    **({"scale": cfg.crop_scale} if cfg.crop_scale else {}))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # augment() draws on the images' device
 
     @torch.no_grad()
