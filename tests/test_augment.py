@@ -258,6 +258,19 @@ def test_grayscale_fraction():
     assert abs(grey.float().mean().item() - 0.2) < 4 * math.sqrt(0.2 * 0.8 / 4000)
 
 
+def test_grayscale_first_is_moco_v1s_order():
+    """MoCo v1 greys before the jitter, so a greyed view keeps no hue: it equals torchvision's RandomGrayscale(p=1)
+    followed by ColorJitter(hue=0.5), whatever hue is drawn; greyed after the jitter (the paper's order), the
+    rotated hue changes the luminance."""
+    x = smooth_images(16, h=24, w=24)
+    ref = normalize_ref(TF.rgb_to_grayscale(x.float() / 255, num_output_channels=3), MEAN3, STD3)
+    greyed = {**IDENTITY, "jitter": (0.0, 0.0, 0.0, 0.5), "grayscale_p": 1.0}
+    views = {first: augment(x, AugmentConfig(crop_size=24, grayscale_first=first, **greyed), MEAN3, STD3, gen())
+             for first in (True, False)}
+    assert torch.allclose(views[True], ref, atol=1e-4)
+    assert (views[False] - ref).abs().amax() > 0.05
+
+
 # ---------------------------------------------------------------------------------------- evaluation view
 
 @pytest.mark.parametrize("h,w,resize,crop", [(96, 96, 70, 64), (28, 28, 26, 24), (32, 32, 35, 32), (40, 60, 30, 24),

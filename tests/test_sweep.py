@@ -104,6 +104,18 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
     assert train_module.TrainConfig(optimizer="adam", lr=0.36).hashed()["lr"] == 0.36  # the rule is SGD's only
 
 
+def test_the_paper_profile_crops_cifar10_as_stl10_and_greys_imagenet100_before_the_jitter(tmp_path):
+    """Figs. 3-4's CIFAR-10 encoders see 64 px crops (evaluated at Resize(70)), so SmallAlexNet's conv5 is
+    192 x 7 x 7 as in the paper's common setup; Table 3's MoCo v1 recipe greys before the colour jitter."""
+    from hypersphere import miniature
+    from hypersphere.train import load_data, make_encoder
+    (run, *_) = load_sweep(SWEEPS_DIR / "paper" / "dim2.yaml", {"data_dir": str(miniature.write("cifar10", tmp_path))})
+    data = load_data(run.config)
+    assert (data.augment.crop_size, data.eval_resize, make_encoder(run.config, data).feature_dims["conv5"]) == (64, 70, 9408)
+    moco = load_sweep(SWEEPS_DIR / "paper" / "moco.yaml")
+    assert all(r.config.augment == {"recipe": "mocov1", "grayscale_first": True} for r in moco)
+
+
 def test_sweep_runs_once_and_caches(tmp_path):
     sweep_runs = load_sweep(write_sweep(tmp_path, SMALL))
     table = tmp_path / "results" / "s.csv"

@@ -40,6 +40,7 @@ class AugmentConfig:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 23
+    grayscale_first: bool = False   # MoCo v1's order: RandomGrayscale before ColorJitter (the paper's: after)
 
 
 # Named positive-pair recipes. A dataset names its default; a run may name another (`augment: digits`) or
@@ -264,7 +265,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 
 def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
     """One random view per image (paper Sec. 3): RandomResizedCrop, horizontal flip, ColorJitter (with
-    probability jitter_p), RandomGrayscale, Gaussian blur (with probability blur_p), Normalize.
+    probability jitter_p), RandomGrayscale (before the jitter with `grayscale_first`, as MoCo v1), Gaussian blur
+    (with probability blur_p), Normalize.
     uint8 [B, C, H, W] -> float32 [B, C, crop, crop] on the same device; independent parameters per image, all
     drawn from `generator` (which must live on images.device). The coins of jitter_p < 1 and blur_p > 0 are
     drawn after everything else, so the paper's recipe draws exactly what it always drew.
@@ -295,10 +297,13 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
     for i, order in enumerate(orders):  # the groups are disjoint, so each can be written back into x
         idx = (which == i).nonzero().squeeze(1)
         xs = x[idx]
+        grey = C == 3 and cfg.grayscale_p > 0
+        if grey and cfg.grayscale_first:
+            xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])  # RandomGrayscale (lerp by 0 or 1)
         for k in order:
             xs = _JITTER_OPS[k](xs, factors[k][idx])
-        if C == 3 and cfg.grayscale_p > 0:
-            xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])  # RandomGrayscale (lerp by 0 or 1)
+        if grey and not cfg.grayscale_first:
+            xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])
         if cfg.blur_p > 0 and (b := blur[idx]).any():
             xs[b] = gaussian_blur(xs[b], sigma[idx][b], cfg.blur_kernel)
         x[idx] = torch.addcmul(bias, xs, a)
