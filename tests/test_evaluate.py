@@ -78,6 +78,20 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     assert set(no_cv) == {"val_output_linear", "val_output_5nn", "align", "uniform"}
 
 
+@pytest.mark.parametrize("probe,optimizer,lr", [("adam", "adam", 1e-3), ("adam-full", "adam", 1e-3), ("sgd-full", "sgd", 10.0),
+                                                ("sgd-lincls", "sgd", 30.0)])
+def test_cross_validation_fits_the_reported_probes_classifier(monkeypatch, probe, optimizer, lr):
+    """The paper's CV (Table 3: 3 folds) is of the classifier it reports: the same optimiser and schedule, here on
+    cached features."""
+    import hypersphere.domains.image as image
+    seen = []
+    monkeypatch.setattr(image, "linear_probe_cached", lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0)
+    classify(DigitsNet(dim=4, input_size=12), tiny_data(n_train=30, n_val=15),
+             EvalConfig(probe=probe, probe_epochs=3, cv_folds=3, knn_k=1), torch.device("cpu"), taps=("output",))
+    cv = seen[-3:]  # the last three fits are the folds'
+    assert {(c.optimizer, c.lr, c.epochs) for c in cv} == {(optimizer, lr, 3)}
+
+
 @pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"), ({"kind": "regression"}, "unknown evaluation kind"),
                                          ({"cv_folds": 1}, "cv_folds"), ({"l2_grid": (0.0,)}, "l2_grid"),
                                          ({"knn_k": 0}, "knn_k")])
