@@ -21,7 +21,7 @@ HS       := $(BIN)/python -m hypersphere
 # The profile file names its sweeps on one line, `sweeps: [a, b]`: read here without Python so that the
 # targets are known before the environment exists; a missing file or line stops make in one line.
 PROFILE_FILE := configs/profiles/$(PROFILE).yaml
-NO_PROFILE_GOALS := setup test bench gpu-check help clean distclean profile-new data
+NO_PROFILE_GOALS := setup test bench gpu-check rehearse help clean distclean profile-new data
 ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(PROFILE_FILE)),)
 $(error no profile $(PROFILE): $(PROFILE_FILE) does not exist; pick one of configs/profiles/ or `make profile-new NAME=$(PROFILE)`)
@@ -106,6 +106,10 @@ bench: $(STAMP) ## speed ratios against reference implementations, measured side
 .PHONY: gpu-check
 gpu-check: $(STAMP) ## the one prepared GPU check (8 minutes or less on one GPU): every paper path, sweep costs -> bench/results/
 	$(BIN)/python bench/run.py --cuda-only --out bench/results
+
+.PHONY: rehearse
+rehearse: $(STAMP) ## the paper profile on this CPU at miniature size (5 minutes): every sweep's recipes, every notebook -> build/rehearse/
+	$(HS) rehearse --profile paper --out build/rehearse
 
 help: ## list targets and variables
 	@echo "targets:"; grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'

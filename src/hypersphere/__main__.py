@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import measure, notebook, profiles, report, runs, sweep
+from . import scale
 from .domains import DOMAINS, domain_of
 from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train
@@ -24,6 +25,7 @@ EXAMPLES = """examples:
   python -m hypersphere notebook notebooks/03_metrics_vs_accuracy.ipynb --profile quick
   python -m hypersphere report --profile quick
   python -m hypersphere profile new mystudy --from quick
+  python -m hypersphere scale --profile paper --host-gb 64
 """
 
 
@@ -121,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("show", "new"))
     p.add_argument("name")
     p.add_argument("--from", dest="base", default="quick")
+    p = sub.add_parser("rehearse", help="every sweep of a profile at miniature size through the real code, then its "
+                                        "notebooks (hypersphere.rehearse)")
+    p.add_argument("--profile", default="paper", help="a profile whose datasets miniature.py writes (default: paper)")
+    p.add_argument("--out", type=Path, default=Path("build/rehearse"),
+                   help="output folder, emptied first (default: build/rehearse)")
+    p = sub.add_parser("scale", help="a scale model of the paper's datasets: host memory and time of loading, a "
+                                     "training step and an evaluation, projected to the paper's sizes",
+                       description=scale.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scale.add_arguments(p)
     return parser
 
 
@@ -178,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 result = measure.from_file(args.what, args.positives, **kw)
             print(json.dumps(result, indent=2) if args.json else measure.table(result))
+        elif args.command == "rehearse":
+            from . import rehearse
+            return rehearse.main(args.profile, args.out)
+        elif args.command == "scale":
+            return scale.run(args)
         elif args.command == "publish":
             prof = profiles.load(args.profile)
             print(report.publish(prof.build_dir, prof.figures_dir, Path("docs") / prof.name))

@@ -109,17 +109,33 @@ def _sentence(rng: np.random.Generator, probs: np.ndarray) -> str:
     return " ".join(f"w{w}" for w in words) + " ."
 
 
-def write_bookcorpus(root: Path, n: int = 400, books: int = 8, labelled: int = 40, seed: int = 0) -> Path:
+def _sentences(rng: np.random.Generator, probs: np.ndarray, n: int) -> str:
+    """n sentences as _sentence writes them (4-19 Zipf-distributed words, then " ."), one per line, drawn in two
+    calls."""
+    lengths = rng.integers(4, 20, size=n)
+    words = rng.choice(WORDS, size=int(lengths.sum()), p=probs).tolist()
+    gaps = [" "] * len(words)
+    for end in np.cumsum(lengths).tolist():
+        gaps[end - 1] = " .\n"
+    names = [f"w{w}" for w in range(WORDS)]
+    return "".join(map(str.__add__, map(names.__getitem__, words), gaps))
+
+
+def write_bookcorpus(root: Path, n: int = 400, books: int = 8, labelled: int = 40, seed: int = 0,
+                     vectorized: bool = False) -> Path:
     """bookcorpus/book_k.txt in the books_large_p1.txt form that Quick-Thought used: one lowercased, tokenized
     sentence per line, `n` sentences over `books` files; mr/rt-polarity.{pos,neg} and cr/custrev.{pos,neg}, one
-    snippet per line in Windows-1252 with its 0x85 ellipses and 0x92 apostrophes (MR's raw Cornell files)."""
+    snippet per line in Windows-1252 with its 0x85 ellipses and 0x92 apostrophes (MR's raw Cornell files).
+    `vectorized` draws each book's sentences at once (the same distribution, other bytes; ~20x faster, for the
+    millions of sentences of the scale model)."""
     rng, root = np.random.default_rng(seed), Path(root)
     probs = 1 / np.arange(1, WORDS + 1)
     probs /= probs.sum()
     (root / "bookcorpus").mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(np.array_split(np.arange(n), books)):
-        lines = [_sentence(rng, probs) for _ in part]
-        (root / "bookcorpus" / f"book_{k:04d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        text = (_sentences(rng, probs, len(part)) if vectorized
+                else "\n".join(_sentence(rng, probs) for _ in part) + "\n")
+        (root / "bookcorpus" / f"book_{k:04d}.txt").write_text(text, encoding="utf-8")
     for folder, files in (("mr", ("rt-polarity.pos", "rt-polarity.neg")), ("cr", ("custrev.pos", "custrev.neg"))):
         (root / folder).mkdir(parents=True, exist_ok=True)
         for label, name in enumerate(files):

@@ -8,10 +8,13 @@ the CLI, the notebooks and the tests.
       01_theory: {pairs: 4096}
 
 Outputs never mix between profiles: results/<name>/, figures/<name>/, build/<name>/.
+The environment variable HYPERSPHERE_SIZES (JSON, {notebook: {size: value}}) replaces sizes the profile sets, and
+only those: the rehearsal (rehearse.py) runs the paper profile's notebooks, code paths and all, at small sizes.
 A study of your own: `python -m hypersphere profile new NAME --from quick` copies a profile and its sweeps.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from . import resources, userfiles
+
+SIZES_VARIABLE = "HYPERSPHERE_SIZES"  # JSON {notebook: {size: value}}: replaces sizes the profile sets
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,17 @@ class Profile:
         return Path("build") / self.name
 
     def sizes(self, notebook: str) -> dict[str, Any]:
-        """The sizes `notebook` runs with at this profile (an error names the file to edit when absent)."""
+        """The sizes `notebook` runs with at this profile (an error names the file to edit when absent), with those
+        that $HYPERSPHERE_SIZES replaces (SIZES_VARIABLE)."""
         if notebook not in self.notebooks:
             raise KeyError(f"profile {self.name!r} sets no sizes for notebook {notebook!r}: add them under "
                            f"`notebooks:` in {path(self.name)}")
-        return dict(self.notebooks[notebook])
+        sizes = dict(self.notebooks[notebook])
+        replaced = json.loads(os.environ.get(SIZES_VARIABLE) or "{}").get(notebook, {})
+        if unknown := set(replaced) - set(sizes):
+            raise KeyError(f"${SIZES_VARIABLE} sets sizes {sorted(unknown)} of {notebook} that profile {self.name!r} "
+                           f"does not: it can only replace {sorted(sizes)}")
+        return {**sizes, **replaced}
 
 
 def path(name: str) -> Path:

@@ -74,6 +74,8 @@ def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
 def objectives(results_dir) -> pd.DataFrame:
     """The beyond sweep's runs, failed ones included, each with its outcome against TARGET % output + linear."""
     df = pd.read_csv(Path(results_dir) / "beyond.csv", dtype={"id": str})
+    if "base_lr" in df:  # the rate it trained with (lr 0 is the linear scaling rule's, e.g. on the paper profile)
+        df["lr"] = df["base_lr"]
     cols = ["id", "objective", "dataset", "arch", "optimizer", "lr", "status", "val_output_linear", "val_fc7_linear",
             "rankme", "dim", "failed_reason"]
     df = df.reindex(columns=cols).assign(id=lambda d: d["id"].fillna(""), optimizer=lambda d: d["optimizer"].fillna("sgd"))
