@@ -345,3 +345,10 @@ def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypat
         cfg(tmp_path, objective="byol", queue=512)
     with pytest.raises(ValueError, match="standin's domain has its own loss"):
         TrainConfig(dataset="standin", arch="qt-small", objective="barlow", optimizer="adam", lr=1e-3)
+
+
+def test_a_last_partial_batch_of_one_is_refused_in_one_line(tmp_path):
+    """drop_last false keeps the last partial batch; one example (1,347 digits at batch 673) has no pair for the
+    in-batch losses nor a BatchNorm statistic: refused before the first step, naming the fix."""
+    with pytest.raises(ValueError, match="last partial batch of 1 is too small.*set drop_last true"):
+        train(cfg(tmp_path, epochs=1, batch_size=673, drop_last=False))
