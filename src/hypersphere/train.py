@@ -381,9 +381,9 @@ class ViewBatches:
         if last % world:
             raise ValueError(f"the last partial batch of {last} does not divide by {world} processes; "
                              "set drop_last true or change batch_size")
-        if 0 < last < 2 * world:  # in-batch losses and BatchNorm need two examples on each process
-            raise ValueError(f"the last partial batch of {last} is too small for {world} process(es) (in-batch losses "
-                             "and BatchNorm need 2 examples on each); set drop_last true or change batch_size")
+        if 0 < last and (last < 2 or objective.views * last // world < 2):  # in-batch losses, BatchNorm on each process
+            raise ValueError(f"the last partial batch of {last} is too small for in-batch losses and BatchNorm on "
+                             f"{world} process(es); set drop_last true or change batch_size")
         self.chunk = batches_per_draw(self.batch, self.images.shape[1], data.augment.crop_size)
         self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
         self.bf16 = cfg.bf16
