@@ -27,8 +27,9 @@ def test_fit_chooses_the_model_per_quantity():
     x = [1e3, 2e3, 4e3]
     line = scale.fit(x, [0.5 + 1e-4 * v for v in x])  # a fixed part plus a part per example
     assert line.model == "line" and line(1e6) == pytest.approx(0.5 + 100) and 0 < line.exponent < 1
-    pairs = scale.fit(x, [1e-9 * v ** 2 for v in x])  # all pairs: a line would under-project
+    pairs = scale.fit(x, [1e-9 * v ** 2 for v in x], power=True)  # time over all pairs: a line would under-project
     assert pairs.model == "power" and pairs.exponent == pytest.approx(2) and pairs(1e6) == pytest.approx(1e3)
+    assert scale.fit(x, [1e-9 * v ** 2 for v in x]).model == "line"  # memory: what is held per example
     late = scale.fit(x, [-0.05 + 1e-4 * v for v in x])  # a line whose intercept is negative: log-log slope > 1
     assert late.model == "line" and late.exponent > 1.1 and late(1e6) == pytest.approx(-0.05 + 100)
     noisy = scale.fit(x, [0.2, 0.2005, 0.2008], noise=0.002)  # growth within the noise: not resolved
@@ -36,6 +37,10 @@ def test_fit_chooses_the_model_per_quantity():
     falling = scale.fit(x, [0.3, 0.25, 0.2])
     assert falling.model == "flat" and falling(1e9) == 0.3
     assert scale.resolution([1e3, 2e3, 4e3], 1e6, noise=0.002) == pytest.approx(0.002 * (1e6 - 4e3) / 3e3)
+    x4, y4 = [1e3, 2e3, 3e3, 4e3], [0.10, 0.13, 0.10, 0.13]
+    b, a = np.polyfit(x4, y4, 1)
+    rms = np.sqrt(((np.array(y4) - a - b * np.array(x4)) ** 2).sum() / 2)
+    assert scale.noise_of(x4, y4) == pytest.approx(rms) and scale.noise_of(x4, [0.1] * 4) == scale.NOISE_GB
 
 
 def test_step_projection():
@@ -89,6 +94,11 @@ def test_over_the_limit_and_failed_loaders_are_one_line_each():
     over = scale.analyse("bookcorpus", _measured(x, lambda n: 1e-6 * n, lambda n: 5e-7 * n, lambda n: 0.1),
                          400, 64, scale.Sizes(x, x))
     assert over["verdict"] == "over" and over["need_phase"] == "load" and over["need_gb"] > 64
+    wavering = _measured(x, lambda n: 1e-6 * n, lambda n: 1e-6 * n, lambda n: 0.5)
+    wavering["points"][2]["eval_gb"] += 0.02  # 20 MB of noise: about +-0.24 GB at the paper's 131,689 images
+    wavering = scale.analyse("imagenet100", wavering, 128, 0.8, scale.Sizes(x, x))
+    assert wavering["verdict"] == "uncertain"
+    assert wavering["need_gb"] < 0.8 < wavering["need_gb"] + wavering["eval_gb_resolution"]
     failed = _measured(x, lambda n: 0.1, lambda n: 0.1, lambda n: 0.1)
     failed["points"][1]["examples"] = 20  # the loader lost nearly everything it was given
     failed = scale.analyse("bookcorpus", failed, 400, 64, scale.Sizes(x, x))

@@ -1,40 +1,47 @@
 """The scale model of the paper profile's datasets: will they fit this machine's host memory?
 
-    python -m hypersphere scale --profile paper                  # every dataset of the profile, ~4 minutes on 2 cores
+    python -m hypersphere scale --profile paper            # every dataset of the profile (RUNTIME)
     python -m hypersphere scale --datasets bookcorpus --host-gb 128 --out scale.json
 
 The paper's datasets cannot be downloaded here, and the first user who has them must not meet an out-of-memory
 that this machine could have predicted. So for each dataset the profile's sweeps use, miniature copies are written
-in the real on-disk format (miniature.py), every split in the paper's proportions, at three sizes and a fourth,
-larger one; each is read through the project's loader (train.load_data) and evaluated by the profile's evaluation
-(evaluate._evaluate plus the label-free statistics, as evaluate_run does) in a fresh process (forked from one that
-has imported everything), whose peak resident memory above its start (/proc/self/status VmHWM, reset between
-phases) and wall time are recorded. One training
-step of the sweep's recipe (train's own batch source, loss and optimiser step) is measured at two cut batch sizes.
+in the real on-disk format (miniature.py) at three sizes and a fourth, larger one; each is read through the
+project's loader (train.load_data) and evaluated by its sweep's evaluation (evaluate._evaluate and the label-free
+statistics, as evaluate_run does) in a fresh process, forked from one that has imported everything, whose peak
+resident memory above its start (/proc/self/status VmHWM, reset between phases; glibc set to unmap what is freed)
+and wall time are recorded. Two training steps of the sweep's recipe (the trainer's own batch source, batch_loss
+and optimiser step, on the CPU) are measured at each of two batch sizes cut from the paper's.
 
-Each quantity is then fitted against the number of examples (`fit`: a + b n, or a n^k where it grows faster
-than linearly, e.g. all-pairs work) and projected to the paper's size; the fourth size checks the projection (its
-relative error is reported), and the step is projected linearly to the paper's batch size. A dataset whose
-projected host memory (the larger of loading and evaluating) exceeds --host-gb makes the command exit 1, with one
-line naming the dataset, the phase and the fix. The table is printed and written as JSON and CSV.
+`analyse` fits each quantity against the examples: the load's peak, the data it leaves held and its time against
+the examples written, the evaluation's own part (its peak less the data held) and time against the examples it
+reads. Memory is fitted as a line a + b n (a fixed part plus what each example holds; `fit`), times as the line or
+a power law a n^k (work over all pairs), whichever carries the first two sizes to the third; growth within the
+noise is "flat". The fit on the three smallest sizes is checked against the fourth (its relative error is
+reported), and the projection to the paper's size is the fit on the three largest (`project`), with a ± from the
+measurements' noise (`resolution`). The evaluation's need is the data held at the paper's size plus its own part
+at what it reads there (eval_paper_n: for BookCorpus, the held-out sentences up to text.HELD_OUT_SAMPLE); the
+step is projected linearly to the paper's batch. Where the need (the larger of loading and evaluating) exceeds
+--host-gb the command exits 1 with one line naming the dataset, the phase and the fix; where only its ± reaches
+the limit it warns; where a loader loses examples of the real format or a measurement fails it exits 1 too. The
+table is printed and written as JSON (every measurement and fit) and CSV.
 
 What the miniatures keep and what they cannot. The examples' sizes and formats are the paper's, and so are the
-splits' proportions, except that every split an evaluation passes over in batches holds at least FLOOR examples:
-the code works in batches of up to 512 examples, whose buffers grow with the data until a split fills one and
-would otherwise read as growth per example. The evaluation is projected as the data held (the load's fit, to the
-paper's size) plus the evaluation's own part (its fit, to the size at which what it reads stops growing: the
-paper's, or for BookCorpus the corpus whose held-out 5% fills text.HELD_OUT_SAMPLE where the text domain caps
-it). Its encoder is the run's with the trunk's compute replaced by a cheap stand-in of the same output shapes
-(`standin`): on the paper's GPUs that compute and its activations live on the device, and the host holds the
-data, the features and the metrics, which are what is measured; on the CPU here the features are host memory too,
-so the evaluation's projection is an upper bound of its host memory. The ImageNets evaluate on 32 px crops of their
-256 px images (the features keep their dimensions), with one probe epoch, one depth-decoder epoch and 2-fold
-nested CV for sentences: none of these changes what is held per example. The miniature corpus has 2,000 words
-(BookCorpus 50,000) and 40 labelled sentences per task (MR 10,662), neither of which grows with the corpus.
-Buffers the code sizes in examples beyond the miniatures (e.g. 1M-sentence packing chunks) read as growth and
-over-project: the projection errs high, and the fourth size's error says by how much within the measured range.
-Times on a CPU are informative only (`make gpu-check` measures the paper's GPU time); DataLoader worker processes
-(a few decoded batches each) are not counted.
+splits' proportions, except that every split an evaluation passes over in batches holds at least FLOOR examples
+(the code works in batches of up to 512, whose buffers would otherwise read as growth per example), and that
+STL-10's evaluation miniatures leave out the unlabeled images it does not read. The evaluation's encoder is the
+run's with the trunk's compute replaced by a cheap stand-in of the same output shapes (`standin`): on the paper's
+GPUs that compute and its activations live on the device, and the host holds the data, the features and the
+metrics, which are what is measured; on the CPU here the features are host memory too, so the evaluation's
+projection is an upper bound of its host memory. The ImageNets evaluate on 32 px crops of their 256 px images
+(the features keep their dimensions), and every evaluation runs one probe epoch, the cached probe in place of
+those on fresh crops (which hold one batch of crops), one depth-decoder epoch and 2-fold nested CV for
+sentences: none of these changes what is held per example. The miniature corpus has 2,000 words (BookCorpus
+50,000) and 40 labelled sentences per task (MR 10,662), neither of which grows with the corpus; the ImageNets'
+JPEGs are 16-48 px (decoded to 256 px as ImageNet's are). Buffers the code sizes in examples beyond the
+miniatures read as growth and over-project: NYU-Depth-V2's miniatures (64-384 of its 1,449 frames) are below its
+batches, and their fourth size's error says by how much. Memory-mapped pages count as resident (the kernel may drop them).
+Times on a CPU, with other processes on its cores, are informative only (`make gpu-check` measures the paper's
+GPU time); DataLoader worker processes (a few decoded batches each) are not counted.
 """
 from __future__ import annotations
 
@@ -121,6 +128,14 @@ EVAL_AUGMENT = {"imagenet100": {"recipe": "mocov1", "crop_size": 32},  # 32 px c
                 "imagenet": {"recipe": "mocov2", "crop_size": 32}}
 EVAL_CHEAP = {"probe_epochs": 1, "decoder_epochs": 1, "snapshots": False}  # nothing held per example changes
 EVAL_CHEAP_KIND = {"sentences": {"cv_folds": 2, "l2_folds": 2}}
+FULL_CROP_PROBES = ("adam-full", "sgd-full", "sgd-lincls")  # hold one batch of crops: the cached probe stands in
+
+
+def cheap(evaluation):
+    """The miniature's evaluation config (module docstring): one probe or decoder epoch, the cached probe for the
+    full-crop ones, 2-fold nested CV for sentences; what it holds per example is the config's."""
+    probe = {"probe": "adam"} if evaluation.probe in FULL_CROP_PROBES else {}
+    return replace(evaluation, **EVAL_CHEAP, **probe, **EVAL_CHEAP_KIND.get(evaluation.kind, {}))
 FIXES = {  # (dataset, phase) -> what to do when a projection is over the host limit
     ("bookcorpus", "load"): "hold the token stream as packed memory-mapped arrays, not Python lists "
                             "(domains/text.py)",
@@ -168,17 +183,17 @@ class Fit:
         return self.a + (self.b * n if self.model == "line" else 0.0)
 
 
-def fit(x, y, noise: float = 0.0) -> Fit:
+def fit(x, y, noise: float = 0.0, power: bool = False) -> Fit:
     """The model of y(x), on increasing sizes x, to project with: "flat" at the largest value where y grows by no
-    more than `noise` over the sizes (or falls); else the line a + b x (a fixed part plus a part per example) or the
-    power law a x^k (work over all pairs grows as x^2), whichever carries the first two sizes to the third the more
-    closely, fitted on all of them."""
+    more than `noise` over the sizes (or falls); else the line a + b x (a fixed part plus a part per example: memory,
+    whose growth is what is held per example) or, with `power` (times: work over all pairs grows as x^2), the power
+    law a x^k where it carries the first two sizes to the third the more closely, fitted on all of them."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     exponent = fit_power(x, y)[1] if (y > 0).all() else float("nan")
     a, b = fit_line(x, y)
     if b <= 0 or b * (x.max() - x.min()) <= noise:
         return Fit("flat", float(y.max()), 0.0, exponent)
-    if (y > 0).all() and len(x) > 2:
+    if power and (y > 0).all() and len(x) > 2:
         a2, b2 = fit_line(x[:2], y[:2])
         c2, k2 = fit_power(x[:2], y[:2])
         if abs(c2 * x[2] ** k2 - y[2]) < abs(a2 + b2 * x[2] - y[2]):
@@ -186,10 +201,17 @@ def fit(x, y, noise: float = 0.0) -> Fit:
     return Fit("line", a, b, exponent)
 
 
-def project(x, y, n: float, noise: float = 0.0) -> float:
+def project(x, y, n: float, noise: float = 0.0, power: bool = False) -> float:
     """y at n from four increasing sizes: the fit on the last three (the first three's is what the fourth checks),
     so that a buffer that fills, or a cost that starts, within the sizes shapes the projection."""
-    return fit(x[1:], y[1:], noise)(n)
+    return fit(x[1:], y[1:], noise, power)(n)
+
+
+def noise_of(x, y, floor: float = NOISE_GB) -> float:
+    """The measurements' noise: the rms residual of a line through all the sizes (at least `floor`)."""
+    a, b = fit_line(x, y)
+    residual = np.asarray(y, float) - a - b * np.asarray(x, float)
+    return max(floor, float(np.sqrt((residual ** 2).sum() / max(len(x) - 2, 1))))
 
 
 def resolution(x, n: float, noise: float = NOISE_GB) -> float:
@@ -294,7 +316,8 @@ def _standin_modules():
         def __init__(self, c_in: int, shape: tuple[int, ...], seed: int):
             super().__init__()
             self.shape, k = tuple(shape), 1 if len(shape) == 3 else min(c_in, WIDTH)
-            self.register_buffer("w", torch.randn(k, shape[0], generator=torch.Generator().manual_seed(seed)) / k ** 0.5)
+            w = torch.randn(k, shape[0], generator=torch.Generator().manual_seed(seed))
+            self.register_buffer("w", w / k ** 0.5)
 
         def forward(self, x):
             if len(self.shape) == 3:
@@ -441,19 +464,21 @@ def _step(cfg, data, batch: int) -> dict[str, float]:
     return {"step_s": (time.perf_counter() - t0) / STEPS, "step_gb": _peak_since(start)}
 
 
-def measure(cfg, evaluation=None, step_batch: int | None = None) -> dict[str, Any]:
+def measure(cfg, evaluation=None, step_batch: int | None = None, out: dict | None = None) -> dict[str, Any]:
     """In a fresh process: load cfg's dataset (from cfg.data_dir) through train.load_data, then evaluate it by
     `evaluation` or take training steps at `step_batch`. Returns seconds and GB of peak RSS above the process's
     start: load_gb (loading), held_gb (what stays after it), eval_gb (the evaluating process in all: the data held
-    and the evaluation) and step_gb (the steps, above the state before them)."""
+    and the evaluation) and step_gb (the steps, above the state before them). Fills and returns `out` (so that a
+    failure keeps what was measured before it)."""
     from . import train
 
+    out = {} if out is None else out
     _exact_malloc()
     start = _settle()
     t0 = time.perf_counter()
     data = train.load_data(cfg)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "load_gb": _peak_since(start),
-                           "examples": _examples(data), "evaluated": _evaluated(data)}
+    out.update(load_s=time.perf_counter() - t0, load_gb=_peak_since(start), examples=_examples(data),
+               evaluated=_evaluated(data))
     out["held_gb"] = (_settle() - start) / GB
     if evaluation is not None:
         t0 = time.perf_counter()
@@ -465,12 +490,15 @@ def measure(cfg, evaluation=None, step_batch: int | None = None) -> dict[str, An
 
 
 def _child(spec: dict[str, Any], conn) -> None:
-    """A measuring process: `measure(**spec)` sent back, or the error in one line."""
+    """A measuring process: `measure(**spec)` sent back, or the error in one line (its own progress bars and
+    warnings are not shown)."""
+    sys.stderr = open(os.devnull, "w")
+    out: dict[str, Any] = {}
     try:
-        conn.send(measure(**spec))
+        conn.send(measure(**spec, out=out))
     except Exception as e:  # noqa: BLE001 - a loader or an evaluation failing on the real format is a finding
         text = str(e).strip().splitlines()
-        conn.send({"error": f"{type(e).__name__}: {text[0] if text else ''}"})
+        conn.send({**out, "error": f"{type(e).__name__}: {text[0] if text else ''}"})
     finally:
         conn.close()
 
@@ -576,25 +604,27 @@ def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float =
     row: dict[str, Any] = {"dataset": dataset, "paper_n": paper.n, "eval_n": n_eval, "paper": paper.text,
                            "unit": paper.unit, "batch": batch, "load_sizes": list(sizes.load),
                            "eval_sizes": list(sizes.eval)}
-    if error := _error(measured):
-        return {**row, "verdict": "error", "message": error}
     points = measured["points"]
-    if short := [p for p in points if p["examples"] is not None and p["examples"] < 0.9 * p["n"]]:
+    if short := [p for p in points if p.get("examples") is not None and p["examples"] < 0.9 * p["n"]]:
         return {**row, "verdict": "error",
                 "message": f"the loader read {short[0]['examples']:,} of the {short[0]['n']:,} {paper.unit} written "
                            f"(size {short[0]['size']:,}): its reader of the real format loses examples"}
+    if error := _error(measured):
+        return {**row, "verdict": "error", "message": error}
     for p in points:
         if "eval_gb" in p:
             p["own_gb"] = p["eval_gb"] - p["held_gb"]
     for key, phase, x_key, noise in QUANTITIES:
         x, y = _series(points, phase, getattr(sizes, phase), key, x_key)
-        f, target = fit(x[:3], y[:3], noise), paper.n if phase == "load" else n_eval
-        row[key] = project(x, y, target, noise)
-        row[f"{key}_model"], row[f"{key}_exponent"] = f.model, f.exponent
+        timed, target = key.endswith("_s"), paper.n if phase == "load" else n_eval
+        f = fit(x[:3], y[:3], noise, power=timed)
+        row[key] = project(x, y, target, noise, power=timed)
+        row[f"{key}_model"], row[f"{key}_exponent"] = fit(x[1:], y[1:], noise, timed).model, f.exponent
         row[f"{key}_check"] = f(x[3]) / y[3] - 1 if y[3] else float("nan")
         row[f"{key}_measured"] = dict(zip(map(int, x), y))
         if key in ("load_gb", "own_gb"):
-            row[f"{key}_resolution"] = resolution(x[:3], target)
+            row[f"{key}_noise"] = noise_of(x, y)
+            row[f"{key}_resolution"] = resolution(x[1:], target, row[f"{key}_noise"])
     row["eval_gb"] = row["held_gb"] + row["own_gb"]
     row["eval_gb_resolution"] = row["load_gb_resolution"] + row["own_gb_resolution"]
     bs = [s["batch"] for s in measured["steps"]]
@@ -604,7 +634,8 @@ def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float =
         row[f"step_{quantity}_measured"] = dict(zip(bs, ys))
     row["need_gb"] = max(row["load_gb"], row["eval_gb"])
     row["need_phase"] = "load" if row["load_gb"] >= row["eval_gb"] else "eval"
-    row["verdict"] = "over" if row["need_gb"] > host_gb else "ok"
+    margin = row[f"{row['need_phase']}_gb_resolution"]
+    row["verdict"] = "over" if row["need_gb"] > host_gb else "uncertain" if row["need_gb"] + margin > host_gb else "ok"
     return row
 
 
@@ -651,8 +682,10 @@ def table(rows: list[dict[str, Any]], host_gb: float) -> str:
             step = (f"{_seconds(r['step_s'])}, {_gb(r['step_gb'])} GB @{r['batch']} "
                     f"(from {'/'.join(map(str, r['step_s_measured']))})")
             check = f"load {r['load_gb_check']:+.0%}, eval {r['own_gb_check']:+.0%}"
-            verdict = (f"OVER {host_gb:g} GB ({r['need_phase']})" if r["verdict"] == "over" else
-                       f"ok: {_gb(r['need_gb'])} GB = {r['need_gb'] / host_gb:.0%} of {host_gb:g} ({r['need_phase']})")
+            verdict = {"over": f"OVER {host_gb:g} GB ({r['need_phase']})",
+                       "uncertain": f"UNCERTAIN: within {host_gb:g} GB only without its ± ({r['need_phase']})",
+                       "ok": f"ok: {_gb(r['need_gb'])} GB = {r['need_gb'] / host_gb:.0%} of {host_gb:g} "
+                             f"({r['need_phase']})"}[r["verdict"]]
             cells = (r["dataset"], r["paper"], sizes, load, step, ev, check, verdict)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -668,8 +701,8 @@ def machine() -> dict[str, Any]:
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
     memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal")) * 1024 / GB
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(memory, 1), "torch": torch.__version__,
-            "commit": commit + dirty, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(memory, 1),
+            "torch": torch.__version__, "commit": commit + dirty, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "load_average": os.getloadavg()}
 
 
@@ -745,7 +778,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=sum(len(_plan(d, s)) + 2 for d, s in plan.items()), unit="process") as bar:
             for d in datasets:
                 cfg, evaluation, _ = configs[d]
-                evaluation = replace(evaluation, **EVAL_CHEAP, **EVAL_CHEAP_KIND.get(evaluation.kind, {}))
+                evaluation = cheap(evaluation)
                 measured = measure_dataset(d, cfg, evaluation, plan[d], batches.get(d, STEP_BATCHES[d]), work, ctx,
                                            bar)
                 rows.append({**analyse(d, measured, cfg.batch_size, args.host_gb, plan[d]), "raw": measured})
@@ -757,6 +790,11 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows, args.host_gb))
     out = args.out or Path("bench/results") / f"scale-{slug(info['machine'])}.json"
     print(f"{info['seconds']:.0f} s; written to {', '.join(map(str, write_outputs(out, rows, info)))}")
+    for r in rows:
+        if r["verdict"] == "uncertain":
+            print(f"scale: warning: {r['dataset']} is within {args.host_gb:g} GB only without the noise of its "
+                  f"measurements (±{_gb(r[r['need_phase'] + '_gb_resolution'])} GB): widen its sizes (--sizes)",
+                  file=sys.stderr)
     messages = limit_messages(rows, args.host_gb)
     for line in messages:
         print(line, file=sys.stderr)
