@@ -124,6 +124,8 @@ def test_the_command_exits_nonzero_over_the_limit(monkeypatch, tmp_path, capsys)
     assert saved["host_gb"] == 16 and saved["rows"][0]["verdict"] == "over"
     assert (tmp_path / "scale.csv").read_text().startswith("dataset,")
     assert main(argv[:-2] + ["--sizes", "imagenet100=3,2,1,4"]) == 2  # sizes must increase: a one-line error
+    assert main(["scale", "--profile", "quick", "--out", str(tmp_path / "quick.json")]) == 2  # no paper dataset
+    assert not (tmp_path / "quick.json").exists()
 
 
 def test_standins_keep_the_shapes_the_evaluations_read():
@@ -174,3 +176,16 @@ def test_scale_smoke(tmp_path, monkeypatch, capsys):
     assert all(p["examples"] == p["evaluated"] == p["n"] and p["eval_gb"] > p["held_gb"] > 0
                for p in row["raw"]["points"])
     assert set(row["step_gb_measured"]) == {"4", "8"}  # JSON keys
+
+
+def test_vectorized_bookcorpus_writes_the_same_form(tmp_path):
+    """miniature.write_bookcorpus(vectorized=True), the scale model's fast writer for millions of sentences: one
+    sentence of 4-19 words and " ." per line, as the default writer's."""
+    import re
+
+    from hypersphere import miniature
+    for vectorized in (False, True):
+        miniature.write_bookcorpus(tmp_path / str(vectorized), n=300, books=3, vectorized=vectorized)
+        lines = [line for book in sorted((tmp_path / str(vectorized) / "bookcorpus").glob("*.txt"))
+                 for line in book.read_text().splitlines()]
+        assert len(lines) == 300 and all(re.fullmatch(r"(w\d+ ){4,19}\.", line) for line in lines)
