@@ -69,7 +69,7 @@ from hypersphere.domains.image import STL10_MEAN, STL10_STD, ImageData
 from hypersphere.evaluate import EvalConfig, evaluate_run
 from hypersphere.losses import Objective
 from hypersphere.models import SmallAlexNet
-from hypersphere.sweep import load_sweep, sweep_path
+from hypersphere.sweep import load_sweep, sweep_path, torchrun_command
 from hypersphere.train import TrainConfig, load_data
 from timing import Row, fmt_rate, fmt_time, skipped
 
@@ -217,25 +217,19 @@ class TrainerStep:
         self.cfg = cfg = replace(cfg, init="")
         objective, data = Objective.parse(cfg.objective), data.to(device)
         self.state = state = train._fresh_state(cfg, data, objective, device, 0, 1, fresh=True)
-        source = train.DomainBatches if is_text(cfg) else train.ViewBatches
-        self.batches = source(cfg, data, objective, state)
+        self.batches = train.batch_source(cfg, data, objective, state)
         for module in (state.moco or state.encoder, state.predictor, state.target):
             if module is not None:
                 module.train()
 
-    def loss(self):
-        """batches.loss of the next step (its loss and terms), its views drawn when it starts a chunk."""
+    def __call__(self) -> torch.Tensor:
+        """train.train_step on the next step (its views drawn when it starts a chunk)."""
         state, b = self.state, self.batches
         if state.perm is None or state.step == b.steps:  # a new epoch: its order, as _epoch draws it
             state.epoch += state.perm is not None
             state.perm, state.sums, state.step = b.order(state.order), {}, 0
-        return b.loss(state, state.step, state.perm[state.step * b.batch:(state.step + 1) * b.batch])
-
-    def __call__(self) -> torch.Tensor:
-        loss, terms = self.loss()
-        train._step(self.state, loss, self.cfg.clip_grad)
-        train._accumulate(self.state.sums, {"loss": loss, **terms}, self.state.step, self.batches.steps)
-        self.state.step += 1
+        loss = train.train_step(self.cfg, state, b, state.step)
+        state.step += 1
         return loss.detach()
 
 
@@ -550,9 +544,7 @@ def ddp_row(device: torch.device) -> Row:
         cfg = TrainConfig(dataset="digits", epochs=1, batch_size=128, dim=32, device=device.type, runs_dir=tmp,
                           checkpoint_minutes=1000)
         # torch.distributed.run is torchrun; --standalone picks a free port (other jobs may hold torchrun's 29500)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   "-m", "hypersphere", "train", "--dataset", "digits", "--epochs", "1", "--batch-size", "128",
-                   "--dim", "32", "--device", device.type, "--runs-dir", tmp, "--checkpoint-minutes", "1000", "--quiet"]
+        command = torchrun_command(cfg, 2)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp)

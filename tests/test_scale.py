@@ -1,7 +1,6 @@
 """The scale model (hypersphere.scale): its fits and projections against independent computations, the host-limit
 check, the stand-in trunks, and one small run of `python -m hypersphere scale`."""
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,15 +176,3 @@ def test_scale_smoke(tmp_path, monkeypatch, capsys):
                for p in row["raw"]["points"])
     assert set(row["step_gb_measured"]) == {"4", "8"}  # JSON keys
 
-
-def test_vectorized_bookcorpus_writes_the_same_form(tmp_path):
-    """miniature.write_bookcorpus(vectorized=True), the scale model's fast writer for millions of sentences: one
-    sentence of 4-19 words and " ." per line, as the default writer's."""
-    import re
-
-    from hypersphere import miniature
-    for vectorized in (False, True):
-        miniature.write_bookcorpus(tmp_path / str(vectorized), n=300, books=3, vectorized=vectorized)
-        lines = [line for book in sorted((tmp_path / str(vectorized) / "bookcorpus").glob("*.txt"))
-                 for line in book.read_text().splitlines()]
-        assert len(lines) == 300 and all(re.fullmatch(r"(w\d+ ){4,19}\.", line) for line in lines)

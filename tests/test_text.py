@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 
 import yaml
 
-from hypersphere import resources, runs
+from hypersphere import miniature, resources, runs
 from hypersphere.domains import text as T
 from hypersphere.evaluate import EvalConfig, evaluate_run
 from hypersphere.sweep import load_sweep, run_sweep
@@ -535,3 +536,13 @@ def test_the_data_command_summarises_the_sentence_stand_in(capsys):
     data = T.load_dataset("standin")
     out = capsys.readouterr().out
     assert out.startswith(f"standin: {len(data)} training sentences in ") and "sentiment (" in out
+
+
+def test_vectorized_bookcorpus_writes_the_same_form(tmp_path):
+    """miniature.write_bookcorpus(vectorized=True), the scale model's fast writer for millions of sentences: one
+    sentence of 4-19 words and " ." per line, as the default writer's."""
+    for vectorized in (False, True):
+        miniature.write_bookcorpus(tmp_path / str(vectorized), n=300, books=3, vectorized=vectorized)
+        lines = [line for book in sorted((tmp_path / str(vectorized) / "bookcorpus").glob("*.txt"))
+                 for line in book.read_text().splitlines()]
+        assert len(lines) == 300 and all(re.fullmatch(r"(w\d+ ){4,19}\.", line) for line in lines)

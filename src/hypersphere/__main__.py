@@ -11,8 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from . import measure, notebook, profiles, report, runs, sweep
-from . import scale
+from . import measure, notebook, profiles, report, runs, scale, sweep
 from .domains import DOMAINS, domain_of
 from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train

@@ -263,6 +263,11 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return F.conv2d(h, w.view(B * C, 1, kernel_size, 1), groups=B * C).view(B, C, H, W)
 
 
+def _random_grayscale(x: Tensor, coins: Tensor) -> Tensor:
+    """RandomGrayscale: the luminance of the images whose coin [B, 1, 1, 1] is 1 (a lerp by 0 or 1)."""
+    return torch.lerp(x, _gray(x).expand_as(x), coins)
+
+
 def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Generator) -> Tensor:
     """One random view per image (paper Sec. 3): RandomResizedCrop, horizontal flip, ColorJitter (with
     probability jitter_p), RandomGrayscale (before the jitter with `grayscale_first`, as MoCo v1), Gaussian blur
@@ -297,13 +302,13 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
     for i, order in enumerate(orders):  # the groups are disjoint, so each can be written back into x
         idx = (which == i).nonzero().squeeze(1)
         xs = x[idx]
-        grey = C == 3 and cfg.grayscale_p > 0
-        if grey and cfg.grayscale_first:
-            xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])  # RandomGrayscale (lerp by 0 or 1)
+        greying = C == 3 and cfg.grayscale_p > 0
+        if greying and cfg.grayscale_first:
+            xs = _random_grayscale(xs, gray[idx])
         for k in order:
             xs = _JITTER_OPS[k](xs, factors[k][idx])
-        if grey and not cfg.grayscale_first:
-            xs = torch.lerp(xs, _gray(xs).expand_as(xs), gray[idx])
+        if greying and not cfg.grayscale_first:
+            xs = _random_grayscale(xs, gray[idx])
         if cfg.blur_p > 0 and (b := blur[idx]).any():
             xs[b] = gaussian_blur(xs[b], sigma[idx][b], cfg.blur_kernel)
         x[idx] = torch.addcmul(bias, xs, a)

@@ -92,7 +92,7 @@ def uniformity_se(fs: Sequence[Tensor], t: float = 2.0, normalize: bool = False,
     for i in range(0, n, block):
         for j in range(i, n, block):
             c = sum(gaussian_logits(f[i:i + block], f[j:j + block], t).double().exp() / um for f, um in zip(fs, u))
-            c = c - len(fs)
+            c -= len(fs)
             if i == j:
                 c.fill_diagonal_(0)
             r[i:i + block] += c.sum(1)

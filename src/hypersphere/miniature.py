@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Each dataset's size in its natural unit (images, frames, sentences) at the `n` a writer gets.
 DATASETS = ("stl10", "cifar10", "nyu-depth-v2", "imagenet100", "imagenet", "bookcorpus")
 WORDS = 2000  # the miniature corpora's vocabulary
 
@@ -73,16 +72,18 @@ def write_nyu(root: Path, n: int = 12, seed: int = 0, height: int = 480, width: 
     import h5py
     import scipy.io
 
+    from .domains.depth import NYU_FILES
+
     rng, folder = np.random.default_rng(seed), Path(root) / "nyu_depth_v2"
     folder.mkdir(parents=True, exist_ok=True)
     rgb = _fields(rng, n, height, width).transpose(0, 3, 2, 1)  # [n, 3, W, H]
     depth = 1 + 9 * rgb[:, 0].astype(np.float32) / 255  # depth follows the red channel: learnable
-    with h5py.File(folder / "nyu_depth_v2_labeled.mat", "w") as f:
+    with h5py.File(folder / NYU_FILES[0], "w") as f:
         f.create_dataset("images", data=rgb)
         f.create_dataset("depths", data=depth)
     order = rng.permutation(n) + 1.0
     cut = max(1, min(n - 1, round(n * 795 / 1449)))
-    scipy.io.savemat(folder / "splits.mat", {"trainNdxs": np.sort(order[:cut])[:, None],
+    scipy.io.savemat(folder / NYU_FILES[1], {"trainNdxs": np.sort(order[:cut])[:, None],
                                               "testNdxs": np.sort(order[cut:])[:, None]})
     return folder
 
@@ -136,7 +137,9 @@ def write_bookcorpus(root: Path, n: int = 400, books: int = 8, labelled: int = 4
         text = (_sentences(rng, probs, len(part)) if vectorized
                 else "\n".join(_sentence(rng, probs) for _ in part) + "\n")
         (root / "bookcorpus" / f"book_{k:04d}.txt").write_text(text, encoding="utf-8")
-    for folder, files in (("mr", ("rt-polarity.pos", "rt-polarity.neg")), ("cr", ("custrev.pos", "custrev.neg"))):
+    from .domains.text import CR_FILES, MR_FILES
+
+    for folder, files in (("mr", MR_FILES), ("cr", CR_FILES)):
         (root / folder).mkdir(parents=True, exist_ok=True)
         for label, name in enumerate(files):
             lines = [f"{'good' if label == 0 else 'bad'} {_sentence(rng, probs)}" for _ in range(labelled // 2)]
@@ -153,7 +156,8 @@ def write(dataset: str, root: Path, n: int | None = None, seed: int = 0) -> Path
         n = n or 40
         write_stl10(root, n_train=max(10, n // 4), n_test=max(10, n // 8), n_unlabeled=n, seed=seed)
     elif dataset == "cifar10":
-        write_cifar10(root, n_train=n or 50, n_test=max(10, (n or 50) // 5), seed=seed)
+        n = n or 50
+        write_cifar10(root, n_train=n, n_test=max(10, n // 5), seed=seed)
     elif dataset == "nyu-depth-v2":
         write_nyu(root, n=n or 12, seed=seed)
     elif dataset in ("imagenet100", "imagenet"):

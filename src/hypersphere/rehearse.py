@@ -44,6 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import nbformat
 from tqdm.auto import tqdm
 
 from . import miniature, notebook, profiles, runs, sweep
@@ -272,8 +273,7 @@ def notebook_sizes(profile: profiles.Profile) -> dict[str, dict[str, Any]]:
 def notebook_needs(path: Path, sweeps: tuple[str, ...]) -> frozenset[str]:
     """The sweeps whose tables a notebook reads: those its code names ("cloud", "finetune.trajectories.csv"), or all
     of the profile's when it reads the profile's list (P.sweeps)."""
-    code = "\n".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"])
-                     for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
     return frozenset(sweeps) if "P.sweeps" in code else frozenset(re.findall(r'"(\w+)(?:\.[\w.]+)?"', code)) & set(sweeps)
 
 
@@ -374,8 +374,7 @@ def table(record: dict[str, Any]) -> str:
     head = ("sweep", "recipes", "runs in the sweep", "trained", "evaluated", "seconds")
     rows = [(s["sweep"], s["recipes"], s["runs"], s["trained"], s["evaluated"], f"{s['seconds']:.0f}")
             for s in record["sweeps"]]
-    rows.append(("total", sum(s["recipes"] for s in record["sweeps"]), sum(s["runs"] for s in record["sweeps"]),
-                 sum(s["trained"] for s in record["sweeps"]), sum(s["evaluated"] for s in record["sweeps"]), ""))
+    rows.append(("total", *(sum(r[i] for r in rows) for i in range(1, 5)), ""))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [" | ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
              for r in [head, *rows]]

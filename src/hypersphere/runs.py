@@ -69,7 +69,7 @@ def write_json(path: Path, obj: Any) -> None:
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))  # every row's keys
         writer.writeheader()
         writer.writerows(rows)
     atomic_write(Path(path), lambda f: f.write(buf.getvalue().encode()))

@@ -17,7 +17,7 @@ the examples written, the evaluation's own part (its peak less the data held) an
 reads. Memory is fitted as a line a + b n (a fixed part plus what each example holds; `fit`), times as the line or
 a power law a n^k (work over all pairs), whichever carries the first two sizes to the third; growth within the
 noise is "flat". The fit on the three smallest sizes is checked against the fourth (its relative error is
-reported), and the projection to the paper's size is the fit on the three largest (`project`), with a ± from the
+reported), and the projection to the paper's size is the fit on the three largest (`project_fit`), with a ± from the
 measurements' noise (`resolution`). The evaluation's need is the data held at the paper's size plus its own part
 at what it reads there (eval_paper_n: for BookCorpus, the held-out sentences up to text.HELD_OUT_SAMPLE); the
 step is projected linearly to the paper's batch. Where the need (the larger of loading and evaluating) exceeds
@@ -46,10 +46,8 @@ GPU time); DataLoader worker processes (a few decoded batches each) are not coun
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import gc
-import json
 import math
 import multiprocessing
 import os
@@ -66,7 +64,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import miniature, profiles, sweep
+from . import miniature, profiles, runs, sweep
 
 GB = 1024 ** 3
 HOST_GB = 64.0
@@ -131,11 +129,16 @@ EVAL_CHEAP_KIND = {"sentences": {"cv_folds": 2, "l2_folds": 2}}
 FULL_CROP_PROBES = ("adam-full", "sgd-full", "sgd-lincls")  # hold one batch of crops: the cached probe stands in
 
 
+SEPARATE_EVAL = ("stl10",)  # datasets whose evaluation miniatures leave out what it does not read
+
+
 def cheap(evaluation):
     """The miniature's evaluation config (module docstring): one probe or decoder epoch, the cached probe for the
     full-crop ones, 2-fold nested CV for sentences; what it holds per example is the config's."""
     probe = {"probe": "adam"} if evaluation.probe in FULL_CROP_PROBES else {}
     return replace(evaluation, **EVAL_CHEAP, **probe, **EVAL_CHEAP_KIND.get(evaluation.kind, {}))
+
+
 FIXES = {  # (dataset, phase) -> what to do when a projection is over the host limit
     ("bookcorpus", "load"): "hold the token stream as packed memory-mapped arrays, not Python lists "
                             "(domains/text.py)",
@@ -189,22 +192,23 @@ def fit(x, y, noise: float = 0.0, power: bool = False) -> Fit:
     whose growth is what is held per example) or, with `power` (times: work over all pairs grows as x^2), the power
     law a x^k where it carries the first two sizes to the third the more closely, fitted on all of them."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    exponent = fit_power(x, y)[1] if (y > 0).all() else float("nan")
+    positive = bool((y > 0).all())
+    c, exponent = fit_power(x, y) if positive else (float("nan"), float("nan"))
     a, b = fit_line(x, y)
     if b <= 0 or b * (x.max() - x.min()) <= noise:
         return Fit("flat", float(y.max()), 0.0, exponent)
-    if power and (y > 0).all() and len(x) > 2:
+    if power and positive and len(x) > 2:
         a2, b2 = fit_line(x[:2], y[:2])
         c2, k2 = fit_power(x[:2], y[:2])
         if abs(c2 * x[2] ** k2 - y[2]) < abs(a2 + b2 * x[2] - y[2]):
-            return Fit("power", *fit_power(x, y), exponent)
+            return Fit("power", c, exponent, exponent)
     return Fit("line", a, b, exponent)
 
 
-def project(x, y, n: float, noise: float = 0.0, power: bool = False) -> float:
-    """y at n from four increasing sizes: the fit on the last three (the first three's is what the fourth checks),
-    so that a buffer that fills, or a cost that starts, within the sizes shapes the projection."""
-    return fit(x[1:], y[1:], noise, power)(n)
+def project_fit(x, y, noise: float = 0.0, power: bool = False) -> Fit:
+    """The fit that projects, from four increasing sizes: the one on the last three (the first three's is what the
+    fourth checks), so that a buffer that fills, or a cost that starts, within the sizes shapes the projection."""
+    return fit(x[1:], y[1:], noise, power)
 
 
 def noise_of(x, y, floor: float = NOISE_GB) -> float:
@@ -239,10 +243,9 @@ def write_miniature(dataset: str, root: Path, n: int, seed: int = 0, evaluated: 
     (miniature.py). With `evaluated`, `n` counts the splits the evaluation reads only (STL-10's train and test, 10
     unlabeled images beside them). Returns the number of examples written."""
     paper, root, floor = PAPER[dataset], Path(root), FLOOR if floor is None else floor
-    share = {k: v / paper.n for k, v in paper.splits.items()}
+    total = paper.evaluated if evaluated and dataset == "stl10" else paper.n
+    share = {k: v / total for k, v in paper.splits.items()}
     if dataset == "stl10":
-        if evaluated:
-            share = {k: v / paper.evaluated for k, v in paper.splits.items()}
         train, test = (max(floor, round(n * share[k])) for k in ("train", "test"))
         unlabeled = 10 if evaluated else max(1, n - train - test)
         miniature.write_stl10(root, n_train=train, n_test=test, n_unlabeled=unlabeled, seed=seed)
@@ -287,15 +290,15 @@ def _evaluated(data) -> int | None:
     return None
 
 
-def paper_configs(profile: str) -> dict[str, tuple[Any, Any, str]]:
-    """{dataset: (TrainConfig, EvalConfig, sweep name)} of the profile's sweeps: per dataset, the run with the
-    largest batch (the most memory per step; the first of them) and its sweep's evaluation."""
-    best: dict[str, tuple[Any, Any, str]] = {}
+def paper_configs(profile: str) -> dict[str, tuple[Any, Any]]:
+    """{dataset: (TrainConfig, EvalConfig)} of the profile's sweeps: per dataset, the run with the largest batch (the
+    most memory per step; the first of them) and its sweep's evaluation."""
+    best: dict[str, tuple[Any, Any]] = {}
     for name in profiles.load(profile).sweeps:
         for run in sweep.load_sweep(sweep.sweep_path(name, profile)):
             cfg = run.config
             if cfg.dataset not in best or cfg.batch_size > best[cfg.dataset][0].batch_size:
-                best[cfg.dataset] = (cfg, run.evaluation, name)
+                best[cfg.dataset] = (cfg, run.evaluation)
     return best
 
 
@@ -443,15 +446,13 @@ def _step(cfg, data, batch: int) -> dict[str, float]:
     import torch
 
     from . import train
-    from .domains import domain_of
     from .losses import Objective
 
     cfg = replace(cfg, batch_size=batch, device="cpu", init="")
     device, objective = torch.device("cpu"), Objective.parse(cfg.objective)
     data = data.to(device)
     state = train._fresh_state(cfg, data, objective, device, 0, 1, fresh=True)
-    source = train.DomainBatches if domain_of(cfg.dataset).batch_loss else train.ViewBatches
-    batches = source(cfg, data, objective, state)
+    batches = train.batch_source(cfg, data, objective, state)
     if batches.batch < batch or batches.steps < STEPS:
         raise ValueError(f"{batches.n} training examples hold fewer than {STEPS} batches of {batch}: lower the step "
                          f"batches (--step-batches) or raise the sizes")
@@ -512,33 +513,34 @@ def _run_child(ctx, spec: dict[str, Any]) -> dict[str, Any]:
     try:
         out = recv.recv()
     except EOFError:
-        process.join()
-        out = {"error": f"the measuring process died (exit code {process.exitcode}; -9 is a kill, e.g. out of memory)"}
+        out = None
     process.join()
+    if out is None:
+        out = {"error": f"the measuring process died (exit code {process.exitcode}; -9 is a kill, e.g. out of memory)"}
     return out
 
 
 # ----------------------------------------------------------------------------------------------- measuring (parent)
 
 def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[int, int], work: Path, ctx,
-                    bar=None) -> dict[str, Any]:
+                    bar: tqdm | None = None) -> dict[str, Any]:
     """Write the miniatures of `dataset`, measure each size in its own process (the load; the evaluation at the
     eval sizes) and the training step at each of `batches` (on a small miniature, step_size). Returns the raw
     measurements: {"points": [...], "steps": [...]}, each with its size and the examples written."""
     points = []
     eval_cfg = replace(cfg, augment=EVAL_AUGMENT[dataset]) if dataset in EVAL_AUGMENT else cfg
 
-    def run(spec, what):
-        if bar is not None:
-            bar.set_description(f"scale {dataset} {what}")
+    bar = bar or tqdm(disable=True)
+
+    def child(spec, what):
+        bar.set_description(f"scale {dataset} {what}")
         out = _run_child(ctx, spec)
-        if bar is not None:
-            bar.update()
+        bar.update()
         return out
 
     root = work / dataset / "step"  # a step does not depend on the dataset's size: a small miniature serves
     written = write_miniature(dataset, root, step_size(dataset, batches), floor=STEPS * batches[-1])
-    steps = [{"batch": b, "n": written, **run({"cfg": replace(cfg, data_dir=str(root)), "step_batch": b},
+    steps = [{"batch": b, "n": written, **child({"cfg": replace(cfg, data_dir=str(root)), "step_batch": b},
                                               f"step at batch {b}")} for b in batches]
     shutil.rmtree(root, ignore_errors=True)
     for phase, n in _plan(dataset, sizes):
@@ -547,7 +549,7 @@ def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[
         spec = {"cfg": replace(cfg, data_dir=str(root))}
         if phase != "load":
             spec = {"cfg": replace(eval_cfg, data_dir=str(root)), "evaluation": evaluation}
-        points.append({"size": n, "phase": phase, "n": written, **run(spec, f"n={n:,}")})
+        points.append({"size": n, "phase": phase, "n": written, **child(spec, f"n={n:,}")})
         shutil.rmtree(root, ignore_errors=True)
     return {"points": points, "steps": steps}
 
@@ -556,8 +558,6 @@ def step_size(dataset: str, batches: tuple[int, int]) -> int:
     """The miniature the steps are measured on: room for STEPS batches of the larger size in its training split."""
     return 4000 if dataset == "bookcorpus" else max(64, 4 * STEPS * batches[-1])
 
-
-SEPARATE_EVAL = ("stl10",)  # datasets whose evaluation miniatures leave out what it does not read
 
 
 def _plan(dataset: str, sizes: Sizes) -> list[tuple[str, int]]:
@@ -595,7 +595,7 @@ def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float =
             sizes: Sizes | None = None) -> dict[str, Any]:
     """One row of the table from a dataset's measurements. The load's peak, the data it leaves held and the load's
     time are fitted against the examples written and projected to the paper's; the evaluation's own part (its peak
-    less the data held) and time against the examples it reads (eval_paper_n). Each projection is `project`'s, each
+    less the data held) and time against the examples it reads (eval_paper_n). Each projection is `project_fit`'s, each
     check the fit on the first three sizes against the fourth. The evaluation's need is the data held plus its own
     part; the need, the larger of loading and evaluating, gives the verdict against `host_gb`. The step is projected
     to the paper's `batch`."""
@@ -617,9 +617,8 @@ def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float =
     for key, phase, x_key, noise in QUANTITIES:
         x, y = _series(points, phase, getattr(sizes, phase), key, x_key)
         timed, target = key.endswith("_s"), paper.n if phase == "load" else n_eval
-        f = fit(x[:3], y[:3], noise, power=timed)
-        row[key] = project(x, y, target, noise, power=timed)
-        row[f"{key}_model"], row[f"{key}_exponent"] = fit(x[1:], y[1:], noise, timed).model, f.exponent
+        f, last = fit(x[:3], y[:3], noise, power=timed), project_fit(x, y, noise, power=timed)
+        row[key], row[f"{key}_model"], row[f"{key}_exponent"] = last(target), last.model, f.exponent
         row[f"{key}_check"] = f(x[3]) / y[3] - 1 if y[3] else float("nan")
         row[f"{key}_measured"] = dict(zip(map(int, x), y))
         if key in ("load_gb", "own_gb"):
@@ -696,7 +695,8 @@ def machine() -> dict[str, Any]:
     import torch
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "cpu")
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=Path(__file__).resolve().parent).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
     memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
@@ -715,14 +715,9 @@ def slug(m: dict[str, Any]) -> str:
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> tuple[Path, Path]:
     """The table as JSON (rows with every measurement and fit, plus `info`) and CSV (one row per dataset)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "rows": rows}, indent=2) + "\n")
-    flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
     path = out.with_suffix(".csv")
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(dict.fromkeys(k for r in flat for k in r)))
-        writer.writeheader()
-        writer.writerows(flat)
+    runs.write_json(out, {**info, "rows": rows})
+    runs.write_csv(path, [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows])
     return out, path
 
 
@@ -778,12 +773,12 @@ def run(args: argparse.Namespace) -> int:
     t0, rows = time.perf_counter(), []
     work = Path(args.work or tempfile.mkdtemp(prefix="hypersphere-scale-"))
     try:
-        with tqdm(total=sum(len(_plan(d, s)) + 2 for d, s in plan.items()), unit="process") as bar:
+        steps = {d: batches.get(d, STEP_BATCHES[d]) for d in datasets}
+        with tqdm(total=sum(len(_plan(d, s)) + len(steps[d]) for d, s in plan.items()), unit="process") as bar:
             for d in datasets:
-                cfg, evaluation, _ = configs[d]
+                cfg, evaluation = configs[d]
                 evaluation = cheap(evaluation)
-                measured = measure_dataset(d, cfg, evaluation, plan[d], batches.get(d, STEP_BATCHES[d]), work, ctx,
-                                           bar)
+                measured = measure_dataset(d, cfg, evaluation, plan[d], steps[d], work, ctx, bar)
                 rows.append({**analyse(d, measured, cfg.batch_size, args.host_gb, plan[d]), "raw": measured})
     finally:
         if args.work is None:

@@ -141,8 +141,13 @@ class TrainConfig:
         return str(Objective.parse(self.objective))
 
     @property
+    def linear_lr(self) -> float:
+        """The linear-scaling rule's lr: 0.12 per 256 images of batch (the paper's)."""
+        return 0.12 * self.batch_size / 256
+
+    @property
     def base_lr(self) -> float:
-        return self.lr or 0.12 * self.batch_size / 256
+        return self.lr or self.linear_lr
 
     def hashed(self) -> dict[str, Any]:
         """The fields that define the trained weights, in one form each: the objective canonical, an SGD lr equal
@@ -151,7 +156,7 @@ class TrainConfig:
         d = {k: v for k, v in dataclasses.asdict(self).items()
              if k not in self.NOT_HASHED and not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
         d["objective"] = self.canonical_objective
-        if self.optimizer == "sgd" and math.isclose(self.lr, 0.12 * self.batch_size / 256, rel_tol=1e-9):
+        if self.optimizer == "sgd" and math.isclose(self.lr, self.linear_lr, rel_tol=1e-9):
             d["lr"] = 0.0  # one encoder, one name: the linear-scaling lr written out hashes as the rule (0)
         d["init"] = Path(self.init).name  # the parent run's name-hash, wherever runs/ lives
         d["lr_decay_at"], d["snapshot_epochs"] = list(d["lr_decay_at"]), list(d["snapshot_epochs"])
@@ -488,7 +493,7 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
     data = (data or load_data(cfg)).to(device)
     objective = Objective.parse(cfg.objective)
     state = _fresh_state(cfg, data, objective, device, rank, world, fresh=saved is None)
-    batches = (DomainBatches if domain_of(cfg.dataset).batch_loss else ViewBatches)(cfg, data, objective, state)
+    batches = batch_source(cfg, data, objective, state)
     if saved is not None:
         state.restore(saved, rank, device)
     else:
@@ -515,9 +520,7 @@ def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, mai
         state.perm, state.sums, state.step = batches.order(state.order), {}, 0
     last_save = time.perf_counter()
     for step in range(state.step, batches.steps):
-        loss, terms = batches.loss(state, step, state.perm[step * batches.batch:(step + 1) * batches.batch])
-        _step(state, loss, cfg.clip_grad)
-        _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
+        train_step(cfg, state, batches, step)
         bar.update()
         due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
         if step + 1 < batches.steps and distributed.agree(due):
@@ -534,6 +537,19 @@ def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, mai
             (run_dir / runs.STATE).unlink(missing_ok=True)
         raise Diverged(f"{run_dir.name}: {reason}")
     return means
+
+
+def batch_source(cfg: TrainConfig, data, objective: Objective, state: TrainState):
+    """The domain's batches: its own order and loss (DomainBatches: sentences), else random views (ViewBatches)."""
+    return (DomainBatches if domain_of(cfg.dataset).batch_loss else ViewBatches)(cfg, data, objective, state)
+
+
+def train_step(cfg: TrainConfig, state: TrainState, batches, step: int) -> torch.Tensor:
+    """Step `step` of the epoch in `state.perm`: its loss, the optimiser's step, the epoch's sums. Returns the loss."""
+    loss, terms = batches.loss(state, step, state.perm[step * batches.batch:(step + 1) * batches.batch])
+    _step(state, loss, cfg.clip_grad)
+    _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
+    return loss
 
 
 def _step(state: TrainState, loss: torch.Tensor, clip_grad: float) -> None:

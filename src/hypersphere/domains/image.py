@@ -432,6 +432,11 @@ def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator
 FULL_PROBES = {"adam-full": ProbeConfig(), "sgd-full": MOCO_PROBE, "sgd-lincls": LINCLS_PROBE}  # on fresh crops
 
 
+def _probe_config(cfg) -> ProbeConfig:
+    """The optimiser and schedule of the evaluation's probe (`adam`: the paper's Adam probe, on cached features)."""
+    return dataclasses.replace(FULL_PROBES.get(cfg.probe, ProbeConfig()), epochs=cfg.probe_epochs, seed=cfg.seed)
+
+
 def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg, device) -> dict:
     """Validation accuracy of the configured probe on one tap (and, for lbfgs, the chosen L2 and convergence)."""
     if cfg.probe == "lbfgs":
@@ -440,10 +445,8 @@ def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg, 
         return {"linear": acc, "linear_top5": info["top5"], "linear_l2": l2, "linear_iterations": info["iterations"],
                 "linear_grad": info["grad_max"], "fit": info["standardised"]}
     if cfg.probe == "adam":
-        probe = ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed)
-        return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, probe)}
-    probe = dataclasses.replace(FULL_PROBES[cfg.probe], epochs=cfg.probe_epochs, seed=cfg.seed)
-    top1, top5 = linear_probe_full(encoder, tap, data, probe, device)
+        return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, _probe_config(cfg))}
+    top1, top5 = linear_probe_full(encoder, tap, data, _probe_config(cfg), device)
     return {"linear": top1, "linear_top5": top5}
 
 
@@ -470,8 +473,7 @@ def classify(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None
             if cfg.probe == "lbfgs":
                 probe = lambda *a, l2=linear["linear_l2"], fit=fit: lbfgs_probe(*a, l2, init=fit)[0]  # noqa: E731
             else:  # the reported probe's optimiser and schedule (Table 3: SGD lr 10), on cached features
-                probe = partial(linear_probe_cached, cfg=dataclasses.replace(
-                    FULL_PROBES.get(cfg.probe, ProbeConfig()), epochs=cfg.probe_epochs, seed=cfg.seed))
+                probe = partial(linear_probe_cached, cfg=_probe_config(cfg))
             out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)
             out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

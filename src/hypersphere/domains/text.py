@@ -137,7 +137,7 @@ class Vocab:
 
 # ----------------------------------------------------------------------------- corpora
 
-def held_documents(n_docs: int, held_out: float = 0.05, seed: int = 0) -> np.ndarray:
+def held_documents(n_docs: int, held_out: float = HELD_OUT, seed: int = 0) -> np.ndarray:
     """The documents kept out of training: a seeded random `held_out` fraction of n_docs (at least one)."""
     return np.random.default_rng(seed).permutation(n_docs)[:max(1, round(held_out * n_docs))]
 
@@ -154,7 +154,7 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.sentences)
 
-    def split(self, held_out: float = 0.05, seed: int = 0) -> tuple["Corpus", "Corpus"]:
+    def split(self, held_out: float = HELD_OUT, seed: int = 0) -> tuple["Corpus", "Corpus"]:
         """(train, held-out) by whole documents, the held-out ones `held_documents`."""
         mask = np.isin(self.doc, held_documents(len(self.names), held_out, seed))
         return self._subset(~mask), self._subset(mask)
@@ -473,7 +473,8 @@ def pack_books(folder: str | Path, lower: bool = True, form: str = "auto", held_
                 _build_cache(files, cache, settings, progress)
     words = (cache / "vocab.txt").read_text(encoding="utf-8")
     vocab = Vocab(words.split("\n") if words else [])
-    train, held = (Packed(*(np.load(cache / f"{name}_{a}.npy", mmap_mode="r") for a in ("tokens", "offsets", "doc")))
+    # copy-on-write maps: the files are never written, and torch.from_numpy takes them (it wants writable arrays)
+    train, held = (Packed(*(np.load(cache / f"{name}_{a}.npy", mmap_mode="c") for a in ("tokens", "offsets", "doc")))
                    for name in ("train", "held"))
     return train, held, vocab, json.loads((cache / "meta.json").read_text())["read"]
 
@@ -744,15 +745,8 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> T
             root = Path(data_dir)
             tasks = {t: load(task_folder(root, t)) for t, load in (("mr", load_mr), ("cr", load_cr))}  # quick: first
             train, held, vocab, source = pack_books(root / "bookcorpus", held_out=HELD_OUT, seed=0)
-        _LOADED[key] = TextData(name, train, _as_tensor(train.doc), vocab, held, tasks, source)
+        _LOADED[key] = TextData(name, train, torch.from_numpy(train.doc), vocab, held, tasks, source)
     return _LOADED[key]
-
-
-def _as_tensor(a: np.ndarray) -> Tensor:
-    """A tensor on `a`'s memory (a read-only memory map is reopened copy-on-write: torch wants writable arrays)."""
-    if isinstance(a, np.memmap) and not a.flags.writeable:
-        a = np.load(a.filename, mmap_mode="c")
-    return torch.from_numpy(a)
 
 
 def build_encoder(arch: str, dim: int, data: TextData) -> QuickThought:
@@ -865,7 +859,6 @@ def pair_metrics(model: QuickThought, held: Packed, tau: float | None = None, ba
     consecutive windows of `batch_size` sentences (a shorter last one kept) that hold a neighbouring pair, averaged
     (a seeded sample of sample // batch_size windows when the stream is larger)."""
     n, doc = len(held), torch.from_numpy(np.asarray(held.doc, dtype=np.int64))
-    rng = np.random.default_rng(seed)
     s = torch.from_numpy(held_sample(n, sample, seed))
     i, j = [], []
     for d in range(1, context + 1):
@@ -880,7 +873,7 @@ def pair_metrics(model: QuickThought, held: Packed, tau: float | None = None, ba
     if tau is not None:
         windows = [w for w in contiguous_batches(n, batch_size) if len(neighbour_pairs(doc[w], context)[0])]
         if n > sample:
-            keep = rng.choice(len(windows), min(len(windows), max(1, sample // batch_size)), replace=False)
+            keep = np.random.default_rng(seed).choice(len(windows), min(len(windows), max(1, sample // batch_size)), replace=False)
             windows = [windows[k] for k in sorted(keep)]
     need = torch.unique(torch.cat([s, i, j, *windows]))  # sorted: all n when the sample is everything
     zf, zg = encode_ids(model, [held[k] for k in need.tolist()])
