@@ -190,6 +190,20 @@ def test_fig5_ours_vs_paper():
     assert out["acc"]["spearman"] == pytest.approx(1.0)
 
 
+def test_fig5_run_to_run_sets_the_papers_repeats_beside_ours():
+    """ImageNet-100's appendix repeats rows 23, 26 and 27 as 43, 44 and 45; ours are the same rows' runs (seeds 0, 1)."""
+    cloud = pd.DataFrame({"paper_row": [23, 43, 26, 1, np.nan], "top1": [70.0, 68.5, 72.0, 60.0, 10.0]})
+    spread = fig5.run_to_run(cloud, "imagenet100_encoders", {"top1": "paper_val_top1"})
+    assert list(spread["rows"]) == ["23/43", "26/44", "27/45"]
+    assert spread["paper"][0] == [71.48, 60.36] and spread["paper range"][0] == pytest.approx(11.12)
+    assert spread["ours"][0] == [70.0, 68.5] and spread["ours range"][0] == pytest.approx(1.5)
+    assert np.isnan(spread["ours range"][1]) and np.isnan(spread["ours"][2]).all()  # one run, none
+    assert "ours by 1.50-1.50 (median 1.50)" in fig5.spread_note(spread)
+    off_paper = fig5.run_to_run(cloud.drop(columns="paper_row"), "imagenet100_encoders", {"top1": "paper_val_top1"})
+    assert off_paper["ours range"].isna().all() and "trains none of them twice" in fig5.spread_note(off_paper)
+    assert "differ by 2.74-11.12 (median 2.82)" in fig5.spread_note(off_paper)
+
+
 # ----------------------------------------------------------------------------- Table 1
 
 VALS, VALS_NAMES = list(table1.COLUMNS), list(table1.COLUMNS.values())

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from hypersphere import profiles, resources, runs, train as train_module
-from hypersphere.sweep import load_sweep, run_sweep, status
+from hypersphere.sweep import load_sweep, repeated_rows, run_sweep, status
 from hypersphere.train import TRAIN_VERSION
 
 SWEEPS_DIR = resources.configs() / "sweeps"
@@ -101,6 +101,11 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
         assert len(configs) == len({c.run_dir() for c in configs}) == rows, name
         assert len({c.run_dir() for c in configs if c.seed == 0}) == distinct, name
     assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == [(43, 1), (44, 2)]
+    for name, table in (("cloud", "stl10_encoders"), ("moco", "imagenet100_encoders"), ("sentences", "bookcorpus_encoders")):
+        seeds = {int(r.paper["paper_row"]): r.config.seed for r in paper[name] if "paper_row" in r.paper}
+        groups = repeated_rows(resources.reference(f"{table}.csv"))  # the notebooks' run-to-run groups
+        assert sorted(row for g in groups for row in g[1:]) == sorted(row for row, s in seeds.items() if s), name
+        assert all([seeds[row] for row in g] == list(range(len(g))) for g in groups), name
     assert train_module.TrainConfig(optimizer="adam", lr=0.36).hashed()["lr"] == 0.36  # the rule is SGD's only
 
 

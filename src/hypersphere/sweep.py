@@ -92,13 +92,26 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
             config["queue"] = int(row["queue_size"])
             config["intra_batch"] = str(row.get("unif_intra_batch")).lower() != "false"
         # a row that repeats an earlier one's config is another training of it, as the paper's was: seeds 1, 2, ...
-        key = repr(sorted((k, v) for k, v in config.items() if k != "id"))
-        if seen[key]:
-            config["seed"] = seen[key]
-        seen[key] += 1
+        same = _identity(config)
+        if seen[same]:
+            config["seed"] = seen[same]
+        seen[same] += 1
         paper = {f"paper_{k}": v for k, v in row.items() if k.startswith(("cv_", "val_")) or k in ("row", "nan")}
         out.append((config, paper))
     return out
+
+
+def _identity(config: dict[str, Any]) -> tuple:
+    """What makes two appendix rows the same configuration: everything but their marker and seed."""
+    return tuple(sorted((k, v) for k, v in config.items() if k not in ("id", "seed")))
+
+
+def repeated_rows(path: Path) -> list[list[int]]:
+    """The appendix table's groups of rows that repeat one configuration (trained under seeds 0, 1, ...)."""
+    groups = collections.defaultdict(list)
+    for config, paper in table_configs(path, {}):
+        groups[_identity(config)].append(int(paper["paper_row"]))
+    return [rows for rows in groups.values() if len(rows) > 1]
 
 
 def _expand(entry: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, Any]]]:
@@ -230,15 +243,20 @@ def train_argv(cfg: TrainConfig) -> list[str]:
     return argv
 
 
+def torchrun_command(cfg: TrainConfig, processes: int) -> list[str]:
+    """torchrun training `cfg` on `processes` local processes; --standalone picks a free port (other jobs may hold
+    torchrun's 29500)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "hypersphere", "train", "--quiet", *train_argv(cfg)]
+
+
 def run_torchrun(cfg: TrainConfig, evaluation: EvalConfig, processes: float) -> str:
     """Train one run with DDP on `processes` local processes (one per GPU; gloo on CPU), then evaluate it here."""
     if processes < 1 or processes != int(processes):
         raise ValueError(f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), got {processes}")
     if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
         return "waiting"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
-           "-m", "hypersphere", "train", "--quiet", *train_argv(cfg)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(torchrun_command(cfg, int(processes)), capture_output=True, text=True)
     if done.returncode != 0:
         if runs.train_status(cfg.run_dir(), TRAIN_VERSION) == "failed":
             return "failed"

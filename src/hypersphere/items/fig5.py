@@ -23,6 +23,8 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
 from .. import stats
+from ..resources import reference, reference_table
+from ..sweep import repeated_rows
 from . import FAMILIES, FAMILY_MARKERS, add_family, verdict
 
 X_LABEL, Y_LABEL = r"$\mathcal{L}_\mathsf{uniform}(t=2)$", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"
@@ -84,6 +86,42 @@ def ours_vs_paper(cloud: pd.DataFrame, pairs: dict[str, str]) -> dict[str, dict[
             out[col] = {"n": len(d), "spearman": stats.spearman(d[paper_col], d[col]), "mean_diff": diff.mean(),
                         "mad": np.abs(diff).mean()}
     return out
+
+
+def run_to_run(cloud: pd.DataFrame, table: str, pairs: dict[str, str]) -> pd.DataFrame:
+    """The paper's run-to-run spread, next to ours: the appendix table `table` repeats some configurations, each a
+    training of its own (sweep.repeated_rows), so their numbers differ by that spread alone. Per group of rows and
+    metric (`pairs`: our column -> its paper_* column), the paper's numbers and ours for the same rows (the sweep
+    trains the repeats under seeds 0, 1, ...; only the paper profile has them, elsewhere ours are NaN), and the
+    range (max - min) of each."""
+    paper = reference_table(table).set_index("row")
+    ours = cloud.dropna(subset=["paper_row"]).set_index("paper_row") if "paper_row" in cloud else pd.DataFrame()
+    out = []
+    for group in repeated_rows(reference(f"{table}.csv")):
+        for col, paper_col in pairs.items():
+            theirs = paper.loc[group, paper_col.removeprefix("paper_")].to_numpy(float)
+            mine = ours[col].reindex(group).to_numpy(float) if col in ours else np.full(len(group), np.nan)
+            out.append({"rows": "/".join(map(str, group)), "metric": col, "paper": theirs.round(2).tolist(),
+                        "paper range": _range(theirs), "ours": mine.round(2).tolist(), "ours range": _range(mine)})
+    return pd.DataFrame(out)
+
+
+def _range(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.ptp(finite)) if len(finite) > 1 else np.nan
+
+
+def spread_note(spread: pd.DataFrame) -> str:
+    """One sentence on a run_to_run table: how far the repeats' numbers lie apart, the paper's and ours."""
+    def ranges(col: str) -> str:
+        r = spread[col].dropna()
+        return f"{r.min():.2f}-{r.max():.2f} (median {r.median():.2f})"
+    n = spread["rows"].nunique()
+    note = (f"{n} configuration{'s' * (n > 1)} repeated in the appendix; the paper's trainings of each differ by "
+            f"{ranges('paper range')}")
+    if spread["ours range"].notna().any():
+        return note + f", ours by {ranges('ours range')}"
+    return note + "; this profile trains none of them twice (the paper profile does, under seeds 0, 1, ...)"
 
 
 def judge(item: str, cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fits: dict,
