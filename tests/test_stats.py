@@ -39,3 +39,40 @@ def test_the_projected_number_of_seeds_decides_the_claim_at_that_mean_and_spread
     assert stats.decide(like_d(n), 0.0, True)["holds"] is True
     assert stats.decide(like_d(n - 1), 0.0, True)["holds"] is None
     assert stats.decide([0.5, -0.5], bound=0.0, above=True)["more_seeds"] is None  # the mean sits on the bound
+
+
+@pytest.mark.parametrize("effect, n", [(0.0, 5), (0.4, 10), (1.0, 4), (2.5, 3)])
+def test_decision_power_equals_statsmodels_two_sided_t_test_power(effect, n):
+    from statsmodels.stats.power import TTestPower
+
+    expected = TTestPower().power(effect_size=effect, nobs=n, alpha=0.05, alternative="two-sided")
+    assert stats.decision_power(effect, n) == pytest.approx(expected, abs=1e-9)
+
+
+def test_second_stage_plans_the_fewest_seeds_reaching_the_power_and_caps_them():
+    plan = stats.second_stage([1.0, 2.0, 3.0], bound=0.0)  # effect 2 sd: 2 seeds fall short, 3 reach 80%
+    n = plan["seeds"]
+    assert stats.decision_power(2.0, n) >= 0.8 > stats.decision_power(2.0, n - 1) and plan["power"] >= 0.8
+    capped = stats.second_stage([-1.0, 0.0, 1.2], bound=0.0, most=6)  # effect 0.09 sd: no number near 6 suffices
+    assert capped["seeds"] == 6 and capped["power"] < 0.1
+    assert stats.second_stage([0.5, 0.5, 0.5], bound=0.0)["seeds"] == 2  # no spread: 2 seeds decide it
+
+
+def test_the_two_stage_design_covers_exactly_and_pooling_the_first_stage_would_not():
+    """Simulated claims (normal differences, 3 first-stage seeds that plan the second): the second stage's own
+    interval covers the true mean 95% of the time whatever the mean; pooling all seeds undercovers where the mean
+    sits on the bound, because a small first-stage spread plans few seeds and also narrows the pooled interval."""
+    rng = np.random.default_rng(0)
+    reps = 6000
+    for mean in (0.0, 1.0):
+        covered = {"staged": 0, "pooled": 0}
+        for _ in range(reps):
+            first = rng.normal(mean, 1.0, 3)
+            second = rng.normal(mean, 1.0, stats.second_stage(first, bound=0.0)["seeds"])
+            for name, x in (("staged", second), ("pooled", np.r_[first, second])):
+                _, low, high = stats.mean_interval(x)
+                covered[name] += low <= mean <= high
+        staged, pooled, se = covered["staged"] / reps, covered["pooled"] / reps, np.sqrt(0.95 * 0.05 / reps)
+        assert abs(staged - 0.95) < 3.5 * se, (mean, staged)
+        if mean == 0.0:
+            assert pooled < 0.95 - 3.5 * se, pooled

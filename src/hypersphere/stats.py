@@ -1,12 +1,14 @@
 """Statistics the paper does not give for its metric-vs-performance figures (Figs. 5, 9): Spearman rank
 correlations with percentile-bootstrap confidence intervals, an out-of-sample (cross-validated) linear
-combination of L_align and L_uniform, and "pick the encoder with the best score" as a selection rule."""
+combination of L_align and L_uniform, and "pick the encoder with the best score" as a selection rule; and for the
+claims judged over seeds, the Student-t interval rule (`decide`) and a two-stage design that plans the seeds an
+undecided claim needs (`second_stage`)."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import nct, rankdata, spearmanr
 from scipy.stats import t as student_t
 
 
@@ -134,6 +136,36 @@ def seeds_to_decide(mean: float, sd: float, bound: float, level: float = 0.95, m
         if gap > student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n):
             return n
     return None
+
+
+def decision_power(effect: float, n, level: float = 0.95):
+    """The probability that the Student-t interval of n normal differences lies wholly on one side of the bound
+    when their true mean sits `effect` standard deviations from it (two-sided; the noncentral t). `n` may be an
+    array of sample sizes."""
+    n = np.asarray(n)
+    if np.isinf(effect):
+        return np.ones(n.shape) if n.ndim else 1.0
+    crit = student_t.ppf((1 + level) / 2, n - 1)
+    shift = abs(effect) * np.sqrt(n)
+    power = nct.sf(crit, n - 1, shift) + nct.cdf(-crit, n - 1, shift)
+    return power if n.ndim else float(power)
+
+
+def second_stage(first, bound: float, level: float = 0.95, power: float = 0.8, most: int = 17) -> dict[str, Any]:
+    """A two-stage design (after Stein, 1945) for a claim that the first seeds left undecided: from their
+    differences, fixed before any new seed trains, the fewest new seeds (2 to `most`) whose own interval would
+    decide the claim with probability `power` were the true mean and spread the first stage's. The verdict then
+    judges the new seeds alone (`decide`): their number depends on the first stage only and they are independent
+    of it, so their interval covers the true mean at exactly `level` (for normal differences). Pooling them with
+    the first seeds would not: the number of seeds would depend on the data it judges (test_stats simulates both).
+    `power` is the planned number's power; below the target when `most` caps it."""
+    d = np.asarray(first, float)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    effect = abs(mean - bound) / sd if sd > 0 else np.inf if mean != bound else 0.0
+    seeds = np.arange(2, most + 1)
+    powers = decision_power(effect, seeds, level)
+    i = int(np.argmax(powers >= power)) if (powers >= power).any() else len(seeds) - 1
+    return {"first_n": len(d), "first_mean": mean, "first_sd": sd, "seeds": int(seeds[i]), "power": float(powers[i])}
 
 
 def decide(differences, bound: float, above: bool, level: float = 0.95) -> dict[str, Any]:
