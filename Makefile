@@ -21,7 +21,7 @@ HS       := $(BIN)/python -m hypersphere
 # The profile file names its sweeps on one line, `sweeps: [a, b]`: read here without Python so that the
 # targets are known before the environment exists; a missing file or line stops make in one line.
 PROFILE_FILE := configs/profiles/$(PROFILE).yaml
-NO_PROFILE_GOALS := setup test bench gpu-check rehearse help clean distclean profile-new data
+NO_PROFILE_GOALS := setup test lint bench gpu-check rehearse help clean distclean profile-new data
 ifneq ($(filter-out $(NO_PROFILE_GOALS),$(or $(MAKECMDGOALS),all)),)
 ifeq ($(wildcard $(PROFILE_FILE)),)
 $(error no profile $(PROFILE): $(PROFILE_FILE) does not exist; pick one of configs/profiles/ or `make profile-new NAME=$(PROFILE)`)
@@ -38,7 +38,7 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: all setup data sweep notebooks report publish profile-new test help clean distclean images depth moco sentences beyond
+.PHONY: all setup data sweep notebooks report publish profile-new test lint help clean distclean images depth moco sentences beyond
 all: notebooks ## (default) set up, then train, evaluate and execute every notebook at PROFILE
 
 # One target per domain: its sweeps and notebooks (each fits the quick profile's 15-minute budget on 2 cores).
@@ -97,6 +97,9 @@ profile-new: ## copy profile FROM (default quick) and its sweeps to a new profil
 
 test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## check src, tests and bench with flake8 (settings in .flake8; tests/test_lint.py runs it too)
+	$(BIN)/python -m flake8 src tests bench
 
 # bench/ is also a folder, so the target must be phony or make would call it up to date.
 .PHONY: bench

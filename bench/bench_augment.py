@@ -115,7 +115,8 @@ def epoch_draw_row(rounds: int, threads: int, batch: int = 128) -> Row:
     ours(), reference()
     t_ours, t_ref = interleaved(ours, reference, max(rounds, 3))
     views = 2 * steps * batch
-    return Row("augment", f"digits-color 28->12 px, B={batch}, 2 views, {chunk if chunk < steps else 'all'} batches per call "
-               f"vs 1, {threads} core(s)", fmt_rate(views / median(t_ours), "view"), fmt_rate(views / median(t_ref), "view"),
-               speedup(t_ours, t_ref), 3.0, note="train.VIEW_VALUES: the views of many batches in one augment call",
+    return Row("augment", f"digits-color 28->12 px, B={batch}, 2 views, {chunk if chunk < steps else 'all'} batches "
+               f"per call vs 1, {threads} core(s)", fmt_rate(views / median(t_ours), "view"),
+               fmt_rate(views / median(t_ref), "view"), speedup(t_ours, t_ref), 3.0,
+               note="train.VIEW_VALUES: the views of many batches in one augment call",
                raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": threads})

@@ -46,7 +46,6 @@ import gc
 import os
 import queue
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -292,7 +291,8 @@ def flops_per_sample(cfg: TrainConfig, text_data) -> float:
 def paper_sweeps() -> dict[str, list]:
     """Every sweep of the paper profile, in its order, expanded and validated by sweep.load_sweep; checked before any
     measurement to train only datasets whose size costs.PAPER_DATA knows and this check can make."""
-    sweeps = {sweep: load_sweep(sweep_path(sweep, "paper"), {"device": "cpu"}) for sweep in profiles.load("paper").sweeps}
+    sweeps = {sweep: load_sweep(sweep_path(sweep, "paper"), {"device": "cpu"})
+              for sweep in profiles.load("paper").sweeps}
     datasets = {run.config.dataset for sweep_runs in sweeps.values() for run in sweep_runs}
     if unknown := datasets - set(costs.PAPER_DATA):
         raise ValueError(f"paper sweeps train on {sorted(unknown)}: add their sizes to costs.PAPER_DATA")
@@ -388,15 +388,17 @@ def bf16_rows(device: torch.device, name: str, sizes: Sizes, peak: float, compil
             except Exception as e:  # torch.compile can fail on some setups; eager must not
                 if not compiled:
                     raise
-                rows.append(skipped("cuda", case, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+                rows.append(skipped("cuda", case,
+                                    f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
                 continue
             if not compiled:
                 measured.add(kind, cfg.batch_size, True, t.seconds)
                 bf16_loss = t.loss
-            rows.append(speed_row(case, per_sample * cfg.batch_size / t.seconds, unit, measured.flops[kind] / per_sample,
-                                  peak, f"{fmt_time(t.seconds)} per step, {fp32.seconds / t.seconds:.2f}x fp32's; "
-                                        f"{memory_note(t.peak_gib)}; warm-up {t.warmup_s:.1f} s" +
-                                        (" (compiling included)" if compiled else ""),
+            rows.append(speed_row(case, per_sample * cfg.batch_size / t.seconds, unit,
+                                  measured.flops[kind] / per_sample, peak,
+                                  f"{fmt_time(t.seconds)} per step, {fp32.seconds / t.seconds:.2f}x fp32's; "
+                                  f"{memory_note(t.peak_gib)}; warm-up {t.warmup_s:.1f} s" +
+                                  (" (compiling included)" if compiled else ""),
                                   seconds_per_step=t.seconds, peak_gib=t.peak_gib, warmup_s=t.warmup_s))
         gap = bf16_loss - fp32.loss
         rows.append(Row("cuda", f"{kind}: mean loss of the same steps from the same weights and views, fp32 vs bf16 "
@@ -434,7 +436,8 @@ def resident_memory_row(device: torch.device, sizes: Sizes, kinds: dict) -> Row:
     say("STL-10 resident")
     t = measure(cfg, device, replace(sizes, warmup=1, steps=2), None, images=costs.PAPER_DATA["stl10"])
     return Row("cuda", f"peak memory: STL-10 resident ({costs.PAPER_DATA['stl10']:,} x 3 x 96 x 96 uint8) + the "
-                       f"trainer's fp32 B={cfg.batch_size} step", f"{t.peak_gib:.1f} GiB", "-", raw={"peak_gib": t.peak_gib})
+                       f"trainer's fp32 B={cfg.batch_size} step", f"{t.peak_gib:.1f} GiB", "-",
+               raw={"peak_gib": t.peak_gib})
 
 
 def decoder_row(device: torch.device, name: str, sizes: Sizes, tap: str) -> Row:
@@ -489,8 +492,8 @@ def stream_row(device: torch.device, name: str, sizes: Sizes, peak: float, kinds
         t0 = time.perf_counter()
         write_imagenet(Path(tmp), sizes.stream_files)
         written = time.perf_counter() - t0
-        cfg = replace(cfg, data_dir=tmp, epochs=sizes.stream_epochs, device=device.type, runs_dir=str(Path(tmp) / "runs"),
-                      checkpoint_minutes=1000)
+        cfg = replace(cfg, data_dir=tmp, epochs=sizes.stream_epochs, device=device.type,
+                      runs_dir=str(Path(tmp) / "runs"), checkpoint_minutes=1000)
         say("streamed MoCo through train()")
         with peak_memory(device) as memory:
             rate, summary = trained_rate(train.train(cfg))
@@ -521,12 +524,14 @@ def bf16_accuracy_row(device: torch.device, name: str, sizes: Sizes) -> Row:
             run_dir = train.train(cfg, data=data)
             results[bf16] = evaluate_run(run_dir, sizes.digits_eval, device.type, progress=False)["results"]
         steps = runs.load_summary(run_dir)["steps"]
-    (fp32, bf16), (fp32_out, bf16_out) = ([results[b][f"val_{tap}_linear"] for b in (False, True)] for tap in ("fc7", "output"))
+    (fp32, bf16), (fp32_out, bf16_out) = ([results[b][f"val_{tap}_linear"] for b in (False, True)]
+                                          for tap in ("fc7", "output"))
     return Row("cuda", f"accuracy after {steps} steps, fp32 vs bf16 autocast: {sizes.digits_arch} on digits-color, "
                        f"{data.augment.crop_size} px crops, B={sizes.digits_batch}, fc7 + lbfgs linear probe, {name}",
                f"{bf16:.2f}% (bf16)", f"{fp32:.2f}% (fp32)",
-               note=f"difference {bf16 - fp32:+.2f} points; output + linear {bf16_out:.2f}% (bf16) vs {fp32_out:.2f}% (fp32)" +
-                    ("; CPU dry run: bf16 applies on CUDA only, both runs are fp32" if device.type != "cuda" else ""),
+               note=(f"difference {bf16 - fp32:+.2f} points; output + linear {bf16_out:.2f}% (bf16) "
+                     f"vs {fp32_out:.2f}% (fp32)" +
+                     ("; CPU dry run: bf16 applies on CUDA only, both runs are fp32" if device.type != "cuda" else "")),
                raw={"fp32_accuracy": fp32, "bf16_accuracy": bf16, "difference": bf16 - fp32, "steps": steps,
                     "fp32": results[False], "bf16": results[True]})
 
@@ -538,7 +543,8 @@ def ddp_row(device: torch.device) -> Row:
     backend, case = ("NCCL", "2 GPUs") if device.type == "cuda" else ("gloo", "CPU dry run")
     label = f"2-process DDP training (torchrun, {backend}): digits, 1 epoch, B=128, {case}"
     if device.type == "cuda" and torch.cuda.device_count() < 2:
-        return skipped("cuda", label.replace(", 2 GPUs", ""), f"skipped: {torch.cuda.device_count()} GPU here, it needs 2")
+        return skipped("cuda", label.replace(", 2 GPUs", ""),
+                       f"skipped: {torch.cuda.device_count()} GPU here, it needs 2")
     say(label)
     with tempfile.TemporaryDirectory(prefix="hypersphere-gpucheck-") as tmp:
         cfg = TrainConfig(dataset="digits", epochs=1, batch_size=128, dim=32, device=device.type, runs_dir=tmp,
@@ -571,7 +577,8 @@ def projection_row(sweep: str, sweep_runs: list, measured: Measured, name: str) 
                        f"{', '.join(f'{d} ({costs.PAPER_DATA[d]:,})' for d in datasets)}, training only",
                f"{cost.gpu_hours:,.1f} GPU-hours, {cost.pflop:,.1f} PFLOP counted", "-",
                note=f"at the measured steps of {', '.join(kinds)} on {name}" +
-                    (f"; batch-scaled: {', '.join(f'B={b} from B={m}' for b, m in sorted(cost.scaled))}" if cost.scaled else "") +
+                    (f"; batch-scaled: {', '.join(f'B={b} from B={m}' for b, m in sorted(cost.scaled))}"
+                     if cost.scaled else "") +
                     "".join(f"; {d} taken as {costs.PAPER_DATA[d]:,} samples (an assumption)"
                             for d in datasets if d in costs.ASSUMED),
                raw={"gpu_hours": cost.gpu_hours, "pflop": cost.pflop, "runs": len(configs)})
@@ -639,7 +646,8 @@ def packing_row(sizes: Sizes, pack: int, kinds: dict) -> Row:
     say(f"packing {pack} runs")
     alone = packed_images_per_s(1, cfg, warmup, steps)
     together = packed_images_per_s(pack, cfg, warmup, steps)
-    return Row("cuda", f"{pack} runs of the trainer's {SAN} B={cfg.batch_size} fp32 step packed on one GPU vs one alone",
+    return Row("cuda", f"{pack} runs of the trainer's {SAN} B={cfg.batch_size} fp32 step packed on one GPU "
+                       f"vs one alone",
                f"{fmt_rate(together, 'image')} together", f"{fmt_rate(alone, 'image')} alone",
                together / alone, note="ratio = aggregate packed throughput / a single run's",
                raw={"packed_images_per_s": together, "alone_images_per_s": alone, "processes": pack})
@@ -672,6 +680,7 @@ def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False)
     rows.append(ddp_row(device))
     rows += [projection_row(sweep, sweep_runs, measured, name) for sweep, sweep_runs in sweeps.items()]
     rows.append(encoder_row(kinds, measured, name))
-    rows.append(packing_row(sizes, pack, kinds) if cuda else skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA"))
+    rows.append(packing_row(sizes, pack, kinds) if cuda
+                else skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA"))
     say("done")
     return rows

@@ -37,7 +37,8 @@ def write_folder(root: Path, n: int, seed: int = 0) -> list[str]:
     for i in range(n):
         folder = root / f"n{i % 4:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, size=(15, 20, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, size=(15, 20, 3),
+                                              dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
         noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, size=(375, 500, 3))
         paths.append(str(folder / f"{i}.JPEG"))
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
@@ -100,7 +101,9 @@ def run(quick: bool, threads: int) -> list[Row]:
         reference(), ours()  # warm-up: the reference's persistent workers start, our first loader forks
         t_ours, t_ref = interleaved(ours, reference, rounds)
         decode_only = _decode_rate(paths[:16])
-        del reference_loader
+        # None, not del (reference() above still names it): dropping the loader shuts its persistent workers down
+        # before the temporary folder is removed
+        reference_loader = None
     views = 2 * (n // batch) * batch
     ours_rate, ref_rate = views / median(t_ours), views / median(t_ref)
     return [Row("stream", f"MoCo v2 views of 500x375 JPEGs, B={batch}, {cores} core(s) each side",

@@ -53,7 +53,8 @@ def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir
     objective = Objective.parse(cfg.objective)
     gen = torch.Generator().manual_seed(cfg.seed)
     inputs = [torch.cat([augment(data.encoder_images[i * cfg.batch_size:(i + 1) * cfg.batch_size], data.augment,
-                                 data.mean, data.std, gen) for _ in range(2)]).contiguous(memory_format=torch.channels_last)
+                                 data.mean, data.std, gen)
+                         for _ in range(2)]).contiguous(memory_format=torch.channels_last)
               for i in range(min(steps, 4))]
 
     def step(both: torch.Tensor) -> None:

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = describe_machine()
     slug = args.name or machine_slug(machine)
-    slug += "-quick" * args.quick + "-cuda" * args.cuda_only + "-dryrun" * args.dry_run + (f"-{'-'.join(only)}" if args.only else "")
+    slug += ("-quick" * args.quick + "-cuda" * args.cuda_only + "-dryrun" * args.dry_run
+             + (f"-{'-'.join(only)}" if args.only else ""))
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with {threads} thread(s), "
           f"{machine['device']}, load average {machine['load_average_start']}", flush=True)
 
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
               f"(OpenMP spin-waiting). Timings will be noisy; compare --threads 1 or OMP_WAIT_POLICY=PASSIVE.",
               flush=True)
     start, rows = time.perf_counter(), []
-    devices = [torch.device("cuda" if torch.cuda.is_available() else "cpu")] if args.cuda_only else [torch.device("cpu")]
+    devices = ([torch.device("cuda" if torch.cuda.is_available() else "cpu")] if args.cuda_only
+               else [torch.device("cpu")])
     if torch.cuda.is_available() and not args.cuda_only:
         devices.append(torch.device("cuda"))
     runners = {

@@ -102,7 +102,8 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
                            "--threads", "1", "--name", "box", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [r for r in json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"] if r["bench"] == "cuda"]
+    rows = [r for r in json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"]
+            if r["bench"] == "cuda"]
 
     def one(prefix: str) -> dict:
         (row,) = [r for r in rows if r["case"].startswith(prefix)]
@@ -140,7 +141,8 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     assert list(projected) == list(profiles.load("paper").sweeps)
     for sweep, r in projected.items():
         assert positive(r["raw"]["gpu_hours"], r["raw"]["pflop"]), sweep
-        assert f"{r['raw']['runs']} runs" in r["case"] and r["raw"]["runs"] == len(load_sweep(sweep_path(sweep, "paper")))
+        assert (f"{r['raw']['runs']} runs" in r["case"]
+                and r["raw"]["runs"] == len(load_sweep(sweep_path(sweep, "paper"))))
     # Table 5: 2 runs x 200 epochs of 5,004 batches of 256, at the FLOPs per pair counted at 224 px
     pair = stream["flops_per_pair"]
     assert projected["imagenet"]["raw"]["pflop"] == pytest.approx(2 * 200 * 5004 * 256 * pair / 1e15)
@@ -189,7 +191,8 @@ def test_an_unmeasured_batch_scales_the_nearest_measured_one_and_a_precision_fal
 
 def test_step_kinds_tell_apart_what_changes_a_step_and_nothing_else():
     kind = lambda **kw: costs.step_kind(TrainConfig(**kw))  # noqa: E731
-    assert kind(objective="contrastive(tau=0.5)", dim=2) == kind(objective="0.5*align(alpha=2) + uniform(t=2)") == "stl10 auto"
+    assert kind(objective="contrastive(tau=0.5)", dim=2) == kind(objective="0.5*align(alpha=2) + uniform(t=2)") == \
+        "stl10 auto"
     assert kind(objective="byol(width=4)") == "stl10 auto predictor target"
     assert kind(objective="simsiam(width=4)") == "stl10 auto predictor"
     assert kind(dataset="cifar10", objective="xent()") == "cifar10 auto head"
@@ -197,5 +200,6 @@ def test_step_kinds_tell_apart_what_changes_a_step_and_nothing_else():
         kind(dataset="imagenet100", arch="resnet50", queue=32768, batch_size=128) == "imagenet100 resnet50 queue"
     qt = dict(dataset="bookcorpus", optimizer="adam", lr=5e-4, dim=1200)
     assert kind(arch="qt", **qt) == kind(arch="qt-raw", **qt) == "bookcorpus qt"
-    for cfg in (run.config for sweep in profiles.load("paper").sweeps for run in load_sweep(sweep_path(sweep, "paper"))):
+    for cfg in (run.config for sweep in profiles.load("paper").sweeps
+                for run in load_sweep(sweep_path(sweep, "paper"))):
         assert cfg.dataset in costs.PAPER_DATA  # every paper dataset has a size

@@ -99,7 +99,8 @@ def test_digits_color_structure(digits, digits_color):
     """Same split and labels as digits; each image is its grey digit painted between a background and a
     foreground colour (alpha = grey level), with enough luminance contrast, and the colours vary."""
     d = digits_color
-    assert d.name == "digits-color" and d.train_images.shape == (1347, 3, 28, 28) and d.train_images.dtype == torch.uint8
+    assert (d.name == "digits-color" and d.train_images.shape == (1347, 3, 28, 28)
+            and d.train_images.dtype == torch.uint8)
     assert torch.equal(d.train_labels, digits.train_labels) and torch.equal(d.val_labels, digits.val_labels)
     assert d.augment == AugmentConfig(crop_size=12, scale=(0.3, 1.0), flip=False) and d.eval_resize == 13
     bg, fg, residual = _fit_colours(d.train_images, digits.train_images)
@@ -189,7 +190,8 @@ def test_imagefolder_pngs(tmp_path):
         assert torch.equal(d.train_images[j], torch.from_numpy(arrays["train", cls, i]).permute(2, 0, 1))
         assert torch.equal(d.val_images[j], torch.from_numpy(arrays["val", cls, i]).permute(2, 0, 1))
     assert (d.val_images[4] == 0).all()
-    assert d.mean == (0.485, 0.456, 0.406) and d.augment == AugmentConfig() and d.eval_resize == 70 and d.name == "imagefolder"
+    assert (d.mean == (0.485, 0.456, 0.406) and d.augment == AugmentConfig() and d.eval_resize == 70
+            and d.name == "imagefolder")
 
 
 # ---------------------------------------------------------------------------------------- errors, device
@@ -226,10 +228,11 @@ def test_a_raw_imagenet_val_folder_names_the_sorting_script(tmp_path, capsys):
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("imagenet", root=tmp_path)
     msg = str(err.value)
-    assert "\n" not in msg and str(tmp_path / "imagenet" / "val") in msg and "class folders" in msg and "valprep.sh" in msg
+    assert ("\n" not in msg and str(tmp_path / "imagenet" / "val") in msg and "class folders" in msg
+            and "valprep.sh" in msg)
     runs = tmp_path / "runs"
-    assert main(["train", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--runs-dir", str(runs), "--epochs", "1",
-                 "--quiet"]) == 2
+    assert main(["train", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--runs-dir", str(runs),
+                 "--epochs", "1", "--quiet"]) == 2
     assert "valprep.sh" in capsys.readouterr().err and not list(runs.rglob("*.pt"))
 
 
@@ -274,7 +277,8 @@ def test_imagenet100_from_an_imagenet_layout_through_the_symlink_builder(tmp_pat
     for split in ("train", "val"):
         for k, wnid in enumerate(wnids):
             (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
-            Image.fromarray(np.full((300, 400, 3), 40 * k, np.uint8)).save(tmp_path / "imagenet" / split / wnid / "a.JPEG", "JPEG")
+            Image.fromarray(np.full((300, 400, 3), 40 * k, np.uint8)).save(
+                tmp_path / "imagenet" / split / wnid / "a.JPEG", "JPEG")
     (tmp_path / "classes.txt").write_text("\n".join(wnids[:2]) + "\n")
     with pytest.raises(FileNotFoundError, match="build_imagenet100"):
         load_dataset("imagenet100", root=tmp_path)

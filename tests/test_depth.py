@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from hypersphere.augment import AugmentConfig, eval_transform, recipe
-from hypersphere.domains.depth import (FOV, NYU_FILES, NYU_VALID, DepthData, DepthDecoder, DepthProbeConfig, depth_probe,
-                               depth_views, feature_maps, load_nyu, load_scenes, render, render_scenes, sample_scenes)
+from hypersphere.domains.depth import (FOV, NYU_FILES, NYU_VALID, DepthData, DepthDecoder, DepthProbeConfig,
+                                       depth_probe, depth_views, feature_maps, load_nyu, load_scenes, render,
+                                       render_scenes, sample_scenes)
 from hypersphere.domains.image import pair_metrics
 from hypersphere.models import DigitsNet, SmallAlexNet
 
@@ -282,6 +283,7 @@ def test_depth_is_an_evaluation_kind_of_the_depth_domain(tmp_path):
     with pytest.raises(ValueError, match="evaluation kind 'classify' does not apply to scenes; use kind: depth"):
         evaluate_run(run_dir, EvalConfig(), "cpu", cfg.data_dir, progress=False)
     sweep = tmp_path / "s.yaml"
-    sweep.write_text("defaults: {dataset: scenes}\nevaluation: {probe: lbfgs}\nruns:\n  - {objective: 'uniform(t=2)'}\n")
+    sweep.write_text("defaults: {dataset: scenes}\nevaluation: {probe: lbfgs}\nruns:\n"
+                     "  - {objective: 'uniform(t=2)'}\n")
     with pytest.raises(ValueError, match="entry 1 .*does not apply to scenes"):
         load_sweep(sweep)

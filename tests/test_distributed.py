@@ -24,7 +24,8 @@ from hypersphere.moco import MoCo
 from hypersphere.sweep import train_argv
 from hypersphere.train import TRAIN_VERSION, TrainConfig, batch_loss, train
 
-OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()", "moco: contrastive(tau=0.2) + uniform(t=2)")
+OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()",
+              "moco: contrastive(tau=0.2) + uniform(t=2)")
 BATCH, WORLD, QUEUE = 16, 2, 64
 
 
@@ -128,14 +129,17 @@ def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
     from hypersphere.sweep import load_sweep, run_sweep
     from hypersphere.__main__ import _parser, _from_args
     path = tmp_path / "s.yaml"
-    path.write_text(f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, runs_dir: {tmp_path / 'runs'}}}\n"
+    path.write_text(f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, "
+                    f"runs_dir: {tmp_path / 'runs'}}}\n"
                     "evaluation: {taps: [output], cv_folds: 0, l2_grid: [1.0e-3], l2_folds: 2}\n"
                     "runs:\n  - {objective: 'align + uniform', augment: {recipe: digits, scale: [0.5, 1.0]}, "
                     "snapshot_epochs: [0, 1]}\n")
     (run,) = load_sweep(path)
     assert _from_args(TrainConfig, _parser().parse_args(["train", *train_argv(run.config)])) == run.config
-    typed = _from_args(TrainConfig, _parser().parse_args(["train", "--dataset", "digits", "--objective", "align + uniform"]))
-    assert typed.run_dir() == TrainConfig(dataset="digits", objective="align + uniform").run_dir()  # the README's commands
+    # the README's commands
+    typed = _from_args(TrainConfig, _parser().parse_args(["train", "--dataset", "digits", "--objective",
+                                                          "align + uniform"]))
+    assert typed.run_dir() == TrainConfig(dataset="digits", objective="align + uniform").run_dir()
     df = run_sweep([run], tmp_path / "t.csv", executor="torchrun", gpus_per_run=2, progress=False)
     assert list(df["status"]) == ["done"] and df.loc[0, "val_output_linear"] > 0
     assert runs.train_status(run.config.run_dir(), TRAIN_VERSION) == "done"
@@ -187,7 +191,7 @@ def record_collectives(seen: list) -> None:
 
 
 MOCO = TrainConfig(dataset="digits", dim=8, epochs=2, batch_size=256, queue=256, ema=0.9, device="cpu",
-                  checkpoint_minutes=0)  # 5 steps an epoch, the state saved after each
+                   checkpoint_minutes=0)  # 5 steps an epoch, the state saved after each
 
 
 def train_worker(rank: int, port: int, out: str) -> None:
@@ -231,8 +235,9 @@ def test_a_process_killed_under_torchrun_restarts_and_resumes_to_the_same_weight
     """torchrun --max-restarts 1 (with a store per start): process 1 SIGKILLs itself mid-epoch 2 (train.py's kill
     hook), torchrun restarts the group, which resumes from the state saved there and ends with the weights and queue
     of the uninterrupted run bit for bit."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "--max-restarts=1",
-           "-m", "hypersphere", "train", "--quiet", *train_argv(replace(MOCO, runs_dir=str(tmp_path)))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           "--max-restarts=1", "-m", "hypersphere", "train", "--quiet",
+           *train_argv(replace(MOCO, runs_dir=str(tmp_path)))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
            "HYPERSPHERE_KILL_AT": "2:2", "HYPERSPHERE_KILL_RANK": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

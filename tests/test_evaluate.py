@@ -67,32 +67,36 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     before = snapshot(model)
     cfg = EvalConfig(probe=probe, probe_epochs=2, cv_folds=3, l2_folds=2)
     out = classify(model, data, cfg, torch.device("cpu"), tau=0.2, batch_size=8)
-    keys = {f"{split}_{tap}_{kind}" for split in ("val", "cv") for tap in ("fc7", "output") for kind in ("linear", "5nn")}
+    keys = {f"{split}_{tap}_{kind}" for split in ("val", "cv") for tap in ("fc7", "output")
+            for kind in ("linear", "5nn")}
     assert keys | {"align", "uniform", "contrastive"} <= set(out)
     if probe == "lbfgs":  # the chosen penalty and the convergence are recorded
         assert out["val_output_linear_l2"] in cfg.l2_grid and out["val_output_linear_grad"] < 1e-3
     assert all(0.0 <= out[k] <= 100.0 for k in keys)
     assert 0.0 <= out["align"] <= 4.0 and out["uniform"] <= 0.0
     sanity_check(before, model)
-    no_cv = classify(model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"), taps=("output",))
+    no_cv = classify(model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"),
+                     taps=("output",))
     assert set(no_cv) == {"val_output_linear", "val_output_5nn", "align", "uniform"}
 
 
-@pytest.mark.parametrize("probe,optimizer,lr", [("adam", "adam", 1e-3), ("adam-full", "adam", 1e-3), ("sgd-full", "sgd", 10.0),
-                                                ("sgd-lincls", "sgd", 30.0)])
+@pytest.mark.parametrize("probe,optimizer,lr", [("adam", "adam", 1e-3), ("adam-full", "adam", 1e-3),
+                                                ("sgd-full", "sgd", 10.0), ("sgd-lincls", "sgd", 30.0)])
 def test_cross_validation_fits_the_reported_probes_classifier(monkeypatch, probe, optimizer, lr):
     """The paper's CV (Table 3: 3 folds) is of the classifier it reports: the same optimiser and schedule, here on
     cached features."""
     import hypersphere.domains.image as image
     seen = []
-    monkeypatch.setattr(image, "linear_probe_cached", lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0)
+    monkeypatch.setattr(image, "linear_probe_cached",
+                        lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0)
     classify(DigitsNet(dim=4, input_size=12), tiny_data(n_train=30, n_val=15),
              EvalConfig(probe=probe, probe_epochs=3, cv_folds=3, knn_k=1), torch.device("cpu"), taps=("output",))
     cv = seen[-3:]  # the last three fits are the folds'
     assert {(c.optimizer, c.lr, c.epochs) for c in cv} == {(optimizer, lr, 3)}
 
 
-@pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"), ({"kind": "regression"}, "unknown evaluation kind"),
+@pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"),
+                                         ({"kind": "regression"}, "unknown evaluation kind"),
                                          ({"cv_folds": 1}, "cv_folds"), ({"l2_grid": (0.0,)}, "l2_grid"),
                                          ({"knn_k": 0}, "knn_k")])
 def test_bad_evaluation_configs_are_refused(kw, message):

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow  # builds and installs a wheel, trains a digits en
 
 REPO = Path(__file__).resolve().parents[1]
 # what the wheel must hold: each folder of the checkout and where it lands in site-packages (pyproject's package-dir)
-SHIPPED = {"src/hypersphere": "hypersphere", "configs": "hypersphere/configs", "data/reference": "hypersphere/reference"}
+SHIPPED = {"src/hypersphere": "hypersphere", "configs": "hypersphere/configs",
+           "data/reference": "hypersphere/reference"}
 NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".*")
 
 

@@ -191,7 +191,8 @@ def test_fig5_ours_vs_paper():
 
 
 def test_fig5_run_to_run_sets_the_papers_repeats_beside_ours():
-    """ImageNet-100's appendix repeats rows 23, 26 and 27 as 43, 44 and 45; ours are the same rows' runs (seeds 0, 1)."""
+    """ImageNet-100's appendix repeats rows 23, 26 and 27 as 43, 44 and 45; ours are the same rows' runs (seeds 0,
+    1)."""
     cloud = pd.DataFrame({"paper_row": [23, 43, 26, 1, np.nan], "top1": [70.0, 68.5, 72.0, 60.0, 10.0]})
     spread = fig5.run_to_run(cloud, "imagenet100_encoders", {"top1": "paper_val_top1"})
     assert list(spread["rows"]) == ["23/43", "26/44", "27/45"]
@@ -213,7 +214,8 @@ def table1_cloud() -> pd.DataFrame:
     """Six runs: two contrastive (the better by CV is the worse on validation), two align + uniform of which one
     is fine-tuned, one mixed, one supervised. Validation accuracies [v, v - 2, v + 3, v - 4]."""
     def r(obj, fam, cv, v, **kw):
-        return {"objective": obj, "family": fam, "cv_output_linear": cv, **dict(zip(VALS, [v, v - 2, v + 3, v - 4])), **kw}
+        return {"objective": obj, "family": fam, "cv_output_linear": cv, **dict(zip(VALS, [v, v - 2, v + 3, v - 4])),
+                **kw}
     return runs([r("contrastive(tau=0.2)", "contrastive only", 70.0, 78.0),
                  r("contrastive(tau=0.5)", "contrastive only", 75.0, 74.0),
                  r("align(alpha=2) + uniform(t=2)", "align + uniform only", 76.0, 73.5),
@@ -231,7 +233,8 @@ def test_table1_candidates_are_from_scratch_with_a_family_selected_by_cv():
     assert table1.candidates(table1_cloud().assign(cv_output_linear=np.nan))[1] == "val_output_linear"
     # on the paper profile, only the configurations the paper cross-validated
     paper = table1_cloud().assign(paper_cv_out_linear=[np.nan, 80.0, 81.0, 82.0, np.nan, 83.0])
-    assert table1.candidates(paper)[0]["objective"].tolist() == ["contrastive(tau=0.5)", "align(alpha=2) + uniform(t=2)"]
+    assert table1.candidates(paper)[0]["objective"].tolist() == ["contrastive(tau=0.5)",
+                                                                 "align(alpha=2) + uniform(t=2)"]
 
 
 def test_table1_select_takes_each_familys_best_by_the_selection_column_and_the_papers_numbers():
@@ -280,7 +283,8 @@ def test_table1_verdict_is_undecided_without_a_contrastive_or_align_uniform_enco
     seeds = seed_frame("mean difference", [0.5, 0.3, 0.7])
     assert table1.judge(table1_table([80.0] * 4, None), seeds)["holds"] is None
     assert table1.judge(table1_table(None, [80.0] * 4), seeds)["holds"] is None
-    assert table1.judge(table1_table([80.0, 78.0, 84.0, np.nan], [80.0] * 4), seeds)["holds"] is None  # a missing column
+    # a missing column
+    assert table1.judge(table1_table([80.0, 78.0, 84.0, np.nan], [80.0] * 4), seeds)["holds"] is None
     no_mixed = table1_table([80.0] * 4, [81.0] * 4)
     no_mixed.loc[2, VALS_NAMES] = np.nan
     assert table1.judge(no_mixed, seeds)["holds"] is True  # the "all three" family is not needed
@@ -290,7 +294,8 @@ def test_table1_selection_is_repeated_within_each_seed():
     """Seed 0: align + uniform 1 point ahead; seed 1 (other candidates): contrastive 4 points ahead."""
     def r(obj, fam, seed, v):
         return {"objective": obj, "family": fam, "seed": seed, "cv_output_linear": v, **dict(zip(VALS, [v] * 4))}
-    cloud = runs([r("contrastive(tau=0.2)", "contrastive only", 0, 80.0), r("contrastive(tau=0.5)", "contrastive only", 0, 70.0),
+    cloud = runs([r("contrastive(tau=0.2)", "contrastive only", 0, 80.0),
+                  r("contrastive(tau=0.5)", "contrastive only", 0, 70.0),
                   r("align(alpha=2) + uniform(t=2)", "align + uniform only", 0, 81.0),
                   r("contrastive(tau=0.5)", "contrastive only", 1, 85.0),
                   r("align(alpha=2) + uniform(t=2)", "align + uniform only", 1, 81.0)])
@@ -385,7 +390,8 @@ def finetune_tables(final: dict[str, float], start: float = 60.0) -> tuple[pd.Da
     kinds = {"align only": (1.0, 0.0), "uniform only": (0.0, 1.0), "align + uniform": (1.0, 1.0)}
     table = [{"run": "r-poor", "id": "poor", "objective": "contrastive(tau=2.5)", "w_contrastive": 1.0},
              {"run": "r-other", "id": "other", "objective": "contrastive(tau=0.5)", "w_contrastive": 1.0},
-             {"run": "o-both", "id": "", "init": "r-other", "objective": "align + uniform", "w_align": 1.0, "w_uniform": 1.0}]
+             {"run": "o-both", "id": "", "init": "r-other", "objective": "align + uniform", "w_align": 1.0,
+              "w_uniform": 1.0}]
     points = [{"run": "o-both", "epoch": e, ACC: 99.0, "align": 0.1, "uniform": -3.0} for e in (2, 0, 1)]
     for k, acc in final.items():
         run = f"c-{k}"
@@ -424,7 +430,8 @@ def test_fig8_summary():
 
 def fig8_parents(align_only: list[float], uniform_only: list[float], both: list[float]) -> dict:
     """One parent (seed) per position, each fine-tuned from 60% to these final accuracies."""
-    return {f"poor-seed{i}": fig8.trajectories(*finetune_tables({"align only": a, "uniform only": u, "align + uniform": b}))
+    return {f"poor-seed{i}": fig8.trajectories(*finetune_tables({"align only": a, "uniform only": u,
+                                                                 "align + uniform": b}))
             for i, (a, u, b) in enumerate(zip(align_only, uniform_only, both))}
 
 
@@ -578,15 +585,21 @@ def test_theory_angle_spread():
 def depth_cloud() -> pd.DataFrame:
     """Two families, one fine-tune, one supervised run and two random-init encoders; MSE lower is better."""
     return runs([
-        {"objective": "c1", "family": "contrastive only", "cv_conv5_mse": 0.32, "val_conv5_mse": 0.30, "val_conv4_mse": 0.40},
-        {"objective": "c2", "family": "contrastive only", "cv_conv5_mse": 0.31, "val_conv5_mse": 0.33, "val_conv4_mse": 0.41},
-        {"objective": "a1", "family": "align + uniform only", "cv_conv5_mse": 0.30, "val_conv5_mse": 0.305, "val_conv4_mse": 0.39},
-        {"objective": "a2", "family": "align + uniform only", "cv_conv5_mse": 0.35, "val_conv5_mse": 0.29, "val_conv4_mse": 0.38},
-        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1,
-         "val_conv4_mse": 0.1},
+        {"objective": "c1", "family": "contrastive only", "cv_conv5_mse": 0.32, "val_conv5_mse": 0.30,
+         "val_conv4_mse": 0.40},
+        {"objective": "c2", "family": "contrastive only", "cv_conv5_mse": 0.31, "val_conv5_mse": 0.33,
+         "val_conv4_mse": 0.41},
+        {"objective": "a1", "family": "align + uniform only", "cv_conv5_mse": 0.30, "val_conv5_mse": 0.305,
+         "val_conv4_mse": 0.39},
+        {"objective": "a2", "family": "align + uniform only", "cv_conv5_mse": 0.35, "val_conv5_mse": 0.29,
+         "val_conv4_mse": 0.38},
+        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_conv5_mse": 0.1,
+         "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
         {"objective": "sup", "w_xent": 1.0, "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
-        {"objective": "r0", "family": "align + uniform only", "epochs": 0, "seed": 0, "val_conv5_mse": 0.36, "val_conv4_mse": 0.42},
-        {"objective": "r1", "family": "align + uniform only", "epochs": 0, "seed": 1, "val_conv5_mse": 0.35, "val_conv4_mse": 0.45},
+        {"objective": "r0", "family": "align + uniform only", "epochs": 0, "seed": 0, "val_conv5_mse": 0.36,
+         "val_conv4_mse": 0.42},
+        {"objective": "r1", "family": "align + uniform only", "epochs": 0, "seed": 1, "val_conv5_mse": 0.35,
+         "val_conv4_mse": 0.45},
     ], epochs=10, uniform=-3.0, align=1.0)
 
 
@@ -599,10 +612,12 @@ def test_table2_selects_each_family_by_cv_conv5_among_trained_from_scratch_encod
     assert t.loc["align + uniform only", ["conv5", "conv4"]].tolist() == [0.305, 0.39]  # validation MSE of the pick
     paper = pd.read_csv(REFERENCE / "nyu_depth_encoders.csv")  # the paper's Table 2 rows: 57 and 16 of its Table 8
     assert t.loc["contrastive only", "paper conv5"] == paper.loc[paper["row"] == 57, "val_conv5_mse"].item() == 0.7024
-    assert t.loc["align + uniform only", "paper conv4"] == paper.loc[paper["row"] == 16, "val_conv4_mse"].item() == 0.7592
+    assert t.loc["align + uniform only", "paper conv4"] == paper.loc[paper["row"] == 16, "val_conv4_mse"].item() == \
+        0.7592
     no_cv = depth_cloud().drop(columns="cv_conv5_mse")
     assert table2.split(no_cv)[2] == "val_conv5_mse"
-    assert table2.select(table2.split(no_cv)[0], "val_conv5_mse").set_index("family").loc["align + uniform only", "objective"] == "a2"
+    assert table2.select(table2.split(no_cv)[0],
+                         "val_conv5_mse").set_index("family").loc["align + uniform only", "objective"] == "a2"
 
 
 @pytest.mark.parametrize("per_seed, holds", [([1.0, 1.2, 0.8], True), ([5.0, 6.0, 5.5], False),
@@ -621,7 +636,8 @@ def test_table2_selection_is_repeated_within_each_seed():
     both = pd.concat([trained.assign(seed=0), trained.assign(seed=1, val_conv5_mse=trained["val_conv5_mse"] * worse)])
     seeds = table2.by_seed(both, by)
     assert seeds["seed"].tolist() == [0, 1] and seeds["align + uniform only"].tolist() == ["a1", "a1"]
-    assert seeds["relative conv5 MSE (%)"].tolist() == pytest.approx([100 * (0.305 / 0.33 - 1), 100 * (0.3355 / 0.33 - 1)])
+    assert seeds["relative conv5 MSE (%)"].tolist() == pytest.approx([100 * (0.305 / 0.33 - 1),
+                                                                      100 * (0.3355 / 0.33 - 1)])
 
 
 def test_table2_verdicts_are_undecided_without_candidates_or_random_encoders():
@@ -642,6 +658,8 @@ def test_trained_beats_random_needs_every_selected_encoder_five_percent_below_ev
 def test_non_collapsed_drops_encoders_whose_uniformity_is_near_zero():
     cloud = runs([{"uniform": -3.0}, {"uniform": -0.05}, {"uniform": -0.1}, {"uniform": -0.5}])
     assert table2.non_collapsed(cloud)["uniform"].tolist() == [-3.0, -0.5]
+
+
 # ----------------------------------------------------------------------------- Figure 9b and Table 4 (sentences)
 
 STANDIN = {"val_sentiment": "sentiment (MR's stand-in)", "val_subjectivity": "subjectivity (CR's stand-in)"}
@@ -664,7 +682,8 @@ def fig9b_verdict(cloud: pd.DataFrame) -> dict:
     trained, random = fig9b.split(cloud)
     trained, targets, _ = fig5.usable(trained, fig9b.targets(cloud))
     table, fits = fig5.statistics(trained, targets, n_boot=300)
-    return fig9b.judge(trained, targets, table, fits, baseline=fig9b.versus_random(trained, random, targets), n_diverged=2)
+    return fig9b.judge(trained, targets, table, fits, baseline=fig9b.versus_random(trained, random, targets),
+                       n_diverged=2)
 
 
 def test_fig9b_panels_baseline_and_split():
@@ -773,7 +792,8 @@ def test_table4_selection_is_repeated_within_each_seed_and_reports_its_standard_
     seeds = table4.by_seed(table4.candidates(cloud), tasks)
     assert seeds["mean lead"].tolist() == [1.0, -2.0] and seeds["sentiment lead"].tolist() == [1.0, -2.0]
     t = table4.select(table4.candidates(cloud[cloud["seed"] == 0]), tasks)
-    c, a = (t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100 for f in ("contrastive only", "align + uniform only"))
+    c, a = (t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100
+            for f in ("contrastive only", "align + uniform only"))
     se = np.sqrt((c * (1 - c) / n + a * (1 - a) / n).sum()) * 100 / 2
     v = table4.judge(t, tasks, seeds)
     assert v["holds"] is None and f"standard error of that mean difference {se:.2f}" in v["evidence"]
@@ -805,10 +825,10 @@ def moco_cloud() -> pd.DataFrame:
          "val_penultimate_linear_top5": 90.0},
         {"objective": "c2", "family": "contrastive only", "cv_penultimate_linear": 58.0, "val_penultimate_linear": 64.0,
          "val_penultimate_linear_top5": 91.0},
-        {"objective": "a1", "family": "align + uniform only", "cv_penultimate_linear": 59.0, "val_penultimate_linear": 61.0,
-         "val_penultimate_linear_top5": 89.0, "intra_batch": False},
-        {"objective": "a2", "family": "align + uniform only", "cv_penultimate_linear": 55.0, "val_penultimate_linear": 66.0,
-         "val_penultimate_linear_top5": 92.0},
+        {"objective": "a1", "family": "align + uniform only", "cv_penultimate_linear": 59.0,
+         "val_penultimate_linear": 61.0, "val_penultimate_linear_top5": 89.0, "intra_batch": False},
+        {"objective": "a2", "family": "align + uniform only", "cv_penultimate_linear": 55.0,
+         "val_penultimate_linear": 66.0, "val_penultimate_linear_top5": 92.0},
         {"objective": "mix", "family": "all three", "cv_penultimate_linear": 70.0, "val_penultimate_linear": 70.0,
          "val_penultimate_linear_top5": 95.0},
         {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_penultimate_linear": 80.0,
@@ -865,7 +885,8 @@ def test_table5_is_reported_not_decided_and_says_why():
     assert t.set_index("family")["val_top1"].to_dict() == {"contrastive only": 67.5, "align + uniform only": 67.694}
     assert t["ours top-1"].isna().all() and set(t["queue"]) == {65536}
     v = table5.judge(t)
-    assert v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"] and "+0.19" in v["evidence"]
+    assert (v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"]
+            and "+0.19" in v["evidence"])
     with pytest.raises(ValueError, match="lacks the rows"):
         table5.judge(t.iloc[:1])
 
@@ -888,7 +909,8 @@ def test_fig7_verdict_needs_every_seed():
              (0.0, 2.0): [(-3.9, 20.0), (-3.9, 70.0)]}
     lam = fig7.runs_by_lambda(lambda_runs(three))
     v = fig7.judge(fig7.curve(lam), lam)
-    assert v["holds"] is False and "holds on 1 of 2 seeds, best lambda per seed 0: 0.5 (80.0%), 1: 1 (70.0%)" in v["evidence"]
+    assert v["holds"] is False and \
+        "holds on 1 of 2 seeds, best lambda per seed 0: 0.5 (80.0%), 1: 1 (70.0%)" in v["evidence"]
     lam = fig7.runs_by_lambda(lambda_runs({**three, (0.0, 2.0): [(-3.9, 20.0), (-3.9, 20.0)]}))
     v = fig7.judge(fig7.curve(lam), lam)
     assert v["holds"] is True and "holds on 2 of 2 seeds" in v["evidence"]

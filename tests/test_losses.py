@@ -374,7 +374,8 @@ def test_barlow_twins_against_numpy():
     zb = (b - b.mean(0)) / np.sqrt(b.var(0) + 1e-5)
     c = za.T @ zb / len(a)
     d = c.shape[0]
-    expected = sum((1 - c[i, i]) ** 2 for i in range(d)) + 0.005 * sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j)
+    expected = (sum((1 - c[i, i]) ** 2 for i in range(d))
+                + 0.005 * sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j))
     assert barlow_loss(x, y, 0.005).item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -387,7 +388,8 @@ def test_vicreg_against_numpy():
     variance = np.mean([np.maximum(0, 1 - np.sqrt(v.var(0, ddof=1) + 1e-4)).mean() for v in (a, b)])
     covariance = sum(((np.cov(v.T) - np.diag(np.diag(np.cov(v.T)))) ** 2).sum() / v.shape[1] for v in (a, b))
     for nu in (1, 30):
-        assert vicreg_loss(x, y, nu).item() == pytest.approx(25 * invariance + 25 * variance + nu * covariance, rel=1e-10)
+        assert vicreg_loss(x, y, nu).item() == pytest.approx(25 * invariance + 25 * variance + nu * covariance,
+                                                             rel=1e-10)
 
 
 def test_predictive_loss_is_byols_and_stops_the_targets_gradient():

@@ -100,7 +100,8 @@ def test_a_run_and_a_module_on_a_dataset_of_this_project(tmp_path, capsys, monke
     torch.save(encoder.state_dict(), tmp_path / "weights.pt")
     (tmp_path / "my_encoders.py").write_text(
         "import torch\nfrom hypersphere.models import build_encoder\n\n\ndef digits():\n"
-        f"    e = build_encoder('digitsnet', 1, 8, 12)\n    e.load_state_dict(torch.load({str(tmp_path / 'weights.pt')!r}))\n"
+        "    e = build_encoder('digitsnet', 1, 8, 12)\n"
+        f"    e.load_state_dict(torch.load({str(tmp_path / 'weights.pt')!r}))\n"
         "    return e\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["measure", "my_encoders:digits", "--dataset", "digits", "--json"]) == 0

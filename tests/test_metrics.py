@@ -66,7 +66,8 @@ def test_uniformity_bound_values_from_the_paper():
 @pytest.mark.parametrize("m, t", [(2, 2.0), (3, 1.0), (5, 3.0)])
 def test_uniformity_bound_matches_numerical_integration(m, t):
     """E exp(-t||u - v||^2) = E exp(-2t (1 - cos theta)), cos theta having density prop. to (1-s^2)^((m-3)/2)."""
-    w = lambda s: (1 - s * s) ** ((m - 3) / 2)
+    def w(s):
+        return (1 - s * s) ** ((m - 3) / 2)
     num, _ = integrate.quad(lambda s: math.exp(-2 * t * (1 - s)) * w(s), -1, 1)
     den, _ = integrate.quad(w, -1, 1)
     assert uniformity_bound(m, t) == pytest.approx(math.log(num / den), abs=1e-6)

@@ -79,7 +79,8 @@ def test_queue_uniform_loss_large_t_does_not_underflow():
     assert naive.item() == -math.inf  # the direct formula underflows in float32
     d2 = (q[:, None] - queue[None]).pow(2).sum(-1).flatten()
     expected = (torch.logsumexp(-t * d2, 0) - math.log(len(d2))).item()  # float64, shifted
-    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch=False).item() == pytest.approx(expected, rel=1e-4)
+    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch=False).item() == \
+        pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("t", [2.0, 1e4])
@@ -133,7 +134,8 @@ def test_ema_update_is_exact():
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.add_(torch.randn_like(p))
-    before = [(p_k.clone(), p_q.clone()) for p_q, p_k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())]
+    before = [(p_k.clone(), p_q.clone())
+              for p_q, p_k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())]
     model.momentum_update()
     for (k_old, q_old), p_k in zip(before, model.encoder_k.parameters()):
         assert torch.equal(p_k, k_old * 0.9 + q_old * (1 - 0.9))

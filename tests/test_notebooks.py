@@ -34,8 +34,8 @@ NOTEBOOKS = {
     "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
     "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),
-    "10_beyond": (("beyond_statistics",), tuple(f"Label-free selection ({d})" for d in ("images", "depth", "MoCo",
-                                                                                         "sentences"))),
+    "10_beyond": (("beyond_statistics",),
+                  tuple(f"Label-free selection ({d})" for d in ("images", "depth", "MoCo", "sentences"))),
 }
 TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
                   "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
@@ -155,12 +155,15 @@ def test_table2_selects_trained_encoders_by_cv_conv5_mse_with_the_papers_numbers
         fam = cloud[(cloud["family"] == row["family"]) & (cloud["epochs"] > 0)]
         best = fam.loc[fam["cv_conv5_mse"].idxmin()]
         assert (row["objective"], row["conv5"], row["conv4"]) == (best["objective"], best["val_conv5_mse"],
-                                                                 pytest.approx(best["val_conv4_mse"]))
+                                                                  pytest.approx(best["val_conv4_mse"]))
     assert (figures_dir / "table2.md").read_text().count("\n|") == 4  # header, rule, 2 rows
+
+
 def test_table4_has_one_row_per_family_with_the_papers_numbers(build):
     t = pd.read_csv(build / "figures" / "smoke" / "table4.csv")
     assert list(t["family"]) == list(FAMILIES)
-    assert t["paper sentiment"].tolist() == [77.51, 73.76, 76.48] and t["paper subjectivity"].tolist() == [83.86, 80.95, 83.33]
+    assert (t["paper sentiment"].tolist() == [77.51, 73.76, 76.48]
+            and t["paper subjectivity"].tolist() == [83.86, 80.95, 83.33])
     trained = add_family(load_results(build / "results" / "smoke", "sentences")[0]).query("epochs > 0")
     for _, row in t.iterrows():  # each task's pick is the family's best by CV, with its own test accuracy
         fam = trained[trained["family"] == row["family"]]
@@ -172,7 +175,8 @@ def test_table4_has_one_row_per_family_with_the_papers_numbers(build):
 
 @pytest.mark.slow
 def test_report_indexes_every_paper_item(build):
-    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report")
+    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke",
+                                build / "build" / "smoke" / "report")
     page = index.read_text()
     for item in ITEMS:
         assert f"<td>{item}</td>" in page
@@ -191,15 +195,18 @@ def test_the_report_shows_every_items_verdict_and_figure_in_a_browser(build):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
     from selenium.webdriver.chrome.service import Service
 
-    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report")
+    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke",
+                                build / "build" / "smoke" / "report")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         driver.get(index.as_uri())
-        rows = driver.execute_script("""return [...document.querySelectorAll('body > table > tbody > tr')].slice(1).map(r => {
+        rows = driver.execute_script(
+            """return [...document.querySelectorAll('body > table > tbody > tr')].slice(1).map(r => {
             const c = r.children;
             const box = c[2].getBoundingClientRect();
             return {item: c[0].innerText, verdict: c[2].innerText, tables: c[5].querySelectorAll('table').length,
@@ -252,7 +259,8 @@ def test_the_published_quick_notebooks_are_executions_of_the_current_sources(nam
     nb = nbformat.read(published, as_version=4)
     assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), "rerun `make && make publish`"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count for c in code) and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs)
+    assert (all(c.execution_count for c in code)
+            and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs))
     assert [c.id for c in code if "injected-parameters" in c.metadata.get("tags", [])] == ["injected-parameters"]
     assert published.stat().st_size < 3_000_000 and "/work/" not in published.read_text()
 
@@ -329,7 +337,8 @@ def test_load_results_drops_unfinished_runs_and_names_missing_tables(tmp_path):
 
 
 def test_verdicts_round_trip_and_markdown_table(tmp_path):
-    report.write_verdicts(tmp_path, "nb", "smoke", [dict(item="Figure 7", claim="c", holds=np.bool_(True), evidence="e")])
+    report.write_verdicts(tmp_path, "nb", "smoke",
+                          [dict(item="Figure 7", claim="c", holds=np.bool_(True), evidence="e")])
     (v,) = report.read_verdicts(tmp_path)
     assert v == {"item": "Figure 7", "claim": "c", "holds": True, "evidence": "e", "figures": [], "notebook": "nb",
                  "profile": "smoke"}
@@ -346,12 +355,14 @@ def test_notebook_narrates_its_code_instead_of_repeating_it(path):
     """No markdown cell repeats code (exactly, or in at least half of its lines), and no more than three code
     cells follow each other without a markdown cell between them."""
     nb = nbformat.read(path, as_version=4)
-    code_lines = {line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines() if line.strip()}
+    code_lines = {line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+                  if line.strip()}
     for i, c in enumerate(nb.cells):
         lines = [line.strip() for line in c.source.splitlines() if line.strip()]
         if c.cell_type == "markdown" and lines:
             copied = sum(line in code_lines for line in lines)
-            assert copied < len(lines) / 2, f"markdown cell {i} repeats code ({copied} of {len(lines)} lines): narrate it"
+            assert copied < len(lines) / 2, \
+                f"markdown cell {i} repeats code ({copied} of {len(lines)} lines): narrate it"
     run = longest = 0
     for c in nb.cells:
         run = run + 1 if c.cell_type == "code" else 0

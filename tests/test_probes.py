@@ -126,7 +126,8 @@ def test_cached_probe_is_deterministic():
 # ----------------------------------------------------------------------------- cross-validation
 
 def test_stratified_folds_disjoint_and_balanced():
-    labels = torch.tensor([0] * 23 + [1] * 17 + [2] * 10)[torch.randperm(50, generator=torch.Generator().manual_seed(0))]
+    labels = torch.tensor([0] * 23 + [1] * 17 + [2] * 10)[
+        torch.randperm(50, generator=torch.Generator().manual_seed(0))]
     folds = stratified_folds(labels, folds=5, seed=3)
     everything = torch.cat(folds).sort().values
     assert torch.equal(everything, torch.arange(50))  # disjoint and covering
@@ -219,7 +220,8 @@ def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
         return augment_module.augment(images, aug_cfg, *args)
 
     monkeypatch.setattr("hypersphere.probes.augment", recording_augment)
-    (acc1, top5), (acc2, _) = linear_probe_full(model, "output", data, cfg), linear_probe_full(model, "output", data, cfg)
+    (acc1, top5), (acc2, _) = (linear_probe_full(model, "output", data, cfg),
+                               linear_probe_full(model, "output", data, cfg))
     assert math.isnan(top5)  # three classes: no top-5
     assert acc1 == acc2 and 0.0 <= acc1 <= 100.0
     sanity_check(before, model)

@@ -175,4 +175,3 @@ def test_scale_smoke(tmp_path, monkeypatch, capsys):
     assert all(p["examples"] == p["evaluated"] == p["n"] and p["eval_gb"] > p["held_gb"] > 0
                for p in row["raw"]["points"])
     assert set(row["step_gb_measured"]) == {"4", "8"}  # JSON keys
-

@@ -119,9 +119,9 @@ def test_table5_smoke_sweep_under_torchrun_resumes_after_sigkill_to_identical_we
     epoch (train.py's kill hook, as a node failure), which fails the sweep; rerun it: every run ends with the
     weights and queue of a sweep that was never interrupted."""
     def cmd(runs_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "hypersphere", "sweep", str(SMOKE), "--profile", "smoke", "--executor", "torchrun",
-                "--gpus-per-run", "2", "--set", f"data_dir={folder}", f"runs_dir={runs_dir}", "checkpoint_minutes=0",
-                "device=cpu"]
+        return [sys.executable, "-m", "hypersphere", "sweep", str(SMOKE), "--profile", "smoke", "--executor",
+                "torchrun", "--gpus-per-run", "2", "--set", f"data_dir={folder}", f"runs_dir={runs_dir}",
+                "checkpoint_minutes=0", "device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "a"), env=env, cwd=tmp_path, check=True, capture_output=True)
     first = load_sweep(SMOKE, {"data_dir": str(folder), "runs_dir": str(tmp_path / "b")})[0].config

@@ -81,8 +81,8 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
     Fig. 8's parent, Fig. 7's 13 encoders and official.yaml's one-BatchNorm run are the cloud's rows, trained once;
     Fig. 8's fine-tunes are the cloud's rows 274, 279 and 289 (constant lr, as the official trainer runs 12 epochs)
     but for the snapshots they keep. Each appendix row is a run, a repeated config trains again under seed 1, 2, ..."""
-    paper = {name: load_sweep(SWEEPS_DIR / "paper" / f"{name}.yaml") for name in ("cloud", "finetune", "lambda",
-                                                                                   "official", "moco", "sentences")}
+    paper = {name: load_sweep(SWEEPS_DIR / "paper" / f"{name}.yaml")
+             for name in ("cloud", "finetune", "lambda", "official", "moco", "sentences")}
     cloud = {r.config.run_dir(): r for r in paper["cloud"]}
     by_row = {int(r.paper["paper_row"]): r.config for r in paper["cloud"]}
     poor, *finetunes = paper["finetune"]
@@ -100,8 +100,10 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
         configs = [r.config for r in paper[name]]
         assert len(configs) == len({c.run_dir() for c in configs}) == rows, name
         assert len({c.run_dir() for c in configs if c.seed == 0}) == distinct, name
-    assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == [(43, 1), (44, 2)]
-    for name, table in (("cloud", "stl10_encoders"), ("moco", "imagenet100_encoders"), ("sentences", "bookcorpus_encoders")):
+    assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == \
+        [(43, 1), (44, 2)]
+    for name, table in (("cloud", "stl10_encoders"), ("moco", "imagenet100_encoders"),
+                        ("sentences", "bookcorpus_encoders")):
         seeds = {int(r.paper["paper_row"]): r.config.seed for r in paper[name] if "paper_row" in r.paper}
         groups = repeated_rows(resources.reference(f"{table}.csv"))  # the notebooks' run-to-run groups
         assert sorted(row for g in groups for row in g[1:]) == sorted(row for row, s in seeds.items() if s), name
@@ -116,7 +118,8 @@ def test_the_paper_profile_crops_cifar10_as_stl10_and_greys_imagenet100_before_t
     from hypersphere.train import load_data, make_encoder
     (run, *_) = load_sweep(SWEEPS_DIR / "paper" / "dim2.yaml", {"data_dir": str(miniature.write("cifar10", tmp_path))})
     data = load_data(run.config)
-    assert (data.augment.crop_size, data.eval_resize, make_encoder(run.config, data).feature_dims["conv5"]) == (64, 70, 9408)
+    assert (data.augment.crop_size, data.eval_resize, make_encoder(run.config, data).feature_dims["conv5"]) == \
+        (64, 70, 9408)
     moco = load_sweep(SWEEPS_DIR / "paper" / "moco.yaml")
     assert all(r.config.augment == {"recipe": "mocov1", "grayscale_first": True} for r in moco)
 
@@ -188,7 +191,8 @@ def test_profiles_name_existing_sweeps_and_a_new_profile_copies_one(tmp_path, mo
 
 
 def test_diverged_run_is_recorded_and_retried_on_request(tmp_path):
-    body = "runs:\n  - {objective: 'contrastive(tau=0.5)', lr: 1.0e+12, weight_decay: 0}\n  - {objective: 'align + uniform'}\n"
+    body = "runs:\n  - {objective: 'contrastive(tau=0.5)', lr: 1.0e+12, weight_decay: 0}\n" \
+           "  - {objective: 'align + uniform'}\n"
     path = write_sweep(tmp_path, body)
     df = run_sweep(load_sweep(path), tmp_path / "t.csv", progress=False)
     assert list(df["status"]) == ["failed", "done"]
@@ -279,7 +283,8 @@ def test_paper_moco_sweep_reproduces_the_imagenet100_table():
     table = pd.read_csv(resources.reference("imagenet100_encoders.csv"))
     assert len(sweep_runs) == len(table) == 45
     by_row = {int(r.paper["paper_row"]): r for r in sweep_runs}
-    assert by_row[2].config.canonical_objective == "contrastive(tau=0.07)" and by_row[2].paper["paper_val_top1"] == 72.80
+    assert (by_row[2].config.canonical_objective == "contrastive(tau=0.07)"
+            and by_row[2].paper["paper_val_top1"] == 72.80)
     assert (by_row[44].config.queue, by_row[44].config.intra_batch) == (32768, False)  # Eq. 17: queue pairs only
     assert by_row[23].config.intra_batch and by_row[1].config.arch == "resnet50"
     assert by_row[1].evaluation.probe == "sgd-full" and by_row[1].evaluation.cv_folds == 3

@@ -93,7 +93,8 @@ def test_one_sentence_per_line_files_load_as_one_sentence_per_line(tmp_path):
     for k in range(3):
         (tmp_path / f"part{k}.txt").write_text(lines_book(300, k), encoding="utf-8")
     corpus = T.load_books(tmp_path)
-    assert len(corpus) == 900 and corpus.names == ["part0", "part1", "part2"] and np.bincount(corpus.doc).tolist() == [300] * 3
+    assert (len(corpus) == 900 and corpus.names == ["part0", "part1", "part2"]
+            and np.bincount(corpus.doc).tolist() == [300] * 3)
     assert corpus.sentences[1][:3] == ["mr", ".", corpus.sentences[1][2]] and corpus.sentences[2][0] == "chapter"
     assert len(T.load_books(tmp_path, form="prose")) < 10
     train, held, vocab, read = T.pack_books(tmp_path, progress=False)
@@ -202,7 +203,8 @@ def test_mr_reads_cornells_windows_1252_bytes_and_splits_lines_at_newlines_only(
     mr = T.load_mr(tmp_path)
     assert mr.labels.tolist() == [1, 1, 0]
     assert mr.sentences[0] == ["a", "charming", "…", "and", "often", "affecting", "journey", "."]
-    assert mr.sentences[1][:3] == ["the", "film's", "end"] and mr.sentences[2] == ["a", "dull", "…", "mess", "\x81", "."]
+    assert (mr.sentences[1][:3] == ["the", "film's", "end"]
+            and mr.sentences[2] == ["a", "dull", "…", "mess", "\x81", "."])
     (tmp_path / "rt-polarity.pos").write_text("naïve but “fun” .\n", encoding="utf-8")  # UTF-8 files read as such
     assert T.load_mr(tmp_path).sentences[0] == ["naïve", "but", "“", "fun", "”", "."]
 
@@ -346,12 +348,13 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
     record = evaluate_run(a, EvalConfig(kind="sentences", cv_folds=2, l2_folds=2, snapshots=True), device="cpu",
                           data_dir=str(data_dir))
     r = record["results"]
-    assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f", "uniform_g",
-                      "uniform_n", "uniform_se", "contrastive", "rankme", "uniform_centred", "eigen_decay"}
+    assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f",
+                      "uniform_g", "uniform_n", "uniform_se", "contrastive", "rankme", "uniform_centred", "eigen_decay"}
     assert r["n_mr"] == len(data.tasks["mr"].labels) and r["n_cr"] == len(data.tasks["cr"].labels)
     assert [p["epoch"] for p in record["trajectory"]] == [0, 2]  # the snapshots, evaluated the same way
     assert {k: record["trajectory"][-1][k] for k in r} == pytest.approx(r)
-    assert 0 <= r["align"] <= 4 and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"]) and -16 <= r["uniform"] <= 0
+    assert (0 <= r["align"] <= 4 and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"])
+            and -16 <= r["uniform"] <= 0)
     with pytest.raises(ValueError, match="does not apply"):
         evaluate_run(a, EvalConfig(kind="classify"), device="cpu", data_dir=str(data_dir))
 
@@ -405,8 +408,9 @@ def test_the_held_out_metrics_and_label_free_statistics_run_on_the_models_device
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(objective="xent"), "no Quick-Thought form"), (dict(queue=400), "no queue"), (dict(arch="smallalexnet"), "unknown arch"),
-    (dict(optimizer="adam", lr=0.0), "explicit lr"), (dict(dim=9), "even dim"), (dict(optimizer="rmsprop"), "unknown optimizer")])
+    (dict(objective="xent"), "no Quick-Thought form"), (dict(queue=400), "no queue"),
+    (dict(arch="smallalexnet"), "unknown arch"), (dict(optimizer="adam", lr=0.0), "explicit lr"),
+    (dict(dim=9), "even dim"), (dict(optimizer="rmsprop"), "unknown optimizer")])
 def test_bad_sentence_configs_are_refused_before_any_data_is_read(kw, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{**TINY, **kw})
@@ -425,7 +429,8 @@ def test_a_diverged_sentence_run_is_a_failed_row_with_its_step(tmp_path):
     data_dir = write_bookcorpus(tmp_path / "data")
     defaults = {**TINY, "epochs": 1, "data_dir": str(data_dir), "runs_dir": str(tmp_path / "runs"), "lr_decay_at": []}
     sweep = tmp_path / "s.yaml"
-    sweep.write_text(yaml.safe_dump({"defaults": defaults, "evaluation": {"kind": "sentences", "cv_folds": 2, "l2_folds": 2},
+    sweep.write_text(yaml.safe_dump({"defaults": defaults,
+                                     "evaluation": {"kind": "sentences", "cv_folds": 2, "l2_folds": 2},
                                      "runs": [{"objective": "contrastive(tau=1e-40)"},
                                               {"objective": "align(alpha=2) + uniform(t=2)"}]}))
     df = run_sweep(load_sweep(sweep), tmp_path / "s.csv", progress=False)
@@ -441,9 +446,10 @@ def test_a_killed_sentence_run_resumes_to_the_same_weights(tmp_path):
     rerun: the weights and log equal an uninterrupted run's."""
     data_dir = write_bookcorpus(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = lambda runs_dir, *extra: [sys.executable, "-m", "hypersphere", "train", "--dataset", "bookcorpus", "--arch",  # noqa: E731
-                                    "qt-small", "--dim", "8", "--epochs", "1", "--batch-size", "4", "--optimizer", "adam",
-                                    "--lr", "0.01", "--clip-grad", "0.5", "--weight-decay", "0", "--lr-decay-at",
+    cmd = lambda runs_dir, *extra: [sys.executable, "-m", "hypersphere", "train",  # noqa: E731
+                                    "--dataset", "bookcorpus", "--arch", "qt-small", "--dim", "8", "--epochs", "1",
+                                    "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01", "--clip-grad", "0.5",
+                                    "--weight-decay", "0", "--lr-decay-at",
                                     "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--quiet", *extra]
     subprocess.run(cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
     (run_a,) = (tmp_path / "a").iterdir()
@@ -466,8 +472,8 @@ def test_the_paper_sweep_has_a_run_per_row_of_table_10_with_its_numbers():
     assert len(sweep_runs) == 114
     by_row = {int(r.paper["paper_row"]): r for r in sweep_runs}
     qt = by_row[1].config  # QT's own encoder: unnormalised, tau 1
-    assert (qt.arch, qt.canonical_objective, qt.dim, qt.batch_size, qt.lr, qt.epochs) == ("qt-raw", "contrastive(tau=1)",
-                                                                                          1200, 400, 5e-4, 1)
+    assert (qt.arch, qt.canonical_objective, qt.dim, qt.batch_size, qt.lr, qt.epochs) == \
+        ("qt-raw", "contrastive(tau=1)", 1200, 400, 5e-4, 1)
     assert (qt.optimizer, qt.clip_grad, qt.dataset) == ("adam", 0.5, "bookcorpus") and by_row[16].config.arch == "qt"
     assert by_row[47].config.canonical_objective == "0.9*align(alpha=2) + 0.1*uniform(t=5)"
     assert by_row[47].paper["paper_val_mr"] == 73.76 and by_row[5].paper["paper_val_mr"] == 77.51

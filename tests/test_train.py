@@ -53,7 +53,8 @@ def test_same_config_and_seed_give_identical_weights(tmp_path):
     wa = runs.load_checkpoint(a / runs.CHECKPOINT)["encoder"]
     wb = runs.load_checkpoint(b / runs.CHECKPOINT)["encoder"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert runs.load_summary(a)["final_loss"] == runs.load_summary(b)["final_loss"] != runs.load_summary(c)["final_loss"]
+    assert runs.load_summary(a)["final_loss"] == runs.load_summary(b)["final_loss"] != \
+        runs.load_summary(c)["final_loss"]
 
 
 def test_run_identity_is_what_changes_the_weights(tmp_path):
@@ -61,7 +62,8 @@ def test_run_identity_is_what_changes_the_weights(tmp_path):
     assert base.run_dir() == cfg(tmp_path, device="cuda", data_dir="/elsewhere", name="").run_dir()
     assert base.run_dir() != cfg(tmp_path, augment="digits-color").run_dir()
     assert base.run_dir() != cfg(tmp_path, lr=0.1).run_dir()
-    assert cfg(tmp_path, objective="uniform(t=2)+align()").run_dir() == cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)").run_dir()
+    assert cfg(tmp_path, objective="uniform(t=2)+align()").run_dir() == \
+        cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)").run_dir()
 
 
 def test_finished_run_is_not_retrained_but_an_older_version_is(tmp_path, monkeypatch, capsys):
@@ -75,14 +77,16 @@ def test_finished_run_is_not_retrained_but_an_older_version_is(tmp_path, monkeyp
     monkeypatch.setattr(train_module, "TRAIN_VERSION", TRAIN_VERSION + 1)  # a numerics-changing commit
     assert runs.train_status(run_dir, TRAIN_VERSION + 1) == "stale"
     train(config, progress=False)
-    assert f"trained by training-code version {TRAIN_VERSION}, this is version {TRAIN_VERSION + 1}" in capsys.readouterr().err
+    assert f"trained by training-code version {TRAIN_VERSION}, this is version {TRAIN_VERSION + 1}" in \
+        capsys.readouterr().err
     assert runs.load_summary(run_dir)["train_version"] == TRAIN_VERSION + 1
     assert not (run_dir / runs.EVALS).exists()  # evaluations of the old weights are gone with them
 
 
 def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
     parent = finished[1]
-    child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=0, snapshot_epochs=(0,))
+    child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=0,
+                    snapshot_epochs=(0,))
     child = train(child_cfg, progress=False)
     saved = runs.load_checkpoint(parent / runs.CHECKPOINT)["encoder"]
     start = runs.load_checkpoint(runs.snapshot_path(child, 0))["encoder"]
@@ -103,7 +107,8 @@ def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, b
     config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256, drop_last=drop_last)
     monkeypatch.setattr(train_module, "VIEW_VALUES", batches_per_draw * 256 * 12 * 12)  # 5 steps: 2 + 2 + 1, or 5
     seen, real = [], train_module.batch_loss
-    monkeypatch.setattr(train_module, "batch_loss", lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a))
+    monkeypatch.setattr(train_module, "batch_loss",
+                        lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a))
     run_dir = train(config, progress=False)
     data = load_data(config)
     perm = torch.randperm(len(data.encoder_images), generator=torch.Generator().manual_seed(config.seed))
@@ -227,7 +232,8 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
             str(tmp_path), "--quiet", "--objective", "align(alpha=2) + uniform(t=2)"]
     assert main(args) == 0
     run_dir = capsys.readouterr().out.splitlines()[0]
-    assert main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0", "--taps", "output"]) == 0
+    assert main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0",
+                 "--taps", "output"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"run", "val_output_linear", "val_output_5nn", "align", "uniform", "rankme", "uniform_centred",
                         "eigen_decay"}
@@ -239,8 +245,8 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
 def _train_cmd(runs_dir, *extra):
     return [sys.executable, "-m", "hypersphere", "train", "--dataset", "digits", "--epochs", "4", "--dim", "8",
-            "--batch-size", "128", "--runs-dir", str(runs_dir), "--quiet", "--objective", "align(alpha=2) + uniform(t=2)",
-            "--snapshot-epochs", "0", "2", "4", *extra]
+            "--batch-size", "128", "--runs-dir", str(runs_dir), "--quiet",
+            "--objective", "align(alpha=2) + uniform(t=2)", "--snapshot-epochs", "0", "2", "4", *extra]
 
 
 def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
@@ -326,7 +332,8 @@ def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypa
     for module in ("encoder", *modules):
         assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module
     log = list(csv.DictReader((whole / runs.LOG).open()))
-    assert ("spread" in log[0]) == (not objective.startswith("ntxent")) and float(log[0]["loss"]) == float(log[0]["loss"])
+    assert (("spread" in log[0]) == (not objective.startswith("ntxent"))
+            and float(log[0]["loss"]) == float(log[0]["loss"]))
 
 
 def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ from hypersphere import resources
 from hypersphere.__main__ import main
 
 ROOT = Path(__file__).parents[1]
-GOOD_ROW = "row,contr_w,contr_tau,align_w,align_alpha,unif_w,unif_t,init,epochs,batch_size,lr,dim\n1,1,0.5,0,,0,,rand,2,128,0.06,16\n"
+GOOD_ROW = ("row,contr_w,contr_tau,align_w,align_alpha,unif_w,unif_t,init,epochs,batch_size,lr,dim\n"
+            "1,1,0.5,0,,0,,rand,2,128,0.06,16\n")
 # each way to break a file: its bytes (None: the file does not exist) and what the one line must say
 BROKEN_YAML = {
     "syntax error": (b'runs:\n  - {objective: "align(alpha=2)"\n', r":3:1: YAML syntax error.*line 2, column 5"),
@@ -74,7 +75,8 @@ def test_a_broken_appendix_table_fails_in_one_line(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(resources, "_folder", lambda a, b: tmp_path / "ref" if a == "reference" else real(a, b))
     (tmp_path / "ref").mkdir()
     _write(tmp_path / "ref" / "mytable.csv", content)
-    sweep = _write(tmp_path / "s.yaml", b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
+    sweep = _write(tmp_path / "s.yaml",
+                   b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
     _assert_one_line(capsys, main(["sweep", str(sweep), "--profile", "smoke", "--dry-run"]), "mytable.csv", pattern)
 
 
@@ -83,7 +85,8 @@ def test_the_good_table_row_expands_into_a_run(tmp_path, capsys, monkeypatch):
     real = resources._folder
     monkeypatch.setattr(resources, "_folder", lambda a, b: tmp_path if a == "reference" else real(a, b))
     _write(tmp_path / "mytable.csv", GOOD_ROW.encode())
-    sweep = _write(tmp_path / "s.yaml", b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
+    sweep = _write(tmp_path / "s.yaml",
+                   b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
     assert main(["sweep", str(sweep), "--profile", "smoke", "--dry-run", "--set", f"runs_dir={tmp_path}"]) == 0
     assert "contrastive(tau=0.5)" in capsys.readouterr().out
 

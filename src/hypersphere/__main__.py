@@ -17,7 +17,8 @@ from .evaluate import EvalConfig, evaluate_run
 from .train import Diverged, TrainConfig, train
 
 EXAMPLES = """examples:
-  python -m hypersphere train --dataset digits --objective "align(alpha=2) + uniform(t=2)" --epochs 30 --batch-size 128 --dim 32
+  python -m hypersphere train --dataset digits --objective "align(alpha=2) + uniform(t=2)" --epochs 30 \
+--batch-size 128 --dim 32
   python -m hypersphere evaluate runs/digits-1a2b3c4d5e --probe adam --cv-folds 0
   python -m hypersphere sweep cloud --profile quick --eval probe=adam
   RAY_ADDRESS=auto python -m hypersphere sweep cloud --profile paper --executor ray --gpus-per-run 0.25
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, default=2.0)
     p.add_argument("--normalize", action="store_true", help="l2-normalise the features first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p = sub.add_parser("publish", help="copy build/<profile>/'s executed notebooks, figures and an index into docs/<profile>/")
+    p = sub.add_parser("publish",
+                       help="copy build/<profile>/'s executed notebooks, figures and an index into docs/<profile>/")
     p.add_argument("--profile", default="quick")
     p = sub.add_parser("profile", help="show a profile, or create one to edit (`profile new NAME --from quick`)")
     p.add_argument("action", choices=("show", "new"))

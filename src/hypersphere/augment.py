@@ -255,9 +255,11 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         return x.float()
     pad = kernel_size // 2
     if pad >= min(H, W):
-        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; use kernel_size < 2 * {min(H, W)}")
+        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; "
+                         f"use kernel_size < 2 * {min(H, W)}")
     d = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - pad
-    w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1).repeat_interleave(C, dim=0)  # per (image, channel)
+    # per (image, channel)
+    w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1).repeat_interleave(C, dim=0)
     h = F.pad(x.float().reshape(1, B * C, H, W), (pad, pad, 0, 0), mode="reflect")
     h = F.pad(F.conv2d(h, w.view(B * C, 1, 1, kernel_size), groups=B * C), (0, 0, pad, pad), mode="reflect")
     return F.conv2d(h, w.view(B * C, 1, kernel_size, 1), groups=B * C).view(B, C, H, W)
@@ -296,7 +298,8 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
         which, orders = torch.where(jittered, which, len(orders)), [*orders, ()]
     if cfg.blur_p > 0:
         blur = torch.rand(B, generator=generator, device=dev) < cfg.blur_p
-        sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(B, generator=generator, device=dev)
+        sigma = (cfg.blur_sigma[0]
+                 + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(B, generator=generator, device=dev))
     a, bias = _normalizer(mean, std, dev)
 
     for i, order in enumerate(orders):  # the groups are disjoint, so each can be written back into x

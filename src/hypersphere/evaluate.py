@@ -126,7 +126,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     kind = EVALUATIONS[cfg.kind]
     if record is None:
         record = {"config": config, "run": run_dir.name, **_evaluate(encoder, train_cfg, data, cfg, kind, run_dir,
-                                                                        device, data_dir, progress)}
+                                                                     device, data_dir, progress)}
     record["results"].update(label_free(kind.features(encoder, data, cfg, device)))
     record["seconds"] = round(record.get("seconds", 0) + time.perf_counter() - t0, 2)
     record["device"] = str(device)

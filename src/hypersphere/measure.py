@@ -47,20 +47,22 @@ def measure(x: Tensor, y: Tensor, points: Tensor | None = None, alpha: float = 2
     a jackknife interval over inputs; and the effective rank of `points` (default x)."""
     x, y = check_unit_norm(torch.as_tensor(x), normalize), check_unit_norm(torch.as_tensor(y), normalize)
     if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"positive pairs need two [N, d] arrays of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"positive pairs need two [N, d] arrays of one shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     align, a_low, a_high = mean_interval((x - y).norm(dim=1).pow(alpha).double().numpy(), level)
     views = [check_unit_norm(torch.as_tensor(points), normalize)] if points is not None else [x, y]
     us = [_uniform_interval(v, t, level, blocks) for v in views]
     uniform, u_low, u_high = (float(np.mean([u[i] for u in us])) for i in range(3))
     return {"n": len(x), "dim": x.shape[1], "align": align, "align_low": a_low, "align_high": a_high,
-            "uniform": uniform, "uniform_low": u_low, "uniform_high": u_high, "effective_rank": effective_rank(views[0]),
-            "alpha": alpha, "t": t, "level": level}
+            "uniform": uniform, "uniform_low": u_low, "uniform_high": u_high,
+            "effective_rank": effective_rank(views[0]), "alpha": alpha, "t": t, "level": level}
 
 
 def _array(path: Path) -> Tensor:
     """A .npy or .pt file as a float tensor (one-line errors for other files and unreadable contents)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give a .npy or .pt features file, a run directory or module:callable")
+        raise FileNotFoundError(f"{path}: no such file; give a .npy or .pt features file, a run directory or "
+                                "module:callable")
     try:
         data = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # numpy and torch raise many kinds for a file they cannot read

@@ -4,14 +4,19 @@ The paper profile's datasets cannot be downloaded here (and some not at all), so
 profile (rehearse.py), the scale model (scale.py) and the loaders' tests write these files and read them
 through the very loaders a user's real files go through:
 
-| dataset        | written as (under `root`)                                                         | loader          |
-|----------------|-----------------------------------------------------------------------------------|-----------------|
-| `stl10`        | stl10_binary/{train,test,unlabeled}_X.bin (uint8, column-major), {train,test}_y.bin | image._stl10    |
-| `cifar10`      | cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta (pickles)          | image._cifar10  |
-| `nyu-depth-v2` | nyu_depth_v2/nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5), splits.mat (MATLAB 5) | depth.load_nyu  |
-| `imagenet100`  | imagenet100/{train,val}/<wnid>/*.JPEG                                             | image._imagefolder |
-| `imagenet`     | imagenet/{train,val}/<wnid>/*.JPEG (one greyscale file per class, as ImageNet has) | image.ImageFiles |
-| `bookcorpus`   | bookcorpus/*.txt, one lowercased tokenized sentence per line (the books_large form), mr/rt-polarity.{pos,neg} and cr/custrev.{pos,neg} (Windows-1252) | text.load_dataset |
+| dataset        | written as (under `root`)                                               | loader             |
+|----------------|-------------------------------------------------------------------------|--------------------|
+| `stl10`        | stl10_binary/{train,test,unlabeled}_X.bin (uint8, column-major),        | image._stl10       |
+|                | {train,test}_y.bin                                                      |                    |
+| `cifar10`      | cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta (pickles) | image._cifar10     |
+| `nyu-depth-v2` | nyu_depth_v2/nyu_depth_v2_labeled.mat (MATLAB v7.3 = HDF5),             | depth.load_nyu     |
+|                | splits.mat (MATLAB 5)                                                   |                    |
+| `imagenet100`  | imagenet100/{train,val}/<wnid>/*.JPEG                                   | image._imagefolder |
+| `imagenet`     | imagenet/{train,val}/<wnid>/*.JPEG                                      | image.ImageFiles   |
+|                | (one greyscale file per class, as ImageNet has)                         |                    |
+| `bookcorpus`   | bookcorpus/*.txt, one lowercased tokenized sentence per line            | text.load_dataset  |
+|                | (the books_large form),                                                 |                    |
+|                | mr/rt-polarity.{pos,neg} and cr/custrev.{pos,neg} (Windows-1252)        |                    |
 
 Images are smooth random colour fields (a 4 x 4 grid of random colours resized bicubically), so JPEG files have
 realistic sizes and augmentations change them; sentences are drawn from a small Zipf-distributed vocabulary.
@@ -84,7 +89,7 @@ def write_nyu(root: Path, n: int = 12, seed: int = 0, height: int = 480, width: 
     order = rng.permutation(n) + 1.0
     cut = max(1, min(n - 1, round(n * 795 / 1449)))
     scipy.io.savemat(folder / NYU_FILES[1], {"trainNdxs": np.sort(order[:cut])[:, None],
-                                              "testNdxs": np.sort(order[cut:])[:, None]})
+                                             "testNdxs": np.sort(order[cut:])[:, None]})
     return folder
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import distributed, resources
 
+
 # ----------------------------------------------------------------------------- encoders
 
 class MocoEncoder(nn.Module):

@@ -39,7 +39,8 @@ def execute(notebook: str | Path, profile: str, workdir: str | Path = ".", data_
     tmp = out.with_suffix(".tmp.ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
     (workdir / prof.figures_dir).mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(Path(notebook).resolve()), str(tmp), parameters=parameters(profile, data_dir, device),
+    papermill.execute_notebook(str(Path(notebook).resolve()), str(tmp),
+                               parameters=parameters(profile, data_dir, device),
                                kernel_name=kernel(), cwd=str(workdir), progress_bar=progress,
                                request_save_on_cell_execute=True)
     os.replace(tmp, out)

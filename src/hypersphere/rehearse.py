@@ -93,7 +93,8 @@ def describe(cfg: TrainConfig) -> str:
     if cfg.queue:
         words.append(f"queue {cfg.queue}" + ("" if cfg.intra_batch else " without intra-batch pairs"))
     words += [f"bn_groups {cfg.bn_groups}"] * (cfg.bn_groups > 1) + ["cosine"] * cfg.cosine
-    words += [f"fine-tuned from {Path(cfg.init).name}"] * bool(cfg.init) + ["random init (0 epochs)"] * (cfg.epochs == 0)
+    words += ([f"fine-tuned from {Path(cfg.init).name}"] * bool(cfg.init)
+              + ["random init (0 epochs)"] * (cfg.epochs == 0))
     return " ".join(words)
 
 
@@ -106,7 +107,8 @@ def pick(sweep_runs: list[SweepRun]) -> tuple[list[SweepRun], int]:
         first.setdefault(recipe(run.config), run)
     by_dir = {str(r.config.run_dir()): r for r in sweep_runs}
     picked: dict[str, SweepRun] = {}
-    for key, run in [*((k, r) for k, r in first.items() if not r.parent), *((k, r) for k, r in first.items() if r.parent)]:
+    for key, run in [*((k, r) for k, r in first.items() if not r.parent),
+                     *((k, r) for k, r in first.items() if r.parent)]:
         if run.parent:
             run = next((r for r in sweep_runs if recipe(r.config) == key and r.parent in picked), run)
         while run is not None:  # the run and its ancestors
@@ -123,7 +125,8 @@ def batch_size(cfg: TrainConfig, n: int) -> int:
     unit = math.lcm(cfg.bn_groups, world)
     for b in range(n // STEPS // unit * unit, 0, -unit):
         last = 0 if cfg.drop_last else n % b
-        if b >= 2 * world and (last == 0 or last % world == 0 and last >= 2 * world) and (not cfg.queue or b <= cfg.queue):
+        if (b >= 2 * world and (last == 0 or last % world == 0 and last >= 2 * world)
+                and (not cfg.queue or b <= cfg.queue)):
             return b
     raise RehearsalError(f"{n} training examples of {cfg.dataset} are too few for {STEPS} steps of {describe(cfg)}: "
                          f"raise MINIATURE[{cfg.dataset!r}] in rehearse.py")
@@ -167,7 +170,8 @@ def _one_line(e: BaseException) -> str:
     if hasattr(e, "ename"):  # papermill's PapermillExecutionError
         return f"{e.ename}: {str(e.evalue).splitlines()[0] if str(e.evalue) else ''}"
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line) and "ChildFailedError" not in line]
+    errors = [line for line in lines
+              if re.match(r"^[\w.]*(Error|Exception)\b", line) and "ChildFailedError" not in line]
     return errors[-1] if errors else f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
@@ -232,14 +236,16 @@ def rehearse_sweep(name: str, profile: str, out: Path) -> dict[str, Any]:
         what[1:] = []
         df = sweep.write_table(small, table)
     return {"sweep": name, "recipes": recipes, "runs": len(sweep_runs), "rehearsed": len(small),
-            "trained": int(df["status"].isin(["done", "to evaluate"]).sum()), "evaluated": int((df["status"] == "done").sum()),
+            "trained": int(df["status"].isin(["done", "to evaluate"]).sum()),
+            "evaluated": int((df["status"] == "done").sum()),
             "failed": [describe(r.config) for r, s in zip(small, df["status"]) if s == "failed"],
             "table": str(table), "seconds": round(time.perf_counter() - t0, 1),
             "cpu_seconds": round(cpu_seconds() - cpu0, 1)}
 
 
 def rehearse_notebook(path: Path, profile: str, out: Path, sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Execute one notebook at `profile` in `out` with `sizes` replacing the profile's; returns its line of the record."""
+    """Execute one notebook at `profile` in `out` with `sizes` replacing the profile's; returns its line of the
+    record."""
     os.environ[profiles.SIZES_VARIABLE] = json.dumps(sizes)  # the kernel inherits this process's environment
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     with _logged(out / "logs" / f"{path.stem}.log", [f"notebook {path.stem}"]):
@@ -274,7 +280,8 @@ def notebook_needs(path: Path, sweeps: tuple[str, ...]) -> frozenset[str]:
     """The sweeps whose tables a notebook reads: those its code names ("cloud", "finetune.trajectories.csv"), or all
     of the profile's when it reads the profile's list (P.sweeps)."""
     code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    return frozenset(sweeps) if "P.sweeps" in code else frozenset(re.findall(r'"(\w+)(?:\.[\w.]+)?"', code)) & set(sweeps)
+    return (frozenset(sweeps) if "P.sweeps" in code
+            else frozenset(re.findall(r'"(\w+)(?:\.[\w.]+)?"', code)) & set(sweeps))
 
 
 class Job(NamedTuple):
@@ -282,7 +289,7 @@ class Job(NamedTuple):
     fn: Callable
     args: tuple
     sweep: str = ""                # the sweep it rehearses
-    torchrun: bool = False         # trains under torchrun: never two at once, whose DDP processes would outnumber the cores
+    torchrun: bool = False  # trains under torchrun: never two at once, whose DDP processes would outnumber the cores
     needs: frozenset = frozenset()  # the sweeps it waits for (a notebook: the tables it reads)
 
 
@@ -303,7 +310,8 @@ def _pool(jobs: list[Job], progress: bool) -> tuple[list[dict], list[str], list[
     rehearsed and, for a torchrun job, no other runs: in their order among those. Returns their records, the errors
     and the jobs left out because a sweep they need crashed."""
     records, errors, skipped, pending, running, done, crashed = [], [], [], list(jobs), {}, set(), set()
-    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker) as pool, \
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker) as pool, \
             tqdm(total=len(jobs), desc="rehearse", unit="job", disable=not progress) as bar:
         while pending or running:
             for job in list(pending):
@@ -338,16 +346,19 @@ def run(profile: str = "paper", out: str | Path | None = None, progress: bool = 
     sweeps = {name: load(name, profile, out) for name in prof.sweeps}  # validates every file before anything runs
     for dataset in sorted({r.config.dataset for sweep_runs in sweeps.values() for r in sweep_runs}):
         if dataset not in MINIATURE:
-            users = [name for name, sweep_runs in sweeps.items() if any(r.config.dataset == dataset for r in sweep_runs)]
+            users = [name for name, sweep_runs in sweeps.items()
+                     if any(r.config.dataset == dataset for r in sweep_runs)]
             raise RehearsalError(f"rehearse: sweep {users[0]}: no miniature dataset {dataset!r}; add a writer to "
                                  f"miniature.py and its size to rehearse.MINIATURE")
         miniature.write(dataset, out / "data", MINIATURE[dataset])
     # the sweeps longest first (a torchrun run of ResNet-50 costs about 5 times another), then the notebooks
     cost = {s: sum(5 if r.config.arch in MULTI_GPU_ARCHS else 1 for r in pick(runs_)[0]) for s, runs_ in sweeps.items()}
-    jobs = [Job(f"sweep {s}", rehearse_sweep, (s, profile, out), s, any(r.config.arch in MULTI_GPU_ARCHS for r in sweeps[s]))
+    jobs = [Job(f"sweep {s}", rehearse_sweep, (s, profile, out), s,
+                any(r.config.arch in MULTI_GPU_ARCHS for r in sweeps[s]))
             for s in sorted(prof.sweeps, key=lambda s: -cost[s])]
     sizes = notebook_sizes(prof)
-    jobs += [Job(f"notebook {p.stem}", rehearse_notebook, (p, profile, out, sizes), needs=notebook_needs(p, prof.sweeps))
+    jobs += [Job(f"notebook {p.stem}", rehearse_notebook, (p, profile, out, sizes),
+                 needs=notebook_needs(p, prof.sweeps))
              for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
     records, errors, skipped = _pool(jobs, progress)
     record = {"profile": profile, "out": str(out),
@@ -370,7 +381,8 @@ def drop_weights(out: Path) -> None:
 
 
 def table(record: dict[str, Any]) -> str:
-    """The record as the table the command prints: sweep | recipes | runs in the sweep | trained | evaluated | seconds."""
+    """The record as the table the command prints: sweep | recipes | runs in the sweep | trained | evaluated |
+    seconds."""
     head = ("sweep", "recipes", "runs in the sweep", "trained", "evaluated", "seconds")
     rows = [(s["sweep"], s["recipes"], s["runs"], s["trained"], s["evaluated"], f"{s['seconds']:.0f}")
             for s in record["sweeps"]]

@@ -150,7 +150,8 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}} th{{background:#eee}}</style></head>
 <body><h1>Wang &amp; Isola (ICML 2020): replication report</h1>
-<p>Build: <code>{html.escape(build_dir.name)}</code>; profile(s) of the verdicts: {html.escape(", ".join(profiles) or "none")}.
+<p>Build: <code>{html.escape(build_dir.name)}</code>; profile(s) of the verdicts: \
+{html.escape(", ".join(profiles) or "none")}.
 "Replicates?" is computed by each notebook from this profile's numbers (small profiles train small encoders on
 small data: a "no" there says little about the paper); "undecided" means its seeds' interval does not settle it.</p>
 <table><tr><th>paper item</th><th>notebook</th><th>replicates?</th><th>claim</th><th>evidence</th><th>figures</th></tr>
@@ -189,8 +190,8 @@ def clean_notebook(nb, workdir: Path):
 
 def publish(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path, workdir: str | Path = ".") -> Path:
     """Copy build_dir's executed notebooks (`clean_notebook`), figures_dir's PNG figures, markdown tables and
-    verdict files, and an index.html linking them into out_dir; files there that this call did not write are removed, so the copy is
-    exactly this build's. Returns the index."""
+    verdict files, and an index.html linking them into out_dir; files there that this call did not write are removed,
+    so the copy is exactly this build's. Returns the index."""
     import nbformat
 
     build_dir, figures_dir, out_dir = Path(build_dir), Path(figures_dir), Path(out_dir)

@@ -39,9 +39,9 @@ sentences: none of these changes what is held per example. The miniature corpus 
 50,000) and 40 labelled sentences per task (MR 10,662), neither of which grows with the corpus; the ImageNets'
 JPEGs are 16-48 px (decoded to 256 px as ImageNet's are). Buffers the code sizes in examples beyond the
 miniatures read as growth and over-project: NYU-Depth-V2's miniatures (64-384 of its 1,449 frames) are below its
-batches, and their fourth size's error says by how much. Memory-mapped pages count as resident (the kernel may drop them).
-Times on a CPU, with other processes on its cores, are informative only (`make gpu-check` measures the paper's
-GPU time); DataLoader worker processes (a few decoded batches each) are not counted.
+batches, and their fourth size's error says by how much. Memory-mapped pages count as resident (the kernel may
+drop them). Times on a CPU, with other processes on its cores, are informative only (`make gpu-check` measures the
+paper's GPU time); DataLoader worker processes (a few decoded batches each) are not counted.
 """
 from __future__ import annotations
 
@@ -541,7 +541,7 @@ def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[
     root = work / dataset / "step"  # a step does not depend on the dataset's size: a small miniature serves
     written = write_miniature(dataset, root, step_size(dataset, batches), floor=STEPS * batches[-1])
     steps = [{"batch": b, "n": written, **child({"cfg": replace(cfg, data_dir=str(root)), "step_batch": b},
-                                              f"step at batch {b}")} for b in batches]
+                                                f"step at batch {b}")} for b in batches]
     shutil.rmtree(root, ignore_errors=True)
     for phase, n in _plan(dataset, sizes):
         root = work / dataset / f"{phase}-{n}"
@@ -557,7 +557,6 @@ def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[
 def step_size(dataset: str, batches: tuple[int, int]) -> int:
     """The miniature the steps are measured on: room for STEPS batches of the larger size in its training split."""
     return 4000 if dataset == "bookcorpus" else max(64, 4 * STEPS * batches[-1])
-
 
 
 def _plan(dataset: str, sizes: Sizes) -> list[tuple[str, int]]:

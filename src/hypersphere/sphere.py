@@ -99,7 +99,8 @@ def sample_vmf_mixture(
     Figure 4's mixture is `sample_vmf_mixture(n, [[1, 0], [0, 1]], [1e3, 1], [0.4, 0.6], g)`.
     """
     if not len(mus) == len(kappas) == len(weights):
-        raise ValueError(f"need one mean, kappa and weight per component, got {len(mus)}, {len(kappas)}, {len(weights)}")
+        raise ValueError(f"need one mean, kappa and weight per component, got {len(mus)}, {len(kappas)}, "
+                         f"{len(weights)}")
     w = torch.as_tensor(weights, dtype=torch.float64, device=generator.device)
     if (w < 0).any() or not w.sum() > 0:
         raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
@@ -133,8 +134,9 @@ def optimize_points(
 
     Projected gradient descent on L_uniform(t) (losses.uniform_loss) with renormalisation after each
     step. The gradient of the *mean* potential on one point is O(1/N), so the step is lr * N * grad:
-    `lr` is a per-point step size, the same for every N (0.1 already oscillates for N = 6 on S^1). Starts from `init` (e.g. a clustered vMF sample,
-    to watch the points spread out) or from uniform samples; appends L_uniform per step to `history`.
+    `lr` is a per-point step size, the same for every N (0.1 already oscillates for N = 6 on S^1). Starts from
+    `init` (e.g. a clustered vMF sample, to watch the points spread out) or from uniform samples; appends L_uniform
+    per step to `history`.
     """
     if init is None:
         if generator is None:

@@ -66,7 +66,8 @@ def sweep_path(name: str, profile: str) -> Path:
     path = folder / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise FileNotFoundError(f"no sweep {name!r} for profile {profile!r} (looked at {path}); known: {', '.join(known) or 'none'}")
+        raise FileNotFoundError(f"no sweep {name!r} for profile {profile!r} (looked at {path}); "
+                                f"known: {', '.join(known) or 'none'}")
     return path
 
 
@@ -159,7 +160,8 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
                 continue
             run_id = config.pop("id", None)
             try:
-                cfg = TrainConfig.from_dict({**config, **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
+                cfg = TrainConfig.from_dict({**config,
+                                             **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{origin}: {e}") from None
             try:
@@ -171,7 +173,8 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
             result.append(SweepRun(cfg, evaluation, origin, paper, cfg.init, str(run_id or "")))
         if len(waiting) == len(todo):
             origin, config, _ = waiting[0]
-            raise ValueError(f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines with that id")
+            raise ValueError(f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines "
+                             f"with that id")
         todo = waiting
     return result
 
@@ -253,7 +256,8 @@ def torchrun_command(cfg: TrainConfig, processes: int) -> list[str]:
 def run_torchrun(cfg: TrainConfig, evaluation: EvalConfig, processes: float) -> str:
     """Train one run with DDP on `processes` local processes (one per GPU; gloo on CPU), then evaluate it here."""
     if processes < 1 or processes != int(processes):
-        raise ValueError(f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), got {processes}")
+        raise ValueError(f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), "
+                         f"got {processes}")
     if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
         return "waiting"
     done = subprocess.run(torchrun_command(cfg, int(processes)), capture_output=True, text=True)
@@ -292,7 +296,8 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
                 row["eval_seconds"] = record["seconds"]
         elif state == "failed":
             failed = runs.read_json(run_dir / runs.FAILED)
-            row.update({"failed_epoch": failed["epoch"], "failed_step": failed.get("step"), "failed_reason": failed["reason"]})
+            row.update({"failed_epoch": failed["epoch"], "failed_step": failed.get("step"),
+                        "failed_reason": failed["reason"]})
         rows.append({**row, **run.paper})
     return pd.DataFrame(rows)
 
@@ -311,12 +316,14 @@ def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
     df = results_table(sweep_runs)
     runs.atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
     if len(traj := trajectories(sweep_runs)):
-        runs.atomic_write(Path(path).with_suffix(".trajectories.csv"), lambda f: f.write(traj.to_csv(index=False).encode()))
+        runs.atomic_write(Path(path).with_suffix(".trajectories.csv"),
+                          lambda f: f.write(traj.to_csv(index=False).encode()))
     return df
 
 
 def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", retry_failed: bool = False,
-              workers: int = 1, gpus_per_run: float = 0.0, cpus_per_run: int = 1, progress: bool = True) -> pd.DataFrame:
+              workers: int = 1, gpus_per_run: float = 0.0, cpus_per_run: int = 1,
+              progress: bool = True) -> pd.DataFrame:
     """Run every run whose record is missing (and failed ones with retry_failed), parents first.
 
     local: `workers` runs at a time (worker processes when > 1); ray: one Ray task per run, reserving

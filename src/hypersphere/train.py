@@ -62,7 +62,7 @@ class TrainConfig:
     NOT_HASHED say where or how to run, not what to compute, and do not change the run's name."""
     dataset: str = "stl10"
     objective: str = "align(alpha=2) + uniform(t=2)"  # see losses.Objective; "xent()" trains supervised
-    augment: Any = ""               # "" (the dataset's recipe), a name of augment.RECIPES, or {recipe: name, field: value}
+    augment: Any = ""  # "" (the dataset's recipe), a name of augment.RECIPES, or {recipe: name, field: value}
     arch: str = "auto"              # smallalexnet | digitsnet | auto (the dataset's)
     dim: int = 128
     init: str = ""                  # "" (from scratch) or a finished run directory to fine-tune from (Fig. 8)
@@ -83,8 +83,9 @@ class TrainConfig:
     intra_batch: bool = True        # L_uniform also over distinct pairs of the batch's queries (paper appendix)
     # the official STL-10 code's details (docs/paper.md, "Differences from the official code")
     drop_last: bool = True          # False: keep each epoch's last partial batch, as the official loader does
-    bn_groups: int = 1              # > 1: BatchNorm normalises that many equal parts of the views' batch apart, as
-                                    # nn.DataParallel on that many GPUs does (the official 83.19%: 4; models.group_batchnorm)
+    # > 1: BatchNorm normalises that many equal parts of the views' batch apart, as nn.DataParallel on that many GPUs
+    # does (the official 83.19%: 4; models.group_batchnorm)
+    bn_groups: int = 1
     bf16: bool = False              # CUDA only: encoders in bf16 autocast (losses stay fp32); the official code is fp32
     # where and how (not hashed)
     name: str = ""                  # prefix of the run directory (default: the dataset)
@@ -95,7 +96,8 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also save the resumable state mid-epoch after this long (0: every step)
 
     NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir", "checkpoint_minutes")
-    # fields added after runs were cached: hashed only when they differ from these defaults, so older runs keep their names
+    # fields added after runs were cached: hashed only when they differ from these defaults, so older runs keep their
+    # names
     HASHED_UNLESS = {"optimizer": "sgd", "clip_grad": 0.0, "drop_last": True, "bn_groups": 1, "bf16": False}
 
     def __post_init__(self) -> None:
@@ -121,7 +123,8 @@ class TrainConfig:
         if self.queue < 0 or not 0 <= self.ema <= 1:
             raise ValueError(f"queue must be >= 0 and ema in [0, 1], got {self.queue} and {self.ema}")
         if 0 < self.queue < self.batch_size:
-            raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size")
+            raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; "
+                             f"use queue >= batch_size")
         objective = Objective.parse(self.objective)
         if self.queue and (objective.needs_labels or objective.uses(IN_BATCH_ONLY)):
             raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms only")
@@ -186,7 +189,8 @@ def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
     return max(1, VIEW_VALUES // (batch * channels * crop_size ** 2))
 
 
-COLLAPSED = 0.05  # an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
+# an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
+COLLAPSED = 0.05
 
 
 class Diverged(RuntimeError):
@@ -240,10 +244,11 @@ def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective,
                labels: torch.Tensor | None, moco: MoCo | None = None, bf16: bool = False,
                predictor: nn.Module | None = None, target: EMATarget | None = None):
     """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
-    random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as the official code), or
-    with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under torchrun each
-    process encodes its share and the losses see the gathered global batch (distributed.py); `labels` are the
-    global batch's. With `bf16` (CUDA only) the encoders run under bf16 autocast; augmentation and losses stay fp32."""
+    random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as
+    the official code), or with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under
+    torchrun each process encodes its share and the losses see the gathered global batch (distributed.py); `labels` are
+    the global batch's. With `bf16` (CUDA only) the encoders run under bf16 autocast; augmentation and losses stay
+    fp32."""
     device = x[0].device.type
     bf16 = bf16 and device == "cuda"
     if moco is not None:
@@ -400,7 +405,8 @@ class ViewBatches:
 
     def loss(self, state: TrainState, step: int, idx: torch.Tensor):
         c0 = step - step % self.chunk
-        if self.drawn.get("chunk") != (state.epoch, c0):  # draw the views of batches c0, c0 + 1, ... (this process's shares)
+        # draw the views of batches c0, c0 + 1, ... (this process's shares)
+        if self.drawn.get("chunk") != (state.epoch, c0):
             if hasattr(self.images, "plan") and self.planned != (state.epoch, c0):  # streamed: decode the rest ahead
                 self.images.plan([self._rows(state.perm, c) for c in range(c0, self.steps, self.chunk)])
             self.planned = (state.epoch, c0 + self.chunk)
@@ -443,7 +449,8 @@ class DomainBatches:
         return self.gen.get_state()
 
 
-def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool) -> TrainState:
+def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int,
+                 fresh: bool) -> TrainState:
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
     MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
     optimiser and schedule, the random streams."""
@@ -451,7 +458,8 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
     encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
     if cfg.init and fresh:
         if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
-            raise runs.RunError(f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)")
+            raise runs.RunError(f"init run {cfg.init} is not a finished run: "
+                                f"train it first (sweeps order parents first)")
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
     model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
@@ -477,6 +485,7 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
                       order=torch.Generator(device=device).manual_seed(cfg.seed),
                       gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
                       predictor=predictor, target=target)
+
 
 def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
     """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
@@ -611,7 +620,8 @@ def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, ma
 
 def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
     """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
-    runs.save_checkpoint(run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None})
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT,
+                         {k: m.state_dict() for k, m in state.modules().items() if m is not None})
     steps = cfg.epochs * batches.steps
     train_seconds = sum(row["seconds"] for row in state.log)
     runs.write_json(run_dir / runs.TRAIN, {

@@ -63,12 +63,12 @@ NO_SELECTION_CV = {"cv_folds": 0}  # a snapshot's evaluation skips the CV that o
 IMAGE = Domain(name="image", datasets=image.DATASETS, load=image.load_dataset, encoder=image.build_encoder,
                views=image.views, archs=image.ARCHS,
                evaluations={"classify": Evaluation(image.classify, ("fc7", "output"), image.validation_features,
-                                                  NO_SELECTION_CV)})
+                                                   NO_SELECTION_CV)})
 # Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
 DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=image.build_encoder,
                views=image.views, archs=depth.ARCHS,
                evaluations={"depth": Evaluation(depth.evaluate, ("conv5", "conv4"), image.validation_features,
-                                               NO_SELECTION_CV)})
+                                                NO_SELECTION_CV)})
 # Sentences (Fig. 9b, Table 4): Quick-Thought encoders on windows of consecutive sentences; the sentence
 # accuracy is itself cross-validated, so a snapshot's evaluation keeps its CV.
 TEXT = Domain(name="text", datasets=text.DATASETS, load=text.load_dataset, encoder=text.build_encoder, views=None,

@@ -273,8 +273,9 @@ def feature_maps(encoder: nn.Module, x: Tensor, taps=("conv4", "conv5")) -> dict
 class DepthDecoder(nn.Sequential):
     """The paper's depth predictor (appendix Table 6): blocks of ConvTranspose2d(k 3, stride 2, padding 1,
     output_padding 1; no bias, BN follows) + BN + ReLU, each doubling the side and halving the channels (floor),
-    then a 3x3 conv to one channel. The number of blocks is round(log2(out_size / in_size)) (at least 1); where in_size * 2^blocks
-    is not out_size (SmallAlexNet's 7 px conv5 at 64 px), the last block's output is resized (bilinear) to it."""
+    then a 3x3 conv to one channel. The number of blocks is round(log2(out_size / in_size)) (at least 1); where
+    in_size * 2^blocks is not out_size (SmallAlexNet's 7 px conv5 at 64 px), the last block's output is resized
+    (bilinear) to it."""
 
     def __init__(self, in_channels: int, in_size: int, out_size: int):
         blocks = max(1, round(math.log2(out_size / in_size)))
@@ -373,7 +374,8 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
     out = {"mse": mse, "rmse_m": math.sqrt(mse) * data.depth_std, "mean_mse": val_y.pow(2).mean().item(),
            "pixel_mean_mse": F.mse_loss(train_y.mean(0, keepdim=True).expand_as(val_y), val_y).item()}
     if cv_folds >= 2:
-        folds = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(cfg.seed)).to(device).chunk(cv_folds)
+        folds = torch.randperm(len(train_f),
+                               generator=torch.Generator().manual_seed(cfg.seed)).to(device).chunk(cv_folds)
         held = []
         for i, fold in enumerate(folds):
             rest = torch.cat(folds[:i] + folds[i + 1:])
@@ -405,7 +407,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False) -
 # ---------------------------------------------------------------------------------------- evaluation: depth
 
 def evaluate(encoder: nn.Module, data: DepthData, cfg, device, tau: float | None = None,
-          batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+             batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
     """Depth evaluations of one encoder as a flat dict (MSE of standardised depth, DepthData's units):
       val_{tap}_mse, val_{tap}_rmse_m     the decoder's validation MSE (and RMSE in metres) per spatial tap,
       cv_{tap}_mse                        for the first tap (conv5 by default, the one Table 2 selects by) its
@@ -416,9 +418,11 @@ def evaluate(encoder: nn.Module, data: DepthData, cfg, device, tau: float | None
     probe = DepthProbeConfig(epochs=cfg.decoder_epochs, seed=cfg.seed)
     taps = cfg.taps if taps is None else taps
     for tap in taps:
-        r = depth_probe(encoder, tap, data, probe, device, progress=False, cv_folds=cfg.cv_folds if tap == taps[0] else 0)
+        r = depth_probe(encoder, tap, data, probe, device, progress=False,
+                        cv_folds=cfg.cv_folds if tap == taps[0] else 0)
         out.update({f"val_{tap}_mse": r["mse"], f"val_{tap}_rmse_m": r["rmse_m"], "val_mean_mse": r["mean_mse"],
-                    "val_pixel_mean_mse": r["pixel_mean_mse"], **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {})})
+                    "val_pixel_mean_mse": r["pixel_mean_mse"],
+                    **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {})})
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
     return out

@@ -39,8 +39,8 @@ from .. import models, moco
 from ..augment import GRAY_WEIGHTS, AugmentConfig, augment, recipe
 from ..losses import contrastive_loss
 from ..metrics import alignment, uniformity
-from ..probes import (LINCLS_PROBE, MOCO_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy, lbfgs_probe,
-                      linear_probe_cached, linear_probe_full)
+from ..probes import (LINCLS_PROBE, MOCO_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy,
+                      lbfgs_probe, linear_probe_cached, linear_probe_full)
 
 DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder", "imagenet100", "imagenet")
 
@@ -67,7 +67,8 @@ class ImageData:
     mean: tuple[float, ...]  # per channel, 0-1 scale
     std: tuple[float, ...]
     num_classes: int
-    augment: AugmentConfig  # the positive-pair recipe (the dataset's default from augment.RECIPES; a run may set another)
+    # the positive-pair recipe (the dataset's default from augment.RECIPES; a run may set another)
+    augment: AugmentConfig
     eval_resize: int  # evaluation: Resize(eval_resize) then CenterCrop(augment.crop_size)
 
     def to(self, device) -> "ImageData":
@@ -223,14 +224,16 @@ def _cifar10(root: Path, download: bool) -> ImageData:
         CIFAR10(str(root), train=True, download=True)
     if not all((folder / f).is_file() for f in names + ["test_batch"]):
         raise _missing("CIFAR-10", folder, "cifar10")
-    (images, labels), (val_images, val_labels) = _cifar10_batches(folder, names), _cifar10_batches(folder, ["test_batch"])
+    (images, labels), (val_images, val_labels) = (_cifar10_batches(folder, names),
+                                                  _cifar10_batches(folder, ["test_batch"]))
     return ImageData(
         name="cifar10", encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
         val_labels=val_labels, mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10, augment=recipe("cifar10"),
         eval_resize=35)
 
 
-def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize: int, stream: bool = False) -> ImageData:
+def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize: int,
+                 stream: bool = False) -> ImageData:
     """root/train/<class>/* and root/val/<class>/* (torchvision's ImageFolder), each image resized (shorter side)
     and centre-cropped to `side` px: decoded into memory, or with `stream` left on disk as ImageFiles that decode
     the rows a batch draws. Encoder and probes on train, evaluation on val."""
@@ -384,7 +387,8 @@ def views(d, images: Tensor, generator: torch.Generator) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- evaluation: classify
 @torch.no_grad()
-def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device, chunk_size: int = 512) -> tuple[Tensor, Tensor]:
+def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device,
+               chunk_size: int = 512) -> tuple[Tensor, Tensor]:
     """The encoder's outputs (float32) on two independent draws of the training augmentation of each validation
     image: row i of both is a positive pair. Eval mode, restored afterwards; `generator` lives on `device`."""
     was_training = encoder.training
@@ -475,7 +479,8 @@ def classify(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None
             else:  # the reported probe's optimiser and schedule (Table 3: SGD lr 10), on cached features
                 probe = partial(linear_probe_cached, cfg=_probe_config(cfg))
             out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)
-            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed)
+            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds,
+                                                            cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
     return out

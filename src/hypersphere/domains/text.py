@@ -774,7 +774,8 @@ def batch_loss(model: nn.Module, objective: Objective, data: TextData, idx: Tens
 
 def check(cfg) -> None:
     """What a sentence run cannot be (TrainConfig validation, before any data is loaded)."""
-    if bad := [t.name for t in Objective.parse(cfg.objective).terms if t.name not in ("contrastive", "align", "uniform")]:
+    if bad := [t.name for t in Objective.parse(cfg.objective).terms
+               if t.name not in ("contrastive", "align", "uniform")]:
         raise ValueError(f"objective term {bad[0]!r} has no Quick-Thought form: use contrastive, align and uniform")
     if cfg.queue or cfg.augment or cfg.init:
         raise ValueError("a sentence run takes no queue, augmentation or init: remove them from its config")
@@ -873,7 +874,8 @@ def pair_metrics(model: QuickThought, held: Packed, tau: float | None = None, ba
     if tau is not None:
         windows = [w for w in contiguous_batches(n, batch_size) if len(neighbour_pairs(doc[w], context)[0])]
         if n > sample:
-            keep = np.random.default_rng(seed).choice(len(windows), min(len(windows), max(1, sample // batch_size)), replace=False)
+            keep = np.random.default_rng(seed).choice(len(windows), min(len(windows), max(1, sample // batch_size)),
+                                                      replace=False)
             windows = [windows[k] for k in sorted(keep)]
     need = torch.unique(torch.cat([s, i, j, *windows]))  # sorted: all n when the sample is everything
     zf, zg = encode_ids(model, [held[k] for k in need.tolist()])
@@ -901,7 +903,7 @@ def validation_features(model: QuickThought, data: "TextData", cfg, device) -> T
 # ---------------------------------------------------------------------------------------- evaluation: sentences
 
 def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = None,
-              batch_size: int = 400, taps: Sequence[str] | None = None) -> dict[str, float]:
+             batch_size: int = 400, taps: Sequence[str] | None = None) -> dict[str, float]:
     """The sentence evaluations of a frozen Quick-Thought model (Fig. 9b, Table 4; Logeswaran & Lee 2018's
     protocol as SentEval runs it), flat:
       val_{task}    test accuracy (%) of L2-regularised logistic regression on the concatenated f and g outputs,
@@ -926,7 +928,7 @@ def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = 
                                            for c in (0, 1)]))
         feats = features(model, [labelled.sentences[k] for k in keep], data.vocab)
         r = nested_cv_accuracy(feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds,
-                                    seed=cfg.seed)
+                               seed=cfg.seed)
         out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"], f"n_{task}": len(keep)})
     out.update(pair_metrics(model, data.held, tau, batch_size, seed=cfg.seed))
     return out

@@ -47,7 +47,8 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Table 3": ("08_moco", ("table3",)),
     "Table 4": ("09_sentences", ("table4",)),
     "Table 5": ("08_moco", ("table5",)),
-    **{f"Label-free selection ({d})": ("10_beyond", ("beyond_statistics",)) for d in ("images", "depth", "MoCo", "sentences")},
+    **{f"Label-free selection ({d})": ("10_beyond", ("beyond_statistics",))
+       for d in ("images", "depth", "MoCo", "sentences")},
 }
 
 FAMILIES = ("contrastive only", "align + uniform only", "all three")

@@ -78,7 +78,8 @@ def objectives(results_dir) -> pd.DataFrame:
         df["lr"] = df["base_lr"]
     cols = ["id", "objective", "dataset", "arch", "optimizer", "lr", "status", "val_output_linear", "val_fc7_linear",
             "rankme", "dim", "failed_reason"]
-    df = df.reindex(columns=cols).assign(id=lambda d: d["id"].fillna(""), optimizer=lambda d: d["optimizer"].fillna("sgd"))
+    df = df.reindex(columns=cols).assign(id=lambda d: d["id"].fillna(""),
+                                         optimizer=lambda d: d["optimizer"].fillna("sgd"))
     return df.assign(outcome=[outcome(row, df) for _, row in df.iterrows()]).drop(columns="failed_reason")
 
 
@@ -153,7 +154,8 @@ def judge(domain: str, cloud: pd.DataFrame, t: pd.DataFrame, n_boot: int = 2000,
     rows = t[t["domain"] == domain].set_index("statistic")
     if len(cloud) < MIN_ENCODERS or rows["spearman"].isna().all():
         return verdict(f"Label-free selection ({domain})", claim, None,
-                       f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed", ["beyond_statistics"])
+                       f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed",
+                       ["beyond_statistics"])
     rival = rows["spearman"].drop(PAPER_PAIR).idxmax()
     y = cloud["performance"].to_numpy(float) * (1 if _higher(domain) else -1)
     diff, lo, hi = stats.bootstrap_spearman_difference(goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y,

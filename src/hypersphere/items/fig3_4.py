@@ -122,12 +122,14 @@ def figure4(enc: dict[str, dict], uniform_points: torch.Tensor, table: pd.DataFr
                              gridspec_kw=dict(width_ratios=[1] * len(panels) + [1.5]))
     for ax, (key, f) in zip(axes, panels):
         plots.density_panel(ax, f, grid=kde_grid)
-        ax.set_title(f"{NAMES.get(key, key)}\n$G_2$ = {table.loc[key, 'G_2']:.4f} (paper {table.loc[key, 'paper G_2']:.4f})")
+        ax.set_title(f"{NAMES.get(key, key)}\n$G_2$ = {table.loc[key, 'G_2']:.4f} "
+                     f"(paper {table.loc[key, 'paper G_2']:.4f})")
     keys, x, ax = [k for k, _ in panels], np.arange(len(panels)), axes[-1]
     ax.bar(x - 0.2, table.loc[keys, "G_2"], 0.4, label="ours", color="C0")
     ax.bar(x + 0.2, table.loc[keys, "paper G_2"], 0.4, label="paper (CIFAR-10)", color="0.6")
     ax.axhline(table.loc["uniform (exact)", "G_2"], color="k", ls=":", lw=1, label="uniform (exact)")
-    ax.set_xticks(x, [k.replace("contrastive", "contr.").replace("supervised", "superv.").replace(" sample", "") for k in keys])
+    ax.set_xticks(x, [k.replace("contrastive", "contr.").replace("supervised", "superv.").replace(" sample", "")
+                      for k in keys])
     ax.set(ylabel=r"$G_2 = e^{\mathcal{L}_\mathsf{uniform}(t=2)}$", ylim=(0, 1.45), title="lower = more uniform")
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()

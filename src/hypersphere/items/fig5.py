@@ -54,7 +54,8 @@ def statistics(cloud: pd.DataFrame, targets: dict[str, str], better: str = "high
         scores = {"L_align": cloud["align"].to_numpy(), "L_uniform": cloud["uniform"].to_numpy(),
                   "L_align + L_uniform": (cloud["align"] + cloud["uniform"]).to_numpy()}
         if len(cloud) >= 5:
-            fits[col] = stats.combination_score(cloud[["align", "uniform"]].to_numpy(), y, folds=5, repeats=10, seed=seed)
+            fits[col] = stats.combination_score(cloud[["align", "uniform"]].to_numpy(), y, folds=5, repeats=10,
+                                                seed=seed)
             scores["fitted combination (CV)"] = -fits[col]["pred"]
         for score_name, score in scores.items():
             rho, lo, hi = stats.bootstrap_spearman(score, sign * y, n_boot=n_boot, seed=seed)
@@ -72,8 +73,8 @@ def corner(cloud: pd.DataFrame, col: str, better: str = "higher") -> dict[str, f
     lower_left = (cloud["align"] <= cloud["align"].median()) & (cloud["uniform"] <= cloud["uniform"].median())
     n = max(1, len(cloud) // 10)
     top = cloud.nlargest(n, col) if better == "higher" else cloud.nsmallest(n, col)
-    return {"top": n, "top_in_corner": int(lower_left[top.index].sum()), "share_top": float(lower_left[top.index].mean()),
-            "share_all": float(lower_left.mean())}
+    return {"top": n, "top_in_corner": int(lower_left[top.index].sum()),
+            "share_top": float(lower_left[top.index].mean()), "share_all": float(lower_left.mean())}
 
 
 def ours_vs_paper(cloud: pd.DataFrame, pairs: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -139,17 +140,20 @@ def judge(item: str, cloud: pd.DataFrame, targets: dict[str, str], table: pd.Dat
             line += (f", fitted combination {f['spearman']:+.2f} [{f['ci_low']:+.2f}, {f['ci_high']:+.2f}], "
                      f"weights align {b:+.2f} uniform {c:+.2f}")
         k = corner(cloud, col, better)
-        line += f"; {k['top_in_corner']} of the best {k['top']} in the lower-left quadrant ({k['share_all']:.0%} of all)"
+        line += (f"; {k['top_in_corner']} of the best {k['top']} in the lower-left quadrant "
+                 f"({k['share_all']:.0%} of all)")
         parts.append(line)
     for col, a in (agreement or {}).items():
-        parts.append(f"ours vs paper, {targets.get(col, col)}: Spearman {a['spearman']:.2f}, mean diff {a['mean_diff']:+.2f}")
+        parts.append(f"ours vs paper, {targets.get(col, col)}: Spearman {a['spearman']:.2f}, "
+                     f"mean diff {a['mean_diff']:+.2f}")
     decided = len(cloud) >= MIN_ENCODERS and len(fits) == len(targets) and len(targets) > 0
     direction = "higher accuracy" if better == "higher" else "lower error"
     return verdict(item, f"encoders with lower L_align and lower L_uniform (lower-left) have {direction}",
                    all(ok) if decided else None, f"{len(cloud)} encoders. " + "; ".join(parts), figures)
 
 
-def figure(cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", label: str = "validation accuracy (%)"):
+def figure(cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher",
+           label: str = "validation accuracy (%)"):
     """The scatter panels: one per target, colour range the 2nd-98th percentile, blue = better."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.4 * len(targets), 4.8), squeeze=False)
     cmap = "coolwarm_r" if better == "higher" else "coolwarm"

@@ -52,7 +52,8 @@ def summary(by_parent: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """Start and final accuracy and metrics of each parent's fine-tunes, next to the paper's final accuracy."""
     paper = reference_table("fig8").set_index("kind")
     return pd.DataFrame([{"parent": p, "fine-tuned with": k, "objective": t["objective"].iloc[0],
-                          "start acc.": t[ACC].iloc[0], "final acc.": t[ACC].iloc[-1], "paper final": paper.loc[k, "final"],
+                          "start acc.": t[ACC].iloc[0], "final acc.": t[ACC].iloc[-1],
+                          "paper final": paper.loc[k, "final"],
                           "start L_align": t["align"].iloc[0], "final L_align": t["align"].iloc[-1],
                           "start exp(L_uniform)": np.exp(t["uniform"].iloc[0]),
                           "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1])}
@@ -83,7 +84,8 @@ def judge(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Any]:
 def figure(by_parent: dict[str, dict[str, pd.DataFrame]], show_paper: bool = False):
     """One colour per fine-tuning kind, one marker per parent (seed) of the poor encoder."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
-    panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"), ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
+    panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
+              ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
               (ACC, "validation accuracy (%), output + linear")]
     for ax, (col, label) in zip(axes, panels):
         for (p, trajectories), marker in zip(by_parent.items(), itertools.cycle("osD^v")):

@@ -120,7 +120,8 @@ def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fit
             for name in targets.values())
     if uncollapsed_noise is not None and uncollapsed_noise["standard error"].notna().all():
         v["evidence"] += "; their accuracies' spread (std) against one accuracy's standard error: " + ", ".join(
-            f"{r['task']} {r['spread (std)']:.2f} vs {r['standard error']:.2f}" for _, r in uncollapsed_noise.iterrows())
+            f"{r['task']} {r['spread (std)']:.2f} vs {r['standard error']:.2f}"
+            for _, r in uncollapsed_noise.iterrows())
     if baseline is not None and len(baseline) and baseline["random init"].notna().all():
         v["evidence"] += "; trained vs random init: " + ", ".join(
             f"{r['task']} median {r['trained median']:.2f} vs {r['random init']:.2f} ({r['median - random']:+.2f})"

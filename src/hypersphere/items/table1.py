@@ -43,7 +43,8 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     for fam in FAMILIES:
         best, n = best_of(scratch, fam, by)
         rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
-                     "selection score": best.get(by, np.nan), **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                     "selection score": best.get(by, np.nan),
+                     **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
                      "paper objective": paper.loc[fam, "objective"],
                      **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
     return pd.DataFrame(rows)
@@ -82,8 +83,10 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
         return verdict("Table 1", claim, None, "a family has no candidate: "
                        + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table1"])
     paper = [t.loc["align + uniform only", f"paper {n}"] - t.loc["contrastive only", f"paper {n}"] for n in names]
-    evidence = ("among all candidates align + uniform minus contrastive: " + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
-                + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); selected by {t['selected by'].iloc[0]}: "
+    evidence = ("among all candidates align + uniform minus contrastive: "
+                + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
+                + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); "
+                  f"selected by {t['selected by'].iloc[0]}: "
                 + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"]))
     return seed_verdict("Table 1", claim, seeds, "mean difference", -MARGIN, True,
                         "the mean difference", "points", evidence, ["table1"])

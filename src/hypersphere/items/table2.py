@@ -33,8 +33,8 @@ def split(cloud: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     cloud = add_family(cloud)
     scratch = cloud[(cloud["init"].fillna("rand") == "rand") & (cloud["family"] != "")]
     by = "cv_conv5_mse" if "cv_conv5_mse" in scratch and scratch["cv_conv5_mse"].notna().any() else "val_conv5_mse"
-    return (scratch[scratch["epochs"] > 0].reset_index(drop=True), scratch[scratch["epochs"] == 0].reset_index(drop=True),
-            by)
+    return (scratch[scratch["epochs"] > 0].reset_index(drop=True),
+            scratch[scratch["epochs"] == 0].reset_index(drop=True), by)
 
 
 def non_collapsed(cloud: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +54,8 @@ def select(trained: pd.DataFrame, by: str) -> pd.DataFrame:
     for fam in FAMILIES:
         best, n = best_of(trained, fam, by, lower=True)
         rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
-                     "selection score": best.get(by, np.nan), **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                     "selection score": best.get(by, np.nan),
+                     **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
                      **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
     return pd.DataFrame(rows)
 
@@ -97,7 +98,8 @@ def versus_random(table: pd.DataFrame, random: pd.DataFrame) -> dict[str, Any]:
         return verdict("Table 2 (vs random init)", claim, None, "no random-init or no trained encoders", ["table2"])
     best_random, worst_selected = random["val_conv5_mse"].min(), table["conv5"].max()
     evidence = (f"conv5 MSE of the selected encoders {', '.join(f'{v:.4f}' for v in table['conv5'])} against "
-                f"{len(random)} random-init encoders {random['val_conv5_mse'].min():.4f}-{random['val_conv5_mse'].max():.4f} "
+                f"{len(random)} random-init encoders "
+                f"{random['val_conv5_mse'].min():.4f}-{random['val_conv5_mse'].max():.4f} "
                 f"(conv4: {', '.join(f'{v:.4f}' for v in table['conv4'])} against "
                 f"{random['val_conv4_mse'].min():.4f}-{random['val_conv4_mse'].max():.4f})")
     return verdict("Table 2 (vs random init)", claim, worst_selected <= (1 - RANDOM_MARGIN) * best_random, evidence,
@@ -107,4 +109,5 @@ def versus_random(table: pd.DataFrame, random: pd.DataFrame) -> dict[str, Any]:
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     """"ours (paper)" cells, the form of the written table."""
     return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
-                         **{n: [cell(o, p, ".4f") for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})
+                         **{n: [cell(o, p, ".4f") for o, p in zip(table[n], table[f"paper {n}"])]
+                            for n in COLUMNS.values()}})

@@ -110,8 +110,10 @@ def judge(table: pd.DataFrame, tasks: dict[str, str], seeds: pd.DataFrame) -> di
         noise = f"; standard error of that mean difference {se:.2f}"
     paper = paper_table().set_index("family")
     paper_diff = paper.loc["contrastive only", ["MR", "CR"]] - paper.loc["align + uniform only", ["MR", "CR"]]
-    evidence = ("among all encoders contrastive minus align + uniform " + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
-                + f" (mean {diff.mean():+.2f}; best contrastive " + ", ".join(f"{n} {pair.loc['contrastive only', n]:.2f}" for n in names)
+    evidence = ("among all encoders contrastive minus align + uniform "
+                + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
+                + f" (mean {diff.mean():+.2f}; best contrastive "
+                + ", ".join(f"{n} {pair.loc['contrastive only', n]:.2f}" for n in names)
                 + "; best align + uniform " + ", ".join(f"{n} {pair.loc['align + uniform only', n]:.2f}" for n in names)
                 + f"){noise}; the paper: contrastive wins, MR {paper_diff['MR']:+.2f}, CR {paper_diff['CR']:+.2f}")
     return seed_verdict("Table 4", CLAIM, seeds, "mean lead", 0.0, True,

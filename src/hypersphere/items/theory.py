@@ -84,7 +84,8 @@ def figure_theorem1(curves: dict[str, dict]):
     M = next(iter(curves.values()))["M"].astype(float)
     rms_end = np.median([r["rms"][-1] for r in curves.values()])
     ax2.plot(M, 2 * rms_end * (M / M[-1]) ** -0.5, color="0.4", lw=1.5, ls=":", label=r"$\propto M^{-1/2}$")
-    ax1.set(xscale="log", xlabel="number of negatives $M$", ylabel=r"$\mathcal{L}_\mathrm{contrastive}(\tau, M) - \log M$",
+    ax1.set(xscale="log", xlabel="number of negatives $M$",
+            ylabel=r"$\mathcal{L}_\mathrm{contrastive}(\tau, M) - \log M$",
             title=r"loss (dots) and its $M\to\infty$ limit (dashed), $\tau = 0.5$")
     ax1.legend(fontsize="small")
     ax2.set(xscale="log", yscale="log", xlabel="number of negatives $M$", ylabel="deviation from the limit",
@@ -148,7 +149,8 @@ def prop1_vmf(vmf_points: int, device, seed: int = 0) -> pd.DataFrame:
     """L_uniform(t=2) of vMF(mu, kappa) against kappa: exact on S^1, sampled on S^2 and S^15."""
     g = torch.Generator(device).manual_seed(seed)
     return pd.DataFrame([{"kappa": k, "S^1 exact": math.log(circle_mixture_potential([[1.0, 0.0]], [k], [1.0])),
-                          **{f"S^{m - 1} sampled": uniformity(sample_vmf(vmf_points, np.eye(m)[0], k, g)) for m in (3, 16)}}
+                          **{f"S^{m - 1} sampled": uniformity(sample_vmf(vmf_points, np.eye(m)[0], k, g))
+                             for m in (3, 16)}}
                          for k in np.logspace(-2, 2, 17)]).set_index("kappa")
 
 
@@ -162,7 +164,8 @@ def figure_props(p2: pd.DataFrame, p1: pd.DataFrame):
            title="Prop. 2: N-point minimisers approach the bound (dotted)")
     ax.legend(fontsize="small")
     for k, (col, m) in enumerate([("S^1 exact", 2), ("S^2 sampled", 3), ("S^15 sampled", 16)]):
-        bx.plot(p1.index, p1[col], "-" if "exact" in col else "o", ms=4, color=f"C{k}", label=f"$\\mathcal{{S}}^{{{m - 1}}}$")
+        bx.plot(p1.index, p1[col], "-" if "exact" in col else "o", ms=4, color=f"C{k}",
+                label=f"$\\mathcal{{S}}^{{{m - 1}}}$")
         bx.axhline(uniformity_bound(m, 2), color=f"C{k}", lw=1, ls=":")
     bx.set(xscale="log", xlabel=r"vMF concentration $\kappa$", ylabel=r"$\mathcal{L}_\mathrm{uniform}(t=2)$",
            title=r"Prop. 1: vMF$(\mu, \kappa)$ reaches the bound only as $\kappa \to 0$")
@@ -180,7 +183,8 @@ def figure_bound():
         ax.axhline(-2 * t, color=f"C{k}", lw=1, ls=":")
     ax.plot([2, 128], [paper("bound_m2_t2"), paper("bound_m128_t2")], "k*", ms=9, label="the paper's values ($t = 2$)")
     ax.set(xscale="log", xlabel="dimension $m$ (features on $\\mathcal{S}^{m-1}$)",
-           ylabel=r"$-2t + \log\, {}_0F_1(;\frac{m}{2};t^2)$", title="uniformity lower bound, tending to $-2t$ (dotted)")
+           ylabel=r"$-2t + \log\, {}_0F_1(;\frac{m}{2};t^2)$",
+           title="uniformity lower bound, tending to $-2t$ (dotted)")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -189,8 +193,10 @@ def figure_bound():
 def fig4_synthetic(points: int, seeds: int, device, seed: int = 0) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """G_2 of uniform points and of the vMF mixture on S^1 over `seeds` draws of `points`, beside the exact
     population values and the paper's; and the first draw of each (the one plotted)."""
-    draw = {"uniform": lambda g: sample_uniform(points, 2, g), "vMF mixture": lambda g: sample_vmf_mixture(points, *MIXTURE, g)}
-    exact = {"uniform": circle_mixture_potential([[1.0, 0.0]], [0.0], [1.0]), "vMF mixture": circle_mixture_potential(*MIXTURE)}
+    draw = {"uniform": lambda g: sample_uniform(points, 2, g),
+            "vMF mixture": lambda g: sample_vmf_mixture(points, *MIXTURE, g)}
+    exact = {"uniform": circle_mixture_potential([[1.0, 0.0]], [0.0], [1.0]),
+             "vMF mixture": circle_mixture_potential(*MIXTURE)}
     reported = {"uniform": paper("uniform_G2_S1"), "vMF mixture": paper("vmf_mixture_G2")}
     rows, first = [], {}
     for name, sampler in draw.items():
