@@ -42,6 +42,14 @@ def parse(objective: str) -> tuple[Objective, bool]:
     return Objective.parse(objective.removeprefix("moco: ")), objective.startswith("moco: ")
 
 
+def finish() -> None:
+    """Both processes past their last collective before either tears its group down. Without the barrier, a process
+    whose peer had already gone aborted now and then ("terminate called without an active exception"); with it, none
+    in 100 spawns here."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def worker(rank: int, port: int, objective: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -60,7 +68,7 @@ def worker(rank: int, port: int, objective: str, out: str) -> None:
         torch.save(moco.queue[:BATCH].clone(), f"{out}/queue{rank}.pt")
     torch.save({"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
                f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    finish()
 
 
 def reference(objective: str):
@@ -205,7 +213,7 @@ def train_worker(rank: int, port: int, out: str) -> None:
     run_dir = train(replace(MOCO, runs_dir=out), progress=False)
     torch.save({"seen": seen, "bound": distributed.collective_device(), "run": run_dir,
                 "cuda": distributed.local_device(torch.device("cuda"), os.environ)}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    finish()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hypersphere.models import TAPS, DigitsNet, SmallAlexNet, build_encoder
+from hypersphere.models import TAPS, DigitsNet, SmallAlexNet, build_encoder, frozen
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,20 @@ def test_build_encoder_and_errors():
         SmallAlexNet(input_size=8)
     with pytest.raises(ValueError, match="taps"):
         DigitsNet().forward_taps(torch.randn(2, 1, 24, 24), ("fc6",))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_frozen_evaluates_inside_and_restores_the_mode_even_on_an_error(training):
+    """Inside frozen() BatchNorm reads its running statistics (its buffers stay put); on leaving, normally or by an
+    exception, every submodule is back in the mode it had."""
+    enc = DigitsNet(in_channels=1, dim=8)
+    enc.train(training)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    with frozen(enc):
+        assert not any(m.training for m in enc.modules())
+        enc(torch.randn(4, 1, 24, 24))
+    assert all(m.training == training for m in enc.modules())
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    with pytest.raises(RuntimeError), frozen(enc):
+        raise RuntimeError("inside")
+    assert all(m.training == training for m in enc.modules())

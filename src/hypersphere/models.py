@@ -6,7 +6,8 @@ feature taps for the fast digits dataset. Both expose three taps for evaluation:
   "fc7"    penultimate activations (after BN + ReLU), what the paper's "fc7 + linear" rows probe,
   "output" the l2-normalised final features, what L_align / L_uniform act on.
 """
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,18 @@ def init_weights_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@contextmanager
+def frozen(encoder: nn.Module) -> Iterator[nn.Module]:
+    """The encoder in eval mode inside (BatchNorm reads its running statistics, dropout is off), its own mode
+    restored on leaving, on an error too. Gradients are the caller's to turn off: a probe trains its head inside."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield encoder
+    finally:
+        encoder.train(was_training)
+
+
 class TapEncoder(nn.Module):
     """conv trunk -> flatten ("conv5") -> fc blocks ("fc7") -> linear head -> l2-normalise ("output").
 
@@ -57,14 +70,11 @@ class TapEncoder(nn.Module):
 
     def _conv5_dim(self, in_channels: int, input_size: int) -> int:
         """Flattened conv output width, from a dummy forward (eval mode, so BN running stats stay untouched)."""
-        self.conv.eval()
         try:
-            with torch.no_grad():
-                n = self.conv(torch.zeros(1, in_channels, input_size, input_size)).numel()
+            with frozen(self.conv), torch.no_grad():
+                return self.conv(torch.zeros(1, in_channels, input_size, input_size)).numel()
         except RuntimeError as e:
             raise ValueError(f"input_size {input_size} is too small for {type(self).__name__}: {e}") from None
-        self.conv.train()
-        return n
 
     def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
         """Activations at the requested taps (subset of TAPS); computes only as far as the deepest one."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import augment, eval_transform
+from .models import frozen
 
 if TYPE_CHECKING:  # the image domain uses the probes
     from .domains.image import ImageData
@@ -76,14 +77,12 @@ def extract_features(encoder: nn.Module, images: Tensor, data: ImageData, taps: 
     normalise; the paper's Resize(70) + CenterCrop(64) for STL-10). The encoder's train/eval mode is restored.
     """
     device = _device(encoder, device)
-    was_training = encoder.training
-    encoder.eval()
     chunks = {tap: [] for tap in taps}
-    for batch in images.split(batch_size):
-        x = eval_transform(batch.to(device), data.augment.crop_size, data.eval_resize, data.mean, data.std)
-        for tap, f in encoder.forward_taps(x, taps).items():
-            chunks[tap].append(f.float())
-    encoder.train(was_training)
+    with frozen(encoder):
+        for batch in images.split(batch_size):
+            x = eval_transform(batch.to(device), data.augment.crop_size, data.eval_resize, data.mean, data.std)
+            for tap, f in encoder.forward_taps(x, taps).items():
+                chunks[tap].append(f.float())
     return {tap: torch.cat(c) for tap, c in chunks.items()}
 
 
@@ -179,8 +178,6 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
     (a mirrored digit is not a digit)."""
     device = _device(encoder, device)
     before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    was_training = encoder.training
-    encoder.eval()
     crops = replace(data.augment, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0,
                     **({"scale": cfg.crop_scale} if cfg.crop_scale else {}))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # augment() draws on the images' device
@@ -190,10 +187,10 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
         x = augment(data.train_images[idx.to(data.train_images.device)].to(device), crops, data.mean, data.std, gen)
         return encoder.forward_taps(x, (tap,))[tap].float()
 
-    clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device,
-                        getattr(data.train_images, "plan", None))
+    with frozen(encoder):
+        clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device,
+                            getattr(data.train_images, "plan", None))
     val_f = extract_features(encoder, data.val_images, data, (tap,), device=device)[tap]
-    encoder.train(was_training)
     sanity_check(before, encoder)
     return _top1_top5(clf, val_f, data.val_labels)
 

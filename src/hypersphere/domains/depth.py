@@ -365,10 +365,8 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
     it). Ends with `sanity_check` that the encoder is unchanged."""
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    was_training = encoder.training
-    encoder.eval()
-    train_f, val_f = (_maps(encoder, x, tap, data, device) for x in (data.train_images, data.val_images))
-    encoder.train(was_training)
+    with models.frozen(encoder):
+        train_f, val_f = (_maps(encoder, x, tap, data, device) for x in (data.train_images, data.val_images))
     train_y, val_y = (depth_views(d.to(device), data) for d in (data.train_depth, data.val_depth))
     mse = fit_decoder(train_f, train_y, val_f, val_y, cfg, progress, f"depth probe {tap}")
     out = {"mse": mse, "rmse_m": math.sqrt(mse) * data.depth_std, "mean_mse": val_y.pow(2).mean().item(),

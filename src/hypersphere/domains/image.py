@@ -391,14 +391,12 @@ def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device,
                chunk_size: int = 512) -> tuple[Tensor, Tensor]:
     """The encoder's outputs (float32) on two independent draws of the training augmentation of each validation
     image: row i of both is a positive pair. Eval mode, restored afterwards; `generator` lives on `device`."""
-    was_training = encoder.training
-    encoder.eval()
     fx, fy = [], []
-    for batch in data.val_images.split(chunk_size):
-        batch = batch.to(device)
-        fx.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
-        fy.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
-    encoder.train(was_training)
+    with models.frozen(encoder):
+        for batch in data.val_images.split(chunk_size):
+            batch = batch.to(device)
+            fx.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
+            fy.append(encoder(augment(batch, data.augment, data.mean, data.std, generator)).float())
     return torch.cat(fx), torch.cat(fy)
 
 

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from ..losses import Objective, _fp32, align_loss, uniform_loss
 from ..metrics import alignment, uniformity, uniformity_se
+from ..models import frozen
 
 PAD, UNK = "<pad>", "<unk>"          # word ids 0 and 1
 VOCAB_SIZE = 50_000                  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
@@ -787,11 +788,10 @@ def check(cfg) -> None:
 def encode_ids(model: QuickThought, ids, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """(f, g) outputs of word-id sentences (a Packed stream or lists), in their order, on the model's device
     (model in eval mode, mode restored)."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    out = [model(pack([ids[i] for i in range(k, min(k + chunk, len(ids)))]).to(device))
-           for k in range(0, len(ids), chunk)]
-    model.train(was_training)
+    device = next(model.parameters()).device
+    with frozen(model):
+        out = [model(pack([ids[i] for i in range(k, min(k + chunk, len(ids)))]).to(device))
+               for k in range(0, len(ids), chunk)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
