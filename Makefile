@@ -31,14 +31,16 @@ $(error $(PROFILE_FILE) has no line `sweeps: [a, b]`; name its sweeps of configs
 endif
 endif
 SWEEP_NAMES := $(shell sed -n 's/^sweeps: *\[\(.*\)\]/\1/p' $(PROFILE_FILE) 2>/dev/null | tr -d ',')
+# a profile may read another's sweep files (`sweeps_from: quick`), and executes the notebooks it sizes (`  NN_name:`)
+SWEEP_DIR := configs/sweeps/$(or $(shell sed -n 's/^sweeps_from: *\([A-Za-z0-9_-]*\).*/\1/p' $(PROFILE_FILE) 2>/dev/null),$(PROFILE))
+NOTEBOOK_NAMES := $(shell sed -n 's/^  \([0-9][0-9]_[A-Za-z0-9_]*\):.*/\1/p' $(PROFILE_FILE) 2>/dev/null)
 BUILD    := build/$(PROFILE)
 SRC      := $(wildcard src/hypersphere/*.py src/hypersphere/*/*.py)
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
-EXECUTED := $(patsubst notebooks/%.ipynb,$(BUILD)/%.ipynb,$(NOTEBOOKS))
+EXECUTED := $(patsubst %,$(BUILD)/%.ipynb,$(NOTEBOOK_NAMES))
 RESULTS  := $(patsubst %,results/$(PROFILE)/%.csv,$(SWEEP_NAMES))
 WORKERS_ARG := $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: all setup data sweep notebooks report publish profile-new test lint help clean distclean images depth moco sentences beyond
+.PHONY: all setup data sweep notebooks report publish profile-new test lint help clean distclean images depth moco sentences beyond decide
 all: notebooks ## (default) set up, then train, evaluate and execute every notebook at PROFILE
 
 # One target per domain: its sweeps and notebooks (each fits the quick profile's 15-minute budget on 2 cores).
@@ -47,6 +49,10 @@ depth: $(BUILD)/07_depth.ipynb ## the depth domain: Fig. 5b and Table 2
 moco: $(BUILD)/08_moco.ipynb ## MoCo (queue + EMA key encoder): Fig. 9a, Table 3 and Table 5's status
 sentences: $(BUILD)/09_sentences.ipynb ## the sentence domain: Fig. 9b and Table 4
 beyond: $(BUILD)/10_beyond.ipynb ## beyond the paper: which label-free statistic picks the best encoder, per domain
+
+# The seeds each undecided comparison needs, fixed in advance (two stages; `make` first, so the first stage is cached).
+decide: ## Fig. 8 and Tables 1-3 judged at the seeds a two-stage design plans (about 1 hour on 2 cores after `make`)
+	$(MAKE) notebooks PROFILE=decide
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
 
@@ -60,7 +66,7 @@ $(STAMP): pyproject.toml
 sweep: $(RESULTS) ## train and evaluate every sweep of PROFILE (finished work is skipped) into results/PROFILE/*.csv
 
 # The sweep command itself skips finished runs and evaluations, so re-making a table after a code change is cheap.
-results/$(PROFILE)/%.csv: configs/sweeps/$(PROFILE)/%.yaml $(PROFILE_FILE) $(SRC) $(STAMP)
+results/$(PROFILE)/%.csv: $(SWEEP_DIR)/%.yaml $(PROFILE_FILE) $(SRC) $(STAMP)
 	$(HS) sweep $< --profile $(PROFILE) --executor $(EXECUTOR) $(WORKERS_ARG) \
 	    --set data_dir=$(abspath $(DATA_DIR)) device=$(DEVICE) download=$(DOWNLOAD) $(SWEEP_ARGS)
 
@@ -80,6 +86,7 @@ $(BUILD)/07_depth.ipynb: $(call RESULT,depth)
 $(BUILD)/08_moco.ipynb: $(call RESULT,moco) $(filter $(call RESULT,imagenet),$(RESULTS))
 $(BUILD)/09_sentences.ipynb: $(call RESULT,sentences)
 $(BUILD)/10_beyond.ipynb: $(filter $(foreach s,cloud depth moco sentences beyond,$(call RESULT,$(s))),$(RESULTS))
+$(BUILD)/11_decide.ipynb: $(RESULTS)
 
 # Each notebook is re-executed when it, the package or the profile change (parameters: notebook.py).
 $(BUILD)/%.ipynb: notebooks/%.ipynb $(PROFILE_FILE) $(SRC) $(STAMP)

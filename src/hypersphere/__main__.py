@@ -1,4 +1,5 @@
-"""Command line: `python -m hypersphere {train,evaluate,sweep,data,notebook,report,profile} ...` (`--help` on each)."""
+"""Command line: `python -m hypersphere {train,evaluate,sweep,decide,data,notebook,report,profile} ...` (`--help` on
+each)."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from . import measure, notebook, profiles, report, runs, scale, sweep
+from . import decide, measure, notebook, profiles, report, runs, scale, sweep
 from .domains import DOMAINS, domain_of
 from .evaluate import EvalConfig, evaluate_run
+from .items import say
 from .train import Diverged, TrainConfig, train
 
 EXAMPLES = """examples:
@@ -93,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override the sweep's evaluation config, e.g. --eval probe=adam cv_folds=3")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs and their status, train nothing")
+    p = sub.add_parser("decide", help="every comparison of a profile with a `decide:` design: its first stage, the "
+                                      "plan it fixes, the planned seeds, then the verdicts (hypersphere.decide)",
+                       description=decide.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="decide")
+    p.add_argument("--workers", default=None, help="runs at a time, or auto (default: the profile's)")
     p = sub.add_parser("data", help="download a dataset (torchvision's official files; the embedded stand-ins are "
                                     "built) and check it loads")
     p.add_argument("dataset", choices=[ds for d in DOMAINS.values() for ds in d.datasets])
@@ -164,9 +171,25 @@ def main(argv: list[str] | None = None) -> int:
                 for run in sweep_runs:
                     print(f"{sweep.status(run):11s} {run.config.run_dir().name:32s} {run.config.canonical_objective}")
                 return 0
-            df = sweep.run_sweep(sweep_runs, table, args.executor, args.retry_failed, _workers(args.workers, prof),
-                                 args.gpus_per_run, args.cpus_per_run)
+            def run_sweep(these: list[sweep.SweepRun]):
+                return sweep.run_sweep(these, table, args.executor, args.retry_failed, _workers(args.workers, prof),
+                                       args.gpus_per_run, args.cpus_per_run)
+            if prof.decide and path.stem in decide.COMPARISONS:  # the two-stage design (decide.py)
+                df = decide.run(path.stem, sweep_runs, prof.results_dir, prof.figures_dir, prof.decide, run_sweep)
+            else:
+                df = run_sweep(sweep_runs)
             print(f"{table}: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()))
+        elif args.command == "decide":
+            prof = profiles.load(args.profile)
+            if not prof.decide:
+                raise ValueError(f"profile {prof.name!r} sets no `decide:` design; use --profile decide")
+            workers = ["--workers", args.workers] if args.workers else []
+            for name in prof.sweeps:
+                if rc := main(["sweep", name, "--profile", prof.name, *workers]):
+                    return rc
+            plans = decide.load_plan(prof.figures_dir)
+            for c in (decide.COMPARISONS[name] for name in prof.sweeps if name in decide.COMPARISONS):
+                print(say(decide.judge(c, c.claims(prof.results_dir), plans.get(c.item))))
         elif args.command == "data":
             try:
                 data = domain_of(args.dataset).load(args.dataset, args.data_dir, True)

@@ -3,9 +3,11 @@ the CLI, the notebooks and the tests.
 
     description: what this profile is for
     sweeps: [dim2, lambda, cloud, finetune]   # configs/sweeps/<name>/*.yaml, trained in this order
+    sweeps_from: quick                        # optional: read the sweep files of configs/sweeps/quick/ instead
     workers: 2                                # runs trained at a time by the local executor ("auto": all cores)
     notebooks:                                # sizes each notebook uses at this scale
       01_theory: {pairs: 4096}
+    decide: {power: 0.8, most: 20}            # optional: the two-stage design of `make decide` (decide.py)
 
 Outputs never mix between profiles: results/<name>/, figures/<name>/, build/<name>/.
 The environment variable HYPERSPHERE_SIZES (JSON, {notebook: {size: value}}) replaces sizes the profile sets, and
@@ -33,6 +35,12 @@ class Profile:
     sweeps: tuple[str, ...]
     workers: int
     notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweeps_from: str = ""
+    decide: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sweeps_dir(self) -> Path:
+        return resources.configs() / "sweeps" / (self.sweeps_from or self.name)
 
     @property
     def results_dir(self) -> Path:
@@ -77,7 +85,7 @@ def load(name: str) -> Profile:
     if "sweeps" not in spec:
         raise userfiles.UserFileError(f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
                                       f"files of configs/sweeps/{name}/ (`sweeps: []` for none)")
-    sweeps_dir = resources.configs() / "sweeps" / name
+    sweeps_dir = resources.configs() / "sweeps" / spec.get("sweeps_from", name)
     sweeps = tuple(spec["sweeps"] or [])
     if missing := [s for s in sweeps if not (sweeps_dir / f"{s}.yaml").exists()]:
         raise ValueError(f"{path(name)} names sweeps {missing} that {sweeps_dir} does not hold")
@@ -85,15 +93,20 @@ def load(name: str) -> Profile:
     workers = (os.cpu_count() or 1) if workers == "auto" else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
+    decide = spec.get("decide") or {}
+    if set(decide) - {"power", "most"} or not 0 < decide.get("power", 0.8) < 1 or decide.get("most", 20) < 2:
+        raise ValueError(f"{path(name)}: decide must be {{power: a number in (0, 1), most: an integer of 2 or more}}, "
+                         f"got {decide}")
     return Profile(name, spec.get("description") or "", sweeps, workers,
-                   spec.get("notebooks") or {})
+                   spec.get("notebooks") or {}, spec.get("sweeps_from", ""), decide)
 
 
 def new(name: str, base: str = "quick") -> Path:
     """Copy profile `base` and its sweeps to a new profile `name` to edit; returns the new profile file."""
-    load(base)
+    source = load(base).sweeps_dir
     if path(name).exists():
         raise FileExistsError(f"profile {name!r} exists ({path(name)}); pick another name or edit that file")
-    shutil.copytree(resources.configs() / "sweeps" / base, resources.configs() / "sweeps" / name)
-    shutil.copyfile(path(base), path(name))
+    shutil.copytree(source, resources.configs() / "sweeps" / name)
+    lines = path(base).read_text().splitlines(keepends=True)  # its own copies now: no sweeps_from
+    path(name).write_text("".join(line for line in lines if not line.startswith("sweeps_from:")))
     return path(name)

@@ -104,7 +104,8 @@ def build_report(build_dir: str | Path, figures_dir: str | Path, out_dir: str | 
 
 def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set[str], suffix: str) -> Path:
     """out_dir/index.html: one row per paper item with its notebook (out_dir/<notebook><suffix>), its figures
-    (each PNG shown inline) and its verdict and evidence, from figures_dir/verdicts_*.json."""
+    (each PNG shown inline) and its verdict and evidence, from figures_dir/verdicts_*.json; items whose notebook the
+    build did not execute and that no verdict names are left out (a profile may run a few notebooks)."""
     verdicts = read_verdicts(figures_dir)
     if any(v["profile"] == build_dir.name for v in verdicts):  # build/<profile>: figures/ may hold other profiles'
         verdicts = [v for v in verdicts if v["profile"] == build_dir.name]
@@ -132,10 +133,8 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
     rows = []
     for item, (where, figures) in ITEMS.items():
         found = [v for v in verdicts if v["item"] == item]
-        if not found:
-            status = ("" if where.startswith("not replicated") else
-                      "no verdict (see the notebook)" if where in rendered else "not built")
-            rows.append((item, notebook_link(where), figure_cell(figures), "", status, ""))
+        if not found and where in rendered:
+            rows.append((item, notebook_link(where), figure_cell(figures), "", "no verdict (see the notebook)", ""))
         for v in found:
             verdict = {True: "yes", False: "no", None: "undecided"}[v["holds"]]
             rows.append((item, notebook_link(v["notebook"]), figure_cell(v["figures"] or figures),

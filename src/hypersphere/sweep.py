@@ -39,7 +39,7 @@ import yaml
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import resources, runs, userfiles
+from . import profiles, resources, runs, userfiles
 from .evaluate import EvalConfig, check_kind, evaluate_run, load_record
 from .losses import TERMS, Objective
 from .train import TRAIN_VERSION, Diverged, TrainConfig, train
@@ -58,11 +58,11 @@ class SweepRun:
 # ----------------------------------------------------------------------------- reading sweep files
 
 def sweep_path(name: str, profile: str) -> Path:
-    """A sweep file: a path to a .yaml file, or the name of one of the profile's sweeps."""
+    """A sweep file: a path to a .yaml file, or the name of one of the profile's sweeps (in its sweeps_dir)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return path
-    folder = resources.configs() / "sweeps" / profile
+    folder = profiles.load(profile).sweeps_dir
     path = folder / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))

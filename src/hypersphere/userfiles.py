@@ -16,7 +16,8 @@ import yaml
 
 # top-level keys of each YAML file a user edits, with the type each value must have
 SWEEP_KEYS = {"description": str, "defaults": dict, "evaluation": dict, "runs": list}
-PROFILE_KEYS = {"description": str, "sweeps": list, "workers": (int, str), "notebooks": dict}
+PROFILE_KEYS = {"description": str, "sweeps": list, "sweeps_from": str, "workers": (int, str), "notebooks": dict,
+                "decide": dict}
 TYPE_NAMES = {dict: "mapping", list: "list", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 

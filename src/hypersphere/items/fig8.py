@@ -22,6 +22,7 @@ from . import verdict
 KINDS = {"align only": "C0", "uniform only": "C1", "align + uniform": "C2"}
 GAINS = {"align only": False, "uniform only": False, "align + uniform": True}  # the sign each kind's change must have
 ACC = "val_output_linear"
+CLAIM = "fine-tuning a poor encoder improves it only with both L_align and L_uniform"
 
 
 def kind(w_align: float, w_uniform: float) -> str:
@@ -60,25 +61,35 @@ def summary(by_parent: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
                          for p, trajectories in by_parent.items() for k, t in trajectories.items()])
 
 
+def gains(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, dict[str, float]]:
+    """Each parent's change in accuracy over each kind of fine-tuning (final minus start), in points."""
+    return {p: {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in ts.items()} for p, ts in by_parent.items()}
+
+
+def gains_by_seed(finetune: pd.DataFrame, points: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """`gains` keyed by the seed of each parent (one poor encoder per seed)."""
+    seed = dict(zip(finetune["id"], finetune["seed"].astype(int)))
+    return {seed[p]: g for p, g in gains({p: trajectories(finetune, points, p) for p in parents(finetune)}).items()}
+
+
 def judge(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Any]:
     """The signs of the changes in accuracy, judged against seed noise: each parent (one per seed of the poor
     encoder) gives one change per kind of fine-tuning, and each kind's 95% interval over the parents must lie on
     its claimed side of 0 (a gain with both terms, a loss with either alone; stats.decide). Holds when all three
     do, fails when any lies wholly on the wrong side, undecided otherwise or when a parent misses a fine-tune."""
-    gains = {p: {k: t[ACC].iloc[-1] - t[ACC].iloc[0] for k, t in ts.items()} for p, ts in by_parent.items()}
-    complete = bool(gains) and all(len(g) == len(GAINS) for g in gains.values())
-    results = {k: decide([g[k] for g in gains.values()], 0.0, gain) for k, gain in GAINS.items()} if complete else {}
+    changes = gains(by_parent)
+    complete = bool(changes) and all(len(g) == len(GAINS) for g in changes.values())
+    results = {k: decide([g[k] for g in changes.values()], 0.0, gain) for k, gain in GAINS.items()} if complete else {}
     outcomes = [r["holds"] for r in results.values()]
     holds = None if not complete else False if False in outcomes else True if all(outcomes) else None
     paper = reference_table("fig8").set_index("kind")
     evidence = ("change in accuracy over fine-tuning: " + "; ".join(
-        f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in gains.items())
+        f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in changes.items())
         + "".join(f"; {k}, a {'gain' if GAINS[k] else 'loss'} claimed: {describe(r)}" for k, r in results.items())
-        + (" (a parent misses a fine-tune)" if gains and not complete else "")
+        + (" (a parent misses a fine-tune)" if changes and not complete else "")
         + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
         + f" pts from {paper['start'].iloc[0]:.2f}%)")
-    return verdict("Figure 8", "fine-tuning a poor encoder improves it only with both L_align and L_uniform", holds,
-                   evidence, ["fig8_finetuning"])
+    return verdict("Figure 8", CLAIM, holds, evidence, ["fig8_finetuning"])
 
 
 def figure(by_parent: dict[str, dict[str, pd.DataFrame]], show_paper: bool = False):

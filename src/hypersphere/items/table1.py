@@ -21,6 +21,7 @@ from . import FAMILIES, add_family, best_of, cell, per_seed, seed_verdict, verdi
 COLUMNS = {"val_output_linear": "output+linear", "val_output_5nn": "output+5-NN",
            "val_fc7_linear": "fc7+linear", "val_fc7_5nn": "fc7+5-NN"}
 MARGIN = 1.0
+CLAIM = "the best L_align + L_uniform encoder matches or beats the best contrastive one"
 
 
 def candidates(cloud: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -78,9 +79,8 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     """The seed-interval rule (module docstring) on `by_seed`; the selection among all candidates is evidence.
     Undecided when a family has no candidate."""
     t, names = table.set_index("family"), list(COLUMNS.values())
-    claim = "the best L_align + L_uniform encoder matches or beats the best contrastive one"
     if (diff := _difference(table)) is None:
-        return verdict("Table 1", claim, None, "a family has no candidate: "
+        return verdict("Table 1", CLAIM, None, "a family has no candidate: "
                        + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table1"])
     paper = [t.loc["align + uniform only", f"paper {n}"] - t.loc["contrastive only", f"paper {n}"] for n in names]
     evidence = ("among all candidates align + uniform minus contrastive: "
@@ -88,7 +88,7 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
                 + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); "
                   f"selected by {t['selected by'].iloc[0]}: "
                 + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"]))
-    return seed_verdict("Table 1", claim, seeds, "mean difference", -MARGIN, True,
+    return seed_verdict("Table 1", CLAIM, seeds, "mean difference", -MARGIN, True,
                         "the mean difference", "points", evidence, ["table1"])
 
 

@@ -24,6 +24,7 @@ FAMILIES = ("contrastive only", "align + uniform only")
 COLUMNS = {"val_conv5_mse": "conv5", "val_conv4_mse": "conv4"}
 MARGIN = 0.02
 RANDOM_MARGIN = 0.05
+CLAIM = "the best L_align + L_uniform encoder predicts depth as well as the best contrastive one"
 COLLAPSED = -0.1  # L_uniform(t=2) above this: the features have (nearly) collapsed to a point
 
 
@@ -78,16 +79,15 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     """Non-inferiority over seeds: the 95% interval of the relative conv5 MSE (align + uniform against contrastive,
     per seed) must lie below MARGIN (items.seed_verdict). Undecided when a family has no candidate."""
     t = table.set_index("family")
-    claim = "the best L_align + L_uniform encoder predicts depth as well as the best contrastive one"
     if not t["conv5"].notna().all():
-        return verdict("Table 2", claim, None, "a family has no candidate: " + ", ".join(
+        return verdict("Table 2", CLAIM, None, "a family has no candidate: " + ", ".join(
             f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table2"])
     au, c = t.loc["align + uniform only"], t.loc["contrastive only"]
     paper_rel = au["paper conv5"] / c["paper conv5"] - 1
     evidence = (f"among all candidates conv5 MSE align + uniform {au['conv5']:.4f} vs contrastive {c['conv5']:.4f} "
                 f"({_relative(table):+.1f}%; paper {paper_rel:+.1%}), conv4 {au['conv4']:.4f} vs {c['conv4']:.4f}; "
                 f"selected by {au['selected by']}: {au['objective']}; {c['objective']}")
-    return seed_verdict("Table 2", claim, seeds, "relative conv5 MSE (%)", 100 * MARGIN, False,
+    return seed_verdict("Table 2", CLAIM, seeds, "relative conv5 MSE (%)", 100 * MARGIN, False,
                         "the relative conv5 MSE", "%", evidence, ["table2"])
 
 
