@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from hypersphere import notebook, profiles, report, stats
+from hypersphere import decide, notebook, profiles, report, stats
 from hypersphere.items import FAMILIES, ITEMS, add_family, load_results, loss_family
 from hypersphere.sweep import load_sweep, run_sweep, sweep_path
 
@@ -79,7 +79,7 @@ def outputs_text(path: Path) -> str:
     return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", sorted(p.stem for p in NB_DIR.glob("*.ipynb")))
 def test_committed_notebook_is_clean_short_and_parameterised_by_profile(name):
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     assert nb.metadata.kernelspec.name == "hypersphere"
@@ -109,6 +109,18 @@ def test_notebook_writes_its_figures_and_verdicts(build, name):
         assert v["holds"] in (True, False, None) and v["claim"] and v["evidence"]
     if name != "01_theory":  # every table had one failed run appended: the notebook must drop it and say so
         assert "dropped 1 failed" in outputs_text(build / "build" / "smoke" / f"{name}.ipynb")
+
+
+@pytest.mark.slow
+def test_each_decided_comparison_reads_its_per_seed_differences_from_the_smoke_tables(build):
+    """decide.COMPARISONS read the same differences the notebooks judge; the smoke sweeps train one seed, so a
+    plan needs seeds 1 and 2 and says so."""
+    results = build / "results" / "smoke"
+    for sweep, comparison in decide.COMPARISONS.items():
+        named = comparison.claims(results)
+        assert named and all(set(c.differences) == {0} and np.isfinite(c.differences[0]) for c in named.values())
+        with pytest.raises(ValueError, match=r"no difference at seeds \[1, 2\]"):
+            decide.make_plan(named)
 
 
 @pytest.mark.slow
@@ -250,14 +262,16 @@ def _cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_the_published_quick_notebooks_are_executions_of_the_current_sources(name):
-    """docs/quick/ holds `make publish`'s copies: each must be an execution of the notebook as committed (rerun
-    `make && make publish` after editing a notebook), small, and free of machine-specific paths."""
-    published = ROOT / "docs" / "quick" / f"{name}.ipynb"
-    assert published.exists(), f"{published} is missing: run `make && make publish`"
+@pytest.mark.parametrize("profile, name", [("quick", name) for name in NOTEBOOKS] + [("decide", "11_decide")])
+def test_the_published_notebooks_are_executions_of_the_current_sources(profile, name):
+    """docs/<profile>/ holds `make publish`'s copies: each must be an execution of the notebook as committed (rerun
+    `make PROFILE=<profile> && make publish PROFILE=<profile>` after editing a notebook), small, and free of
+    machine-specific paths."""
+    published = ROOT / "docs" / profile / f"{name}.ipynb"
+    assert published.exists(), f"{published} is missing: run `make PROFILE={profile} && make publish PROFILE={profile}`"
     nb = nbformat.read(published, as_version=4)
-    assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), "rerun `make && make publish`"
+    assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), \
+        f"rerun `make PROFILE={profile} && make publish PROFILE={profile}`"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert (all(c.execution_count for c in code)
             and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs))

@@ -41,12 +41,24 @@ def test_the_projected_number_of_seeds_decides_the_claim_at_that_mean_and_spread
     assert stats.decide([0.5, -0.5], bound=0.0, above=True)["more_seeds"] is None  # the mean sits on the bound
 
 
-@pytest.mark.parametrize("effect, n", [(0.0, 5), (0.4, 10), (1.0, 4), (2.5, 3)])
+@pytest.mark.parametrize("effect, n", [(0.0, 5), (0.4, 10), (1.0, 4), (2.5, 3), (6.0, 9), (20.0, 4)])
 def test_decision_power_equals_statsmodels_two_sided_t_test_power(effect, n):
     from statsmodels.stats.power import TTestPower
 
     expected = TTestPower().power(effect_size=effect, nobs=n, alpha=0.05, alternative="two-sided")
     assert stats.decision_power(effect, n) == pytest.approx(expected, abs=1e-9)
+
+
+def test_decision_power_stays_a_probability_for_large_effects():
+    """Where scipy's noncentral t (and statsmodels with it) returns NaN for the far tail, e.g. effect 6 at n 2 or
+    effect 3 at n 20, the power is still finite and grows with n; a NaN there once planned needless seeds."""
+    from scipy.stats import nct, t
+
+    powers = stats.decision_power(6.0, np.arange(2, 41))
+    assert np.isfinite(powers).all() and (np.diff(powers) >= 0).all() and powers[-1] == pytest.approx(1.0)
+    assert stats.decision_power(6.0, 2) == pytest.approx(nct.sf(t.ppf(0.975, 1), 1, 6 * np.sqrt(2)), rel=1e-12)
+    assert stats.decision_power(3.0, 20) == pytest.approx(1.0)
+    assert stats.second_stage([5.0, 6.0, 7.0], 0.0)["seeds"] == 3
 
 
 def test_second_stage_plans_the_fewest_seeds_reaching_the_power_and_caps_them():

@@ -167,14 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             path = sweep.sweep_path(args.name, args.profile)
             sweep_runs = sweep.load_sweep(path, _key_values(args.set), _key_values(args.eval))
             table = prof.results_dir / f"{path.stem}.csv"
+            staged = bool(prof.decide) and path.stem in decide.COMPARISONS  # the two-stage design (decide.py)
             if args.dry_run:
+                if staged and (plan := decide.load_plan(prof.figures_dir).get(decide.COMPARISONS[path.stem].item)):
+                    sweep_runs = sweep_runs + decide.repeat_at(sweep_runs, plan["new_seeds"])
                 for run in sweep_runs:
                     print(f"{sweep.status(run):11s} {run.config.run_dir().name:32s} {run.config.canonical_objective}")
                 return 0
+
             def run_sweep(these: list[sweep.SweepRun]):
                 return sweep.run_sweep(these, table, args.executor, args.retry_failed, _workers(args.workers, prof),
                                        args.gpus_per_run, args.cpus_per_run)
-            if prof.decide and path.stem in decide.COMPARISONS:  # the two-stage design (decide.py)
+            if staged:
                 df = decide.run(path.stem, sweep_runs, prof.results_dir, prof.figures_dir, prof.decide, run_sweep)
             else:
                 df = run_sweep(sweep_runs)

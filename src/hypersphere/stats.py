@@ -147,7 +147,8 @@ def decision_power(effect: float, n, level: float = 0.95):
         return np.ones(n.shape) if n.ndim else 1.0
     crit = student_t.ppf((1 + level) / 2, n - 1)
     shift = abs(effect) * np.sqrt(n)
-    power = nct.sf(crit, n - 1, shift) + nct.cdf(-crit, n - 1, shift)
+    # the far tail as sf at the mirrored shift: scipy's nct.cdf(-crit, df, shift) returns NaN for large shifts
+    power = nct.sf(crit, n - 1, shift) + nct.sf(crit, n - 1, -shift)
     return power if n.ndim else float(power)
 
 

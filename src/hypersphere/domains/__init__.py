@@ -62,7 +62,7 @@ NO_SELECTION_CV = {"cv_folds": 0}  # a snapshot's evaluation skips the CV that o
 
 IMAGE = Domain(name="image", datasets=image.DATASETS, load=image.load_dataset, encoder=image.build_encoder,
                views=image.views, archs=image.ARCHS,
-               evaluations={"classify": Evaluation(image.classify, ("fc7", "output"), image.validation_features,
+               evaluations={"classify": Evaluation(image.evaluate, ("fc7", "output"), image.validation_features,
                                                    NO_SELECTION_CV)})
 # Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
 DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=image.build_encoder,

@@ -452,7 +452,7 @@ def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg, 
     return {"linear": top1, "linear_top5": top5}
 
 
-def classify(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None = None,
+def evaluate(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None = None,
              batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
     """All classification evaluations of one encoder as a flat dict:
       val_{tap}_linear, val_{tap}_{k}nn   validation accuracy (%) of the probe and of k-NN,

@@ -695,7 +695,7 @@ DATASETS = ("standin", "bookcorpus")
 ARCHS = {"qt": (WORD_DIM, True), "qt-raw": (WORD_DIM, False), "qt-small": (64, True), "qt-small-raw": (64, False)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextData:
     """A sentence dataset as the trainer and the `sentences` evaluation use it: the training stream as word ids
     (`ids`, a Packed stream: at most MAX_TOKENS each, no empty sentence) with its documents `doc` (a tensor sharing
