@@ -51,7 +51,7 @@ sentences: $(BUILD)/09_sentences.ipynb ## the sentence domain: Fig. 9b and Table
 beyond: $(BUILD)/10_beyond.ipynb ## beyond the paper: which label-free statistic picks the best encoder, per domain
 
 # The seeds each undecided comparison needs, fixed in advance (two stages; `make` first, so the first stage is cached).
-decide: ## Fig. 8 and Tables 1-3 judged at the seeds a two-stage design plans (about 1 hour on 2 cores after `make`)
+decide: ## Fig. 8 and Tables 1-3 judged at the seeds a two-stage design plans (32 minutes on 2 cores after `make`)
 	$(MAKE) notebooks PROFILE=decide
 
 setup: $(STAMP) ## create .venv (only when missing or pyproject.toml changed) and register its Jupyter kernel
