@@ -237,7 +237,7 @@ def figure(plans: dict[str, dict[str, Any]], claims: dict[str, dict[str, Claim]]
         stages = {"first stage": [s for s in FIRST_SEEDS if s in c.differences],
                   "second stage": [s for s in new if s in c.differences]}
         right = max(c.differences) + 2 if c.differences else 2
-        for (label, seeds), colour, dx in zip(stages.items(), ("0.55", "C0"), (0, 1)):
+        for (label, seeds), colour, dx in zip(stages.items(), ("0.55", "C0"), (0, 1.5)):
             if seeds:
                 d = [c.differences[s] for s in seeds]
                 ax.plot(seeds, d, "o", color=colour, ms=4, label=label)
@@ -246,7 +246,7 @@ def figure(plans: dict[str, dict[str, Any]], claims: dict[str, dict[str, Claim]]
                     ax.errorbar(right + dx, mean, [[mean - low], [high - mean]], fmt="s", color=colour, capsize=4)
         ax.axhline(c.bound, color="C3", ls="--", lw=1, label=f"bound ({'above' if c.above else 'below'} claimed)")
         seeds = sorted(c.differences)
-        ax.set_xticks([*seeds, right, right + 1], [*map(str, seeds), "CI 1", "CI 2"], fontsize="x-small")
+        ax.set_xticks([*seeds, right, right + 1.5], [*map(str, seeds), "CI 1", "CI 2"], fontsize="x-small")
         ax.set(title=f"{item}: {name}", xlabel="seed, then each stage's interval", ylabel=c.unit)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")

@@ -188,8 +188,8 @@ def clean_notebook(nb, workdir: Path):
 
 
 def publish(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path, workdir: str | Path = ".") -> Path:
-    """Copy build_dir's executed notebooks (`clean_notebook`), figures_dir's PNG figures, markdown tables and
-    verdict files, and an index.html linking them into out_dir; files there that this call did not write are removed,
+    """Copy build_dir's executed notebooks (`clean_notebook`), figures_dir's PNG figures, markdown tables, verdict
+    files and plans, and an index.html linking them into out_dir; files there that this call did not write are removed,
     so the copy is exactly this build's. Returns the index."""
     import nbformat
 
@@ -201,7 +201,8 @@ def publish(build_dir: str | Path, figures_dir: str | Path, out_dir: str | Path,
         text = nbformat.writes(clean_notebook(nbformat.read(nb, as_version=4), workdir)) + "\n"
         runs.atomic_write(out_dir / nb.name, lambda f, text=text: f.write(text.encode()))
         written.add(nb.name)
-    for path in sorted(p for pattern in ("*.png", "*.md", "verdicts_*.json") for p in figures_dir.glob(pattern)):
+    patterns = ("*.png", "*.md", "verdicts_*.json", "*_plan.json")  # _plan: a design fixed before its runs (decide.py)
+    for path in sorted(p for pattern in patterns for p in figures_dir.glob(pattern)):
         shutil.copyfile(path, out_dir / path.name)
         written.add(path.name)
     index = write_index(build_dir, out_dir, out_dir, {nb.stem for nb in notebooks}, ".ipynb")
