@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from hypersphere import runs
 from hypersphere.augment import AugmentConfig
-from hypersphere.domains.image import ImageData
-from hypersphere.domains.image import classify, pair_metrics
+from hypersphere.domains import image
+from hypersphere.domains.image import ImageData, pair_metrics
 from hypersphere.evaluate import EvalConfig, evaluate_run
 from hypersphere.models import DigitsNet
 from hypersphere.probes import sanity_check
@@ -66,7 +66,7 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     model = DigitsNet(dim=4, input_size=12)
     before = snapshot(model)
     cfg = EvalConfig(probe=probe, probe_epochs=2, cv_folds=3, l2_folds=2)
-    out = classify(model, data, cfg, torch.device("cpu"), tau=0.2, batch_size=8)
+    out = image.evaluate(model, data, cfg, torch.device("cpu"), tau=0.2, batch_size=8)
     keys = {f"{split}_{tap}_{kind}" for split in ("val", "cv") for tap in ("fc7", "output")
             for kind in ("linear", "5nn")}
     assert keys | {"align", "uniform", "contrastive"} <= set(out)
@@ -75,7 +75,7 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     assert all(0.0 <= out[k] <= 100.0 for k in keys)
     assert 0.0 <= out["align"] <= 4.0 and out["uniform"] <= 0.0
     sanity_check(before, model)
-    no_cv = classify(model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"),
+    no_cv = image.evaluate(model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"),
                      taps=("output",))
     assert set(no_cv) == {"val_output_linear", "val_output_5nn", "align", "uniform"}
 
@@ -89,7 +89,7 @@ def test_cross_validation_fits_the_reported_probes_classifier(monkeypatch, probe
     seen = []
     monkeypatch.setattr(image, "linear_probe_cached",
                         lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0)
-    classify(DigitsNet(dim=4, input_size=12), tiny_data(n_train=30, n_val=15),
+    image.evaluate(DigitsNet(dim=4, input_size=12), tiny_data(n_train=30, n_val=15),
              EvalConfig(probe=probe, probe_epochs=3, cv_folds=3, knn_k=1), torch.device("cpu"), taps=("output",))
     cv = seen[-3:]  # the last three fits are the folds'
     assert {(c.optimizer, c.lr, c.epochs) for c in cv} == {(optimizer, lr, 3)}

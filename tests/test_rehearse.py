@@ -188,7 +188,7 @@ def test_every_sweep_of_the_profile_is_rehearsed_and_every_notebook_runs(rehears
     for s in record["sweeps"]:
         assert s["trained"] + len(s["failed"]) == s["rehearsed"] >= s["recipes"] > 0, s
         assert s["evaluated"] == s["trained"], s
-    assert [n["notebook"] for n in record["notebooks"]] == sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert [n["notebook"] for n in record["notebooks"]] == sorted(PAPER.notebooks)
     assert json.loads((out / rehearse.RECORD).read_text())["sweeps"] == record["sweeps"]
     assert untouched, "the rehearsal wrote into the repository's runs/, results/, figures/ or build/"
 

@@ -170,7 +170,8 @@ def test_profiles_name_existing_sweeps_and_a_new_profile_copies_one(tmp_path, mo
     for name in profiles.names():
         prof = profiles.load(name)
         assert prof.sweeps and prof.workers >= 1 and prof.figures_dir == Path("figures") / name
-        assert set(prof.notebooks) >= {"01_theory", "02_hypersphere_2d", "03_metrics_vs_accuracy"}
+        notebooks = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
+        assert prof.notebooks and set(prof.notebooks) <= notebooks, name
     monkeypatch.setattr(resources, "configs", lambda: tmp_path)
     (tmp_path / "profiles").mkdir()
     (tmp_path / "sweeps").mkdir()
@@ -184,6 +185,10 @@ def test_profiles_name_existing_sweeps_and_a_new_profile_copies_one(tmp_path, mo
     assert profiles.load("mine").sweeps == ("s",) and (tmp_path / "sweeps" / "mine" / "s.yaml").exists()
     with pytest.raises(FileExistsError):
         profiles.new("mine", "base")
+    (tmp_path / "profiles" / "derived.yaml").write_text("sweeps: [s]\nsweeps_from: base\nnotebooks: {}\n")
+    assert profiles.load("derived").sweeps_dir == tmp_path / "sweeps" / "base"
+    profiles.new("own", "derived")  # its own copies of the sweeps it read, and no sweeps_from
+    assert (tmp_path / "sweeps" / "own" / "s.yaml").exists() and profiles.load("own").sweeps_from == ""
     with pytest.raises(FileNotFoundError, match="profile new nope"):
         profiles.load("nope")
     with pytest.raises(KeyError, match="sets no sizes"):

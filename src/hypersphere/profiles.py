@@ -94,7 +94,9 @@ def load(name: str) -> Profile:
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
     decide = spec.get("decide") or {}
-    if set(decide) - {"power", "most"} or not 0 < decide.get("power", 0.8) < 1 or decide.get("most", 20) < 2:
+    power, most = decide.get("power", 0.8), decide.get("most", 20)
+    if (set(decide) - {"power", "most"} or not isinstance(power, (int, float)) or not 0 < power < 1
+            or not isinstance(most, int) or most < 2):
         raise ValueError(f"{path(name)}: decide must be {{power: a number in (0, 1), most: an integer of 2 or more}}, "
                          f"got {decide}")
     return Profile(name, spec.get("description") or "", sweeps, workers,

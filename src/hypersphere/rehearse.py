@@ -16,7 +16,7 @@ For each sweep the profile lists (read from the profile, so a new sweep is rehea
   3. each is evaluated with the sweep's own EvalConfig (kind, probe and taps kept; `shrink_evaluation` cuts the
      probe and decoder epochs to 1 and the cross-validation to FOLDS folds);
   4. sweep.run_sweep writes the sweep's results table, <out>/results/<profile>/<sweep>.csv, as the real sweep does.
-Every notebook of notebooks/ runs at the profile on those tables once they exist (notebook.execute with workdir
+Every notebook the profile sizes runs at it on those tables once they exist (notebook.execute with workdir
 <out>, so its figures land in <out>/figures/<profile>/), its sizes replaced by the smoke profile's
 ($HYPERSPHERE_SIZES, profiles.py): the profile's code paths at seconds-long sizes.
 
@@ -359,7 +359,7 @@ def run(profile: str = "paper", out: str | Path | None = None, progress: bool = 
     sizes = notebook_sizes(prof)
     jobs += [Job(f"notebook {p.stem}", rehearse_notebook, (p, profile, out, sizes),
                  needs=notebook_needs(p, prof.sweeps))
-             for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
+             for p in sorted(NOTEBOOKS.glob("*.ipynb")) if p.stem in prof.notebooks]
     records, errors, skipped = _pool(jobs, progress)
     record = {"profile": profile, "out": str(out),
               "sweeps": sorted((r for r in records if "sweep" in r), key=lambda r: prof.sweeps.index(r["sweep"])),
