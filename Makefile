@@ -105,8 +105,9 @@ profile-new: ## copy profile FROM (default quick) and its sweeps to a new profil
 test: $(STAMP) ## run the test suite (notebooks included, on the smoke profile)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## check src, tests and bench with ruff (settings in pyproject.toml; tests/test_lint.py runs it too)
+lint: $(STAMP) ## ruff's linter and format check on src, tests and bench (pyproject.toml; tests/test_lint.py runs both)
 	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m ruff format --check src tests bench
 
 # bench/ is also a folder, so the target must be phony or make would call it up to date.
 .PHONY: bench

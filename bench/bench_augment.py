@@ -11,6 +11,7 @@ Second case, the embedded recipe (digits-color, 28 -> 12 px, batch 128): the tra
 batches at once as fit in train.VIEW_VALUES (the whole epoch here), against one call per batch as before version
 4; the same views per second of training. Target: >= 3x (small images: the per-call overhead dominates).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -49,14 +50,16 @@ def _drain(loader) -> None:
 
 
 def official_transform() -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(64, scale=(0.08, 1)),
-        T.RandomHorizontalFlip(),
-        T.ColorJitter(0.4, 0.4, 0.4, 0.4),
-        T.RandomGrayscale(p=0.2),
-        T.ToTensor(),
-        T.Normalize(STL10_MEAN, STL10_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(64, scale=(0.08, 1)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomGrayscale(p=0.2),
+            T.ToTensor(),
+            T.Normalize(STL10_MEAN, STL10_STD),
+        ]
+    )
 
 
 def run(quick: bool, threads: int) -> list[Row]:
@@ -69,16 +72,22 @@ def run(quick: bool, threads: int) -> list[Row]:
     cfg = AugmentConfig()
     rows = []
     for batch in batches:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                                             num_workers=threads, persistent_workers=True,
-                                             generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=threads,
+            persistent_workers=True,
+            generator=torch.Generator().manual_seed(0),
+        )
 
         reference = partial(_drain, loader)
 
         def ours() -> None:
             perm = torch.randperm(n, generator=gen)
             for step in range(n // batch):
-                idx = perm[step * batch:(step + 1) * batch]
+                idx = perm[step * batch : (step + 1) * batch]
                 torch.cat([augment(images[idx], cfg, STL10_MEAN, STL10_STD, gen) for _ in range(2)])
 
         reference()  # starts the workers and warms them up
@@ -86,13 +95,18 @@ def run(quick: bool, threads: int) -> list[Row]:
         t_ours, t_ref = interleaved(ours, reference, rounds)
         views = 2 * (n // batch) * batch
         ours_rate, ref_rate = views / median(t_ours), views / median(t_ref)
-        rows.append(Row(
-            "augment", f"paper recipe 96->64 px, B={batch}, 2 views, {threads} core(s)",
-            f"{fmt_rate(ours_rate, 'view')} ({ours_rate / threads:,.0f} per core)",
-            f"{fmt_rate(ref_rate, 'view')} ({ref_rate / threads:,.0f} per core)",
-            speedup(t_ours, t_ref), 3.0,
-            note=f"ours: {threads} torch thread(s); reference: DataLoader num_workers={threads}",
-            raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": threads}))
+        rows.append(
+            Row(
+                "augment",
+                f"paper recipe 96->64 px, B={batch}, 2 views, {threads} core(s)",
+                f"{fmt_rate(ours_rate, 'view')} ({ours_rate / threads:,.0f} per core)",
+                f"{fmt_rate(ref_rate, 'view')} ({ref_rate / threads:,.0f} per core)",
+                speedup(t_ours, t_ref),
+                3.0,
+                note=f"ours: {threads} torch thread(s); reference: DataLoader num_workers={threads}",
+                raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": threads},
+            )
+        )
         del reference, loader  # shuts its workers down
     return rows + [epoch_draw_row(rounds, threads)]
 
@@ -108,15 +122,21 @@ def epoch_draw_row(rounds: int, threads: int, batch: int = 128) -> Row:
 
     def draw(per_call: int) -> None:
         for c0 in range(0, steps, per_call):
-            rows = perm[c0 * batch:min(c0 + per_call, steps) * batch]
+            rows = perm[c0 * batch : min(c0 + per_call, steps) * batch]
             [augment(images[rows], cfg, data.mean, data.std, gen) for _ in range(2)]
 
     ours, reference = partial(draw, chunk), partial(draw, 1)
     ours(), reference()
     t_ours, t_ref = interleaved(ours, reference, max(rounds, 3))
     views = 2 * steps * batch
-    return Row("augment", f"digits-color 28->12 px, B={batch}, 2 views, {chunk if chunk < steps else 'all'} batches "
-               f"per call vs 1, {threads} core(s)", fmt_rate(views / median(t_ours), "view"),
-               fmt_rate(views / median(t_ref), "view"), speedup(t_ours, t_ref), 3.0,
-               note="train.VIEW_VALUES: the views of many batches in one augment call",
-               raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": threads})
+    return Row(
+        "augment",
+        f"digits-color 28->12 px, B={batch}, 2 views, {chunk if chunk < steps else 'all'} batches "
+        f"per call vs 1, {threads} core(s)",
+        fmt_rate(views / median(t_ours), "view"),
+        fmt_rate(views / median(t_ref), "view"),
+        speedup(t_ours, t_ref),
+        3.0,
+        note="train.VIEW_VALUES: the views of many batches in one augment call",
+        raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": threads},
+    )

@@ -39,6 +39,7 @@ The rows:
   counted PFLOP (costs.sweep_cost), and one STL-10 encoder's;
 - packing: K processes each running the trainer's B=256 SmallAlexNet step on the GPU at once, vs one alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,13 @@ from hypersphere.train import TrainConfig, load_data
 from timing import Row, fmt_rate, fmt_time, skipped
 
 # how each paper dataset is stored (height, width) and its augmentation recipe: the synthetic images' shape
-STORED = {"stl10": (96, 96, "stl10"), "cifar10": (32, 32, "cifar10"), "nyu-depth-v2": (96, 126, "stl10"),
-          "imagenet100": (256, 256, "mocov1"), "imagenet": (256, 256, "mocov2")}
+STORED = {
+    "stl10": (96, 96, "stl10"),
+    "cifar10": (32, 32, "cifar10"),
+    "nyu-depth-v2": (96, 126, "stl10"),
+    "imagenet100": (256, 256, "mocov1"),
+    "imagenet": (256, 256, "mocov2"),
+}
 STREAMED = "imagenet"  # measured streamed from JPEG files through train() (stream_row), not in memory
 # the kinds of step (costs.step_kind) that rows besides the per-kind ones read
 SAN, MOCO, STREAM = "stl10 auto", "imagenet100 resnet50 queue", "imagenet resnet50-mlp queue"
@@ -87,18 +93,19 @@ START = time.perf_counter()
 class Sizes:
     """How large each measurement is: FULL (8 minutes or less on one GPU), QUICK (--quick on a GPU), or DRY (the CPU
     dry run: every code path at tiny sizes, no measurement)."""
-    dry: bool                 # each kind once at a tiny batch (dry_config), steps not rounded to whole view drawings
-    warmup: int               # steps before timing
-    steps: int                # timed steps
-    matmul: int               # side of the matmuls that measure the achievable TFLOP/s
+
+    dry: bool  # each kind once at a tiny batch (dry_config), steps not rounded to whole view drawings
+    warmup: int  # steps before timing
+    steps: int  # timed steps
+    matmul: int  # side of the matmuls that measure the achievable TFLOP/s
     matmul_repeats: int
-    pad_vocab: bool           # the sentence stand-in's vocabulary padded to BookCorpus's 50,000 words
-    decoder_train: int        # depth decoder: train and validation maps (NYU: 795 / 654)
+    pad_vocab: bool  # the sentence stand-in's vocabulary padded to BookCorpus's 50,000 words
+    decoder_train: int  # depth decoder: train and validation maps (NYU: 795 / 654)
     decoder_val: int
     decoder_epochs: int
-    stream_files: int         # MoCo streamed: JPEG files, epochs (the first is warm-up)
+    stream_files: int  # MoCo streamed: JPEG files, epochs (the first is warm-up)
     stream_epochs: int
-    digits_arch: str          # fp32 vs bf16 accuracy: arch, augmentation, encoder images (0: all 1,347), batch, epochs
+    digits_arch: str  # fp32 vs bf16 accuracy: arch, augmentation, encoder images (0: all 1,347), batch, epochs
     digits_augment: object
     digits_images: int
     digits_batch: int
@@ -107,26 +114,60 @@ class Sizes:
     pack_steps: int
 
 
-FULL = Sizes(dry=False, warmup=5, steps=10, matmul=8192, matmul_repeats=50, pad_vocab=True,
-             decoder_train=795, decoder_val=654, decoder_epochs=30, stream_files=8192, stream_epochs=6,
-             digits_arch="smallalexnet", digits_augment={"recipe": "digits-color", "crop_size": 64}, digits_images=0,
-             digits_batch=128, digits_epochs=10, digits_eval=EvalConfig(probe="lbfgs", cv_folds=0), pack_steps=30)
-QUICK = replace(FULL, warmup=2, steps=3, decoder_epochs=5, stream_files=2048, stream_epochs=3, digits_epochs=4,
-                pack_steps=5)
+FULL = Sizes(
+    dry=False,
+    warmup=5,
+    steps=10,
+    matmul=8192,
+    matmul_repeats=50,
+    pad_vocab=True,
+    decoder_train=795,
+    decoder_val=654,
+    decoder_epochs=30,
+    stream_files=8192,
+    stream_epochs=6,
+    digits_arch="smallalexnet",
+    digits_augment={"recipe": "digits-color", "crop_size": 64},
+    digits_images=0,
+    digits_batch=128,
+    digits_epochs=10,
+    digits_eval=EvalConfig(probe="lbfgs", cv_folds=0),
+    pack_steps=30,
+)
+QUICK = replace(
+    FULL, warmup=2, steps=3, decoder_epochs=5, stream_files=2048, stream_epochs=3, digits_epochs=4, pack_steps=5
+)
 # the dry run: no warm-up, no padded vocabulary (Adam over 62 M embedding weights), one L2 strength for the digits
 # probe (its CV was half the dry run's time)
-DRY = Sizes(dry=True, warmup=0, steps=1, matmul=256, matmul_repeats=2, pad_vocab=False,
-            decoder_train=16, decoder_val=8, decoder_epochs=1, stream_files=8, stream_epochs=2,
-            digits_arch="digitsnet", digits_augment="", digits_images=32, digits_batch=8, digits_epochs=1,
-            digits_eval=EvalConfig(probe="lbfgs", cv_folds=0, l2_grid=(1e-4,), l2_folds=2), pack_steps=1)
+DRY = Sizes(
+    dry=True,
+    warmup=0,
+    steps=1,
+    matmul=256,
+    matmul_repeats=2,
+    pad_vocab=False,
+    decoder_train=16,
+    decoder_val=8,
+    decoder_epochs=1,
+    stream_files=8,
+    stream_epochs=2,
+    digits_arch="digitsnet",
+    digits_augment="",
+    digits_images=32,
+    digits_batch=8,
+    digits_epochs=1,
+    digits_eval=EvalConfig(probe="lbfgs", cv_folds=0, l2_grid=(1e-4,), l2_folds=2),
+    pack_steps=1,
+)
 
 
 def dry_config(cfg: TrainConfig) -> TrainConfig:
     """The dry run's tiny version of a paper config: 2 pairs of 32 px crops (and a queue of 16), or 8 sentences."""
     if is_text(cfg):
         return replace(cfg, batch_size=8)
-    return replace(cfg, batch_size=2, queue=min(cfg.queue, 16),
-                   augment={"recipe": STORED[cfg.dataset][2], "crop_size": 32})
+    return replace(
+        cfg, batch_size=2, queue=min(cfg.queue, 16), augment={"recipe": STORED[cfg.dataset][2], "crop_size": 32}
+    )
 
 
 def say(message: str) -> None:
@@ -151,7 +192,7 @@ def peak_memory(device: torch.device):
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     yield memory
-    memory["gib"] = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 30
+    memory["gib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
 
 
 def memory_note(gib: float | None) -> str:
@@ -161,11 +202,18 @@ def memory_note(gib: float | None) -> str:
 def speed_row(case: str, per_s: float, unit: str, flops_per_item: float, peak: float, note: str, **raw) -> Row:
     """A throughput row: `per_s` items (images, sentences) a second, TFLOP/s at `flops_per_item`, MFU."""
     tflops = per_s * flops_per_item / 1e12
-    return Row("cuda", case, f"{fmt_rate(per_s, unit)}, {tflops:.1f} TFLOP/s, MFU {tflops / peak:.0%}", "-", note=note,
-               raw={f"{unit}s_per_s": per_s, "tflops": tflops, "mfu": tflops / peak, **raw})
+    return Row(
+        "cuda",
+        case,
+        f"{fmt_rate(per_s, unit)}, {tflops:.1f} TFLOP/s, MFU {tflops / peak:.0%}",
+        "-",
+        note=note,
+        raw={f"{unit}s_per_s": per_s, "tflops": tflops, "mfu": tflops / peak, **raw},
+    )
 
 
 # ---------------------------------------------------------------------------------------- the trainer's step
+
 
 def is_text(cfg: TrainConfig) -> bool:
     return domain_of(cfg.dataset).batch_loss is not None
@@ -189,8 +237,19 @@ def synthetic(cfg: TrainConfig, n: int, device: torch.device) -> ImageData:
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(0, 256, (n, 3, height, width), dtype=torch.uint8, device=device, generator=gen)
     labels = torch.randint(0, 10, (n,), device=device, generator=gen)
-    return ImageData("synthetic", images, images, labels, images, labels, STL10_MEAN, STL10_STD, 10, aug,
-                     eval_resize=round(aug.crop_size * 70 / 64))
+    return ImageData(
+        "synthetic",
+        images,
+        images,
+        labels,
+        images,
+        labels,
+        STL10_MEAN,
+        STL10_STD,
+        10,
+        aug,
+        eval_resize=round(aug.crop_size * 70 / 64),
+    )
 
 
 def draw_batches(cfg: TrainConfig) -> int:
@@ -234,14 +293,15 @@ class TrainerStep:
 
 @dataclass
 class Timing:
-    seconds: float            # per step
-    loss: float               # mean loss of the timed steps
+    seconds: float  # per step
+    loss: float  # mean loss of the timed steps
     peak_gib: float | None
-    warmup_s: float           # the warm-up steps' wall time (setup excluded; torch.compile's included)
+    warmup_s: float  # the warm-up steps' wall time (setup excluded; torch.compile's included)
 
 
-def measure(cfg: TrainConfig, device: torch.device, sizes: Sizes, text_data, compile: bool = False,
-            images: int = 0) -> Timing:
+def measure(
+    cfg: TrainConfig, device: torch.device, sizes: Sizes, text_data, compile: bool = False, images: int = 0
+) -> Timing:
     """Time the trainer's step for cfg: `sizes.warmup` steps, then `sizes.steps` timed ones, off the dry run both
     rounded up to whole view drawings. The data is made inside the measurement: `images` images (default: enough
     for the steps' batches, at least 4), so peak memory counts them."""
@@ -288,11 +348,13 @@ def flops_per_sample(cfg: TrainConfig, text_data) -> float:
 
 # ---------------------------------------------------------------------------------------- the paper sweeps
 
+
 def paper_sweeps() -> dict[str, list]:
     """Every sweep of the paper profile, in its order, expanded and validated by sweep.load_sweep; checked before any
     measurement to train only datasets whose size costs.PAPER_DATA knows and this check can make."""
-    sweeps = {sweep: load_sweep(sweep_path(sweep, "paper"), {"device": "cpu"})
-              for sweep in profiles.load("paper").sweeps}
+    sweeps = {
+        sweep: load_sweep(sweep_path(sweep, "paper"), {"device": "cpu"}) for sweep in profiles.load("paper").sweeps
+    }
     datasets = {run.config.dataset for sweep_runs in sweeps.values() for run in sweep_runs}
     if unknown := datasets - set(costs.PAPER_DATA):
         raise ValueError(f"paper sweeps train on {sorted(unknown)}: add their sizes to costs.PAPER_DATA")
@@ -323,6 +385,7 @@ def at_batch(configs: list[TrainConfig], batch: int, sizes: Sizes) -> TrainConfi
 
 # ---------------------------------------------------------------------------------------- the rows
 
+
 def achievable_tflops(device: torch.device, n: int, repeats: int) -> float:
     """bf16 TFLOP/s of n x n x n matrix products: the card's practical peak, the denominator of MFU."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -333,7 +396,7 @@ def achievable_tflops(device: torch.device, n: int, repeats: int) -> float:
     for _ in range(repeats):
         a @ b
     _sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
 def unit_of(cfg: TrainConfig) -> tuple[str, int]:
@@ -341,8 +404,9 @@ def unit_of(cfg: TrainConfig) -> tuple[str, int]:
     return ("sentence", 1) if is_text(cfg) else ("image", Objective.parse(cfg.objective).views)
 
 
-def kind_rows(device: torch.device, name: str, sizes: Sizes, peak: float, kinds: dict, text_data,
-              measured: Measured) -> tuple[list[Row], dict]:
+def kind_rows(
+    device: torch.device, name: str, sizes: Sizes, peak: float, kinds: dict, text_data, measured: Measured
+) -> tuple[list[Row], dict]:
     """Every kind of step in fp32 (as the paper sweeps train) at every batch it trains at (in the dry run once, tiny),
     and its FLOPs per sample: one row per kind, throughput, MFU and peak memory at the largest batch. Returns the rows
     and the timings, {kind: {batch: Timing}}."""
@@ -359,19 +423,36 @@ def kind_rows(device: torch.device, name: str, sizes: Sizes, peak: float, kinds:
             measured.add(kind, cfg.batch_size, False, timing.seconds)
         top, (unit, per_sample) = max(times), unit_of(cfg)
         t, work = times[top], "a window packed" if is_text(cfg) else "views drawn"
-        rows.append(speed_row(f"{kind}: the trainer's step, fp32 at B={top}, {name}", per_sample * top / t.seconds,
-                              unit, flops / per_sample, peak,
-                              f"{fmt_time(t.seconds)} per step ({work} + fwd + bwd + "
-                              f"{'clipping + ' * bool(cfg.clip_grad)}{cfg.optimizer}); "
-                              f"{memory_note(t.peak_gib)}; {flops / 1e9:.2f} GFLOP counted per sample; ms per step "
-                              "at each batch: " + ", ".join(f"{b}: {1e3 * x.seconds:.1f}" for b, x in times.items()),
-                              seconds_per_step={str(b): x.seconds for b, x in times.items()}, peak_gib=t.peak_gib,
-                              flops_per_sample=flops, batch=top))
+        rows.append(
+            speed_row(
+                f"{kind}: the trainer's step, fp32 at B={top}, {name}",
+                per_sample * top / t.seconds,
+                unit,
+                flops / per_sample,
+                peak,
+                f"{fmt_time(t.seconds)} per step ({work} + fwd + bwd + "
+                f"{'clipping + ' * bool(cfg.clip_grad)}{cfg.optimizer}); "
+                f"{memory_note(t.peak_gib)}; {flops / 1e9:.2f} GFLOP counted per sample; ms per step "
+                "at each batch: " + ", ".join(f"{b}: {1e3 * x.seconds:.1f}" for b, x in times.items()),
+                seconds_per_step={str(b): x.seconds for b, x in times.items()},
+                peak_gib=t.peak_gib,
+                flops_per_sample=flops,
+                batch=top,
+            )
+        )
     return rows, timings
 
 
-def bf16_rows(device: torch.device, name: str, sizes: Sizes, peak: float, compile: bool, kinds: dict, timings: dict,
-              measured: Measured) -> list[Row]:
+def bf16_rows(
+    device: torch.device,
+    name: str,
+    sizes: Sizes,
+    peak: float,
+    compile: bool,
+    kinds: dict,
+    timings: dict,
+    measured: Measured,
+) -> list[Row]:
     """SmallAlexNet at B=768 (eager, and compiled on CUDA) and the ResNet-50 MoCo step in bf16 autocast; for each,
     the mean loss of the same steps from the same weights and views in fp32 (kind_rows' timing) and bf16."""
     rows, cuda = [], device.type == "cuda"
@@ -388,25 +469,42 @@ def bf16_rows(device: torch.device, name: str, sizes: Sizes, peak: float, compil
             except Exception as e:  # torch.compile can fail on some setups; eager must not
                 if not compiled:
                     raise
-                rows.append(skipped("cuda", case,
-                                    f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+                rows.append(
+                    skipped("cuda", case, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                )
                 continue
             if not compiled:
                 measured.add(kind, cfg.batch_size, True, t.seconds)
                 bf16_loss = t.loss
-            rows.append(speed_row(case, per_sample * cfg.batch_size / t.seconds, unit,
-                                  measured.flops[kind] / per_sample, peak,
-                                  f"{fmt_time(t.seconds)} per step, {fp32.seconds / t.seconds:.2f}x fp32's; "
-                                  f"{memory_note(t.peak_gib)}; warm-up {t.warmup_s:.1f} s" +
-                                  (" (compiling included)" if compiled else ""),
-                                  seconds_per_step=t.seconds, peak_gib=t.peak_gib, warmup_s=t.warmup_s))
+            rows.append(
+                speed_row(
+                    case,
+                    per_sample * cfg.batch_size / t.seconds,
+                    unit,
+                    measured.flops[kind] / per_sample,
+                    peak,
+                    f"{fmt_time(t.seconds)} per step, {fp32.seconds / t.seconds:.2f}x fp32's; "
+                    f"{memory_note(t.peak_gib)}; warm-up {t.warmup_s:.1f} s"
+                    + (" (compiling included)" if compiled else ""),
+                    seconds_per_step=t.seconds,
+                    peak_gib=t.peak_gib,
+                    warmup_s=t.warmup_s,
+                )
+            )
         gap = bf16_loss - fp32.loss
-        rows.append(Row("cuda", f"{kind}: mean loss of the same steps from the same weights and views, fp32 vs bf16 "
-                                f"autocast, B={cfg.batch_size}", f"{bf16_loss:.4f} (bf16)", f"{fp32.loss:.4f} (fp32)",
-                        note=f"the timed steps above; difference {gap:+.1e}" +
-                             (f", relative {abs(gap / fp32.loss):.1e}" if fp32.loss else "") +
-                             ("; CPU dry run: bf16 applies on CUDA only" if not cuda else ""),
-                        raw={"fp32": fp32.loss, "bf16": bf16_loss}))
+        rows.append(
+            Row(
+                "cuda",
+                f"{kind}: mean loss of the same steps from the same weights and views, fp32 vs bf16 "
+                f"autocast, B={cfg.batch_size}",
+                f"{bf16_loss:.4f} (bf16)",
+                f"{fp32.loss:.4f} (fp32)",
+                note=f"the timed steps above; difference {gap:+.1e}"
+                + (f", relative {abs(gap / fp32.loss):.1e}" if fp32.loss else "")
+                + ("; CPU dry run: bf16 applies on CUDA only" if not cuda else ""),
+                raw={"fp32": fp32.loss, "bf16": bf16_loss},
+            )
+        )
     return rows
 
 
@@ -422,9 +520,15 @@ def view_drawing_row(device: torch.device, name: str, sizes: Sizes, kinds: dict)
         views(data, data.encoder_images, gen), views(data, data.encoder_images, gen)
     _sync(device)
     rate = 2 * cfg.batch_size * sizes.steps / (time.perf_counter() - t0)
-    return Row("cuda", f"view drawing alone (augment), 96 px uint8 -> {data.augment.crop_size} px, both views of "
-                       f"B={cfg.batch_size}, {name}", fmt_rate(rate, "image"), "-",
-               note="included in the steps above", raw={"images_per_s": rate})
+    return Row(
+        "cuda",
+        f"view drawing alone (augment), 96 px uint8 -> {data.augment.crop_size} px, both views of "
+        f"B={cfg.batch_size}, {name}",
+        fmt_rate(rate, "image"),
+        "-",
+        note="included in the steps above",
+        raw={"images_per_s": rate},
+    )
 
 
 def resident_memory_row(device: torch.device, sizes: Sizes, kinds: dict) -> Row:
@@ -435,9 +539,14 @@ def resident_memory_row(device: torch.device, sizes: Sizes, kinds: dict) -> Row:
     cfg = at_batch(kinds[SAN], SAN_BATCH, sizes)
     say("STL-10 resident")
     t = measure(cfg, device, replace(sizes, warmup=1, steps=2), None, images=costs.PAPER_DATA["stl10"])
-    return Row("cuda", f"peak memory: STL-10 resident ({costs.PAPER_DATA['stl10']:,} x 3 x 96 x 96 uint8) + the "
-                       f"trainer's fp32 B={cfg.batch_size} step", f"{t.peak_gib:.1f} GiB", "-",
-               raw={"peak_gib": t.peak_gib})
+    return Row(
+        "cuda",
+        f"peak memory: STL-10 resident ({costs.PAPER_DATA['stl10']:,} x 3 x 96 x 96 uint8) + the "
+        f"trainer's fp32 B={cfg.batch_size} step",
+        f"{t.peak_gib:.1f} GiB",
+        "-",
+        raw={"peak_gib": t.peak_gib},
+    )
 
 
 def decoder_row(device: torch.device, name: str, sizes: Sizes, tap: str) -> Row:
@@ -458,18 +567,26 @@ def decoder_row(device: torch.device, name: str, sizes: Sizes, tap: str) -> Row:
         fit_decoder(maps[:n], depth[:n], maps[n:], depth[n:], DepthProbeConfig(epochs=epochs), progress=False)
         seconds = time.perf_counter() - t0  # fit_decoder's .item() waits for the device
     rate = epochs * n / seconds
-    return Row("cuda", f"NYU depth decoder training on {tap} maps {tuple(maps.shape[1:])}, {n} maps x {epochs} epochs, "
-                       f"batch 128, {name}", fmt_rate(rate, "image"), "-",
-               note=f"{memory_note(memory['gib'])} (maps resident besides)",
-               raw={"images_per_s": rate, "seconds": seconds, "peak_gib": memory["gib"]})
+    return Row(
+        "cuda",
+        f"NYU depth decoder training on {tap} maps {tuple(maps.shape[1:])}, {n} maps x {epochs} epochs, "
+        f"batch 128, {name}",
+        fmt_rate(rate, "image"),
+        "-",
+        note=f"{memory_note(memory['gib'])} (maps resident besides)",
+        raw={"images_per_s": rate, "seconds": seconds, "peak_gib": memory["gib"]},
+    )
 
 
 def write_imagenet(root: Path, files: int) -> None:
     """root/imagenet/{train,val}/c<k>/: `files` training JPEGs of 500 x 375 in all and 4 validation ones per class
     (bench_stream.write_folder), one class per process, written in parallel."""
     procs = max(1, min(16, os.cpu_count() or 1, files))
-    jobs = [(root / "imagenet" / split / f"c{k}", n, seed) for k in range(procs)
-            for split, n, seed in (("train", files // procs + (k < files % procs), k), ("val", 4, procs + k))]
+    jobs = [
+        (root / "imagenet" / split / f"c{k}", n, seed)
+        for k in range(procs)
+        for split, n, seed in (("train", files // procs + (k < files % procs), k), ("val", 4, procs + k))
+    ]
     with ProcessPoolExecutor(procs) as pool:
         list(pool.map(write_folder, *zip(*jobs)))
 
@@ -492,19 +609,33 @@ def stream_row(device: torch.device, name: str, sizes: Sizes, peak: float, kinds
         t0 = time.perf_counter()
         write_imagenet(Path(tmp), sizes.stream_files)
         written = time.perf_counter() - t0
-        cfg = replace(cfg, data_dir=tmp, epochs=sizes.stream_epochs, device=device.type,
-                      runs_dir=str(Path(tmp) / "runs"), checkpoint_minutes=1000)
+        cfg = replace(
+            cfg,
+            data_dir=tmp,
+            epochs=sizes.stream_epochs,
+            device=device.type,
+            runs_dir=str(Path(tmp) / "runs"),
+            checkpoint_minutes=1000,
+        )
         say("streamed MoCo through train()")
         with peak_memory(device) as memory:
             rate, summary = trained_rate(train.train(cfg))
     measured.add(STREAM, cfg.batch_size, cfg.bf16, 2 * cfg.batch_size / rate)
-    return speed_row(f"{STREAM}: streamed through train(), {sizes.stream_files} JPEGs 500x375, B={cfg.batch_size}, "
-                     f"{recipe(cfg.augment or 'mocov2').crop_size} px, queue {cfg.queue}, fp32, {summary['steps']} "
-                     f"steps, {name}", rate, "image", measured.flops[STREAM] / 2, peak,
-                     f"epochs after the first (log.csv); whole run {fmt_rate(summary['images_per_s'], 'image')}; "
-                     f"{memory_note(memory['gib'])}; JPEGs written in {written:.1f} s",
-                     peak_gib=memory["gib"], steps=summary["steps"], run_images_per_s=summary["images_per_s"],
-                     flops_per_pair=measured.flops[STREAM])
+    return speed_row(
+        f"{STREAM}: streamed through train(), {sizes.stream_files} JPEGs 500x375, B={cfg.batch_size}, "
+        f"{recipe(cfg.augment or 'mocov2').crop_size} px, queue {cfg.queue}, fp32, {summary['steps']} "
+        f"steps, {name}",
+        rate,
+        "image",
+        measured.flops[STREAM] / 2,
+        peak,
+        f"epochs after the first (log.csv); whole run {fmt_rate(summary['images_per_s'], 'image')}; "
+        f"{memory_note(memory['gib'])}; JPEGs written in {written:.1f} s",
+        peak_gib=memory["gib"],
+        steps=summary["steps"],
+        run_images_per_s=summary["images_per_s"],
+        flops_per_pair=measured.flops[STREAM],
+    )
 
 
 def bf16_accuracy_row(device: torch.device, name: str, sizes: Sizes) -> Row:
@@ -514,26 +645,47 @@ def bf16_accuracy_row(device: torch.device, name: str, sizes: Sizes) -> Row:
     results = {}
     with tempfile.TemporaryDirectory(prefix="hypersphere-gpucheck-") as tmp:
         for bf16 in (False, True):
-            cfg = TrainConfig(dataset="digits-color", arch=sizes.digits_arch, augment=sizes.digits_augment,
-                              batch_size=sizes.digits_batch, epochs=sizes.digits_epochs, bf16=bf16,
-                              device=device.type, runs_dir=tmp, checkpoint_minutes=1000)
+            cfg = TrainConfig(
+                dataset="digits-color",
+                arch=sizes.digits_arch,
+                augment=sizes.digits_augment,
+                batch_size=sizes.digits_batch,
+                epochs=sizes.digits_epochs,
+                bf16=bf16,
+                device=device.type,
+                runs_dir=tmp,
+                checkpoint_minutes=1000,
+            )
             data = load_data(cfg)
             if sizes.digits_images:
-                data = replace(data, encoder_images=data.encoder_images[:sizes.digits_images])
+                data = replace(data, encoder_images=data.encoder_images[: sizes.digits_images])
             say(f"digits-color {'bf16' if bf16 else 'fp32'}: train and evaluate")
             run_dir = train.train(cfg, data=data)
             results[bf16] = evaluate_run(run_dir, sizes.digits_eval, device.type, progress=False)["results"]
         steps = runs.load_summary(run_dir)["steps"]
-    (fp32, bf16), (fp32_out, bf16_out) = ([results[b][f"val_{tap}_linear"] for b in (False, True)]
-                                          for tap in ("fc7", "output"))
-    return Row("cuda", f"accuracy after {steps} steps, fp32 vs bf16 autocast: {sizes.digits_arch} on digits-color, "
-                       f"{data.augment.crop_size} px crops, B={sizes.digits_batch}, fc7 + lbfgs linear probe, {name}",
-               f"{bf16:.2f}% (bf16)", f"{fp32:.2f}% (fp32)",
-               note=(f"difference {bf16 - fp32:+.2f} points; output + linear {bf16_out:.2f}% (bf16) "
-                     f"vs {fp32_out:.2f}% (fp32)" +
-                     ("; CPU dry run: bf16 applies on CUDA only, both runs are fp32" if device.type != "cuda" else "")),
-               raw={"fp32_accuracy": fp32, "bf16_accuracy": bf16, "difference": bf16 - fp32, "steps": steps,
-                    "fp32": results[False], "bf16": results[True]})
+    (fp32, bf16), (fp32_out, bf16_out) = (
+        [results[b][f"val_{tap}_linear"] for b in (False, True)] for tap in ("fc7", "output")
+    )
+    return Row(
+        "cuda",
+        f"accuracy after {steps} steps, fp32 vs bf16 autocast: {sizes.digits_arch} on digits-color, "
+        f"{data.augment.crop_size} px crops, B={sizes.digits_batch}, fc7 + lbfgs linear probe, {name}",
+        f"{bf16:.2f}% (bf16)",
+        f"{fp32:.2f}% (fp32)",
+        note=(
+            f"difference {bf16 - fp32:+.2f} points; output + linear {bf16_out:.2f}% (bf16) "
+            f"vs {fp32_out:.2f}% (fp32)"
+            + ("; CPU dry run: bf16 applies on CUDA only, both runs are fp32" if device.type != "cuda" else "")
+        ),
+        raw={
+            "fp32_accuracy": fp32,
+            "bf16_accuracy": bf16,
+            "difference": bf16 - fp32,
+            "steps": steps,
+            "fp32": results[False],
+            "bf16": results[True],
+        },
+    )
 
 
 def ddp_row(device: torch.device) -> Row:
@@ -543,12 +695,20 @@ def ddp_row(device: torch.device) -> Row:
     backend, case = ("NCCL", "2 GPUs") if device.type == "cuda" else ("gloo", "CPU dry run")
     label = f"2-process DDP training (torchrun, {backend}): digits, 1 epoch, B=128, {case}"
     if device.type == "cuda" and torch.cuda.device_count() < 2:
-        return skipped("cuda", label.replace(", 2 GPUs", ""),
-                       f"skipped: {torch.cuda.device_count()} GPU here, it needs 2")
+        return skipped(
+            "cuda", label.replace(", 2 GPUs", ""), f"skipped: {torch.cuda.device_count()} GPU here, it needs 2"
+        )
     say(label)
     with tempfile.TemporaryDirectory(prefix="hypersphere-gpucheck-") as tmp:
-        cfg = TrainConfig(dataset="digits", epochs=1, batch_size=128, dim=32, device=device.type, runs_dir=tmp,
-                          checkpoint_minutes=1000)
+        cfg = TrainConfig(
+            dataset="digits",
+            epochs=1,
+            batch_size=128,
+            dim=32,
+            device=device.type,
+            runs_dir=tmp,
+            checkpoint_minutes=1000,
+        )
         # torch.distributed.run is torchrun; --standalone picks a free port (other jobs may hold torchrun's 29500)
         command = torchrun_command(cfg, 2)
         t0 = time.perf_counter()
@@ -561,10 +721,16 @@ def ddp_row(device: torch.device) -> Row:
         done = runs.train_status(cfg.run_dir(), train.TRAIN_VERSION) == "done"
         summary = runs.load_summary(cfg.run_dir()) if done else {}
     held = code == 0 and done
-    return Row("cuda", label, "held" if held else "failed", "-", met="yes" if held else "no",
-               note=f"exit {code}, run {'finished' if done else 'not finished'}, {summary.get('steps', 0)} steps, "
-                    f"{seconds:.0f} s with start-up" + ("" if held else f"; {' '.join(tail)[:200]}"),
-               raw={"exit_code": code, "finished": done, "seconds": seconds, "steps": summary.get("steps")})
+    return Row(
+        "cuda",
+        label,
+        "held" if held else "failed",
+        "-",
+        met="yes" if held else "no",
+        note=f"exit {code}, run {'finished' if done else 'not finished'}, {summary.get('steps', 0)} steps, "
+        f"{seconds:.0f} s with start-up" + ("" if held else f"; {' '.join(tail)[:200]}"),
+        raw={"exit_code": code, "finished": done, "seconds": seconds, "steps": summary.get("steps")},
+    )
 
 
 def projection_row(sweep: str, sweep_runs: list, measured: Measured, name: str) -> Row:
@@ -573,15 +739,19 @@ def projection_row(sweep: str, sweep_runs: list, measured: Measured, name: str) 
     cost = costs.sweep_cost(configs, measured)
     datasets = sorted({cfg.dataset for cfg in configs})
     kinds = sorted({step_kind(cfg) for cfg in configs})
-    return Row("cuda", f"projected: paper sweep {sweep}, {len(configs)} runs on "
-                       f"{', '.join(f'{d} ({costs.PAPER_DATA[d]:,})' for d in datasets)}, training only",
-               f"{cost.gpu_hours:,.1f} GPU-hours, {cost.pflop:,.1f} PFLOP counted", "-",
-               note=f"at the measured steps of {', '.join(kinds)} on {name}" +
-                    (f"; batch-scaled: {', '.join(f'B={b} from B={m}' for b, m in sorted(cost.scaled))}"
-                     if cost.scaled else "") +
-                    "".join(f"; {d} taken as {costs.PAPER_DATA[d]:,} samples (an assumption)"
-                            for d in datasets if d in costs.ASSUMED),
-               raw={"gpu_hours": cost.gpu_hours, "pflop": cost.pflop, "runs": len(configs)})
+    return Row(
+        "cuda",
+        f"projected: paper sweep {sweep}, {len(configs)} runs on "
+        f"{', '.join(f'{d} ({costs.PAPER_DATA[d]:,})' for d in datasets)}, training only",
+        f"{cost.gpu_hours:,.1f} GPU-hours, {cost.pflop:,.1f} PFLOP counted",
+        "-",
+        note=f"at the measured steps of {', '.join(kinds)} on {name}"
+        + (f"; batch-scaled: {', '.join(f'B={b} from B={m}' for b, m in sorted(cost.scaled))}" if cost.scaled else "")
+        + "".join(
+            f"; {d} taken as {costs.PAPER_DATA[d]:,} samples (an assumption)" for d in datasets if d in costs.ASSUMED
+        ),
+        raw={"gpu_hours": cost.gpu_hours, "pflop": cost.pflop, "runs": len(configs)},
+    )
 
 
 def encoder_row(kinds: dict, measured: Measured, name: str) -> Row:
@@ -589,10 +759,14 @@ def encoder_row(kinds: dict, measured: Measured, name: str) -> Row:
     cfg = next(c for c in kinds[SAN] if c.batch_size == SAN_BATCH)
     cfg = replace(cfg, epochs=200)
     fp32, bf16 = (costs.run_cost(replace(cfg, bf16=b), measured) for b in (False, True))
-    return Row("cuda", f"projected: one STL-10 encoder, 200 epochs at B={SAN_BATCH}, training only",
-               f"{60 * fp32.gpu_hours:,.1f} min fp32, {60 * bf16.gpu_hours:,.1f} min bf16", "-",
-               note=f"{fp32.pflop:.1f} PFLOP counted; on {name}", raw={"fp32_s": fp32.seconds, "bf16_s": bf16.seconds,
-                                                                       "pflop": fp32.pflop})
+    return Row(
+        "cuda",
+        f"projected: one STL-10 encoder, 200 epochs at B={SAN_BATCH}, training only",
+        f"{60 * fp32.gpu_hours:,.1f} min fp32, {60 * bf16.gpu_hours:,.1f} min bf16",
+        "-",
+        note=f"{fp32.pflop:.1f} PFLOP counted; on {name}",
+        raw={"fp32_s": fp32.seconds, "bf16_s": bf16.seconds, "pflop": fp32.pflop},
+    )
 
 
 def _pack_worker(rank: int, cfg: TrainConfig, warmup: int, steps: int, barrier, out) -> None:
@@ -646,14 +820,19 @@ def packing_row(sizes: Sizes, pack: int, kinds: dict) -> Row:
     say(f"packing {pack} runs")
     alone = packed_images_per_s(1, cfg, warmup, steps)
     together = packed_images_per_s(pack, cfg, warmup, steps)
-    return Row("cuda", f"{pack} runs of the trainer's {SAN} B={cfg.batch_size} fp32 step packed on one GPU "
-                       f"vs one alone",
-               f"{fmt_rate(together, 'image')} together", f"{fmt_rate(alone, 'image')} alone",
-               together / alone, note="ratio = aggregate packed throughput / a single run's",
-               raw={"packed_images_per_s": together, "alone_images_per_s": alone, "processes": pack})
+    return Row(
+        "cuda",
+        f"{pack} runs of the trainer's {SAN} B={cfg.batch_size} fp32 step packed on one GPU vs one alone",
+        f"{fmt_rate(together, 'image')} together",
+        f"{fmt_rate(alone, 'image')} alone",
+        together / alone,
+        note="ratio = aggregate packed throughput / a single run's",
+        raw={"packed_images_per_s": together, "alone_images_per_s": alone, "processes": pack},
+    )
 
 
 # ---------------------------------------------------------------------------------------- the check
+
 
 def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False) -> list[Row]:
     global START
@@ -668,8 +847,16 @@ def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False)
     kinds = paper_kinds(sweeps)
     text_data = sentences(sizes.pad_vocab)
     peak = achievable_tflops(device, sizes.matmul, sizes.matmul_repeats)
-    rows = [Row("cuda", f"bf16 matmul {sizes.matmul}^3, {name}", f"{peak:.0f} TFLOP/s", "-",
-                note="achievable peak: the denominator of MFU", raw={"tflops": peak})]
+    rows = [
+        Row(
+            "cuda",
+            f"bf16 matmul {sizes.matmul}^3, {name}",
+            f"{peak:.0f} TFLOP/s",
+            "-",
+            note="achievable peak: the denominator of MFU",
+            raw={"tflops": peak},
+        )
+    ]
     new, timings = kind_rows(device, name, sizes, peak, kinds, text_data, measured)
     rows += new
     rows += bf16_rows(device, name, sizes, peak, compile, kinds, timings, measured)
@@ -680,7 +867,10 @@ def run(quick: bool, pack: int = 4, compile: bool = True, dry_run: bool = False)
     rows.append(ddp_row(device))
     rows += [projection_row(sweep, sweep_runs, measured, name) for sweep, sweep_runs in sweeps.items()]
     rows.append(encoder_row(kinds, measured, name))
-    rows.append(packing_row(sizes, pack, kinds) if cuda
-                else skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA"))
+    rows.append(
+        packing_row(sizes, pack, kinds)
+        if cuda
+        else skipped("cuda", "packing several runs on one GPU", "skipped: no CUDA")
+    )
     say("done")
     return rows

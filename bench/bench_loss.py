@@ -8,6 +8,7 @@ log-sum-exp over the n x n matrix (`lse_uniform`), and note ours' speedup over i
 Also a correctness fact: at large t (100) the pdist form underflows (loss -inf, NaN gradients) while ours
 stays finite.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,12 @@ def _points(n: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> 
 
 def _fwd_bwd(loss_fn, x: Tensor, repeats: int):
     """`repeats` forward + backward passes (several per measurement on CUDA, where one is ~0.1 ms)."""
+
     def run() -> None:
         for _ in range(repeats):
             x.grad = None
             loss_fn(x, T).backward()
+
     return run
 
 
@@ -78,8 +81,18 @@ def timing_rows(device: torch.device, quick: bool) -> list[Row]:
                 raw |= {"ours_vs_previous_s": t_new, "previous_s": t_old}
                 note = f"{speedup(t_new, t_old):.2f}x the previous log-sum-exp version"
             target = 1.0 if n <= 256 else 1.5
-            rows.append(Row("loss", case, fmt_time(median(t_ours) / repeats), fmt_time(median(t_ref) / repeats),
-                            speedup(t_ours, t_ref), target, note=note, raw=raw))
+            rows.append(
+                Row(
+                    "loss",
+                    case,
+                    fmt_time(median(t_ours) / repeats),
+                    fmt_time(median(t_ref) / repeats),
+                    speedup(t_ours, t_ref),
+                    target,
+                    note=note,
+                    raw=raw,
+                )
+            )
     return rows
 
 
@@ -93,12 +106,15 @@ def finiteness_row(device: torch.device, t: float = 100.0) -> Row:
         out[name] = (loss.item(), bool(torch.isfinite(x.grad).all()))
     (lo, go), (lr, gr) = out["ours"], out["pdist"]
     fixed = math.isfinite(lo) and go and not (math.isfinite(lr) and gr)
-    return Row("loss", f"finite where pdist is not: B=256 d={DIM} t={t:g} fp32 {device.type}",
-               f"loss {lo:.2f}, grad {'finite' if go else 'NaN/inf'}",
-               f"loss {lr:.2f}, grad {'finite' if gr else 'NaN/inf'}",
-               met="yes" if fixed else "no", note="target: ours finite, pdist not",
-               raw={"t": t, "ours_loss": str(lo), "ours_grad_finite": go, "pdist_loss": str(lr),
-                    "pdist_grad_finite": gr})
+    return Row(
+        "loss",
+        f"finite where pdist is not: B=256 d={DIM} t={t:g} fp32 {device.type}",
+        f"loss {lo:.2f}, grad {'finite' if go else 'NaN/inf'}",
+        f"loss {lr:.2f}, grad {'finite' if gr else 'NaN/inf'}",
+        met="yes" if fixed else "no",
+        note="target: ours finite, pdist not",
+        raw={"t": t, "ours_loss": str(lo), "ours_grad_finite": go, "pdist_loss": str(lr), "pdist_grad_finite": gr},
+    )
 
 
 def run(quick: bool, devices: list[torch.device]) -> list[Row]:

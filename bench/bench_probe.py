@@ -19,6 +19,7 @@ Row 2: as many sweep workers as cores, each running the sentence evaluation's ne
 sweep.run_one does ("ours") against BLAS left at its default of a thread per core ("reference"): the
 oversubscribed cores spin-wait. Target: >= 1 (the cap never slows the sweep).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,16 @@ TAP = "output"
 
 def trained_digits_encoder(epochs: int):
     """DigitsNet trained `epochs` epochs with align + uniform on the embedded digits (no download)."""
-    cfg = TrainConfig(dataset="digits", arch="digitsnet", dim=32, batch_size=128, epochs=epochs,
-                      objective="align(alpha=2) + uniform(t=2)", device="cpu", name="bench-probe")
+    cfg = TrainConfig(
+        dataset="digits",
+        arch="digitsnet",
+        dim=32,
+        batch_size=128,
+        epochs=epochs,
+        objective="align(alpha=2) + uniform(t=2)",
+        device="cpu",
+        name="bench-probe",
+    )
     data = load_dataset("digits")
     with tempfile.TemporaryDirectory(prefix="hypersphere-bench-") as tmp:
         run_dir = train(dataclasses.replace(cfg, runs_dir=tmp), progress=False, data=data)
@@ -82,15 +91,27 @@ def run(quick: bool) -> list[Row]:
         p = acc["full"] / 100
         se = 100 * math.sqrt(max(p * (1 - p), 1e-4) / n_val)  # binomial standard error, in points
         same = abs(acc["cached"] - acc["full"]) <= 2 * se
-        rows.append(Row(
-            "probe", f"digits DigitsNet {TAP}: {epochs} probe epochs, cached (+5-NN) vs full",
-            f"{fmt_time(median(t_ours))}, linear {acc['cached']:.1f}%, 5-NN {acc['5nn']:.1f}%",
-            f"{fmt_time(median(t_ref))}, linear {acc['full']:.1f}%",
-            speedup(t_ours, t_ref), 10.0,
-            note=f"accuracy gap {acc['cached'] - acc['full']:+.1f} pts ({'within' if same else 'OUTSIDE'} 2 SE = "
-                 f"{2 * se:.1f} pts, {n_val} val images); encoder passes full/cached = {passes:.1f}",
-            raw={"ours_s": t_ours, "reference_s": t_ref, "epochs": epochs, "cached_linear": acc["cached"],
-                 "cached_5nn": acc["5nn"], "full_linear": acc["full"], "accuracy_within_2se": same}))
+        rows.append(
+            Row(
+                "probe",
+                f"digits DigitsNet {TAP}: {epochs} probe epochs, cached (+5-NN) vs full",
+                f"{fmt_time(median(t_ours))}, linear {acc['cached']:.1f}%, 5-NN {acc['5nn']:.1f}%",
+                f"{fmt_time(median(t_ref))}, linear {acc['full']:.1f}%",
+                speedup(t_ours, t_ref),
+                10.0,
+                note=f"accuracy gap {acc['cached'] - acc['full']:+.1f} pts ({'within' if same else 'OUTSIDE'} 2 SE = "
+                f"{2 * se:.1f} pts, {n_val} val images); encoder passes full/cached = {passes:.1f}",
+                raw={
+                    "ours_s": t_ours,
+                    "reference_s": t_ref,
+                    "epochs": epochs,
+                    "cached_linear": acc["cached"],
+                    "cached_5nn": acc["5nn"],
+                    "full_linear": acc["full"],
+                    "accuracy_within_2se": same,
+                },
+            )
+        )
     return rows + [blas_cap_row(quick)]
 
 
@@ -107,10 +128,19 @@ def _sentence_probe(cap: int | None, n: int, seed: int) -> None:
 def blas_cap_row(quick: bool) -> Row:
     workers, n, rounds = os.cpu_count() or 1, 1000 if quick else 4000, 1 if quick else 3
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+
         def all_workers(cap: int | None) -> None:
             list(pool.map(_sentence_probe, [cap] * workers, [n] * workers, range(workers)))
+
         all_workers(1)  # warm-up: each worker imports scikit-learn once
         t_ours, t_ref = interleaved(lambda: all_workers(1), lambda: all_workers(None), rounds)
-    return Row("probe", f"{workers} workers' nested-CV logistic regressions at once ({n} x 128, 5x3 folds, 9 C): "
-               f"BLAS capped at 1 thread each vs default", fmt_time(median(t_ours)), fmt_time(median(t_ref)),
-               speedup(t_ours, t_ref), 1.0, raw={"ours_s": t_ours, "reference_s": t_ref, "workers": workers})
+    return Row(
+        "probe",
+        f"{workers} workers' nested-CV logistic regressions at once ({n} x 128, 5x3 folds, 9 C): "
+        f"BLAS capped at 1 thread each vs default",
+        fmt_time(median(t_ours)),
+        fmt_time(median(t_ref)),
+        speedup(t_ours, t_ref),
+        1.0,
+        raw={"ours_s": t_ours, "reference_s": t_ref, "workers": workers},
+    )

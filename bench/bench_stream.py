@@ -12,6 +12,7 @@ shuffled order and make MoCo v2's two 224 px views of each image, on the same nu
 Same cores on both sides, so the ratio of views/s is also the ratio per core. Target: >= 1x. (The reference crops
 the whole image, ours the 256 px centre crop, as for ImageNet-100 in memory: docs/paper.md.)
 """
+
 from __future__ import annotations
 
 import random
@@ -37,8 +38,9 @@ def write_folder(root: Path, n: int, seed: int = 0) -> list[str]:
     for i in range(n):
         folder = root / f"n{i % 4:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, size=(15, 20, 3),
-                                              dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, size=(15, 20, 3), dtype=np.uint8)).resize(
+            (500, 375), Image.BICUBIC
+        )
         noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, size=(375, 500, 3))
         paths.append(str(folder / f"{i}.JPEG"))
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
@@ -59,15 +61,19 @@ class TwoCrops:
 
 
 def official_transform() -> TwoCrops:
-    return TwoCrops(T.Compose([
-        T.RandomResizedCrop(224, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([moco_blur], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]))
+    return TwoCrops(
+        T.Compose(
+            [
+                T.RandomResizedCrop(224, scale=(0.2, 1.0)),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([moco_blur], p=0.5),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+    )
 
 
 def run(quick: bool, threads: int) -> list[Row]:
@@ -81,13 +87,19 @@ def run(quick: bool, threads: int) -> list[Row]:
         files = ImageFiles(paths, 256, workers=workers)
         cfg, gen = recipe("mocov2"), torch.Generator().manual_seed(0)
         reference_loader = torch.utils.data.DataLoader(
-            ImageFolder(tmp, official_transform()), batch_size=batch, shuffle=True, drop_last=True, num_workers=cores,
-            persistent_workers=True, generator=torch.Generator().manual_seed(0))
+            ImageFolder(tmp, official_transform()),
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cores,
+            persistent_workers=True,
+            generator=torch.Generator().manual_seed(0),
+        )
 
         def ours() -> None:
             before = torch.get_num_threads()
             torch.set_num_threads(torch_threads)
-            batches = list(torch.randperm(n, generator=gen)[:n // batch * batch].split(batch))
+            batches = list(torch.randperm(n, generator=gen)[: n // batch * batch].split(batch))
             files.plan(batches)
             for rows in batches:
                 images = files[rows]
@@ -106,13 +118,26 @@ def run(quick: bool, threads: int) -> list[Row]:
         reference_loader = None
     views = 2 * (n // batch) * batch
     ours_rate, ref_rate = views / median(t_ours), views / median(t_ref)
-    return [Row("stream", f"MoCo v2 views of 500x375 JPEGs, B={batch}, {cores} core(s) each side",
-                f"{fmt_rate(ours_rate, 'view')} ({ours_rate / cores:,.0f} per core)",
-                f"{fmt_rate(ref_rate, 'view')} ({ref_rate / cores:,.0f} per core)", speedup(t_ours, t_ref), 1.0,
-                note=f"ours: {workers} decoding worker(s) + {torch_threads} augmenting thread(s); reference: "
-                     f"{cores} PIL workers; decode + resize alone {decode_only:,.0f} images/s on one core",
-                raw={"ours_s": t_ours, "reference_s": t_ref, "views": views, "batch": batch, "cores": cores,
-                     "decode_images_per_s": decode_only})]
+    return [
+        Row(
+            "stream",
+            f"MoCo v2 views of 500x375 JPEGs, B={batch}, {cores} core(s) each side",
+            f"{fmt_rate(ours_rate, 'view')} ({ours_rate / cores:,.0f} per core)",
+            f"{fmt_rate(ref_rate, 'view')} ({ref_rate / cores:,.0f} per core)",
+            speedup(t_ours, t_ref),
+            1.0,
+            note=f"ours: {workers} decoding worker(s) + {torch_threads} augmenting thread(s); reference: "
+            f"{cores} PIL workers; decode + resize alone {decode_only:,.0f} images/s on one core",
+            raw={
+                "ours_s": t_ours,
+                "reference_s": t_ref,
+                "views": views,
+                "batch": batch,
+                "cores": cores,
+                "decode_images_per_s": decode_only,
+            },
+        )
+    ]
 
 
 def _decode_rate(paths: list[str]) -> float:

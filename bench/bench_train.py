@@ -7,6 +7,7 @@ Reference: forward + backward + SGD step alone, same model in the same memory fo
 reference pairs/s. Target: >= 0.85 on CPU. Cases: DigitsNet (1x28x28 digits-like -> 24 px, dim 32, batch 128)
 and SmallAlexNet (3x96x96 -> 64 px, dim 128, batch 64 pairs = 128 views to keep CPU steps at a few seconds).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,10 +36,19 @@ def synthetic_data(n: int, channels: int, side: int, augment_cfg: AugmentConfig,
     images = torch.randint(0, 256, (n + 2 * PROBE_IMAGES, channels, side, side), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (2 * PROBE_IMAGES,), generator=gen)
     mean, std = (STL10_MEAN, STL10_STD) if channels == 3 else ((0.5,), (0.25,))
-    return ImageData(name="synthetic", encoder_images=images[:n], train_images=images[n:n + PROBE_IMAGES],
-                     train_labels=labels[:PROBE_IMAGES], val_images=images[n + PROBE_IMAGES:],
-                     val_labels=labels[PROBE_IMAGES:], mean=mean, std=std, num_classes=10,
-                     augment=augment_cfg, eval_resize=augment_cfg.crop_size + augment_cfg.crop_size // 12)
+    return ImageData(
+        name="synthetic",
+        encoder_images=images[:n],
+        train_images=images[n : n + PROBE_IMAGES],
+        train_labels=labels[:PROBE_IMAGES],
+        val_images=images[n + PROBE_IMAGES :],
+        val_labels=labels[PROBE_IMAGES:],
+        mean=mean,
+        std=std,
+        num_classes=10,
+        augment=augment_cfg,
+        eval_resize=augment_cfg.crop_size + augment_cfg.crop_size // 12,
+    )
 
 
 def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir: Path) -> Row:
@@ -52,10 +62,21 @@ def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     objective = Objective.parse(cfg.objective)
     gen = torch.Generator().manual_seed(cfg.seed)
-    inputs = [torch.cat([augment(data.encoder_images[i * cfg.batch_size:(i + 1) * cfg.batch_size], data.augment,
-                                 data.mean, data.std, gen)
-                         for _ in range(2)]).contiguous(memory_format=torch.channels_last)
-              for i in range(min(steps, 4))]
+    inputs = [
+        torch.cat(
+            [
+                augment(
+                    data.encoder_images[i * cfg.batch_size : (i + 1) * cfg.batch_size],
+                    data.augment,
+                    data.mean,
+                    data.std,
+                    gen,
+                )
+                for _ in range(2)
+            ]
+        ).contiguous(memory_format=torch.channels_last)
+        for i in range(min(steps, 4))
+    ]
 
     def step(both: torch.Tensor) -> None:
         zx, zy = encoder(both).float().chunk(2)
@@ -81,10 +102,16 @@ def one_case(label: str, cfg: TrainConfig, data: ImageData, rounds: int, workdir
     step(inputs[0])  # warm-up: oneDNN primitives for these shapes are cached process-wide, for both sides
     t_ours, t_ref = interleaved(ours, reference, rounds)
     ours_rate, ref_rate = pairs / median(t_ours), pairs / median(t_ref)
-    return Row("train", f"{label}: {steps} steps of batch {cfg.batch_size} pairs, train() vs fwd+bwd+SGD",
-               fmt_rate(ours_rate, "pair"), fmt_rate(ref_rate, "pair"), speedup(t_ours, t_ref), 0.85,
-               note="ratio = train() pairs/s / model-only pairs/s",
-               raw={"ours_s": t_ours, "reference_s": t_ref, "pairs": pairs, "steps": steps})
+    return Row(
+        "train",
+        f"{label}: {steps} steps of batch {cfg.batch_size} pairs, train() vs fwd+bwd+SGD",
+        fmt_rate(ours_rate, "pair"),
+        fmt_rate(ref_rate, "pair"),
+        speedup(t_ours, t_ref),
+        0.85,
+        note="ratio = train() pairs/s / model-only pairs/s",
+        raw={"ours_s": t_ours, "reference_s": t_ref, "pairs": pairs, "steps": steps},
+    )
 
 
 def run(quick: bool) -> list[Row]:
@@ -92,12 +119,18 @@ def run(quick: bool) -> list[Row]:
     digits_steps, digits_epochs = (4, 1) if quick else (10, 2)
     alex_batch, alex_steps = (16, 2) if quick else (64, 2)  # 64 pairs = 128 views: ~5 s a step on 2 cores
     cases = [  # (label, config, data, rounds): a DigitsNet run takes ~2 s, a SmallAlexNet one ~15 s
-        ("DigitsNet 1x28->24 d=32",
-         TrainConfig(dataset="digits", arch="digitsnet", dim=32, batch_size=128, epochs=digits_epochs, **common),
-         synthetic_data(128 * digits_steps, 1, 28, RECIPES["digits"]), 1 if quick else 3),
-        ("SmallAlexNet 3x96->64 d=128",
-         TrainConfig(dataset="stl10", arch="smallalexnet", dim=128, batch_size=alex_batch, epochs=1, **common),
-         synthetic_data(alex_batch * alex_steps, 3, 96, AugmentConfig()), 1 if quick else 2),
+        (
+            "DigitsNet 1x28->24 d=32",
+            TrainConfig(dataset="digits", arch="digitsnet", dim=32, batch_size=128, epochs=digits_epochs, **common),
+            synthetic_data(128 * digits_steps, 1, 28, RECIPES["digits"]),
+            1 if quick else 3,
+        ),
+        (
+            "SmallAlexNet 3x96->64 d=128",
+            TrainConfig(dataset="stl10", arch="smallalexnet", dim=128, batch_size=alex_batch, epochs=1, **common),
+            synthetic_data(alex_batch * alex_steps, 3, 96, AugmentConfig()),
+            1 if quick else 2,
+        ),
     ]
     with tempfile.TemporaryDirectory(prefix="hypersphere-bench-") as tmp:
         return [one_case(label, cfg, data, rounds, Path(tmp)) for label, cfg, data, rounds in cases]

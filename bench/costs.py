@@ -8,6 +8,7 @@ batch's time scaled linearly by the batch (the dry run measures one small batch 
 measured takes the other one's. Its compute is epochs x samples per epoch x counted FLOPs per sample, device
 independent.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,14 +17,14 @@ from hypersphere.losses import PREDICTOR_TERMS, Objective
 
 # samples an epoch iterates over, per paper dataset
 PAPER_DATA = {
-    "stl10": 105_000,         # train + unlabeled
-    "nyu-depth-v2": 795,      # the labeled train split (depth.load_nyu)
+    "stl10": 105_000,  # train + unlabeled
+    "nyu-depth-v2": 795,  # the labeled train split (depth.load_nyu)
     "cifar10": 50_000,
-    "imagenet100": 126_689,   # CMC's 100 classes of ImageNet's train split (moco.build_imagenet100)
-    "imagenet": 1_281_167,    # ImageNet-1k's train split
+    "imagenet100": 126_689,  # CMC's 100 classes of ImageNet's train split (moco.build_imagenet100)
+    "imagenet": 1_281_167,  # ImageNet-1k's train split
     "bookcorpus": 74_004_228,  # sentences: Zhu et al. 2015's count, an assumption (no longer distributed)
 }
-ASSUMED = {"bookcorpus"}      # sizes above that are assumptions, said so in the projections
+ASSUMED = {"bookcorpus"}  # sizes above that are assumptions, said so in the projections
 
 
 def step_kind(cfg) -> str:
@@ -33,9 +34,13 @@ def step_kind(cfg) -> str:
     objective's terms and weights, the dim, the queue's length, lr and schedule; QT's unnormalised encoder (qt-raw:
     the same GRUs); and the precision, which Measured keeps apart."""
     objective = Objective.parse(cfg.objective)
-    extras = (("queue", cfg.queue > 0), (f"bn_groups={cfg.bn_groups}", cfg.bn_groups > 1),
-              ("head", objective.needs_labels), ("predictor", objective.uses(PREDICTOR_TERMS)),
-              ("target", objective.uses(("byol",))))
+    extras = (
+        ("queue", cfg.queue > 0),
+        (f"bn_groups={cfg.bn_groups}", cfg.bn_groups > 1),
+        ("head", objective.needs_labels),
+        ("predictor", objective.uses(PREDICTOR_TERMS)),
+        ("target", objective.uses(("byol",))),
+    )
     return " ".join([cfg.dataset, cfg.arch.removesuffix("-raw")] + [name for name, on in extras if on])
 
 
@@ -47,8 +52,9 @@ def steps_per_epoch(samples: int, batch: int, drop_last: bool) -> int:
 class Measured:
     """What the projections use: seconds per step of each kind of step at each measured batch and precision, and
     the counted forward + backward FLOPs per sample (a positive pair, or a sentence) of each kind."""
+
     seconds: dict = field(default_factory=dict)  # (kind, bf16) -> {batch: seconds per step}
-    flops: dict = field(default_factory=dict)    # kind -> FLOPs per sample
+    flops: dict = field(default_factory=dict)  # kind -> FLOPs per sample
 
     def add(self, kind: str, batch: int, bf16: bool, seconds: float) -> None:
         self.seconds.setdefault((kind, bf16), {})[batch] = seconds
@@ -85,8 +91,11 @@ def run_cost(cfg, measured: Measured, samples: dict[str, int] = PAPER_DATA) -> C
     n, kind = samples[cfg.dataset], step_kind(cfg)
     steps = steps_per_epoch(n, cfg.batch_size, cfg.drop_last)
     seconds, near = measured.seconds_per_step(kind, cfg.batch_size, cfg.bf16)
-    return Cost(cfg.epochs * steps * seconds, cfg.epochs * min(n, steps * cfg.batch_size) * measured.flops[kind],
-                frozenset({(cfg.batch_size, near)} - {(near, near)}))
+    return Cost(
+        cfg.epochs * steps * seconds,
+        cfg.epochs * min(n, steps * cfg.batch_size) * measured.flops[kind],
+        frozenset({(cfg.batch_size, near)} - {(near, near)}),
+    )
 
 
 def sweep_cost(configs, measured: Measured, samples: dict[str, int] = PAPER_DATA) -> Cost:

@@ -25,6 +25,7 @@ with a description of the machine (CPU model, cores, threads, torch version, dev
 Small ops with 2 threads on a machine where other processes hold a core can be ~100x slower (OpenMP
 spin/yield), so every results file states the thread count and the load average before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,16 @@ def cpu_model() -> str:
 
 def git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{head}{' (with uncommitted changes)' if dirty else ''}" if head else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -84,8 +91,10 @@ def describe_machine() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "device": f"cuda: {torch.cuda.get_device_name()} (x{torch.cuda.device_count()})" if cuda else "cpu only",
-        "omp_env": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
-                            if k in os.environ) or "none set",
+        "omp_env": " ".join(
+            f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ
+        )
+        or "none set",
         "python": platform.python_version(),
         "commit": git_commit(),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -113,17 +122,29 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, slug: str, machine: dict[str, object], rows: list[Row], args: argparse.Namespace,
-                  seconds: float) -> Path:
+def write_results(
+    out: Path, slug: str, machine: dict[str, object], rows: list[Row], args: argparse.Namespace, seconds: float
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# hypersphere benchmark: {slug}", "",
-          f"`python bench/run.py {' '.join(sys.argv[1:])}` took {seconds:.0f} s.", "",
-          *[f"- {k}: {v}" for k, v in machine.items()], "",
-          "ratio = median over interleaved rounds of (reference time / our time) for the same work; "
-          "higher is better.", "", table(rows), ""]
+    md = [
+        f"# hypersphere benchmark: {slug}",
+        "",
+        f"`python bench/run.py {' '.join(sys.argv[1:])}` took {seconds:.0f} s.",
+        "",
+        *[f"- {k}: {v}" for k, v in machine.items()],
+        "",
+        "ratio = median over interleaved rounds of (reference time / our time) for the same work; higher is better.",
+        "",
+        table(rows),
+        "",
+    ]
     (out / f"{slug}.md").write_text("\n".join(md))
-    record = {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "seconds": round(seconds, 1),
-              "rows": [r.as_dict() for r in rows]}
+    record = {
+        "machine": machine,
+        "args": vars(args) | {"out": str(args.out)},
+        "seconds": round(seconds, 1),
+        "rows": [r.as_dict() for r in rows],
+    }
     (out / f"{slug}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return out / f"{slug}.md"
 
@@ -136,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads = DataLoader workers (0: torch's default)")
     p.add_argument("--pack", type=int, default=4, help="processes packed on one GPU in the cuda benchmark")
     p.add_argument("--no-compile", action="store_true", help="cuda benchmark: skip the torch.compile variant")
-    p.add_argument("--dry-run", action="store_true", help="with --cuda-only on a machine without CUDA: run every "
-                   "code path on the CPU at tiny sizes (no measurement) and skip what needs a GPU")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --cuda-only on a machine without CUDA: run every "
+        "code path on the CPU at tiny sizes (no measurement) and skip what needs a GPU",
+    )
     p.add_argument("--name", default="", help="results file name (default: GPU name, else CPU model and cores)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     args = p.parse_args(argv)
@@ -156,20 +181,30 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = describe_machine()
     slug = args.name or machine_slug(machine)
-    slug += ("-quick" * args.quick + "-cuda" * args.cuda_only + "-dryrun" * args.dry_run
-             + (f"-{'-'.join(only)}" if args.only else ""))
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with {threads} thread(s), "
-          f"{machine['device']}, load average {machine['load_average_start']}", flush=True)
+    slug += (
+        "-quick" * args.quick
+        + "-cuda" * args.cuda_only
+        + "-dryrun" * args.dry_run
+        + (f"-{'-'.join(only)}" if args.only else "")
+    )
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with {threads} thread(s), "
+        f"{machine['device']}, load average {machine['load_average_start']}",
+        flush=True,
+    )
 
     load = machine["load_average_start"]
     if load and threads > 1 and load[0] > machine["cores"] - threads + 0.5:
-        print(f"warning: load average {load[0]:.1f} on {machine['cores']} cores while torch uses {threads} threads: "
-              f"other processes compete for the cores, and small multi-threaded ops can run ~100x slower "
-              f"(OpenMP spin-waiting). Timings will be noisy; compare --threads 1 or OMP_WAIT_POLICY=PASSIVE.",
-              flush=True)
+        print(
+            f"warning: load average {load[0]:.1f} on {machine['cores']} cores while torch uses {threads} threads: "
+            f"other processes compete for the cores, and small multi-threaded ops can run ~100x slower "
+            f"(OpenMP spin-waiting). Timings will be noisy; compare --threads 1 or OMP_WAIT_POLICY=PASSIVE.",
+            flush=True,
+        )
     start, rows = time.perf_counter(), []
-    devices = ([torch.device("cuda" if torch.cuda.is_available() else "cpu")] if args.cuda_only
-               else [torch.device("cpu")])
+    devices = (
+        [torch.device("cuda" if torch.cuda.is_available() else "cpu")] if args.cuda_only else [torch.device("cpu")]
+    )
     if torch.cuda.is_available() and not args.cuda_only:
         devices.append(torch.device("cuda"))
     runners = {
@@ -190,8 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     path = write_results(args.out, slug, machine, rows, args, seconds)
     print(table(rows))
     bad = [r for r in rows if r.ratio is not None and not finite_positive(r.ratio)]
-    print(f"\n{len(rows)} rows in {seconds:.0f} s; targets met: "
-          f"{sum(r.met == 'yes' for r in rows)}/{sum(r.met in ('yes', 'no') for r in rows)}; written to {path}")
+    print(
+        f"\n{len(rows)} rows in {seconds:.0f} s; targets met: "
+        f"{sum(r.met == 'yes' for r in rows)}/{sum(r.met in ('yes', 'no') for r in rows)}; written to {path}"
+    )
     if bad:
         sys.exit(f"non-finite or non-positive ratio in {len(bad)} row(s)")
 

@@ -5,6 +5,7 @@ Every comparison times OUR code and a REFERENCE doing the same work, alternately
 ratio is the median over rounds of (reference seconds / our seconds) for that round: higher is better,
 and 1.0 means equally fast.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,13 +19,14 @@ from typing import Any
 @dataclass
 class Row:
     """One line of the results table. `ratio` is higher-is-better; `target` is the least acceptable ratio."""
-    bench: str                     # loss | augment | train | probe | cuda
-    case: str                      # what was measured, sizes included
-    ours: str                      # our side, formatted with its unit
-    reference: str                 # the reference side, formatted with its unit
-    ratio: float | None = None     # None for rows that are facts (correctness) or skipped
-    target: float | None = None    # the ratio the project aims for (None: no target, informative)
-    met: str = ""                  # "yes" / "no" / "-" (no target) / "skipped"
+
+    bench: str  # loss | augment | train | probe | cuda
+    case: str  # what was measured, sizes included
+    ours: str  # our side, formatted with its unit
+    reference: str  # the reference side, formatted with its unit
+    ratio: float | None = None  # None for rows that are facts (correctness) or skipped
+    target: float | None = None  # the ratio the project aims for (None: no target, informative)
+    met: str = ""  # "yes" / "no" / "-" (no target) / "skipped"
     note: str = ""
     raw: dict[str, Any] = field(default_factory=dict)  # numbers behind the formatted columns (json only)
 
@@ -47,8 +49,12 @@ def skipped(bench: str, case: str, why: str) -> Row:
     return Row(bench, case, "-", "-", met="skipped", note=why)
 
 
-def interleaved(ours: Callable[[], float | None], reference: Callable[[], float | None], rounds: int,
-                sync: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
+def interleaved(
+    ours: Callable[[], float | None],
+    reference: Callable[[], float | None],
+    rounds: int,
+    sync: Callable[[], None] = lambda: None,
+) -> tuple[list[float], list[float]]:
     """Seconds of `ours` and `reference` over `rounds` interleaved rounds (the order flips every round).
 
     A callable may return its own measurement in seconds (e.g. the training time a run records); when it
@@ -58,7 +64,7 @@ def interleaved(ours: Callable[[], float | None], reference: Callable[[], float 
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     pair = [("ours", ours), ("reference", reference)]
     for r in range(rounds):
-        for name, fn in (pair if r % 2 == 0 else pair[::-1]):
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
             sync()
             t0 = time.perf_counter()
             measured = fn()

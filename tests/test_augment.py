@@ -13,8 +13,18 @@ import torchvision.transforms.v2.functional as TF
 from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
-from hypersphere.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
-                                 augment, eval_transform, jitter_orders, resized_crop, sample_crops)
+from hypersphere.augment import (
+    AugmentConfig,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    augment,
+    eval_transform,
+    jitter_orders,
+    resized_crop,
+    sample_crops,
+)
 
 MEAN3, STD3 = (0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -51,6 +61,7 @@ IDENTITY = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, jitter=(0.0, 0.0
 
 # ---------------------------------------------------------------------------------------- shapes, seeds
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("c", [1, 3])
 def test_output_dtype_device_shape(device, c):
@@ -75,8 +86,10 @@ def test_bad_input_raises():
         eval_transform(x, 64, 60, MEAN3, STD3)
 
 
-@pytest.mark.parametrize("cfg,c", [(AugmentConfig(), 3), (AugmentConfig(24, (0.3, 1.0), flip=False,
-                                                                        jitter=(0.4, 0.4, 0, 0), grayscale_p=0), 1)])
+@pytest.mark.parametrize(
+    "cfg,c",
+    [(AugmentConfig(), 3), (AugmentConfig(24, (0.3, 1.0), flip=False, jitter=(0.4, 0.4, 0, 0), grayscale_p=0), 1)],
+)
 def test_parameters_differ_per_image(cfg, c):
     """B copies of one image must give B different views (the pitfall of one transform call per batch)."""
     x = smooth_images(1, c=c).expand(32, -1, -1, -1).contiguous()
@@ -98,10 +111,12 @@ def test_seed_fixes_result(device):
 
 # ---------------------------------------------------------------------------------------- crops
 
+
 def _tv_crops(n, height, width, scale, ratio, seed=0):
     torch.manual_seed(seed)
-    return np.array([RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
-                     for _ in range(n)])  # rows (top, left, h, w)
+    return np.array(
+        [RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio)) for _ in range(n)]
+    )  # rows (top, left, h, w)
 
 
 def _ours(n, height, width, scale, ratio, seed=0):
@@ -116,8 +131,9 @@ def _crop_stats(c, height, width):
     return area, log_aspect, rel_top
 
 
-@pytest.mark.parametrize("height,width,scale,n", [(96, 96, (0.08, 1.0), 20_000), (28, 28, (0.3, 1.0), 10_000),
-                                                  (20, 100, (0.5, 1.0), 4_000)])
+@pytest.mark.parametrize(
+    "height,width,scale,n", [(96, 96, (0.08, 1.0), 20_000), (28, 28, (0.3, 1.0), 10_000), (20, 100, (0.5, 1.0), 4_000)]
+)
 def test_crop_distribution_matches_torchvision(height, width, scale, n):
     """Area fraction, log aspect ratio and position match RandomResizedCrop.get_params (KS test); the
     (20, 100) case mostly takes the central-crop fallback."""
@@ -178,6 +194,7 @@ def test_identity_and_flip(c):
 
 # ---------------------------------------------------------------------------------------- colour
 
+
 def _colour_batch(n=16, seed=0):
     x = torch.rand(n, 3, 12, 12, generator=gen(seed))
     x[:, :, :2] = x[:, :1, :2]  # grey pixels (max == min)
@@ -187,10 +204,15 @@ def _colour_batch(n=16, seed=0):
     return x
 
 
-@pytest.mark.parametrize("ours,ref,lo,hi", [(adjust_brightness, TF.adjust_brightness, 0.0, 2.0),
-                                            (adjust_contrast, TF.adjust_contrast, 0.0, 2.0),
-                                            (adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
-                                            (adjust_hue, TF.adjust_hue, -0.5, 0.5)])
+@pytest.mark.parametrize(
+    "ours,ref,lo,hi",
+    [
+        (adjust_brightness, TF.adjust_brightness, 0.0, 2.0),
+        (adjust_contrast, TF.adjust_contrast, 0.0, 2.0),
+        (adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
+        (adjust_hue, TF.adjust_hue, -0.5, 0.5),
+    ],
+)
 @pytest.mark.parametrize("c", [1, 3])
 def test_jitter_ops_match_torchvision(ours, ref, lo, hi, c):
     x = _colour_batch()[:, :c]
@@ -212,6 +234,7 @@ def test_jitter_order_is_random_per_image(monkeypatch):
     """Each image goes through the four ops in its own uniformly random order: replace op k by
     x -> 10 x + (k + 1), so the final pixel value spells the order as digits."""
     import hypersphere.augment as A
+
     monkeypatch.setattr(A, "_JITTER_OPS", tuple((lambda k: lambda x, f: 10 * x + (k + 1))(k) for k in range(4)))
     n = 4800
     x = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
@@ -228,8 +251,12 @@ def test_jitter_order_is_random_per_image(monkeypatch):
 def _view_stats(v):
     """Statistics of views [N, 3, H, W] in [0, 1] that crops, jitter order and grayscale all move."""
     m = v.mean(dim=(2, 3))
-    return {"mean_r": m[:, 0], "g_minus_b": m[:, 1] - m[:, 2], "contrast": v.std(dim=(1, 2, 3)),
-            "saturation": (v.amax(1) - v.amin(1)).mean(dim=(1, 2))}
+    return {
+        "mean_r": m[:, 0],
+        "g_minus_b": m[:, 1] - m[:, 2],
+        "contrast": v.std(dim=(1, 2, 3)),
+        "saturation": (v.amax(1) - v.amin(1)).mean(dim=(1, 2)),
+    }
 
 
 def test_whole_recipe_matches_torchvision_in_distribution():
@@ -238,15 +265,27 @@ def test_whole_recipe_matches_torchvision_in_distribution():
     n = 1000
     x = smooth_images(1, h=32, w=32, seed=3)
     ours = augment(x.expand(n, -1, -1, -1).contiguous(), AugmentConfig(crop_size=16), (0.0,) * 3, (1.0,) * 3, gen())
-    tv = T2.Compose([T2.ToDtype(torch.float32, scale=True), T2.RandomResizedCrop(16, scale=(0.08, 1.0)),
-                     T2.RandomHorizontalFlip(), T2.ColorJitter(0.4, 0.4, 0.4, 0.4), T2.RandomGrayscale(0.2)])
+    tv = T2.Compose(
+        [
+            T2.ToDtype(torch.float32, scale=True),
+            T2.RandomResizedCrop(16, scale=(0.08, 1.0)),
+            T2.RandomHorizontalFlip(),
+            T2.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T2.RandomGrayscale(0.2),
+        ]
+    )
     torch.manual_seed(0)
     ref = torch.stack([tv(x[0]) for _ in range(n)])
     for (name, a), b in zip(_view_stats(ours).items(), _view_stats(ref).values()):
         assert ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3, name
     # power check: without grayscale the saturation statistic is visibly different
-    no_gray = augment(x.expand(n, -1, -1, -1).contiguous(), AugmentConfig(crop_size=16, grayscale_p=0.0),
-                      (0.0,) * 3, (1.0,) * 3, gen())
+    no_gray = augment(
+        x.expand(n, -1, -1, -1).contiguous(),
+        AugmentConfig(crop_size=16, grayscale_p=0.0),
+        (0.0,) * 3,
+        (1.0,) * 3,
+        gen(),
+    )
     assert ks_2samp(_view_stats(no_gray)["saturation"].numpy(), _view_stats(ref)["saturation"].numpy()).pvalue < 1e-3
 
 
@@ -265,16 +304,20 @@ def test_grayscale_first_is_moco_v1s_order():
     x = smooth_images(16, h=24, w=24)
     ref = normalize_ref(TF.rgb_to_grayscale(x.float() / 255, num_output_channels=3), MEAN3, STD3)
     greyed = {**IDENTITY, "jitter": (0.0, 0.0, 0.0, 0.5), "grayscale_p": 1.0}
-    views = {first: augment(x, AugmentConfig(crop_size=24, grayscale_first=first, **greyed), MEAN3, STD3, gen())
-             for first in (True, False)}
+    views = {
+        first: augment(x, AugmentConfig(crop_size=24, grayscale_first=first, **greyed), MEAN3, STD3, gen())
+        for first in (True, False)
+    }
     assert torch.allclose(views[True], ref, atol=1e-4)
     assert (views[False] - ref).abs().amax() > 0.05
 
 
 # ---------------------------------------------------------------------------------------- evaluation view
 
-@pytest.mark.parametrize("h,w,resize,crop", [(96, 96, 70, 64), (28, 28, 26, 24), (32, 32, 35, 32), (40, 60, 30, 24),
-                                             (60, 40, 30, 24)])
+
+@pytest.mark.parametrize(
+    "h,w,resize,crop", [(96, 96, 70, 64), (28, 28, 26, 24), (32, 32, 35, 32), (40, 60, 30, 24), (60, 40, 30, 24)]
+)
 def test_eval_transform_matches_torchvision(h, w, resize, crop):
     x = smooth_images(6, h=h, w=w) ^ torch.randint(0, 40, (6, 3, h, w), generator=gen(), dtype=torch.uint8)
     ref = T2.Compose([T2.Resize(resize, antialias=True), T2.CenterCrop(crop)])

@@ -2,6 +2,7 @@
 results files name the machine, and the correctness fact the benchmark reports holds; the GPU check's dry run on the
 CPU; and the GPU check's cost model (bench/costs.py) on made-up timings. Speed targets are the benchmark's business,
 not the tests' (they depend on the machine and its load)."""
+
 import json
 import math
 import subprocess
@@ -27,9 +28,23 @@ slow = pytest.mark.slow  # the runs of bench/run.py train small encoders (about 
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # One thread: the run's length must not depend on what else the machine is doing (see bench/run.py).
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--threads", "1",
-                           "--name", "testbox", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--name",
+            "testbox",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out, proc.stdout
 
@@ -98,12 +113,29 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     """Every row of the GPU check runs on the CPU at tiny sizes (about a minute on 2 cores) through the trainer's own
     step, each with positive finite numbers; peak memory and packing are skipped; the 2-process DDP run holds on gloo;
     one projection row per paper sweep."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only", "--dry-run", "--quick",
-                           "--threads", "1", "--name", "box", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--cuda-only",
+            "--dry-run",
+            "--quick",
+            "--threads",
+            "1",
+            "--name",
+            "box",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [r for r in json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"]
-            if r["bench"] == "cuda"]
+    rows = [
+        r for r in json.loads((tmp_path / "box-quick-cuda-dryrun.json").read_text())["rows"] if r["bench"] == "cuda"
+    ]
 
     def one(prefix: str) -> dict:
         (row,) = [r for r in rows if r["case"].startswith(prefix)]
@@ -115,8 +147,15 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     # every kind of step the paper sweeps train, timed through the trainer (ImageNet's through train(), streamed)
     configs = [run.config for sweep in profiles.load("paper").sweeps for run in load_sweep(sweep_path(sweep, "paper"))]
     kinds = {costs.step_kind(cfg) for cfg in configs}
-    assert {"stl10 auto", "stl10 auto predictor target", "cifar10 auto head", "nyu-depth-v2 auto",
-            "imagenet100 resnet50 queue", "bookcorpus qt", "imagenet resnet50-mlp queue"} <= kinds
+    assert {
+        "stl10 auto",
+        "stl10 auto predictor target",
+        "cifar10 auto head",
+        "nyu-depth-v2 auto",
+        "imagenet100 resnet50 queue",
+        "bookcorpus qt",
+        "imagenet resnet50-mlp queue",
+    } <= kinds
     for kind in kinds - {"imagenet resnet50-mlp queue"}:
         raw = one(f"{kind}: the trainer's step, fp32 at B=")
         assert positive(raw.get("images_per_s", raw.get("sentences_per_s")), raw["flops_per_sample"], raw["mfu"]), kind
@@ -136,13 +175,17 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
     assert ddp["met"] == "yes" and ddp["raw"]["exit_code"] == 0 and ddp["raw"]["finished"], ddp["note"]
 
     # one projection per paper sweep, in the profile's order; PFLOP counted at the paper's sizes even in the dry run
-    projected = {r["case"].split(",")[0].removeprefix("projected: paper sweep "): r for r in rows
-                 if r["case"].startswith("projected: paper sweep")}
+    projected = {
+        r["case"].split(",")[0].removeprefix("projected: paper sweep "): r
+        for r in rows
+        if r["case"].startswith("projected: paper sweep")
+    }
     assert list(projected) == list(profiles.load("paper").sweeps)
     for sweep, r in projected.items():
         assert positive(r["raw"]["gpu_hours"], r["raw"]["pflop"]), sweep
-        assert (f"{r['raw']['runs']} runs" in r["case"]
-                and r["raw"]["runs"] == len(load_sweep(sweep_path(sweep, "paper"))))
+        assert f"{r['raw']['runs']} runs" in r["case"] and r["raw"]["runs"] == len(
+            load_sweep(sweep_path(sweep, "paper"))
+        )
     # Table 5: 2 runs x 200 epochs of 5,004 batches of 256, at the FLOPs per pair counted at 224 px
     pair = stream["flops_per_pair"]
     assert projected["imagenet"]["raw"]["pflop"] == pytest.approx(2 * 200 * 5004 * 256 * pair / 1e15)
@@ -150,12 +193,14 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_skips_what_needs_a_gpu(tmp_path):
 
     skipped = [r["case"] for r in rows if r["met"] == "skipped"]
     assert any("peak memory" in c for c in skipped) and any("packing" in c for c in skipped)
-    no_flag = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only"], capture_output=True,
-                             text=True, cwd=REPO)
+    no_flag = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--cuda-only"], capture_output=True, text=True, cwd=REPO
+    )
     assert no_flag.returncode != 0 and "--dry-run" in no_flag.stderr
 
 
 # ---------------------------------------------------------------------------------------- the cost model
+
 
 def _measured(seconds: dict, flops: float = 1e9, kind: str = "stl10 auto", bf16: bool = False) -> costs.Measured:
     measured = costs.Measured(flops={kind: flops})
@@ -191,15 +236,22 @@ def test_an_unmeasured_batch_scales_the_nearest_measured_one_and_a_precision_fal
 
 def test_step_kinds_tell_apart_what_changes_a_step_and_nothing_else():
     kind = lambda **kw: costs.step_kind(TrainConfig(**kw))  # noqa: E731
-    assert kind(objective="contrastive(tau=0.5)", dim=2) == kind(objective="0.5*align(alpha=2) + uniform(t=2)") == \
-        "stl10 auto"
+    assert (
+        kind(objective="contrastive(tau=0.5)", dim=2)
+        == kind(objective="0.5*align(alpha=2) + uniform(t=2)")
+        == "stl10 auto"
+    )
     assert kind(objective="byol(width=4)") == "stl10 auto predictor target"
     assert kind(objective="simsiam(width=4)") == "stl10 auto predictor"
     assert kind(dataset="cifar10", objective="xent()") == "cifar10 auto head"
-    assert kind(dataset="imagenet100", arch="resnet50", queue=16384, batch_size=128) == \
-        kind(dataset="imagenet100", arch="resnet50", queue=32768, batch_size=128) == "imagenet100 resnet50 queue"
+    assert (
+        kind(dataset="imagenet100", arch="resnet50", queue=16384, batch_size=128)
+        == kind(dataset="imagenet100", arch="resnet50", queue=32768, batch_size=128)
+        == "imagenet100 resnet50 queue"
+    )
     qt = dict(dataset="bookcorpus", optimizer="adam", lr=5e-4, dim=1200)
     assert kind(arch="qt", **qt) == kind(arch="qt-raw", **qt) == "bookcorpus qt"
-    for cfg in (run.config for sweep in profiles.load("paper").sweeps
-                for run in load_sweep(sweep_path(sweep, "paper"))):
+    for cfg in (
+        run.config for sweep in profiles.load("paper").sweeps for run in load_sweep(sweep_path(sweep, "paper"))
+    ):
         assert cfg.dataset in costs.PAPER_DATA  # every paper dataset has a size

@@ -32,12 +32,15 @@ def digits_color():
 def reference_digits():
     """All 1,797 digits upsampled independently with PIL (float32 mode 'F', bilinear), uint8 [1797, 28, 28]."""
     d = load_digits()
-    up = [np.asarray(Image.fromarray((im / 16).astype(np.float32), mode="F").resize((28, 28), Image.BILINEAR))
-          for im in d.images]
+    up = [
+        np.asarray(Image.fromarray((im / 16).astype(np.float32), mode="F").resize((28, 28), Image.BILINEAR))
+        for im in d.images
+    ]
     return np.clip(np.round(np.stack(up) * 255), 0, 255).astype(np.uint8), d.target
 
 
 # ---------------------------------------------------------------------------------------- digits
+
 
 def test_digits_shapes_and_recipe(digits):
     assert digits.name == "digits" and digits.num_classes == 10
@@ -83,6 +86,7 @@ def test_digits_mean_std_are_train_statistics(digits, digits_color):
 
 # ---------------------------------------------------------------------------------------- digits-color
 
+
 def _fit_colours(colour: torch.Tensor, grey: torch.Tensor):
     """Per image and channel, least-squares fit colour = bg + alpha * (fg - bg) with alpha = grey / 255;
     returns (bg [N, 3], fg [N, 3], max abs residual in 0-255 units)."""
@@ -99,8 +103,9 @@ def test_digits_color_structure(digits, digits_color):
     """Same split and labels as digits; each image is its grey digit painted between a background and a
     foreground colour (alpha = grey level), with enough luminance contrast, and the colours vary."""
     d = digits_color
-    assert (d.name == "digits-color" and d.train_images.shape == (1347, 3, 28, 28)
-            and d.train_images.dtype == torch.uint8)
+    assert (
+        d.name == "digits-color" and d.train_images.shape == (1347, 3, 28, 28) and d.train_images.dtype == torch.uint8
+    )
     assert torch.equal(d.train_labels, digits.train_labels) and torch.equal(d.val_labels, digits.val_labels)
     assert d.augment == AugmentConfig(crop_size=12, scale=(0.3, 1.0), flip=False) and d.eval_resize == 13
     bg, fg, residual = _fit_colours(d.train_images, digits.train_images)
@@ -121,6 +126,7 @@ def test_digits_color_depends_on_seed_only(digits_color):
 
 
 # ---------------------------------------------------------------------------------------- real formats
+
 
 def _images(n, c, h, w, seed):
     return np.random.default_rng(seed).integers(0, 256, (n, c, h, w), dtype=np.uint8)
@@ -190,11 +196,16 @@ def test_imagefolder_pngs(tmp_path):
         assert torch.equal(d.train_images[j], torch.from_numpy(arrays["train", cls, i]).permute(2, 0, 1))
         assert torch.equal(d.val_images[j], torch.from_numpy(arrays["val", cls, i]).permute(2, 0, 1))
     assert (d.val_images[4] == 0).all()
-    assert (d.mean == (0.485, 0.456, 0.406) and d.augment == AugmentConfig() and d.eval_resize == 70
-            and d.name == "imagefolder")
+    assert (
+        d.mean == (0.485, 0.456, 0.406)
+        and d.augment == AugmentConfig()
+        and d.eval_resize == 70
+        and d.name == "imagefolder"
+    )
 
 
 # ---------------------------------------------------------------------------------------- errors, device
+
 
 @pytest.mark.parametrize("name,folder", [("stl10", "stl10_binary"), ("cifar10", "cifar-10-batches-py")])
 def test_missing_data_is_one_clear_line(tmp_path, name, folder):
@@ -221,6 +232,7 @@ def test_a_raw_imagenet_val_folder_names_the_sorting_script(tmp_path, capsys):
     the fix (valprep.sh) instead of torchvision's bare "Couldn't find any class folder", and `train` stops before
     it trains anything."""
     from hypersphere.__main__ import main
+
     for k, wnid in enumerate(("n01440764", "n01443537")):
         _save(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{k}.JPEG", 60 * k, "JPEG")
     for i in range(1, 4):
@@ -228,11 +240,27 @@ def test_a_raw_imagenet_val_folder_names_the_sorting_script(tmp_path, capsys):
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("imagenet", root=tmp_path)
     msg = str(err.value)
-    assert ("\n" not in msg and str(tmp_path / "imagenet" / "val") in msg and "class folders" in msg
-            and "valprep.sh" in msg)
+    assert (
+        "\n" not in msg and str(tmp_path / "imagenet" / "val") in msg and "class folders" in msg and "valprep.sh" in msg
+    )
     runs = tmp_path / "runs"
-    assert main(["train", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--runs-dir", str(runs),
-                 "--epochs", "1", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "imagenet",
+                "--data-dir",
+                str(tmp_path),
+                "--runs-dir",
+                str(runs),
+                "--epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "valprep.sh" in capsys.readouterr().err and not list(runs.rglob("*.pt"))
 
 
@@ -273,12 +301,14 @@ def test_imagenet100_from_an_imagenet_layout_through_the_symlink_builder(tmp_pat
     """The ImageNet-100 tree is built from a full ImageNet train/ + val/ layout by symlinks (moco.py), then loaded
     at 256 px (shorter side, centre crop) with MoCo's recipe; a missing tree names the builder."""
     from hypersphere.moco import build_imagenet100
+
     wnids = ["n01440764", "n01443537", "n01484850"]
     for split in ("train", "val"):
         for k, wnid in enumerate(wnids):
             (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
             Image.fromarray(np.full((300, 400, 3), 40 * k, np.uint8)).save(
-                tmp_path / "imagenet" / split / wnid / "a.JPEG", "JPEG")
+                tmp_path / "imagenet" / split / wnid / "a.JPEG", "JPEG"
+            )
     (tmp_path / "classes.txt").write_text("\n".join(wnids[:2]) + "\n")
     with pytest.raises(FileNotFoundError, match="build_imagenet100"):
         load_dataset("imagenet100", root=tmp_path)

@@ -1,6 +1,7 @@
 """The two-stage design of `make decide` (hypersphere.decide): the plan is made from the first stage and never
 moves, the second stage repeats the sweep's seed-1 settings at the planned seeds, each claim is judged on the new
 seeds alone, and the whole of it runs end to end on the smoke-decide profile (a rerun trains nothing)."""
+
 import json
 from pathlib import Path
 
@@ -113,8 +114,14 @@ def test_make_decide_end_to_end_on_smoke_decide_and_a_rerun_trains_nothing(tmp_p
     assert "Figure 8: " in capsys.readouterr().out
     assert main(["sweep", "finetune", "--profile", "smoke-decide", "--dry-run"]) == 0  # lists the planned runs too
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["done"] * len(table)
-    notebook.execute(ROOT / "notebooks" / "11_decide.ipynb", "smoke-decide", tmp_path, data_dir=str(ROOT / "data"),
-                     device="cpu", progress=False)
+    notebook.execute(
+        ROOT / "notebooks" / "11_decide.ipynb",
+        "smoke-decide",
+        tmp_path,
+        data_dir=str(ROOT / "data"),
+        device="cpu",
+        progress=False,
+    )
     figures = tmp_path / "figures" / "smoke-decide"
     doc = json.loads((figures / "verdicts_11_decide.json").read_text())
     assert [v["item"] for v in doc["verdicts"]] == ["Figure 8"]

@@ -1,5 +1,6 @@
 """Tests for hypersphere.domains.depth: the NYU-Depth-V2 loader on tiny files in the real MATLAB formats, the ray-cast
 stand-in against analytic depths, the spatial taps and Table 6's decoder, and the frozen-encoder depth probe."""
+
 import math
 
 import h5py
@@ -10,9 +11,22 @@ import torch
 import torch.nn as nn
 
 from hypersphere.augment import AugmentConfig, eval_transform, recipe
-from hypersphere.domains.depth import (FOV, NYU_FILES, NYU_VALID, DepthData, DepthDecoder, DepthProbeConfig,
-                                       depth_probe, depth_views, feature_maps, load_nyu, load_scenes, render,
-                                       render_scenes, sample_scenes)
+from hypersphere.domains.depth import (
+    FOV,
+    NYU_FILES,
+    NYU_VALID,
+    DepthData,
+    DepthDecoder,
+    DepthProbeConfig,
+    depth_probe,
+    depth_views,
+    feature_maps,
+    load_nyu,
+    load_scenes,
+    render,
+    render_scenes,
+    sample_scenes,
+)
 from hypersphere.domains.image import pair_metrics
 from hypersphere.models import DigitsNet, SmallAlexNet
 
@@ -32,12 +46,14 @@ def scenes(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------- NYU-Depth-V2
 
+
 def write_nyu(folder, n=5):
     """nyu_depth_v2_labeled.mat as MATLAB v7.3 stores it (HDF5, width before height) and splits.mat (MATLAB 5,
     1-based column vectors). Frame k: red follows the row, green the column, blue is 40 k; depth 1 + k + 2 row / 480."""
     row, col = torch.arange(480)[:, None].expand(480, 640), torch.arange(640)[None, :].expand(480, 640)
-    rgb = torch.stack([torch.stack([row * 255 // 479, col * 255 // 639, torch.full_like(row, 40 * k)])
-                       for k in range(n)]).to(torch.uint8)  # [n, 3, 480, 640]
+    rgb = torch.stack(
+        [torch.stack([row * 255 // 479, col * 255 // 639, torch.full_like(row, 40 * k)]) for k in range(n)]
+    ).to(torch.uint8)  # [n, 3, 480, 640]
     depth = torch.stack([1 + k + 2 * row.float() / 480 for k in range(n)])  # [n, 480, 640]
     with h5py.File(folder / NYU_FILES[0], "w") as f:
         f.create_dataset("images", data=rgb.transpose(2, 3).numpy())  # (n, 3, 640, 480)
@@ -84,6 +100,7 @@ def test_load_nyu_without_its_files_says_what_to_download(tmp_path):
 
 # ---------------------------------------------------------------------------------------- rendered scenes
 
+
 def test_render_scenes_shapes_dtypes_and_determinism():
     rgb, depth = render_scenes(6, size=32, seed=3)
     assert rgb.shape == (6, 3, 32, 32) and rgb.dtype == torch.uint8
@@ -98,8 +115,13 @@ def test_render_scenes_shapes_dtypes_and_determinism():
 def one_scene(height=1.5, pitch=0.3, yaw=0.0, back=6.0, half_width=3.0):
     """A sampled scene with its camera and room set and no objects."""
     s = sample_scenes(1, torch.Generator().manual_seed(0))
-    s.update(height=torch.tensor([height]), pitch=torch.tensor([pitch]), yaw=torch.tensor([yaw]),
-             back=torch.tensor([back]), half_width=torch.tensor([half_width]))
+    s.update(
+        height=torch.tensor([height]),
+        pitch=torch.tensor([pitch]),
+        yaw=torch.tensor([yaw]),
+        back=torch.tensor([back]),
+        half_width=torch.tensor([half_width]),
+    )
     s["kind"] = torch.zeros_like(s["kind"])
     return s
 
@@ -132,7 +154,7 @@ def test_sphere_depth_and_occlusion():
     changed = depth != wall
     assert (depth[changed] < wall[changed]).all()
     radius_px = math.tan(math.asin(r / Z)) / math.tan(FOV / 2) * size / 2
-    assert abs(changed.sum().item() - math.pi * radius_px ** 2) < 2 * math.pi * radius_px  # within a ring of 1 px
+    assert abs(changed.sum().item() - math.pi * radius_px**2) < 2 * math.pi * radius_px  # within a ring of 1 px
 
 
 def test_load_scenes_caches_one_npz_and_reads_it_back(tmp_path):
@@ -154,10 +176,14 @@ def test_load_scenes_caches_one_npz_and_reads_it_back(tmp_path):
 
 # ---------------------------------------------------------------------------------------- taps and decoder
 
-@pytest.mark.parametrize("encoder, size, shapes", [
-    (SmallAlexNet(3, 128, 64), 64, {"conv4": (384, 15, 15), "conv5": (192, 7, 7)}),
-    (DigitsNet(3, 32, 32), 32, {"conv4": (32, 8, 8), "conv5": (64, 4, 4)}),
-])
+
+@pytest.mark.parametrize(
+    "encoder, size, shapes",
+    [
+        (SmallAlexNet(3, 128, 64), 64, {"conv4": (384, 15, 15), "conv5": (192, 7, 7)}),
+        (DigitsNet(3, 32, 32), 32, {"conv4": (32, 8, 8), "conv5": (64, 4, 4)}),
+    ],
+)
 def test_feature_maps_and_decoder_shapes(encoder, size, shapes):
     encoder.eval()
     x = torch.randn(2, 3, size, size)
@@ -180,12 +206,14 @@ def test_feature_maps_and_decoder_shapes(encoder, size, shapes):
 
 # ---------------------------------------------------------------------------------------- depth probe
 
+
 def test_depth_views_are_pixel_aligned_with_the_rgb_evaluation_view():
     """Depth equal to the red channel / 255 gives, after standardisation is undone, eval_transform's red channel."""
     images = torch.randint(0, 256, (4, 3, 40, 52), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     depth = images[:, :1].float() / 255
-    data = DepthData("t", images, images, depth, images, depth, (0.0,) * 3, (1.0,) * 3, 0.5, 2.0,
-                     AugmentConfig(crop_size=24), 28)
+    data = DepthData(
+        "t", images, images, depth, images, depth, (0.0,) * 3, (1.0,) * 3, 0.5, 2.0, AugmentConfig(crop_size=24), 28
+    )
     view = depth_views(depth, data) * data.depth_std + data.depth_mean
     torch.testing.assert_close(view, eval_transform(images, 24, 28, data.mean, data.std)[:, :1])
 
@@ -243,6 +271,7 @@ def test_depth_data_serves_the_pair_metrics_and_moves_devices(scenes):
 def test_depth_probe_cross_validates_on_disjoint_folds_covering_the_train_split(scenes, monkeypatch):
     """cv_mse is the mean held-out MSE of `cv_folds` decoders, each trained on the other folds of the train split."""
     from hypersphere.domains import depth as D
+
     calls = []
     real = D.fit_decoder
 
@@ -269,21 +298,37 @@ def test_depth_is_an_evaluation_kind_of_the_depth_domain(tmp_path):
     from hypersphere.sweep import load_sweep
     from hypersphere.train import TrainConfig, train
 
-    cfg = TrainConfig(dataset="scenes", objective="align(alpha=2) + uniform(t=2)", epochs=1, batch_size=256, dim=8,
-                      data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), device="cpu")
+    cfg = TrainConfig(
+        dataset="scenes",
+        objective="align(alpha=2) + uniform(t=2)",
+        epochs=1,
+        batch_size=256,
+        dim=8,
+        data_dir=str(tmp_path / "data"),
+        runs_dir=str(tmp_path / "runs"),
+        device="cpu",
+    )
     run_dir = train(cfg, progress=False)
     ev = EvalConfig(kind="depth", decoder_epochs=1, cv_folds=2)
     assert ev.taps == ("conv5", "conv4") and EvalConfig().taps == ("fc7", "output")
     record = evaluate_run(run_dir, ev, "cpu", cfg.data_dir, progress=False)
     r = record["results"]
-    assert {"val_conv5_mse", "val_conv4_mse", "cv_conv5_mse", "val_mean_mse", "val_pixel_mean_mse", "align",
-            "uniform"} <= set(r) and "cv_conv4_mse" not in r
+    assert {
+        "val_conv5_mse",
+        "val_conv4_mse",
+        "cv_conv5_mse",
+        "val_mean_mse",
+        "val_pixel_mean_mse",
+        "align",
+        "uniform",
+    } <= set(r) and "cv_conv4_mse" not in r
     assert 0 < r["val_conv5_mse"] < r["val_mean_mse"] and -4 <= r["uniform"] <= 0
     assert evaluate_run(run_dir, ev, "cpu", cfg.data_dir, progress=False) == record  # cached, not recomputed
     with pytest.raises(ValueError, match="evaluation kind 'classify' does not apply to scenes; use kind: depth"):
         evaluate_run(run_dir, EvalConfig(), "cpu", cfg.data_dir, progress=False)
     sweep = tmp_path / "s.yaml"
-    sweep.write_text("defaults: {dataset: scenes}\nevaluation: {probe: lbfgs}\nruns:\n"
-                     "  - {objective: 'uniform(t=2)'}\n")
+    sweep.write_text(
+        "defaults: {dataset: scenes}\nevaluation: {probe: lbfgs}\nruns:\n  - {objective: 'uniform(t=2)'}\n"
+    )
     with pytest.raises(ValueError, match="entry 1 .*does not apply to scenes"):
         load_sweep(sweep)

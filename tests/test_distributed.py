@@ -2,6 +2,7 @@
 same loss, same gradients (distributed.py: gathered features keep their gradients; DDP averages), and with
 MoCo the same queue (each process enqueues the keys of the global batch) and Shuffle-BN's keys (each process
 encodes a share of the globally permuted key images)."""
+
 import os
 import socket
 import subprocess
@@ -24,8 +25,11 @@ from hypersphere.moco import MoCo
 from hypersphere.sweep import train_argv
 from hypersphere.train import TRAIN_VERSION, TrainConfig, batch_loss, train
 
-OBJECTIVES = ("contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)", "xent()",
-              "moco: contrastive(tau=0.2) + uniform(t=2)")
+OBJECTIVES = (
+    "contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)",
+    "xent()",
+    "moco: contrastive(tau=0.2) + uniform(t=2)",
+)
 BATCH, WORLD, QUEUE = 16, 2, 64
 
 
@@ -66,8 +70,10 @@ def worker(rank: int, port: int, objective: str, out: str) -> None:
     loss.backward()
     if moco is not None:  # every process enqueued the keys of the global batch
         torch.save(moco.queue[:BATCH].clone(), f"{out}/queue{rank}.pt")
-    torch.save({"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
-               f"{out}/rank{rank}.pt")
+    torch.save(
+        {"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
+        f"{out}/rank{rank}.pt",
+    )
     finish()
 
 
@@ -84,9 +90,11 @@ def reference(objective: str):
     zs, key_views = [], []
     for rank in range(WORLD):
         gen = torch.Generator().manual_seed(100 + rank)
-        idx = torch.arange(BATCH)[rank * BATCH // WORLD:(rank + 1) * BATCH // WORLD]
-        x = [IMAGE.views(data, data.train_images[idx], gen).contiguous(memory_format=torch.channels_last)
-             for _ in range(obj.views)]
+        idx = torch.arange(BATCH)[rank * BATCH // WORLD : (rank + 1) * BATCH // WORLD]
+        x = [
+            IMAGE.views(data, data.train_images[idx], gen).contiguous(memory_format=torch.channels_last)
+            for _ in range(obj.views)
+        ]
         if moco is None:
             zs.append(encoder(torch.cat(x)).chunk(obj.views))
         else:
@@ -136,17 +144,21 @@ def test_a_sweep_trains_a_run_under_torchrun_with_two_processes(tmp_path):
     """The torchrun executor rebuilds each config on the command line and trains it with DDP (gloo on CPU)."""
     from hypersphere.sweep import load_sweep, run_sweep
     from hypersphere.__main__ import _parser, _from_args
+
     path = tmp_path / "s.yaml"
-    path.write_text(f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, "
-                    f"runs_dir: {tmp_path / 'runs'}}}\n"
-                    "evaluation: {taps: [output], cv_folds: 0, l2_grid: [1.0e-3], l2_folds: 2}\n"
-                    "runs:\n  - {objective: 'align + uniform', augment: {recipe: digits, scale: [0.5, 1.0]}, "
-                    "snapshot_epochs: [0, 1]}\n")
+    path.write_text(
+        f"defaults: {{dataset: digits, dim: 8, epochs: 1, batch_size: 128, device: cpu, "
+        f"runs_dir: {tmp_path / 'runs'}}}\n"
+        "evaluation: {taps: [output], cv_folds: 0, l2_grid: [1.0e-3], l2_folds: 2}\n"
+        "runs:\n  - {objective: 'align + uniform', augment: {recipe: digits, scale: [0.5, 1.0]}, "
+        "snapshot_epochs: [0, 1]}\n"
+    )
     (run,) = load_sweep(path)
     assert _from_args(TrainConfig, _parser().parse_args(["train", *train_argv(run.config)])) == run.config
     # the README's commands
-    typed = _from_args(TrainConfig, _parser().parse_args(["train", "--dataset", "digits", "--objective",
-                                                          "align + uniform"]))
+    typed = _from_args(
+        TrainConfig, _parser().parse_args(["train", "--dataset", "digits", "--objective", "align + uniform"])
+    )
     assert typed.run_dir() == TrainConfig(dataset="digits", objective="align + uniform").run_dir()
     df = run_sweep([run], tmp_path / "t.csv", executor="torchrun", gpus_per_run=2, progress=False)
     assert list(df["status"]) == ["done"] and df.loc[0, "val_output_linear"] > 0
@@ -172,47 +184,83 @@ def test_torchrun_processes_bind_gpu_local_rank_before_nccl_starts(monkeypatch):
 def test_torchrun_restarts_on_a_shared_store_are_refused_with_the_fix(monkeypatch):
     """torchrun's default store outlives a restart: a restarted group would read its predecessor's addresses (gloo:
     connection refused), so a run that may restart asks for a store per start at its first start."""
-    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "TORCHELASTIC_MAX_RESTARTS": "1",
-                       "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+    for key, value in {
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "1",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValueError, match="--standalone .* and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
         distributed.init_from_env(torch.device("cpu"))
 
 
-COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "barrier", "reduce", "gather",
-               "scatter", "reduce_scatter", "all_to_all", "all_gather_object", "broadcast_object_list",
-               "gather_object", "scatter_object_list")
+COLLECTIVES = (
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_reduce",
+    "broadcast",
+    "barrier",
+    "reduce",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "all_to_all",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+)
 
 
 def record_collectives(seen: list) -> None:
     """Wrap torch.distributed's collectives to record each call's name and the devices of the tensors it gets."""
+
     def devices(value) -> set:
         if isinstance(value, torch.Tensor):
             return {value.device}
         return set().union(*map(devices, value)) if isinstance(value, (list, tuple)) else set()
 
     for name in COLLECTIVES:
+
         def recorded(*args, _name=name, _real=getattr(dist, name), **kw):
             seen.append((_name, devices([*args, *kw.values()])))
             return _real(*args, **kw)
+
         setattr(dist, name, recorded)
 
 
-MOCO = TrainConfig(dataset="digits", dim=8, epochs=2, batch_size=256, queue=256, ema=0.9, device="cpu",
-                   checkpoint_minutes=0)  # 5 steps an epoch, the state saved after each
+MOCO = TrainConfig(
+    dataset="digits", dim=8, epochs=2, batch_size=256, queue=256, ema=0.9, device="cpu", checkpoint_minutes=0
+)  # 5 steps an epoch, the state saved after each
 
 
 def train_worker(rank: int, port: int, out: str) -> None:
     """One process of `torchrun --nnodes 2 --nproc_per_node 1` (LOCAL_RANK 0 on both nodes) training MOCO, every
     collective recorded."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE="1", GROUP_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK="0",
+        WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE="1",
+        GROUP_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     seen = []
     record_collectives(seen)
     run_dir = train(replace(MOCO, runs_dir=out), progress=False)
-    torch.save({"seen": seen, "bound": distributed.collective_device(), "run": run_dir,
-                "cuda": distributed.local_device(torch.device("cuda"), os.environ)}, f"{out}/rank{rank}.pt")
+    torch.save(
+        {
+            "seen": seen,
+            "bound": distributed.collective_device(),
+            "run": run_dir,
+            "cuda": distributed.local_device(torch.device("cuda"), os.environ),
+        },
+        f"{out}/rank{rank}.pt",
+    )
     finish()
 
 
@@ -243,11 +291,26 @@ def test_a_process_killed_under_torchrun_restarts_and_resumes_to_the_same_weight
     """torchrun --max-restarts 1 (with a store per start): process 1 SIGKILLs itself mid-epoch 2 (train.py's kill
     hook), torchrun restarts the group, which resumes from the state saved there and ends with the weights and queue
     of the uninterrupted run bit for bit."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           "--max-restarts=1", "-m", "hypersphere", "train", "--quiet",
-           *train_argv(replace(MOCO, runs_dir=str(tmp_path)))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-           "HYPERSPHERE_KILL_AT": "2:2", "HYPERSPHERE_KILL_RANK": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "--max-restarts=1",
+        "-m",
+        "hypersphere",
+        "train",
+        "--quiet",
+        *train_argv(replace(MOCO, runs_dir=str(tmp_path))),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "HYPERSPHERE_KILL_AT": "2:2",
+        "HYPERSPHERE_KILL_RANK": "1",
+    }
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (d for d in tmp_path.iterdir() if d.is_dir())

@@ -1,5 +1,6 @@
 """Evaluation configs and records: pair metrics, the classification evaluation, and evaluate_run's caching
 (a new evaluation config re-evaluates a run without retraining it)."""
+
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from test_probes import MEAN, STD, snapshot, tiny_data
 
 # ----------------------------------------------------------------------------- validation-pair metrics
 
+
 class AngleEncoder(nn.Module):
     """Maps an image to the unit circle by its mean intensity: on constant images (which crops, flips and
     resizing leave unchanged) it is perfectly aligned."""
@@ -37,9 +39,19 @@ def test_pair_metrics_on_perfectly_aligned_encoder():
     images = values[:, None, None, None].expand(-1, 1, 12, 12).to(torch.uint8).contiguous()
     aug = AugmentConfig(crop_size=8, scale=(0.08, 1.0), flip=True, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0)
     labels = torch.zeros(28, dtype=torch.long)
-    data = ImageData(name="const", encoder_images=images, train_images=images, train_labels=labels,
-                     val_images=images, val_labels=labels, mean=MEAN, std=STD, num_classes=1, augment=aug,
-                     eval_resize=12)
+    data = ImageData(
+        name="const",
+        encoder_images=images,
+        train_images=images,
+        train_labels=labels,
+        val_images=images,
+        val_labels=labels,
+        mean=MEAN,
+        std=STD,
+        num_classes=1,
+        augment=aug,
+        eval_resize=12,
+    )
     enc = AngleEncoder()
     tau = 0.5
     out = pair_metrics(enc, data, torch.Generator().manual_seed(0), tau=tau, batch_size=64, chunk_size=10)
@@ -59,6 +71,7 @@ def test_pair_metrics_on_perfectly_aligned_encoder():
 
 # ----------------------------------------------------------------------------- the classification evaluation
 
+
 @pytest.mark.parametrize("probe", ["lbfgs", "adam", "adam-full", "sgd-full"])
 def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     data = tiny_data(n_train=30, n_val=15)
@@ -67,38 +80,55 @@ def test_classify_returns_flat_dict_and_leaves_the_encoder_frozen(probe):
     before = snapshot(model)
     cfg = EvalConfig(probe=probe, probe_epochs=2, cv_folds=3, l2_folds=2)
     out = image.evaluate(model, data, cfg, torch.device("cpu"), tau=0.2, batch_size=8)
-    keys = {f"{split}_{tap}_{kind}" for split in ("val", "cv") for tap in ("fc7", "output")
-            for kind in ("linear", "5nn")}
+    keys = {
+        f"{split}_{tap}_{kind}" for split in ("val", "cv") for tap in ("fc7", "output") for kind in ("linear", "5nn")
+    }
     assert keys | {"align", "uniform", "contrastive"} <= set(out)
     if probe == "lbfgs":  # the chosen penalty and the convergence are recorded
         assert out["val_output_linear_l2"] in cfg.l2_grid and out["val_output_linear_grad"] < 1e-3
     assert all(0.0 <= out[k] <= 100.0 for k in keys)
     assert 0.0 <= out["align"] <= 4.0 and out["uniform"] <= 0.0
     sanity_check(before, model)
-    no_cv = image.evaluate(model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"),
-                     taps=("output",))
+    no_cv = image.evaluate(
+        model, data, EvalConfig(probe="adam", probe_epochs=1, cv_folds=0), torch.device("cpu"), taps=("output",)
+    )
     assert set(no_cv) == {"val_output_linear", "val_output_5nn", "align", "uniform"}
 
 
-@pytest.mark.parametrize("probe,optimizer,lr", [("adam", "adam", 1e-3), ("adam-full", "adam", 1e-3),
-                                                ("sgd-full", "sgd", 10.0), ("sgd-lincls", "sgd", 30.0)])
+@pytest.mark.parametrize(
+    "probe,optimizer,lr",
+    [("adam", "adam", 1e-3), ("adam-full", "adam", 1e-3), ("sgd-full", "sgd", 10.0), ("sgd-lincls", "sgd", 30.0)],
+)
 def test_cross_validation_fits_the_reported_probes_classifier(monkeypatch, probe, optimizer, lr):
     """The paper's CV (Table 3: 3 folds) is of the classifier it reports: the same optimiser and schedule, here on
     cached features."""
     import hypersphere.domains.image as image
+
     seen = []
-    monkeypatch.setattr(image, "linear_probe_cached",
-                        lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0)
-    image.evaluate(DigitsNet(dim=4, input_size=12), tiny_data(n_train=30, n_val=15),
-             EvalConfig(probe=probe, probe_epochs=3, cv_folds=3, knn_k=1), torch.device("cpu"), taps=("output",))
+    monkeypatch.setattr(
+        image, "linear_probe_cached", lambda train_f, train_y, val_f, val_y, cfg: seen.append(cfg) or 50.0
+    )
+    image.evaluate(
+        DigitsNet(dim=4, input_size=12),
+        tiny_data(n_train=30, n_val=15),
+        EvalConfig(probe=probe, probe_epochs=3, cv_folds=3, knn_k=1),
+        torch.device("cpu"),
+        taps=("output",),
+    )
     cv = seen[-3:]  # the last three fits are the folds'
     assert {(c.optimizer, c.lr, c.epochs) for c in cv} == {(optimizer, lr, 3)}
 
 
-@pytest.mark.parametrize("kw, message", [({"probe": "svm"}, "unknown probe"),
-                                         ({"kind": "regression"}, "unknown evaluation kind"),
-                                         ({"cv_folds": 1}, "cv_folds"), ({"l2_grid": (0.0,)}, "l2_grid"),
-                                         ({"knn_k": 0}, "knn_k")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"probe": "svm"}, "unknown probe"),
+        ({"kind": "regression"}, "unknown evaluation kind"),
+        ({"cv_folds": 1}, "cv_folds"),
+        ({"l2_grid": (0.0,)}, "l2_grid"),
+        ({"knn_k": 0}, "knn_k"),
+    ],
+)
 def test_bad_evaluation_configs_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         EvalConfig(**kw)
@@ -107,8 +137,15 @@ def test_bad_evaluation_configs_are_refused(kw, message):
 
 
 def test_evaluation_records_are_cached_per_config_and_survive_nothing_else(tmp_path):
-    cfg = TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=1, batch_size=256, dim=8,
-                      runs_dir=str(tmp_path), snapshot_epochs=(0, 1))
+    cfg = TrainConfig(
+        dataset="digits",
+        objective="align(alpha=2) + uniform(t=2)",
+        epochs=1,
+        batch_size=256,
+        dim=8,
+        runs_dir=str(tmp_path),
+        snapshot_epochs=(0, 1),
+    )
     run_dir = train(cfg, progress=False)
     fast = EvalConfig(taps=("output",), cv_folds=0, l2_grid=(1e-3,), l2_folds=2)
     first = evaluate_run(run_dir, fast)
@@ -120,8 +157,9 @@ def test_evaluation_records_are_cached_per_config_and_survive_nothing_else(tmp_p
     assert other["results"]["align"] == first["results"]["align"]  # same weights, same validation pairs
     assert (run_dir / runs.CHECKPOINT).stat().st_mtime_ns == checkpoint  # nothing was retrained
     assert len(list((run_dir / runs.EVALS).glob("classify-*.json"))) == 2
-    with_snapshots = evaluate_run(run_dir, EvalConfig(taps=("output",), cv_folds=0, l2_grid=(1e-3,), l2_folds=2,
-                                                      snapshots=True))
+    with_snapshots = evaluate_run(
+        run_dir, EvalConfig(taps=("output",), cv_folds=0, l2_grid=(1e-3,), l2_folds=2, snapshots=True)
+    )
     assert [p["epoch"] for p in with_snapshots["trajectory"]] == [0, 1]
     assert with_snapshots["trajectory"][-1]["val_output_linear"] == pytest.approx(first["results"]["val_output_linear"])
 
@@ -133,8 +171,15 @@ def test_records_hold_the_label_free_statistics_and_older_records_get_them_added
     from hypersphere.domains.image import view_pairs
     from hypersphere.metrics import LABEL_FREE, label_free
     from hypersphere.train import load_encoder
-    cfg = TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=1, batch_size=256, dim=8,
-                      runs_dir=str(tmp_path))
+
+    cfg = TrainConfig(
+        dataset="digits",
+        objective="align(alpha=2) + uniform(t=2)",
+        epochs=1,
+        batch_size=256,
+        dim=8,
+        runs_dir=str(tmp_path),
+    )
     run_dir = train(cfg, progress=False)
     fast = EvalConfig(taps=("output",), cv_folds=0, l2_grid=(1e-3,), l2_folds=2)
     record = evaluate_run(run_dir, fast)

@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow  # builds and installs a wheel, trains a digits en
 
 REPO = Path(__file__).resolve().parents[1]
 # what the wheel must hold: each folder of the checkout and where it lands in site-packages (pyproject's package-dir)
-SHIPPED = {"src/hypersphere": "hypersphere", "configs": "hypersphere/configs",
-           "data/reference": "hypersphere/reference"}
+SHIPPED = {
+    "src/hypersphere": "hypersphere",
+    "configs": "hypersphere/configs",
+    "data/reference": "hypersphere/reference",
+}
 NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".*")
 
 
@@ -27,8 +30,11 @@ def _files(folder: Path) -> set[str]:
 
 
 def _python_path(python: Path, key: str) -> Path:
-    return Path(subprocess.check_output([python, "-c", f"import sysconfig; print(sysconfig.get_paths()[{key!r}])"],
-                                        text=True).strip())
+    return Path(
+        subprocess.check_output(
+            [python, "-c", f"import sysconfig; print(sysconfig.get_paths()[{key!r}])"], text=True
+        ).strip()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,9 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     for folder in SHIPPED:
         shutil.copytree(REPO / folder, sources / folder, ignore=NOT_SOURCES)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "wheel", sources],
-                   check=True)
+    subprocess.run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "wheel", sources], check=True
+    )
     (wheel,) = (tmp / "wheel").glob("hypersphere-*.whl")
     env = tmp / "env"
     venv.create(env, with_pip=False)
@@ -75,10 +82,12 @@ def test_the_wheel_holds_every_subpackage_and_shipped_file(installed):
 
 def test_the_installed_package_is_the_wheels_not_the_checkouts(installed, tmp_path):
     bin_dir, _ = installed
-    probe = ("import json, sys, hypersphere, hypersphere.train, hypersphere.domains.image; from hypersphere import "
-             "resources; print(json.dumps({'file': hypersphere.__file__, 'configs': str(resources.configs()), "
-             "'editable': [m for m in sys.modules if 'editable' in m] + [repr(f) for f in sys.meta_path "
-             "if 'editable' in repr(f)]}))")
+    probe = (
+        "import json, sys, hypersphere, hypersphere.train, hypersphere.domains.image; from hypersphere import "
+        "resources; print(json.dumps({'file': hypersphere.__file__, 'configs': str(resources.configs()), "
+        "'editable': [m for m in sys.modules if 'editable' in m] + [repr(f) for f in sys.meta_path "
+        "if 'editable' in repr(f)]}))"
+    )
     out = json.loads(_run(bin_dir, tmp_path, bin_dir / "python", "-c", probe))
     env = bin_dir.parent.resolve()
     assert Path(out["file"]).resolve().is_relative_to(env) and Path(out["configs"]).resolve().is_relative_to(env)
@@ -91,12 +100,42 @@ def test_the_command_line_runs_from_outside_the_repository(installed, tmp_path):
     bin_dir, _ = installed
     assert not tmp_path.resolve().is_relative_to(REPO)
     cli = bin_dir / "hypersphere"
-    out = _run(bin_dir, tmp_path, cli, "train", "--dataset", "digits", "--epochs", "1", "--dim", "8", "--batch-size",
-               "256", "--device", "cpu", "--quiet")
+    out = _run(
+        bin_dir,
+        tmp_path,
+        cli,
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--dim",
+        "8",
+        "--batch-size",
+        "256",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     run_dir = out.splitlines()[0]
     assert (tmp_path / run_dir).is_dir() and Path(run_dir).parts[0] == "runs"
-    out = _run(bin_dir, tmp_path, cli, "evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds",
-               "0", "--taps", "output", "--device", "cpu")
+    out = _run(
+        bin_dir,
+        tmp_path,
+        cli,
+        "evaluate",
+        run_dir,
+        "--probe",
+        "adam",
+        "--probe-epochs",
+        "2",
+        "--cv-folds",
+        "0",
+        "--taps",
+        "output",
+        "--device",
+        "cpu",
+    )
     assert {"align", "uniform", "val_output_linear"} <= set(json.loads(out))
     listed = _run(bin_dir, tmp_path, cli, "sweep", "cloud", "--profile", "paper", "--dry-run").splitlines()
     assert len(listed) > 300 and all(line.startswith("todo") for line in listed)  # the paper's 306 + 3 STL-10 encoders

@@ -5,6 +5,7 @@ value is worked out by hand or with an independent library (numpy, scipy). Each 
 table that shows the claim, to fail (holds False) on one that does not, and to be undecided (None) where the
 module says so. The statistics themselves (stats.py) are tested in test_notebooks.py.
 """
+
 import math
 from pathlib import Path
 
@@ -17,12 +18,29 @@ from scipy.special import i0
 from scipy import stats as scipy_stats
 from scipy.stats import spearmanr
 
-from hypersphere.items import (add_family, fig3_4, fig5, fig7, fig8, fig9b, say, table1, table2, table3, table4, table5,
-                               theory, verdict)
+from hypersphere.items import (
+    add_family,
+    fig3_4,
+    fig5,
+    fig7,
+    fig8,
+    fig9b,
+    say,
+    table1,
+    table2,
+    table3,
+    table4,
+    table5,
+    theory,
+    verdict,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 WEIGHTS = {  # family -> (w_contrastive, w_align, w_uniform)
-    "contrastive only": (1.0, 0.0, 0.0), "align + uniform only": (0.0, 1.0, 1.0), "all three": (1.0, 0.0, 1.0)}
+    "contrastive only": (1.0, 0.0, 0.0),
+    "align + uniform only": (0.0, 1.0, 1.0),
+    "all three": (1.0, 0.0, 1.0),
+}
 ACC = "val_output_linear"
 
 
@@ -33,8 +51,17 @@ def runs(rows: list[dict], **defaults) -> pd.DataFrame:
         r = {**defaults, **r}
         if "family" in r:
             r["w_contrastive"], r["w_align"], r["w_uniform"] = WEIGHTS[r.pop("family")]
-        out.append({"w_contrastive": 0.0, "w_align": 0.0, "w_uniform": 0.0, "w_xent": 0.0, "init": "rand",
-                    "status": "done", **r})
+        out.append(
+            {
+                "w_contrastive": 0.0,
+                "w_align": 0.0,
+                "w_uniform": 0.0,
+                "w_xent": 0.0,
+                "init": "rand",
+                "status": "done",
+                **r,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -50,12 +77,28 @@ SEED_CASES = [([0.5, 0.3, 0.7], True), ([-3.0, -2.8, -3.2], False), ([2.39, -2.5
 
 # ----------------------------------------------------------------------------- items/__init__.py
 
+
 def test_add_family_gives_supervised_runs_no_family():
-    df = runs([{"family": "contrastive only"}, {"family": "align + uniform only"}, {"family": "all three"},
-               {"w_xent": 1.0, "w_contrastive": 1.0},  # cross-entropy + contrastive: still supervised
-               {"w_xent": 1.0}, {"w_xent": np.nan, "w_uniform": 0.5}, {}])
+    df = runs(
+        [
+            {"family": "contrastive only"},
+            {"family": "align + uniform only"},
+            {"family": "all three"},
+            {"w_xent": 1.0, "w_contrastive": 1.0},  # cross-entropy + contrastive: still supervised
+            {"w_xent": 1.0},
+            {"w_xent": np.nan, "w_uniform": 0.5},
+            {},
+        ]
+    )
     assert add_family(df)["family"].tolist() == [
-        "contrastive only", "align + uniform only", "all three", "", "", "align + uniform only", ""]
+        "contrastive only",
+        "align + uniform only",
+        "all three",
+        "",
+        "",
+        "align + uniform only",
+        "",
+    ]
     no_xent = add_family(df.drop(columns="w_xent"))  # tables without a w_xent column: family from the weights
     assert no_xent["family"].tolist()[3:5] == ["contrastive only", ""]
     assert "family" not in df  # a new frame, the caller's is untouched
@@ -63,14 +106,24 @@ def test_add_family_gives_supervised_runs_no_family():
 
 def test_verdict_and_say():
     v = verdict("Figure 7", "a claim", np.bool_(True), "some evidence", ["fig7_weighting"])
-    assert v == {"item": "Figure 7", "claim": "a claim", "holds": True, "evidence": "some evidence",
-                 "figures": ["fig7_weighting"]} and type(v["holds"]) is bool
+    assert (
+        v
+        == {
+            "item": "Figure 7",
+            "claim": "a claim",
+            "holds": True,
+            "evidence": "some evidence",
+            "figures": ["fig7_weighting"],
+        }
+        and type(v["holds"]) is bool
+    )
     assert say(v) == "Figure 7: HOLDS. a claim.\n  evidence: some evidence"
     assert say(verdict("T", "c", np.bool_(False), "e")).startswith("T: does NOT hold. c.")
     assert say(verdict("T", "c", None, "e")).startswith("T: undecided. c.")
 
 
 # ----------------------------------------------------------------------------- Figure 5
+
 
 def fig5_cloud(n: int, acc_of, seed: int = 0, noise: float = 0.3) -> pd.DataFrame:
     """n encoders of the three families with random (align, uniform) and acc = acc_of(align, uniform) + noise."""
@@ -88,13 +141,17 @@ def fig5_verdict(cloud: pd.DataFrame, better: str = "higher", target: str = "acc
 
 
 def test_fig5_usable_drops_runs_without_family_or_finite_metrics_and_incomplete_targets():
-    cloud = runs([{"family": "contrastive only", "align": 0.5, "uniform": -2.0, "a": 1.0, "b": 1.0},
-                  {"family": "all three", "align": 0.6, "uniform": -2.5, "a": 2.0, "b": np.nan},
-                  {"w_xent": 1.0, "w_contrastive": 1.0, "align": 0.1, "uniform": -3.0, "a": 3.0, "b": 3.0},
-                  {"align": 0.1, "uniform": -3.0, "a": 4.0, "b": 4.0},  # no loss at all
-                  {"family": "align + uniform only", "align": np.nan, "uniform": -3.0, "a": 5.0, "b": np.nan},
-                  {"family": "align + uniform only", "align": 0.2, "uniform": np.inf, "a": 6.0, "b": 6.0},
-                  {"family": "align + uniform only", "align": 0.3, "uniform": -3.5, "a": 7.0, "b": 7.0}])
+    cloud = runs(
+        [
+            {"family": "contrastive only", "align": 0.5, "uniform": -2.0, "a": 1.0, "b": 1.0},
+            {"family": "all three", "align": 0.6, "uniform": -2.5, "a": 2.0, "b": np.nan},
+            {"w_xent": 1.0, "w_contrastive": 1.0, "align": 0.1, "uniform": -3.0, "a": 3.0, "b": 3.0},
+            {"align": 0.1, "uniform": -3.0, "a": 4.0, "b": 4.0},  # no loss at all
+            {"family": "align + uniform only", "align": np.nan, "uniform": -3.0, "a": 5.0, "b": np.nan},
+            {"family": "align + uniform only", "align": 0.2, "uniform": np.inf, "a": 6.0, "b": 6.0},
+            {"family": "align + uniform only", "align": 0.3, "uniform": -3.5, "a": 7.0, "b": 7.0},
+        ]
+    )
     kept, targets, note = fig5.usable(cloud, {"a": "A", "b": "B", "c": "C"})
     assert kept["a"].tolist() == [1.0, 2.0, 7.0]
     assert kept.index.tolist() == [0, 1, 2]
@@ -113,8 +170,12 @@ def test_fig5_corner_counts_the_best_tenth_in_the_lower_left_quadrant():
     acc[[2, 4]] = [10.0, 20.0]  # the worst two: both inside
     cloud = pd.DataFrame({"align": align, "uniform": uniform, "acc": acc})
     assert fig5.corner(cloud, "acc") == {"top": 2, "top_in_corner": 1, "share_top": 0.5, "share_all": 0.45}
-    assert fig5.corner(cloud, "acc", better="lower") == {"top": 2, "top_in_corner": 2, "share_top": 1.0,
-                                                         "share_all": 0.45}
+    assert fig5.corner(cloud, "acc", better="lower") == {
+        "top": 2,
+        "top_in_corner": 2,
+        "share_top": 1.0,
+        "share_all": 0.45,
+    }
     assert fig5.corner(cloud.iloc[:9], "acc")["top"] == 1  # fewer than ten encoders: at least one
 
 
@@ -156,8 +217,9 @@ def test_fig5_statistics_for_an_error_is_the_mirror_image_of_accuracy():
     assert "lower error" in v_lo["claim"] and "higher accuracy" in v_hi["claim"]
 
 
-@pytest.mark.parametrize("better, sign, holds", [("higher", -1, True), ("higher", +1, False),
-                                                 ("lower", +1, True), ("lower", -1, False)])
+@pytest.mark.parametrize(
+    "better, sign, holds", [("higher", -1, True), ("higher", +1, False), ("lower", +1, True), ("lower", -1, False)]
+)
 def test_fig5_verdict_follows_the_sign_of_the_relation(better, sign, holds):
     # accuracy (better = "higher") or error ("lower") = sign * (align + uniform) + small noise
     cloud = fig5_cloud(30, lambda a, u: 50 + sign * 10 * (a + u))
@@ -213,28 +275,45 @@ VALS, VALS_NAMES = list(table1.COLUMNS), list(table1.COLUMNS.values())
 def table1_cloud() -> pd.DataFrame:
     """Six runs: two contrastive (the better by CV is the worse on validation), two align + uniform of which one
     is fine-tuned, one mixed, one supervised. Validation accuracies [v, v - 2, v + 3, v - 4]."""
+
     def r(obj, fam, cv, v, **kw):
-        return {"objective": obj, "family": fam, "cv_output_linear": cv, **dict(zip(VALS, [v, v - 2, v + 3, v - 4])),
-                **kw}
-    return runs([r("contrastive(tau=0.2)", "contrastive only", 70.0, 78.0),
-                 r("contrastive(tau=0.5)", "contrastive only", 75.0, 74.0),
-                 r("align(alpha=2) + uniform(t=2)", "align + uniform only", 76.0, 73.5),
-                 r("align(alpha=2) + uniform(t=3)", "align + uniform only", 99.0, 99.0, init="run-17"),
-                 r("contrastive(tau=0.5) + uniform(t=2)", "all three", 72.0, 71.0),
-                 r("xent", "all three", 98.0, 98.0, w_xent=1.0)])
+        return {
+            "objective": obj,
+            "family": fam,
+            "cv_output_linear": cv,
+            **dict(zip(VALS, [v, v - 2, v + 3, v - 4])),
+            **kw,
+        }
+
+    return runs(
+        [
+            r("contrastive(tau=0.2)", "contrastive only", 70.0, 78.0),
+            r("contrastive(tau=0.5)", "contrastive only", 75.0, 74.0),
+            r("align(alpha=2) + uniform(t=2)", "align + uniform only", 76.0, 73.5),
+            r("align(alpha=2) + uniform(t=3)", "align + uniform only", 99.0, 99.0, init="run-17"),
+            r("contrastive(tau=0.5) + uniform(t=2)", "all three", 72.0, 71.0),
+            r("xent", "all three", 98.0, 98.0, w_xent=1.0),
+        ]
+    )
 
 
 def test_table1_candidates_are_from_scratch_with_a_family_selected_by_cv():
     scratch, by = table1.candidates(table1_cloud())
     assert by == "cv_output_linear"
-    assert scratch["objective"].tolist() == ["contrastive(tau=0.2)", "contrastive(tau=0.5)",
-                                             "align(alpha=2) + uniform(t=2)", "contrastive(tau=0.5) + uniform(t=2)"]
+    assert scratch["objective"].tolist() == [
+        "contrastive(tau=0.2)",
+        "contrastive(tau=0.5)",
+        "align(alpha=2) + uniform(t=2)",
+        "contrastive(tau=0.5) + uniform(t=2)",
+    ]
     assert table1.candidates(table1_cloud().drop(columns="cv_output_linear"))[1] == "val_output_linear"
     assert table1.candidates(table1_cloud().assign(cv_output_linear=np.nan))[1] == "val_output_linear"
     # on the paper profile, only the configurations the paper cross-validated
     paper = table1_cloud().assign(paper_cv_out_linear=[np.nan, 80.0, 81.0, 82.0, np.nan, 83.0])
-    assert table1.candidates(paper)[0]["objective"].tolist() == ["contrastive(tau=0.5)",
-                                                                 "align(alpha=2) + uniform(t=2)"]
+    assert table1.candidates(paper)[0]["objective"].tolist() == [
+        "contrastive(tau=0.5)",
+        "align(alpha=2) + uniform(t=2)",
+    ]
 
 
 def test_table1_select_takes_each_familys_best_by_the_selection_column_and_the_papers_numbers():
@@ -261,9 +340,17 @@ def test_table1_select_takes_each_familys_best_by_the_selection_column_and_the_p
 
 def table1_table(contrastive: list[float] | None, align_uniform: list[float] | None) -> pd.DataFrame:
     """Table 1 as select() writes it, with the selected encoders' four accuracies (None: no candidate)."""
-    scratch = runs([{"objective": fam, "family": fam, "cv_output_linear": 1.0, **dict(zip(VALS, accs))}
-                    for fam, accs in (("contrastive only", contrastive), ("align + uniform only", align_uniform),
-                                      ("all three", [1.0, 1.0, 1.0, 1.0])) if accs is not None])
+    scratch = runs(
+        [
+            {"objective": fam, "family": fam, "cv_output_linear": 1.0, **dict(zip(VALS, accs))}
+            for fam, accs in (
+                ("contrastive only", contrastive),
+                ("align + uniform only", align_uniform),
+                ("all three", [1.0, 1.0, 1.0, 1.0]),
+            )
+            if accs is not None
+        ]
+    )
     return table1.select(add_family(scratch), "cv_output_linear")
 
 
@@ -292,13 +379,19 @@ def test_table1_verdict_is_undecided_without_a_contrastive_or_align_uniform_enco
 
 def test_table1_selection_is_repeated_within_each_seed():
     """Seed 0: align + uniform 1 point ahead; seed 1 (other candidates): contrastive 4 points ahead."""
+
     def r(obj, fam, seed, v):
         return {"objective": obj, "family": fam, "seed": seed, "cv_output_linear": v, **dict(zip(VALS, [v] * 4))}
-    cloud = runs([r("contrastive(tau=0.2)", "contrastive only", 0, 80.0),
-                  r("contrastive(tau=0.5)", "contrastive only", 0, 70.0),
-                  r("align(alpha=2) + uniform(t=2)", "align + uniform only", 0, 81.0),
-                  r("contrastive(tau=0.5)", "contrastive only", 1, 85.0),
-                  r("align(alpha=2) + uniform(t=2)", "align + uniform only", 1, 81.0)])
+
+    cloud = runs(
+        [
+            r("contrastive(tau=0.2)", "contrastive only", 0, 80.0),
+            r("contrastive(tau=0.5)", "contrastive only", 0, 70.0),
+            r("align(alpha=2) + uniform(t=2)", "align + uniform only", 0, 81.0),
+            r("contrastive(tau=0.5)", "contrastive only", 1, 85.0),
+            r("align(alpha=2) + uniform(t=2)", "align + uniform only", 1, 81.0),
+        ]
+    )
     scratch, by = table1.candidates(cloud)
     seeds = table1.by_seed(scratch, by)
     assert seeds["seed"].tolist() == [0, 1]
@@ -307,14 +400,26 @@ def test_table1_selection_is_repeated_within_each_seed():
     v = table1.judge(table1.select(scratch, by), seeds)  # among all: contrastive 85 (seed 1) against 81
     half = scipy_stats.t.ppf(0.975, 1) * np.std([1.0, -4.0], ddof=1) / np.sqrt(2)
     assert v["holds"] is None and "(mean -4.00; paper mean" in v["evidence"]
-    assert (f"the mean difference per seed 0: +1.00, 1: -4.00; mean -1.50 points, 95% CI [{-1.5 - half:+.2f}, "
-            f"{-1.5 + half:+.2f}] over 2 seeds") in v["evidence"]
+    assert (
+        f"the mean difference per seed 0: +1.00, 1: -4.00; mean -1.50 points, 95% CI [{-1.5 - half:+.2f}, "
+        f"{-1.5 + half:+.2f}] over 2 seeds"
+    ) in v["evidence"]
 
 
 def test_table1_paper_picks_finds_the_papers_objectives_in_canonical_form():
-    scratch = pd.DataFrame({"objective": ["contrastive(tau=0.19)", "contrastive(tau=0.19)", "contrastive(tau=0.2)",
-                                          "0.98*align(alpha=2) + 0.96*uniform(t=2)"],
-                            "dim": [128, 32, 128, 128], "batch_size": [768, 768, 768, 768], ACC: [1.0, 2.0, 3.0, 4.0]})
+    scratch = pd.DataFrame(
+        {
+            "objective": [
+                "contrastive(tau=0.19)",
+                "contrastive(tau=0.19)",
+                "contrastive(tau=0.2)",
+                "0.98*align(alpha=2) + 0.96*uniform(t=2)",
+            ],
+            "dim": [128, 32, 128, 128],
+            "batch_size": [768, 768, 768, 768],
+            ACC: [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     assert table1.paper_picks(scratch, paper_profile=False)["output+linear"].tolist() == [1.0, 2.0, 4.0]
     picks = table1.paper_picks(scratch, paper_profile=True)
     assert picks["output+linear"].tolist() == [1.0, 4.0]
@@ -323,18 +428,28 @@ def test_table1_paper_picks_finds_the_papers_objectives_in_canonical_form():
 
 # ----------------------------------------------------------------------------- Figure 7
 
+
 def lambda_runs(points: dict[tuple[float, float], list[tuple[float, float]]]) -> pd.DataFrame:
     """{(w_align, w_uniform): [(L_uniform, accuracy) per seed]} as a lambda sweep, plus two runs that are not
     align/uniform mixtures (a contrastive one and a supervised one)."""
-    rows = [{"w_align": a, "w_uniform": u, "seed": s, "align": 0.1 * s + a / (a + u), "uniform": lu, ACC: acc}
-            for (a, u), seeds in points.items() for s, (lu, acc) in enumerate(seeds)]
-    rows += [{"w_contrastive": 1.0, "w_align": 1.0, "w_uniform": 1.0, "align": 0.5, "uniform": -3.0, ACC: 99.0},
-             {"w_xent": 1.0, "align": 0.5, "uniform": -3.0, ACC: 98.0}]
+    rows = [
+        {"w_align": a, "w_uniform": u, "seed": s, "align": 0.1 * s + a / (a + u), "uniform": lu, ACC: acc}
+        for (a, u), seeds in points.items()
+        for s, (lu, acc) in enumerate(seeds)
+    ]
+    rows += [
+        {"w_contrastive": 1.0, "w_align": 1.0, "w_uniform": 1.0, "align": 0.5, "uniform": -3.0, ACC: 99.0},
+        {"w_xent": 1.0, "align": 0.5, "uniform": -3.0, ACC: 98.0},
+    ]
     return runs(rows[::-1])  # out of lambda order
 
 
-INVERTED_U = {(1.0, 0.0): [(-0.01, 10.0), (-0.02, 12.0)], (3.0, 1.0): [(-2.0, 70.0), (-2.2, 74.0)],
-              (1.0, 1.0): [(-3.0, 80.0)], (0.0, 2.0): [(-3.9, 20.0)]}
+INVERTED_U = {
+    (1.0, 0.0): [(-0.01, 10.0), (-0.02, 12.0)],
+    (3.0, 1.0): [(-2.0, 70.0), (-2.2, 74.0)],
+    (1.0, 1.0): [(-3.0, 80.0)],
+    (0.0, 2.0): [(-3.9, 20.0)],
+}
 
 
 def test_fig7_runs_by_lambda_and_curve():
@@ -359,12 +474,15 @@ def test_fig7_verdict_holds_on_an_inverted_u_with_collapse():
     assert "best 80.58% at 0.7" in v["evidence"]  # the paper's curve, data/reference/fig7.csv
 
 
-@pytest.mark.parametrize("change", [
-    {(0.0, 2.0): [(-3.9, 85.0)]},                   # the best at lambda 1
-    {(0.0, 2.0): [(-3.9, 78.0)]},                   # lambda 1 only 2 points below the best (not more)
-    {(1.0, 0.0): [(-0.01, 78.0)]},                  # lambda 0 only 2 points below the best
-    {(1.0, 0.0): [(-0.2, 10.0), (-0.02, 12.0)]},    # no collapse: mean exp(L_uniform) (0.819 + 0.980) / 2 < 0.9
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {(0.0, 2.0): [(-3.9, 85.0)]},  # the best at lambda 1
+        {(0.0, 2.0): [(-3.9, 78.0)]},  # lambda 1 only 2 points below the best (not more)
+        {(1.0, 0.0): [(-0.01, 78.0)]},  # lambda 0 only 2 points below the best
+        {(1.0, 0.0): [(-0.2, 10.0), (-0.02, 12.0)]},  # no collapse: mean exp(L_uniform) (0.819 + 0.980) / 2 < 0.9
+    ],
+)
 def test_fig7_verdict_fails(change):
     lam = fig7.runs_by_lambda(lambda_runs({**INVERTED_U, **change}))
     assert fig7.judge(fig7.curve(lam), lam)["holds"] is False
@@ -384,21 +502,33 @@ def test_fig7_verdict_is_undecided_without_both_ends_and_one_between(drop):
 
 # ----------------------------------------------------------------------------- Figure 8
 
+
 def finetune_tables(final: dict[str, float], start: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A fine-tuning sweep: the parent "poor" with one child per kind in `final` (accuracy start -> final over
     epochs 0..2), and a second parent "other" with an align + uniform child of its own. Returns (table, points)."""
     kinds = {"align only": (1.0, 0.0), "uniform only": (0.0, 1.0), "align + uniform": (1.0, 1.0)}
-    table = [{"run": "r-poor", "id": "poor", "objective": "contrastive(tau=2.5)", "w_contrastive": 1.0},
-             {"run": "r-other", "id": "other", "objective": "contrastive(tau=0.5)", "w_contrastive": 1.0},
-             {"run": "o-both", "id": "", "init": "r-other", "objective": "align + uniform", "w_align": 1.0,
-              "w_uniform": 1.0}]
+    table = [
+        {"run": "r-poor", "id": "poor", "objective": "contrastive(tau=2.5)", "w_contrastive": 1.0},
+        {"run": "r-other", "id": "other", "objective": "contrastive(tau=0.5)", "w_contrastive": 1.0},
+        {
+            "run": "o-both",
+            "id": "",
+            "init": "r-other",
+            "objective": "align + uniform",
+            "w_align": 1.0,
+            "w_uniform": 1.0,
+        },
+    ]
     points = [{"run": "o-both", "epoch": e, ACC: 99.0, "align": 0.1, "uniform": -3.0} for e in (2, 0, 1)]
     for k, acc in final.items():
         run = f"c-{k}"
-        table.append({"run": run, "id": "", "init": "r-poor", "objective": k, "w_align": kinds[k][0],
-                      "w_uniform": kinds[k][1]})
-        points += [{"run": run, "epoch": e, ACC: a, "align": 0.5 - 0.1 * e, "uniform": -1.0 - e}
-                   for e, a in ((2, acc), (0, start), (1, (start + acc) / 2))]  # out of epoch order
+        table.append(
+            {"run": run, "id": "", "init": "r-poor", "objective": k, "w_align": kinds[k][0], "w_uniform": kinds[k][1]}
+        )
+        points += [
+            {"run": run, "epoch": e, ACC: a, "align": 0.5 - 0.1 * e, "uniform": -1.0 - e}
+            for e, a in ((2, acc), (0, start), (1, (start + acc) / 2))
+        ]  # out of epoch order
     return runs(table), pd.DataFrame(points)
 
 
@@ -430,18 +560,22 @@ def test_fig8_summary():
 
 def fig8_parents(align_only: list[float], uniform_only: list[float], both: list[float]) -> dict:
     """One parent (seed) per position, each fine-tuned from 60% to these final accuracies."""
-    return {f"poor-seed{i}": fig8.trajectories(*finetune_tables({"align only": a, "uniform only": u,
-                                                                 "align + uniform": b}))
-            for i, (a, u, b) in enumerate(zip(align_only, uniform_only, both))}
+    return {
+        f"poor-seed{i}": fig8.trajectories(*finetune_tables({"align only": a, "uniform only": u, "align + uniform": b}))
+        for i, (a, u, b) in enumerate(zip(align_only, uniform_only, both))
+    }
 
 
-@pytest.mark.parametrize("align_only, uniform_only, both, holds", [
-    ([55, 54, 56], [45, 44, 46], [70, 69, 71], True),   # the paper's signs on every seed, tightly
-    ([55, 54, 56], [45, 44, 46], [50, 51, 49], False),  # both together lose on every seed
-    ([65, 66, 64], [45, 44, 46], [70, 69, 71], False),  # align alone gains on every seed
-    ([55, 65, 58], [45, 44, 46], [70, 69, 71], None),   # align alone: -5, +5, -2: the interval straddles 0
-    ([55], [45], [70], None),                           # one seed gives no interval
-])
+@pytest.mark.parametrize(
+    "align_only, uniform_only, both, holds",
+    [
+        ([55, 54, 56], [45, 44, 46], [70, 69, 71], True),  # the paper's signs on every seed, tightly
+        ([55, 54, 56], [45, 44, 46], [50, 51, 49], False),  # both together lose on every seed
+        ([65, 66, 64], [45, 44, 46], [70, 69, 71], False),  # align alone gains on every seed
+        ([55, 65, 58], [45, 44, 46], [70, 69, 71], None),  # align alone: -5, +5, -2: the interval straddles 0
+        ([55], [45], [70], None),  # one seed gives no interval
+    ],
+)
 def test_fig8_verdict_is_each_kinds_seed_interval_on_its_side_of_zero(align_only, uniform_only, both, holds):
     v = fig8.judge(fig8_parents(align_only, uniform_only, both))
     assert v["holds"] is holds
@@ -459,6 +593,7 @@ def test_fig8_verdict_needs_every_fine_tune_of_every_parent():
 
 # ----------------------------------------------------------------------------- Figures 3 and 4
 
+
 def circle(angles) -> torch.Tensor:
     a = torch.as_tensor(angles, dtype=torch.float64)
     return torch.stack([a.cos(), a.sin()], 1)
@@ -471,9 +606,11 @@ def g2(x: torch.Tensor) -> float:
 
 def test_fig3_4_potentials_from_hand_built_features():
     rng = np.random.default_rng(0)
-    feats = {"random": circle(0.1 * rng.normal(size=60)),  # one cluster
-             "supervised": circle(np.repeat([0.0, 1.6, 3.1, 4.7], 15) + 0.05 * rng.normal(size=60)),
-             "contrastive": circle(np.linspace(0, 2 * np.pi, 60, endpoint=False))}
+    feats = {
+        "random": circle(0.1 * rng.normal(size=60)),  # one cluster
+        "supervised": circle(np.repeat([0.0, 1.6, 3.1, 4.7], 15) + 0.05 * rng.normal(size=60)),
+        "contrastive": circle(np.linspace(0, 2 * np.pi, 60, endpoint=False)),
+    }
     pos = {"random": 0.01, "supervised": 0.3, "contrastive": 0.2}
     enc = {k: {"features": f.float(), "pos_dist": torch.full((60,), pos[k])} for k, f in feats.items()}
     acc = {"random": 11.0, "supervised": 60.0, "contrastive": 40.0}
@@ -500,10 +637,21 @@ def test_fig3_4_potentials_from_hand_built_features():
 def potentials_table(G: dict[str, float], ratio: dict[str, float]) -> pd.DataFrame:
     """Figure 4's table as potentials() writes it, for the encoders in G."""
     paper = {"random": (12.71, 0.8474), "supervised": (57.19, 0.2380), "contrastive": (28.60, 0.2088)}
-    rows = [{"encoder": k, "G_2": g, "alignment ratio": ratio[k], "linear acc. (%)": 50.0,
-             "paper acc. (%)": paper[k][0], "paper G_2": paper[k][1]} for k, g in G.items()]
-    rows += [{"encoder": "uniform sample", "G_2": 0.2071, "paper G_2": 0.2070},
-             {"encoder": "uniform (exact)", "G_2": 0.2070, "paper G_2": 0.2070}]
+    rows = [
+        {
+            "encoder": k,
+            "G_2": g,
+            "alignment ratio": ratio[k],
+            "linear acc. (%)": 50.0,
+            "paper acc. (%)": paper[k][0],
+            "paper G_2": paper[k][1],
+        }
+        for k, g in G.items()
+    ]
+    rows += [
+        {"encoder": "uniform sample", "G_2": 0.2071, "paper G_2": 0.2070},
+        {"encoder": "uniform (exact)", "G_2": 0.2070, "paper G_2": 0.2070},
+    ]
     return pd.DataFrame(rows).set_index("encoder")
 
 
@@ -511,13 +659,16 @@ PAPER_LIKE = {"random": 0.85, "supervised": 0.24, "contrastive": 0.21}
 RATIOS = {"random": 0.05, "supervised": 0.6, "contrastive": 0.3}
 
 
-@pytest.mark.parametrize("G, ratio, holds3, holds4", [
-    (PAPER_LIKE, RATIOS, True, True),
-    (PAPER_LIKE, {**RATIOS, "contrastive": 0.55}, False, True),                  # contrastive not aligned
-    ({**PAPER_LIKE, "supervised": 0.20}, RATIOS, False, False),                 # supervised the most uniform
-    ({**PAPER_LIKE, "random": 0.22}, RATIOS, True, False),                      # random below supervised
-    ({"random": 0.85, "supervised": 0.24}, RATIOS, None, None),                 # no contrastive encoder
-])
+@pytest.mark.parametrize(
+    "G, ratio, holds3, holds4",
+    [
+        (PAPER_LIKE, RATIOS, True, True),
+        (PAPER_LIKE, {**RATIOS, "contrastive": 0.55}, False, True),  # contrastive not aligned
+        ({**PAPER_LIKE, "supervised": 0.20}, RATIOS, False, False),  # supervised the most uniform
+        ({**PAPER_LIKE, "random": 0.22}, RATIOS, True, False),  # random below supervised
+        ({"random": 0.85, "supervised": 0.24}, RATIOS, None, None),  # no contrastive encoder
+    ],
+)
 def test_fig3_4_verdicts(G, ratio, holds3, holds4):
     v3, v4 = fig3_4.judge(potentials_table(G, ratio))
     assert (v3["item"], v4["item"]) == ("Figure 3", "Figure 4")
@@ -527,23 +678,31 @@ def test_fig3_4_verdicts(G, ratio, holds3, holds4):
 
 # ----------------------------------------------------------------------------- theory
 
+
 def theory_inputs(rms=(-0.5, -0.5, -0.5, -0.5), uniform_g2=0.2072):
-    slope_table = pd.DataFrame({"mean deviation": [-1.0] * len(rms), "per-pair RMS deviation": list(rms)},
-                               index=list(theory.ENCODERS)[:len(rms)])
-    fig4 = pd.DataFrame({"G_2 (plotted draw)": [uniform_g2, 0.34], "exact population": [0.2070, 0.3478]},
-                        index=["uniform", "vMF mixture"])
+    slope_table = pd.DataFrame(
+        {"mean deviation": [-1.0] * len(rms), "per-pair RMS deviation": list(rms)},
+        index=list(theory.ENCODERS)[: len(rms)],
+    )
+    fig4 = pd.DataFrame(
+        {"G_2 (plotted draw)": [uniform_g2, 0.34], "exact population": [0.2070, 0.3478]},
+        index=["uniform", "vMF mixture"],
+    )
     return slope_table, fig4
 
 
-@pytest.mark.parametrize("rms, spread, uniform_g2, holds", [
-    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2072, [True, True, True]),
-    ((-0.6, -0.6, -0.6, 0.5), 0.01, 0.2072, [True, True, True]),   # the median slope, not the mean (-0.325)
-    ((-0.3, -0.3, -0.5, -0.3), 0.01, 0.2072, [False, True, True]),
-    ((-0.5, -0.5, -0.5, -0.5), 0.06, 0.2072, [True, False, True]),  # not equally spaced within 5%
-    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2110, [True, True, True]),   # 0.004 from the paper's 0.2070
-    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2130, [True, True, False]),  # 0.006 from it
-    ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2010, [True, True, False]),
-])
+@pytest.mark.parametrize(
+    "rms, spread, uniform_g2, holds",
+    [
+        ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2072, [True, True, True]),
+        ((-0.6, -0.6, -0.6, 0.5), 0.01, 0.2072, [True, True, True]),  # the median slope, not the mean (-0.325)
+        ((-0.3, -0.3, -0.5, -0.3), 0.01, 0.2072, [False, True, True]),
+        ((-0.5, -0.5, -0.5, -0.5), 0.06, 0.2072, [True, False, True]),  # not equally spaced within 5%
+        ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2110, [True, True, True]),  # 0.004 from the paper's 0.2070
+        ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2130, [True, True, False]),  # 0.006 from it
+        ((-0.5, -0.5, -0.5, -0.5), 0.01, 0.2010, [True, True, False]),
+    ],
+)
 def test_theory_verdicts(rms, spread, uniform_g2, holds):
     slope_table, fig4 = theory_inputs(rms, uniform_g2)
     verdicts = theory.judge(slope_table, spread, fig4)
@@ -553,7 +712,7 @@ def test_theory_verdicts(rms, spread, uniform_g2, holds):
 
 def test_theory_slopes_of_power_laws():
     M = 2.0 ** np.arange(11)  # 1 .. 1024
-    exact = dict(M=M, gap=2 / M, gap_se=np.full(11, 1e-9), rms=3 * M ** -0.5)
+    exact = dict(M=M, gap=2 / M, gap_se=np.full(11, 1e-9), rms=3 * M**-0.5)
     # beyond M = 64 the mean deviation is lost in its noise (|gap| < 3 se): those points must not count
     noisy = dict(exact, gap=np.where(M > 64, 5.0, 2 / M), gap_se=np.where(M > 64, 100.0, 1e-9))
     silent = dict(exact, gap_se=np.where(M > 8, 1.0, 1e-9))  # one point of signal at M >= 8: no slope
@@ -563,7 +722,7 @@ def test_theory_slopes_of_power_laws():
     assert np.isnan(s.loc["silent", "mean deviation"])
     assert s["per-pair RMS deviation"].to_numpy() == pytest.approx([-0.5] * 3)
     # the RMS slope is fitted on the upper half of the range (M >= 32): a bend below it does not count
-    bent = dict(exact, rms=np.where(M >= 32, 3 * M ** -0.5, 10.0))
+    bent = dict(exact, rms=np.where(M >= 32, 3 * M**-0.5, 10.0))
     assert theory.slopes({"bent": bent}).loc["bent", "per-pair RMS deviation"] == pytest.approx(-0.5)
 
 
@@ -582,25 +741,69 @@ def test_theory_angle_spread():
 
 # ----------------------------------------------------------------------------- table2 (depth)
 
+
 def depth_cloud() -> pd.DataFrame:
     """Two families, one fine-tune, one supervised run and two random-init encoders; MSE lower is better."""
-    return runs([
-        {"objective": "c1", "family": "contrastive only", "cv_conv5_mse": 0.32, "val_conv5_mse": 0.30,
-         "val_conv4_mse": 0.40},
-        {"objective": "c2", "family": "contrastive only", "cv_conv5_mse": 0.31, "val_conv5_mse": 0.33,
-         "val_conv4_mse": 0.41},
-        {"objective": "a1", "family": "align + uniform only", "cv_conv5_mse": 0.30, "val_conv5_mse": 0.305,
-         "val_conv4_mse": 0.39},
-        {"objective": "a2", "family": "align + uniform only", "cv_conv5_mse": 0.35, "val_conv5_mse": 0.29,
-         "val_conv4_mse": 0.38},
-        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_conv5_mse": 0.1,
-         "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
-        {"objective": "sup", "w_xent": 1.0, "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
-        {"objective": "r0", "family": "align + uniform only", "epochs": 0, "seed": 0, "val_conv5_mse": 0.36,
-         "val_conv4_mse": 0.42},
-        {"objective": "r1", "family": "align + uniform only", "epochs": 0, "seed": 1, "val_conv5_mse": 0.35,
-         "val_conv4_mse": 0.45},
-    ], epochs=10, uniform=-3.0, align=1.0)
+    return runs(
+        [
+            {
+                "objective": "c1",
+                "family": "contrastive only",
+                "cv_conv5_mse": 0.32,
+                "val_conv5_mse": 0.30,
+                "val_conv4_mse": 0.40,
+            },
+            {
+                "objective": "c2",
+                "family": "contrastive only",
+                "cv_conv5_mse": 0.31,
+                "val_conv5_mse": 0.33,
+                "val_conv4_mse": 0.41,
+            },
+            {
+                "objective": "a1",
+                "family": "align + uniform only",
+                "cv_conv5_mse": 0.30,
+                "val_conv5_mse": 0.305,
+                "val_conv4_mse": 0.39,
+            },
+            {
+                "objective": "a2",
+                "family": "align + uniform only",
+                "cv_conv5_mse": 0.35,
+                "val_conv5_mse": 0.29,
+                "val_conv4_mse": 0.38,
+            },
+            {
+                "objective": "ft",
+                "family": "align + uniform only",
+                "init": "runs/x",
+                "cv_conv5_mse": 0.1,
+                "val_conv5_mse": 0.1,
+                "val_conv4_mse": 0.1,
+            },
+            {"objective": "sup", "w_xent": 1.0, "cv_conv5_mse": 0.1, "val_conv5_mse": 0.1, "val_conv4_mse": 0.1},
+            {
+                "objective": "r0",
+                "family": "align + uniform only",
+                "epochs": 0,
+                "seed": 0,
+                "val_conv5_mse": 0.36,
+                "val_conv4_mse": 0.42,
+            },
+            {
+                "objective": "r1",
+                "family": "align + uniform only",
+                "epochs": 0,
+                "seed": 1,
+                "val_conv5_mse": 0.35,
+                "val_conv4_mse": 0.45,
+            },
+        ],
+        epochs=10,
+        uniform=-3.0,
+        align=1.0,
+    )
 
 
 def test_table2_selects_each_family_by_cv_conv5_among_trained_from_scratch_encoders():
@@ -612,20 +815,35 @@ def test_table2_selects_each_family_by_cv_conv5_among_trained_from_scratch_encod
     assert t.loc["align + uniform only", ["conv5", "conv4"]].tolist() == [0.305, 0.39]  # validation MSE of the pick
     paper = pd.read_csv(REFERENCE / "nyu_depth_encoders.csv")  # the paper's Table 2 rows: 57 and 16 of its Table 8
     assert t.loc["contrastive only", "paper conv5"] == paper.loc[paper["row"] == 57, "val_conv5_mse"].item() == 0.7024
-    assert t.loc["align + uniform only", "paper conv4"] == paper.loc[paper["row"] == 16, "val_conv4_mse"].item() == \
-        0.7592
+    assert (
+        t.loc["align + uniform only", "paper conv4"] == paper.loc[paper["row"] == 16, "val_conv4_mse"].item() == 0.7592
+    )
     no_cv = depth_cloud().drop(columns="cv_conv5_mse")
     assert table2.split(no_cv)[2] == "val_conv5_mse"
-    assert table2.select(table2.split(no_cv)[0],
-                         "val_conv5_mse").set_index("family").loc["align + uniform only", "objective"] == "a2"
+    assert (
+        table2.select(table2.split(no_cv)[0], "val_conv5_mse")
+        .set_index("family")
+        .loc["align + uniform only", "objective"]
+        == "a2"
+    )
 
 
-@pytest.mark.parametrize("per_seed, holds", [([1.0, 1.2, 0.8], True), ([5.0, 6.0, 5.5], False),
-                                             ([0.0, 4.0, 2.0], None), ([1.0], None)])
+@pytest.mark.parametrize(
+    "per_seed, holds", [([1.0, 1.2, 0.8], True), ([5.0, 6.0, 5.5], False), ([0.0, 4.0, 2.0], None), ([1.0], None)]
+)
 def test_table2_verdict_is_the_seed_interval_of_the_relative_mse_below_two_percent(per_seed, holds):
-    table = pd.DataFrame({"family": list(table2.FAMILIES), "candidates": [2, 2], "selected by": "cv_conv5_mse",
-                          "objective": ["c", "a"], "conv5": [0.30, 0.306], "conv4": [0.4, 0.4],
-                          "paper conv5": [0.7024, 0.7014], "paper conv4": [0.7575, 0.7592]})
+    table = pd.DataFrame(
+        {
+            "family": list(table2.FAMILIES),
+            "candidates": [2, 2],
+            "selected by": "cv_conv5_mse",
+            "objective": ["c", "a"],
+            "conv5": [0.30, 0.306],
+            "conv4": [0.4, 0.4],
+            "paper conv5": [0.7024, 0.7014],
+            "paper conv4": [0.7575, 0.7592],
+        }
+    )
     v = table2.judge(table, seed_frame("relative conv5 MSE (%)", per_seed))
     assert v["holds"] is holds and "(+2.0%; paper -0.1%)" in v["evidence"] and "interval below +2" in v["evidence"]
 
@@ -636,8 +854,9 @@ def test_table2_selection_is_repeated_within_each_seed():
     both = pd.concat([trained.assign(seed=0), trained.assign(seed=1, val_conv5_mse=trained["val_conv5_mse"] * worse)])
     seeds = table2.by_seed(both, by)
     assert seeds["seed"].tolist() == [0, 1] and seeds["align + uniform only"].tolist() == ["a1", "a1"]
-    assert seeds["relative conv5 MSE (%)"].tolist() == pytest.approx([100 * (0.305 / 0.33 - 1),
-                                                                      100 * (0.3355 / 0.33 - 1)])
+    assert seeds["relative conv5 MSE (%)"].tolist() == pytest.approx(
+        [100 * (0.305 / 0.33 - 1), 100 * (0.3355 / 0.33 - 1)]
+    )
 
 
 def test_table2_verdicts_are_undecided_without_candidates_or_random_encoders():
@@ -672,9 +891,16 @@ def sentence_cloud(n: int, sign: float = -1.0, seed: int = 0) -> pd.DataFrame:
     align, uniform = rng.uniform(0.5, 2.0, n), rng.uniform(-7.5, -0.5, n)
     acc = lambda: 60 + sign * 5 * (align + uniform / 2) + 0.3 * rng.normal(size=n)  # noqa: E731
     trained = runs([{"family": list(WEIGHTS)[i % 3]} for i in range(n)], dataset="standin", epochs=2).assign(
-        align=align, uniform=uniform, val_sentiment=acc(), val_subjectivity=acc())
-    random = runs([{"family": "contrastive only", "val_subjectivity": v} for v in (59.0, 61.0)], dataset="standin",
-                  epochs=0, align=2.0, uniform=-0.3, val_sentiment=55.0)
+        align=align, uniform=uniform, val_sentiment=acc(), val_subjectivity=acc()
+    )
+    random = runs(
+        [{"family": "contrastive only", "val_subjectivity": v} for v in (59.0, 61.0)],
+        dataset="standin",
+        epochs=0,
+        align=2.0,
+        uniform=-0.3,
+        val_sentiment=55.0,
+    )
     return pd.concat([trained, random], ignore_index=True)
 
 
@@ -682,8 +908,9 @@ def fig9b_verdict(cloud: pd.DataFrame) -> dict:
     trained, random = fig9b.split(cloud)
     trained, targets, _ = fig5.usable(trained, fig9b.targets(cloud))
     table, fits = fig5.statistics(trained, targets, n_boot=300)
-    return fig9b.judge(trained, targets, table, fits, baseline=fig9b.versus_random(trained, random, targets),
-                       n_diverged=2)
+    return fig9b.judge(
+        trained, targets, table, fits, baseline=fig9b.versus_random(trained, random, targets), n_diverged=2
+    )
 
 
 def test_fig9b_panels_baseline_and_split():
@@ -726,10 +953,16 @@ def test_fig9b_verdict_is_undecided_with_too_few_encoders():
 
 
 def test_fig9b_diverged_runs_and_the_papers_nan_rows(tmp_path):
-    pd.DataFrame({"objective": ["a", "b", "c", "d"], "status": ["done", "failed", "failed", "todo"],
-                  "failed_epoch": [np.nan, 1, 1, np.nan], "failed_step": [np.nan, 7, 1, np.nan],
-                  "failed_reason": ["", "nan", "nan", ""], "paper_nan": [False, True, False, True]}
-                 ).to_csv(tmp_path / "sentences.csv", index=False)
+    pd.DataFrame(
+        {
+            "objective": ["a", "b", "c", "d"],
+            "status": ["done", "failed", "failed", "todo"],
+            "failed_epoch": [np.nan, 1, 1, np.nan],
+            "failed_step": [np.nan, 7, 1, np.nan],
+            "failed_reason": ["", "nan", "nan", ""],
+            "paper_nan": [False, True, False, True],
+        }
+    ).to_csv(tmp_path / "sentences.csv", index=False)
     gone = fig9b.diverged(tmp_path, "sentences")
     assert gone["objective"].tolist() == ["b", "c"] and gone["failed_step"].tolist() == [7, 1]
     agree = fig9b.nan_agreement(tmp_path, "sentences")  # the todo run is not counted
@@ -740,16 +973,30 @@ def test_fig9b_diverged_runs_and_the_papers_nan_rows(tmp_path):
 def table4_cloud(c_minus_au: float) -> pd.DataFrame:
     """Per family two trained encoders (the better by CV is the worse on test) and a random-init one that would
     win everything; contrastive's picks lead align + uniform's by `c_minus_au` on both tasks."""
+
     def r(obj, fam, cv, val, **kw):
-        return {"objective": obj, "family": fam, "cv_sentiment": cv, "val_sentiment": val, "cv_subjectivity": cv + 10,
-                "val_subjectivity": val + 10, **kw}
-    return runs([r("contrastive(tau=0.1)", "contrastive only", 60.0, 58.0 + c_minus_au),
-                 r("contrastive(tau=1)", "contrastive only", 59.0, 70.0),
-                 r("align(alpha=2) + uniform(t=2)", "align + uniform only", 61.0, 58.0),
-                 r("0.9*align(alpha=2) + 0.1*uniform(t=5)", "align + uniform only", 55.0, 69.0),
-                 r("contrastive(tau=0.1) + uniform(t=2)", "all three", 62.0, 57.0),
-                 r("contrastive(tau=0.1)", "contrastive only", 99.0, 99.0, epochs=0)],
-                dataset="standin", epochs=2)
+        return {
+            "objective": obj,
+            "family": fam,
+            "cv_sentiment": cv,
+            "val_sentiment": val,
+            "cv_subjectivity": cv + 10,
+            "val_subjectivity": val + 10,
+            **kw,
+        }
+
+    return runs(
+        [
+            r("contrastive(tau=0.1)", "contrastive only", 60.0, 58.0 + c_minus_au),
+            r("contrastive(tau=1)", "contrastive only", 59.0, 70.0),
+            r("align(alpha=2) + uniform(t=2)", "align + uniform only", 61.0, 58.0),
+            r("0.9*align(alpha=2) + 0.1*uniform(t=5)", "align + uniform only", 55.0, 69.0),
+            r("contrastive(tau=0.1) + uniform(t=2)", "all three", 62.0, 57.0),
+            r("contrastive(tau=0.1)", "contrastive only", 99.0, 99.0, epochs=0),
+        ],
+        dataset="standin",
+        epochs=2,
+    )
 
 
 def test_table4_selects_each_tasks_best_by_cv_and_reports_its_test_accuracy():
@@ -773,8 +1020,9 @@ def test_table4_paper_table_reproduces_the_printed_table():
     assert paper.loc["contrastive only", "candidates"] == 19 and paper["candidates"].sum() == 108
 
 
-@pytest.mark.parametrize("per_seed, holds", [([3.0, 2.5, 3.5], True), ([-2.0, -2.5, -1.5], False),
-                                             ([0.4, -0.2, 0.6], None), ([3.0], None)])
+@pytest.mark.parametrize(
+    "per_seed, holds", [([3.0, 2.5, 3.5], True), ([-2.0, -2.5, -1.5], False), ([0.4, -0.2, 0.6], None), ([3.0], None)]
+)
 def test_table4_verdict_is_the_seed_interval_of_the_contrastive_lead_above_zero(per_seed, holds):
     cloud = table4_cloud(1.0)
     tasks = table4.tasks(cloud)
@@ -786,14 +1034,17 @@ def test_table4_verdict_is_the_seed_interval_of_the_contrastive_lead_above_zero(
 
 def test_table4_selection_is_repeated_within_each_seed_and_reports_its_standard_error():
     n = 1_000
-    cloud = pd.concat([table4_cloud(1.0).assign(seed=0), table4_cloud(-2.0).assign(seed=1)]).assign(n_sentiment=n,
-                                                                                                    n_subjectivity=n)
+    cloud = pd.concat([table4_cloud(1.0).assign(seed=0), table4_cloud(-2.0).assign(seed=1)]).assign(
+        n_sentiment=n, n_subjectivity=n
+    )
     tasks = table4.tasks(cloud)
     seeds = table4.by_seed(table4.candidates(cloud), tasks)
     assert seeds["mean lead"].tolist() == [1.0, -2.0] and seeds["sentiment lead"].tolist() == [1.0, -2.0]
     t = table4.select(table4.candidates(cloud[cloud["seed"] == 0]), tasks)
-    c, a = (t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100
-            for f in ("contrastive only", "align + uniform only"))
+    c, a = (
+        t.set_index("family").loc[f, ["sentiment", "subjectivity"]].to_numpy() / 100
+        for f in ("contrastive only", "align + uniform only")
+    )
     se = np.sqrt((c * (1 - c) / n + a * (1 - a) / n).sum()) * 100 / 2
     v = table4.judge(t, tasks, seeds)
     assert v["holds"] is None and f"standard error of that mean difference {se:.2f}" in v["evidence"]
@@ -818,22 +1069,60 @@ def test_table4_verdict_is_undecided_without_an_align_uniform_encoder():
 
 # ----------------------------------------------------------------------------- table3, table5 (MoCo)
 
+
 def moco_cloud() -> pd.DataFrame:
     """Two families, one mixed encoder, one fine-tune; top-1 / top-5 on the penultimate layer, 3-fold CV top-1."""
-    return runs([
-        {"objective": "c1", "family": "contrastive only", "cv_penultimate_linear": 60.0, "val_penultimate_linear": 62.0,
-         "val_penultimate_linear_top5": 90.0},
-        {"objective": "c2", "family": "contrastive only", "cv_penultimate_linear": 58.0, "val_penultimate_linear": 64.0,
-         "val_penultimate_linear_top5": 91.0},
-        {"objective": "a1", "family": "align + uniform only", "cv_penultimate_linear": 59.0,
-         "val_penultimate_linear": 61.0, "val_penultimate_linear_top5": 89.0, "intra_batch": False},
-        {"objective": "a2", "family": "align + uniform only", "cv_penultimate_linear": 55.0,
-         "val_penultimate_linear": 66.0, "val_penultimate_linear_top5": 92.0},
-        {"objective": "mix", "family": "all three", "cv_penultimate_linear": 70.0, "val_penultimate_linear": 70.0,
-         "val_penultimate_linear_top5": 95.0},
-        {"objective": "ft", "family": "align + uniform only", "init": "runs/x", "cv_penultimate_linear": 80.0,
-         "val_penultimate_linear": 80.0, "val_penultimate_linear_top5": 99.0},
-    ], intra_batch=True, align=1.0, uniform=-3.0)
+    return runs(
+        [
+            {
+                "objective": "c1",
+                "family": "contrastive only",
+                "cv_penultimate_linear": 60.0,
+                "val_penultimate_linear": 62.0,
+                "val_penultimate_linear_top5": 90.0,
+            },
+            {
+                "objective": "c2",
+                "family": "contrastive only",
+                "cv_penultimate_linear": 58.0,
+                "val_penultimate_linear": 64.0,
+                "val_penultimate_linear_top5": 91.0,
+            },
+            {
+                "objective": "a1",
+                "family": "align + uniform only",
+                "cv_penultimate_linear": 59.0,
+                "val_penultimate_linear": 61.0,
+                "val_penultimate_linear_top5": 89.0,
+                "intra_batch": False,
+            },
+            {
+                "objective": "a2",
+                "family": "align + uniform only",
+                "cv_penultimate_linear": 55.0,
+                "val_penultimate_linear": 66.0,
+                "val_penultimate_linear_top5": 92.0,
+            },
+            {
+                "objective": "mix",
+                "family": "all three",
+                "cv_penultimate_linear": 70.0,
+                "val_penultimate_linear": 70.0,
+                "val_penultimate_linear_top5": 95.0,
+            },
+            {
+                "objective": "ft",
+                "family": "align + uniform only",
+                "init": "runs/x",
+                "cv_penultimate_linear": 80.0,
+                "val_penultimate_linear": 80.0,
+                "val_penultimate_linear_top5": 99.0,
+            },
+        ],
+        intra_batch=True,
+        align=1.0,
+        uniform=-3.0,
+    )
 
 
 def test_table3_selects_each_family_by_cv_top1_with_the_papers_rows():
@@ -844,8 +1133,11 @@ def test_table3_selects_each_family_by_cv_top1_with_the_papers_rows():
     assert t.loc["align + uniform only", ["top-1", "top-5"]].tolist() == [61.0, 89.0]  # validation numbers of the pick
     assert not t.loc["align + uniform only", "intra_batch"]
     paper = pd.read_csv(REFERENCE / "imagenet100_encoders.csv")  # the paper's Table 3: rows 2 and 32 of its Table 9
-    assert t.loc["contrastive only", ["paper top-1", "paper top-5"]].tolist() == [72.80, 91.64] == \
-        paper.loc[paper["row"] == 2, ["val_top1", "val_top5"]].values[0].tolist()
+    assert (
+        t.loc["contrastive only", ["paper top-1", "paper top-5"]].tolist()
+        == [72.80, 91.64]
+        == paper.loc[paper["row"] == 2, ["val_top1", "val_top5"]].values[0].tolist()
+    )
     assert t.loc["align + uniform only", ["paper top-1", "paper top-5"]].tolist() == [74.60, 92.74]
     assert t["paper objective"].tolist() == ["contrastive(tau=0.07)", "3*align(alpha=2) + uniform(t=3)"]
     no_cv = moco_cloud().drop(columns="cv_penultimate_linear")
@@ -856,17 +1148,27 @@ def test_table3_selects_each_family_by_cv_top1_with_the_papers_rows():
 
 @pytest.mark.parametrize("per_seed, holds", [([d - 2 for d in ds], h) for ds, h in SEED_CASES])  # bound -3
 def test_table3_verdict_is_the_seed_interval_of_the_top1_difference_against_three_points(per_seed, holds):
-    table = pd.DataFrame({"family": list(table3.FAMILIES), "candidates": [2, 2], "selected by": "cv_penultimate_linear",
-                          "objective": ["c", "a"], "top-1": [62.0, 59.5], "top-5": [90.0, 90.0],
-                          "paper top-1": [72.80, 74.60], "paper top-5": [91.64, 92.74]})
+    table = pd.DataFrame(
+        {
+            "family": list(table3.FAMILIES),
+            "candidates": [2, 2],
+            "selected by": "cv_penultimate_linear",
+            "objective": ["c", "a"],
+            "top-1": [62.0, 59.5],
+            "top-5": [90.0, 90.0],
+            "paper top-1": [72.80, 74.60],
+            "paper top-5": [91.64, 92.74],
+        }
+    )
     v = table3.judge(table, seed_frame("top-1 difference", per_seed))
     assert v["holds"] is holds and "(-2.50 points; paper" in v["evidence"] and "interval above -3" in v["evidence"]
 
 
 def test_table3_selection_is_repeated_within_each_seed():
     cloud = moco_cloud()
-    seed1 = cloud.assign(seed=1, val_penultimate_linear=cloud["val_penultimate_linear"] - np.where(
-        cloud["objective"] == "a1", 5.0, 0.0))
+    seed1 = cloud.assign(
+        seed=1, val_penultimate_linear=cloud["val_penultimate_linear"] - np.where(cloud["objective"] == "a1", 5.0, 0.0)
+    )
     scratch, by = table3.candidates(pd.concat([cloud.assign(seed=0), seed1]))
     seeds = table3.by_seed(scratch, by)
     assert seeds["contrastive only"].tolist() == ["c1", "c1"] and seeds["top-1 difference"].tolist() == [-1.0, -6.0]
@@ -885,8 +1187,9 @@ def test_table5_is_reported_not_decided_and_says_why():
     assert t.set_index("family")["val_top1"].to_dict() == {"contrastive only": 67.5, "align + uniform only": 67.694}
     assert t["ours top-1"].isna().all() and set(t["queue"]) == {65536}
     v = table5.judge(t)
-    assert (v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"]
-            and "+0.19" in v["evidence"])
+    assert (
+        v["holds"] is None and "not run" in v["evidence"] and "ImageNet" in v["evidence"] and "+0.19" in v["evidence"]
+    )
     with pytest.raises(ValueError, match="lacks the rows"):
         table5.judge(t.iloc[:1])
 
@@ -894,8 +1197,12 @@ def test_table5_is_reported_not_decided_and_says_why():
 @pytest.mark.parametrize("au, holds", [(66.7, True), (66.3, False)])
 def test_table5_is_judged_from_the_imagenet_sweeps_results(au, holds):
     """Objectives match in canonical form; our align + uniform may trail contrastive by at most 1 point."""
-    results = pd.DataFrame({"objective": ["contrastive(tau=0.2)", "3 * align(alpha=2) + 1*uniform(t=3)", "align"],
-                            table5.TOP1: [67.5, au, 1.0]})
+    results = pd.DataFrame(
+        {
+            "objective": ["contrastive(tau=0.2)", "3 * align(alpha=2) + 1*uniform(t=3)", "align"],
+            table5.TOP1: [67.5, au, 1.0],
+        }
+    )
     t = table5.table(results)
     assert t.set_index("family")["ours top-1"].to_dict() == {"contrastive only": 67.5, "align + uniform only": au}
     v = table5.judge(t)
@@ -905,12 +1212,17 @@ def test_table5_is_judged_from_the_imagenet_sweeps_results(au, holds):
 
 def test_fig7_verdict_needs_every_seed():
     """Seed 0 alone is an inverted U; seed 1 peaks at lambda 1: the mean curve still holds, the verdict does not."""
-    three = {(1.0, 0.0): [(-0.01, 10.0), (-0.01, 10.0)], (1.0, 1.0): [(-3.0, 80.0), (-3.0, 60.0)],
-             (0.0, 2.0): [(-3.9, 20.0), (-3.9, 70.0)]}
+    three = {
+        (1.0, 0.0): [(-0.01, 10.0), (-0.01, 10.0)],
+        (1.0, 1.0): [(-3.0, 80.0), (-3.0, 60.0)],
+        (0.0, 2.0): [(-3.9, 20.0), (-3.9, 70.0)],
+    }
     lam = fig7.runs_by_lambda(lambda_runs(three))
     v = fig7.judge(fig7.curve(lam), lam)
-    assert v["holds"] is False and \
-        "holds on 1 of 2 seeds, best lambda per seed 0: 0.5 (80.0%), 1: 1 (70.0%)" in v["evidence"]
+    assert (
+        v["holds"] is False
+        and "holds on 1 of 2 seeds, best lambda per seed 0: 0.5 (80.0%), 1: 1 (70.0%)" in v["evidence"]
+    )
     lam = fig7.runs_by_lambda(lambda_runs({**three, (0.0, 2.0): [(-3.9, 20.0), (-3.9, 20.0)]}))
     v = fig7.judge(fig7.curve(lam), lam)
     assert v["holds"] is True and "holds on 2 of 2 seeds" in v["evidence"]
@@ -918,18 +1230,32 @@ def test_fig7_verdict_needs_every_seed():
 
 # ----------------------------------------------------------------------------- beyond: label-free selection
 
+
 def beyond_cloud(n: int, seed: int = 0) -> pd.DataFrame:
     """n encoders whose RankMe tracks performance exactly and whose L_align + L_uniform is noise."""
     rng = np.random.default_rng(seed)
     perf = rng.permutation(n).astype(float)
-    return pd.DataFrame({"performance": perf, "rankme": perf + 1, "align": rng.random(n), "uniform": -rng.random(n),
-                         "uniform_centred": -rng.random(n), "eigen_decay": 1 + rng.random(n)})
+    return pd.DataFrame(
+        {
+            "performance": perf,
+            "rankme": perf + 1,
+            "align": rng.random(n),
+            "uniform": -rng.random(n),
+            "uniform_centred": -rng.random(n),
+            "eigen_decay": 1 + rng.random(n),
+        }
+    )
 
 
 def test_beyond_ranks_statistics_orients_them_and_judges_the_papers_pair():
     from hypersphere.items import beyond
-    clouds = {"images": beyond_cloud(30), "depth": beyond_cloud(30, seed=1).assign(
-        performance=lambda d: -d["performance"], align=lambda d: d["performance"] / 100)}
+
+    clouds = {
+        "images": beyond_cloud(30),
+        "depth": beyond_cloud(30, seed=1).assign(
+            performance=lambda d: -d["performance"], align=lambda d: d["performance"] / 100
+        ),
+    }
     t = beyond.table(clouds, n_boot=500).set_index(["domain", "statistic"])
     assert t.loc[("images", "RankMe"), "spearman"] == pytest.approx(1.0)
     assert t.loc[("images", "RankMe"), "picked"] == t.loc[("images", "RankMe"), "best"] == 29
@@ -948,34 +1274,50 @@ def test_beyond_ranks_statistics_orients_them_and_judges_the_papers_pair():
 
 def test_beyond_outcomes_give_the_reason_in_numbers(tmp_path):
     from hypersphere.items import beyond
+
     run = dict(id="", dataset="digits-color", arch="auto", lr=0.005, status="done", dim=32, failed_reason=np.nan)
-    rows = [dict(run, id="random", objective="align(alpha=2) + uniform(t=2)", val_output_linear=23.6, rankme=12.8),
-            dict(run, objective="vicreg(nu=30)", val_output_linear=92.9, rankme=28.9),
-            dict(run, objective="byol(width=4)", val_output_linear=18.2, rankme=9.2),
-            dict(run, objective="byol(width=4)", dataset="digits", val_output_linear=95.6, rankme=12.5),
-            dict(run, objective="barlow(lambd=0.1)", val_output_linear=64.0, rankme=13.3),
-            dict(run, objective="simsiam(width=4)", status="failed", val_output_linear=np.nan, rankme=np.nan,
-                 failed_reason="the features collapsed in epoch 41")]
+    rows = [
+        dict(run, id="random", objective="align(alpha=2) + uniform(t=2)", val_output_linear=23.6, rankme=12.8),
+        dict(run, objective="vicreg(nu=30)", val_output_linear=92.9, rankme=28.9),
+        dict(run, objective="byol(width=4)", val_output_linear=18.2, rankme=9.2),
+        dict(run, objective="byol(width=4)", dataset="digits", val_output_linear=95.6, rankme=12.5),
+        dict(run, objective="barlow(lambd=0.1)", val_output_linear=64.0, rankme=13.3),
+        dict(
+            run,
+            objective="simsiam(width=4)",
+            status="failed",
+            val_output_linear=np.nan,
+            rankme=np.nan,
+            failed_reason="the features collapsed in epoch 41",
+        ),
+    ]
     pd.DataFrame(rows).assign(optimizer=["sgd", np.nan, np.nan, np.nan, "adam", np.nan]).to_csv(tmp_path / "beyond.csv")
     out = beyond.objectives(tmp_path).set_index(["objective", "dataset"])
     assert list(out["optimizer"]) == ["sgd", "sgd", "sgd", "sgd", "adam", "sgd"]  # absent = the default
     assert out.loc[("vicreg(nu=30)", "digits-color"), "outcome"] == "reached 80%"
     assert out.loc[("byol(width=4)", "digits-color"), "outcome"] == (
         "below 80%; dimensional collapse: effective rank 9.2 of 32 (random init 12.8); under the random-init "
-        "encoder's 23.6%; 95.6% on grey digits")
+        "encoder's 23.6%; 95.6% on grey digits"
+    )
     assert out.loc[("byol(width=4)", "digits"), "outcome"] == "reached 80%"
     # more effective dimensions than the random encoder and above its accuracy: no collapse claimed
     assert out.loc[("barlow(lambd=0.1)", "digits-color"), "outcome"] == (
-        "below 80%; effective rank 13.3 of 32 (random init 12.8)")
+        "below 80%; effective rank 13.3 of 32 (random init 12.8)"
+    )
     assert out.loc[("simsiam(width=4)", "digits-color"), "outcome"] == "failed: the features collapsed in epoch 41"
 
 
 def test_beyond_joins_only_the_beyond_encoders_on_the_clouds_data(tmp_path):
     from hypersphere.items import beyond
+
     encoder = dict(status="done", align=0.5, uniform=-2.0, rankme=10.0, uniform_centred=-2.0, eigen_decay=1.0)
     pd.DataFrame([dict(encoder, dataset="digits-color", val_output_linear=80.0)] * 3).to_csv(tmp_path / "cloud.csv")
-    pd.DataFrame([dict(encoder, dataset="digits-color", val_output_linear=90.0),
-                  dict(encoder, dataset="digits", val_output_linear=95.0)]).to_csv(tmp_path / "beyond.csv")
+    pd.DataFrame(
+        [
+            dict(encoder, dataset="digits-color", val_output_linear=90.0),
+            dict(encoder, dataset="digits", val_output_linear=95.0),
+        ]
+    ).to_csv(tmp_path / "beyond.csv")
     clouds, notes = beyond.load(tmp_path, ["cloud", "beyond"])
     assert list(clouds["images"]["performance"]) == [80.0, 80.0, 80.0, 90.0]
     assert "1 on other data (digits) left out" in notes["images"] and "4 encoders" in notes["images"]
@@ -984,6 +1326,7 @@ def test_beyond_joins_only_the_beyond_encoders_on_the_clouds_data(tmp_path):
 def test_paired_bootstrap_of_a_spearman_difference_matches_a_loop_over_scipy():
     from scipy.stats import spearmanr
     from hypersphere.stats import bootstrap_spearman_difference
+
     rng = np.random.default_rng(3)
     y = rng.random(40)
     a, b = y + 0.3 * rng.random(40), y + 1.5 * rng.random(40)

@@ -1,5 +1,6 @@
 """Losses against independent reference formulas (pdist and explicit loops), float64 gradient checks,
 property tests, and the objective's parser."""
+
 import math
 
 import numpy as np
@@ -185,8 +186,11 @@ def test_uniform_gradcheck_float64_large_batches(n, threads):
 def test_large_t_is_finite_and_matches_float64(threads):
     """t = 100: every pair potential underflows in fp32 (pdist gives -inf and NaN gradients); ours gives the
     float64 value and gradient, for spread points, for a partly collapsed batch and for several blocks."""
-    for x in (sphere(256, 128, 13, torch.float32), with_duplicates(sphere(60, 8, 14, torch.float32), 2),
-              sphere(1030, 16, 15, torch.float32)):
+    for x in (
+        sphere(256, 128, 13, torch.float32),
+        with_duplicates(sphere(60, 8, 14, torch.float32), 2),
+        sphere(1030, 16, 15, torch.float32),
+    ):
         exact_value, exact_grad = value_and_grad(lse_uniform, x.double(), 100.0)
         value, grad = value_and_grad(uniform_loss, x, 100.0)
         assert math.isfinite(value.item()) and torch.isfinite(grad).all()
@@ -197,11 +201,14 @@ def test_large_t_is_finite_and_matches_float64(threads):
         assert error <= 3e-5 * max(1.0, exact_grad.abs().max()) and error <= 1.5 * previous_error
 
 
-@pytest.mark.parametrize("x, t, expected", [
-    (torch.eye(4), 40.0, -80.0),  # exp(-80) is a normal fp32 number, but 12 of them are too close to underflow
-    (torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), 40.0, -160.0),  # exp(-160) underflows in fp32
-    (torch.tensor([[3.0, 0.0], [0.0, 4.0], [3.0, 0.0]]), 5.0, math.log(1 / 3)),  # 2t ||x||^2 = 160: large norms
-])
+@pytest.mark.parametrize(
+    "x, t, expected",
+    [
+        (torch.eye(4), 40.0, -80.0),  # exp(-80) is a normal fp32 number, but 12 of them are too close to underflow
+        (torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), 40.0, -160.0),  # exp(-160) underflows in fp32
+        (torch.tensor([[3.0, 0.0], [0.0, 4.0], [3.0, 0.0]]), 5.0, math.log(1 / 3)),  # 2t ||x||^2 = 160: large norms
+    ],
+)
 def test_uniform_underflow_and_large_norms_fall_back_to_the_shifted_form(x, t, expected):
     value, grad = value_and_grad(uniform_loss, x, t)
     exact_value, exact_grad = value_and_grad(lse_uniform, x.double(), t)
@@ -306,6 +313,7 @@ def test_contrastive_symmetric_and_bounded(n, seed, tau):
 
 # ----------------------------------------------------------------------------- objective
 
+
 def test_objective_round_trips_and_computes_the_weighted_sum():
     obj = Objective.parse("0.98*align(alpha=2) + 0.96*uniform(t=2)")
     assert str(obj) == "0.98*align(alpha=2) + 0.96*uniform(t=2)"
@@ -317,37 +325,44 @@ def test_objective_round_trips_and_computes_the_weighted_sum():
     assert total.item() == pytest.approx(0.98 * align_loss(x, y).item() + 0.96 * unif.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("spec, canonical", [
-    ("contrastive(tau=0.5) + uniform(t=2)", "contrastive(tau=0.5) + uniform(t=2)"),
-    ("uniform + align", "align(alpha=2) + uniform(t=2)"),
-    ("5e-05*align(alpha=2)", "5e-05*align(alpha=2)"),
-    (" 2 * uniform( t = 3 )+0.5*contrastive(tau=0.07)", "0.5*contrastive(tau=0.07) + 2*uniform(t=3)"),
-    ("0*contrastive(tau=1) + align(alpha=1)", "align(alpha=1)"),
-])
+@pytest.mark.parametrize(
+    "spec, canonical",
+    [
+        ("contrastive(tau=0.5) + uniform(t=2)", "contrastive(tau=0.5) + uniform(t=2)"),
+        ("uniform + align", "align(alpha=2) + uniform(t=2)"),
+        ("5e-05*align(alpha=2)", "5e-05*align(alpha=2)"),
+        (" 2 * uniform( t = 3 )+0.5*contrastive(tau=0.07)", "0.5*contrastive(tau=0.07) + 2*uniform(t=3)"),
+        ("0*contrastive(tau=1) + align(alpha=1)", "align(alpha=1)"),
+    ],
+)
 def test_objective_canonical_form(spec, canonical):
     obj = Objective.parse(spec)
     assert str(obj) == canonical and Objective.parse(canonical) == obj
 
 
-@pytest.mark.parametrize("spec, quoted", [
-    ("-0.5*align(alpha=2)", "-0.5*align(alpha=2)"),
-    ("0*align + 0*uniform", "all weights zero"),
-    ("align(alpha=0)", "align(alpha=0)"),
-    ("uniform(t=-1)", "uniform(t=-1)"),
-    ("contrastive", "contrastive"),
-    ("contrastive(tau=0)", "contrastive(tau=0)"),
-    ("unifrom(t=2)", "unifrom(t=2)"),
-    ("align(t=2)", "align(t=2)"),
-    ("0.98*align(alpha=2", "0.98*align(alpha=2"),
-    ("align + align", "twice"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "spec, quoted",
+    [
+        ("-0.5*align(alpha=2)", "-0.5*align(alpha=2)"),
+        ("0*align + 0*uniform", "all weights zero"),
+        ("align(alpha=0)", "align(alpha=0)"),
+        ("uniform(t=-1)", "uniform(t=-1)"),
+        ("contrastive", "contrastive"),
+        ("contrastive(tau=0)", "contrastive(tau=0)"),
+        ("unifrom(t=2)", "unifrom(t=2)"),
+        ("align(t=2)", "align(t=2)"),
+        ("0.98*align(alpha=2", "0.98*align(alpha=2"),
+        ("align + align", "twice"),
+        ("", "empty"),
+    ],
+)
 def test_bad_objective_specs_quote_the_offending_part(spec, quoted):
     with pytest.raises(ValueError, match=__import__("re").escape(quoted)):
         Objective.parse(spec)
 
 
 # ----------------------------------------------------------------------------- objectives beyond the paper
+
 
 def _pairs(k=12, d=6, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -356,6 +371,7 @@ def _pairs(k=12, d=6, seed=0):
 
 def test_ntxent_against_a_loop_over_its_2k_anchors():
     from hypersphere.losses import ntxent_loss
+
     x, y = (F.normalize(v, dim=1) for v in _pairs())
     z, k, tau = torch.cat([x, y]).numpy(), len(x), 0.3
     terms = []
@@ -368,19 +384,22 @@ def test_ntxent_against_a_loop_over_its_2k_anchors():
 
 def test_barlow_twins_against_numpy():
     from hypersphere.losses import barlow_loss
+
     x, y = _pairs()
     a, b = x.numpy(), y.numpy()
     za = (a - a.mean(0)) / np.sqrt(a.var(0) + 1e-5)  # the official code's affine-free BatchNorm
     zb = (b - b.mean(0)) / np.sqrt(b.var(0) + 1e-5)
     c = za.T @ zb / len(a)
     d = c.shape[0]
-    expected = (sum((1 - c[i, i]) ** 2 for i in range(d))
-                + 0.005 * sum(c[i, j] ** 2 for i in range(d) for j in range(d) if i != j))
+    expected = sum((1 - c[i, i]) ** 2 for i in range(d)) + 0.005 * sum(
+        c[i, j] ** 2 for i in range(d) for j in range(d) if i != j
+    )
     assert barlow_loss(x, y, 0.005).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_vicreg_against_numpy():
     from hypersphere.losses import vicreg_loss
+
     x, y = _pairs()
     x, y = 0.3 * x, 0.3 * y  # some dimensions' std under 1: the hinge is active
     a, b = x.numpy(), y.numpy()
@@ -388,12 +407,14 @@ def test_vicreg_against_numpy():
     variance = np.mean([np.maximum(0, 1 - np.sqrt(v.var(0, ddof=1) + 1e-4)).mean() for v in (a, b)])
     covariance = sum(((np.cov(v.T) - np.diag(np.diag(np.cov(v.T)))) ** 2).sum() / v.shape[1] for v in (a, b))
     for nu in (1, 30):
-        assert vicreg_loss(x, y, nu).item() == pytest.approx(25 * invariance + 25 * variance + nu * covariance,
-                                                             rel=1e-10)
+        assert vicreg_loss(x, y, nu).item() == pytest.approx(
+            25 * invariance + 25 * variance + nu * covariance, rel=1e-10
+        )
 
 
 def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
     from hypersphere.losses import predictive_loss
+
     p1, p2 = (v.requires_grad_() for v in _pairs(seed=1))
     t1, t2 = (v.requires_grad_() for v in _pairs(seed=2))
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
@@ -407,8 +428,9 @@ def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
 
 def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
     objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(nu=2) + simsiam + byol(width=2)")
-    assert str(objective) == ("ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(nu=2) + simsiam(width=4) + "
-                              "byol(width=2)")
+    assert str(objective) == (
+        "ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(nu=2) + simsiam(width=4) + byol(width=2)"
+    )
     with pytest.raises(ValueError, match="needs its parameter"):
         Objective.parse("ntxent")
     x, y = (F.normalize(v.float(), dim=1) for v in _pairs())

@@ -1,5 +1,6 @@
 """`measure` for any encoder's features: the statistics against independent formulas, the three inputs (a features
 file, a run, a module on a dataset of this project) and one-line errors for bad input."""
+
 import json
 import re
 
@@ -60,15 +61,20 @@ def test_a_features_file_two_views_or_index_pairs(tmp_path, capsys):
     assert f"{uniformity(torch.cat([x, y])):.4f}" in table and "effective rank" in table
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda x, y, p: np.save(p / "f.npy", 2 * torch.stack([x, y]).numpy()), "not unit-norm"),
-    (lambda x, y, p: np.save(p / "f.npy", torch.stack([x, y]).numpy() * np.where(np.arange(16) == 3, np.nan, 1)),
-     "not unit-norm"),
-    (lambda x, y, p: np.save(p / "f.npy", x.numpy()), r"shape \(400, 16\); give \[2, N, d\]"),
-    (lambda x, y, p: torch.save({"x": x}, p / "f.npy.pt") or (p / "f.npy.pt").rename(p / "f.npy"), "not an array"),
-    (lambda x, y, p: (p / "f.npy").write_bytes(b"\x93NUMPY garbage"), "not a readable"),
-    (lambda x, y, p: None, "no such file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x, y, p: np.save(p / "f.npy", 2 * torch.stack([x, y]).numpy()), "not unit-norm"),
+        (
+            lambda x, y, p: np.save(p / "f.npy", torch.stack([x, y]).numpy() * np.where(np.arange(16) == 3, np.nan, 1)),
+            "not unit-norm",
+        ),
+        (lambda x, y, p: np.save(p / "f.npy", x.numpy()), r"shape \(400, 16\); give \[2, N, d\]"),
+        (lambda x, y, p: torch.save({"x": x}, p / "f.npy.pt") or (p / "f.npy.pt").rename(p / "f.npy"), "not an array"),
+        (lambda x, y, p: (p / "f.npy").write_bytes(b"\x93NUMPY garbage"), "not a readable"),
+        (lambda x, y, p: None, "no such file"),
+    ],
+)
 def test_bad_features_fail_in_one_line(tmp_path, capsys, make, message):
     x, y = pairs()
     make(x, y, tmp_path)
@@ -86,12 +92,15 @@ def test_bad_positive_pairs_fail_in_one_line(tmp_path, capsys):
 
 
 def test_a_run_and_a_module_on_a_dataset_of_this_project(tmp_path, capsys, monkeypatch):
-    run = train(TrainConfig(dataset="digits", dim=8, epochs=1, batch_size=256, device="cpu",
-                            runs_dir=str(tmp_path / "runs")), progress=False)
+    run = train(
+        TrainConfig(dataset="digits", dim=8, epochs=1, batch_size=256, device="cpu", runs_dir=str(tmp_path / "runs")),
+        progress=False,
+    )
     assert main(["measure", str(run), "--json"]) == 0
     by_run = json.loads(capsys.readouterr().out)
     from hypersphere.domains.image import load_dataset, pair_metrics
     from hypersphere.train import load_encoder
+
     encoder, _, data = load_encoder(run)
     expected = pair_metrics(encoder, data, torch.Generator().manual_seed(0), "cpu")
     assert by_run["n"] == 450 and by_run["align"] == pytest.approx(expected["align"], rel=1e-5)
@@ -102,7 +111,8 @@ def test_a_run_and_a_module_on_a_dataset_of_this_project(tmp_path, capsys, monke
         "import torch\nfrom hypersphere.models import build_encoder\n\n\ndef digits():\n"
         "    e = build_encoder('digitsnet', 1, 8, 12)\n"
         f"    e.load_state_dict(torch.load({str(tmp_path / 'weights.pt')!r}))\n"
-        "    return e\n")
+        "    return e\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["measure", "my_encoders:digits", "--dataset", "digits", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["align"] == pytest.approx(by_run["align"], rel=1e-6)

@@ -1,4 +1,5 @@
 """Whole-set metrics: exact over all pairs, bounded memory, unit-norm check, the uniformity bound."""
+
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def test_uniformity_is_exact_over_all_pairs_across_blocks():
 
 def test_uniformity_is_not_an_average_of_minibatch_values():
     f = sphere(512, 8, 2)
-    minibatch_mean = np.mean([uniform_loss(f[i:i + 64], 2).item() for i in range(0, 512, 64)])
+    minibatch_mean = np.mean([uniform_loss(f[i : i + 64], 2).item() for i in range(0, 512, 64)])
     exact = uniformity(f, 2.0)
     assert exact == pytest.approx(uniform_loss(f, 2).item(), abs=1e-5)
     assert abs(exact - minibatch_mean) > 1e-3
@@ -66,14 +67,17 @@ def test_uniformity_bound_values_from_the_paper():
 @pytest.mark.parametrize("m, t", [(2, 2.0), (3, 1.0), (5, 3.0)])
 def test_uniformity_bound_matches_numerical_integration(m, t):
     """E exp(-t||u - v||^2) = E exp(-2t (1 - cos theta)), cos theta having density prop. to (1-s^2)^((m-3)/2)."""
+
     def w(s):
         return (1 - s * s) ** ((m - 3) / 2)
+
     num, _ = integrate.quad(lambda s: math.exp(-2 * t * (1 - s)) * w(s), -1, 1)
     den, _ = integrate.quad(w, -1, 1)
     assert uniformity_bound(m, t) == pytest.approx(math.log(num / den), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- label-free statistics
+
 
 def test_centred_uniformity_and_the_spectrum_decay_against_numpy_and_scipy():
     """uniform_centred: scipy's pdist on the centred, renormalised points; eigen_decay: numpy's polyfit of the
@@ -82,6 +86,7 @@ def test_centred_uniformity_and_the_spectrum_decay_against_numpy_and_scipy():
     from scipy.spatial.distance import pdist
 
     from hypersphere.metrics import centred_uniformity, eigen_decay, label_free
+
     g = torch.Generator().manual_seed(0)
     f = F.normalize(torch.randn(300, 12, generator=g) * torch.linspace(3, 0.2, 12) + 2.0, dim=1)
     c = f.double().numpy() - f.double().numpy().mean(0)
@@ -97,6 +102,7 @@ def test_centred_uniformity_and_the_spectrum_decay_against_numpy_and_scipy():
 
 
 # ----------------------------------------------------------------------------- the standard error of uniformity
+
 
 def _population(kind: str, n: int = 20_000, seed: int = 0):
     """f and a noisy g of the same points: clustered around one direction (zeta_1 large) or uniform on S^2 (the
@@ -131,6 +137,7 @@ def test_uniformity_se_is_the_unbiased_u_statistic_variance_across_blocks():
     """Against the definitions written out over every ordered triple and quadruple of distinct points (n = 9), and
     the same over several block layouts."""
     import itertools
+
     f, g = (F.normalize(x[:9], dim=1) for x in _population("clustered", 50, seed=3))
     h = [torch.exp(-2 * torch.cdist(x.double(), x.double()) ** 2) for x in (f, g)]
     n = 9

@@ -1,6 +1,7 @@
 """Tests for hypersphere.moco: queue losses against brute-force float64 formulas (He et al. 2020 Eq. 1; Wang &
 Isola 2020 appendix Eqs. 17-18), the EMA and the FIFO queue, the encoders' taps, the ImageNet-100 builder on a
 generated ImageFolder tree, and the MoCo v2 augmentation against torchvision and augment()."""
+
 import math
 import os
 from dataclasses import replace
@@ -47,6 +48,7 @@ def tiny_moco(queue_size=8, momentum=0.9):
 
 # ----------------------------------------------------------------------------- queue losses
 
+
 def test_queue_contrastive_loss_matches_bruteforce():
     q, k, queue, tau = sphere(5, 7, 0), sphere(5, 7, 1), sphere(11, 7, 2), 0.2
     expected = 0.0
@@ -79,8 +81,9 @@ def test_queue_uniform_loss_large_t_does_not_underflow():
     assert naive.item() == -math.inf  # the direct formula underflows in float32
     d2 = (q[:, None] - queue[None]).pow(2).sum(-1).flatten()
     expected = (torch.logsumexp(-t * d2, 0) - math.log(len(d2))).item()  # float64, shifted
-    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch=False).item() == \
-        pytest.approx(expected, rel=1e-4)
+    assert queue_uniform_loss(q.float(), queue.float(), t, intra_batch=False).item() == pytest.approx(
+        expected, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("t", [2.0, 1e4])
@@ -88,8 +91,12 @@ def test_collapsed_features_give_finite_gradients(t):
     one = F.normalize(torch.ones(1, 8), dim=1)
     q = one.repeat(4, 1).requires_grad_()
     k, queue = one.repeat(4, 1), one.repeat(16, 1)
-    losses = [queue_uniform_loss(q, queue, t, intra_batch=True), queue_uniform_loss(q, queue, t, intra_batch=False),
-              queue_contrastive_loss(q, k, queue, tau=0.07), align_loss(q, k, alpha=1.0)]
+    losses = [
+        queue_uniform_loss(q, queue, t, intra_batch=True),
+        queue_uniform_loss(q, queue, t, intra_batch=False),
+        queue_contrastive_loss(q, k, queue, tau=0.07),
+        align_loss(q, k, alpha=1.0),
+    ]
     for loss in losses:
         (grad,) = torch.autograd.grad(loss, q)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -98,7 +105,8 @@ def test_collapsed_features_give_finite_gradients(t):
     for intra_batch in (True, False):  # the training path: an Objective against the queue, through the encoder's norm
         raw = one.repeat(4, 1).mul(3.0).requires_grad_()
         total, _ = Objective.parse(f"3*align(alpha=2) + uniform(t={t:g}) + contrastive(tau=0.07)")(
-            F.normalize(raw, dim=1), k, queue=queue, intra_batch=intra_batch)
+            F.normalize(raw, dim=1), k, queue=queue, intra_batch=intra_batch
+        )
         (grad,) = torch.autograd.grad(total, raw)
         assert torch.isfinite(total) and torch.isfinite(grad).all()
 
@@ -106,8 +114,10 @@ def test_collapsed_features_give_finite_gradients(t):
 def test_bf16_inputs_give_fp32_results():
     q, k, queue = sphere(16, 32, 7, torch.float32), sphere(16, 32, 8, torch.float32), sphere(64, 32, 9, torch.float32)
     qb, kb, queueb = q.bfloat16(), k.bfloat16(), queue.bfloat16()
-    for f, full, half in [(queue_uniform_loss, (q, queue, 2.0), (qb, queueb, 2.0)),
-                          (queue_contrastive_loss, (q, k, queue, 0.2), (qb, kb, queueb, 0.2))]:
+    for f, full, half in [
+        (queue_uniform_loss, (q, queue, 2.0), (qb, queueb, 2.0)),
+        (queue_contrastive_loss, (q, k, queue, 0.2), (qb, kb, queueb, 0.2)),
+    ]:
         out = f(*half)
         assert out.dtype == torch.float32
         assert out.item() == pytest.approx(f(*full).item(), rel=2e-2)
@@ -129,13 +139,15 @@ def test_an_objective_with_a_queue_maps_its_terms_to_the_queue_losses():
 
 # ----------------------------------------------------------------------------- MoCo
 
+
 def test_ema_update_is_exact():
     model = tiny_moco(momentum=0.9)
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.add_(torch.randn_like(p))
-    before = [(p_k.clone(), p_q.clone())
-              for p_q, p_k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())]
+    before = [
+        (p_k.clone(), p_q.clone()) for p_q, p_k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())
+    ]
     model.momentum_update()
     for (k_old, q_old), p_k in zip(before, model.encoder_k.parameters()):
         assert torch.equal(p_k, k_old * 0.9 + q_old * (1 - 0.9))
@@ -184,6 +196,7 @@ def test_queue_is_fifo_with_wraparound():
 
 # ----------------------------------------------------------------------------- encoders
 
+
 def test_resnet50_moco_taps_and_heads():
     torch.manual_seed(0)
     model = resnet50_moco(dim=128).eval()
@@ -209,6 +222,7 @@ def test_small_resnet_taps(size):
 
 
 # ----------------------------------------------------------------------------- ImageNet-100
+
 
 def test_imagenet100_classes_file():
     wnids = read_classes()
@@ -252,6 +266,7 @@ def test_build_imagenet100_on_tiny_tree(tmp_path):
 
 # ----------------------------------------------------------------------------- MoCo v2 augmentation
 
+
 @pytest.mark.parametrize("kernel", [9, 23])
 def test_blur_matches_torchvision(kernel):
     x = torch.rand(3, 3, 20, 26, generator=torch.Generator().manual_seed(0))
@@ -266,8 +281,14 @@ def test_blur_matches_torchvision(kernel):
 
 def test_the_mocov2_recipe_and_the_paper_recipe_draws():
     mocov2 = RECIPES["mocov2"]
-    assert (mocov2.crop_size, mocov2.scale, mocov2.jitter, mocov2.jitter_p, mocov2.grayscale_p, mocov2.blur_p) == \
-        (224, (0.2, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5)
+    assert (mocov2.crop_size, mocov2.scale, mocov2.jitter, mocov2.jitter_p, mocov2.grayscale_p, mocov2.blur_p) == (
+        224,
+        (0.2, 1.0),
+        (0.4, 0.4, 0.4, 0.1),
+        0.8,
+        0.2,
+        0.5,
+    )
     # without the coins, the recipe draws what it always drew: jitter_p = 1 and blur_p = 0 give the same views
     x = smooth_images(16)
     cfg = AugmentConfig(crop_size=24)
@@ -280,11 +301,12 @@ def test_jitter_and_blur_apply_with_their_probability(field, p):
     x = smooth_images(400, h=16, w=16)
     base = AugmentConfig(crop_size=12, grayscale_p=0.0, jitter_p=0.0, blur_p=0.0, blur_sigma=(1.0, 2.0), blur_kernel=5)
     plain = augment(x, replace(base, **{field: 1e-9}), MEAN3, STD3, torch.Generator().manual_seed(1))
-    changed = (augment(x, replace(base, **{field: p}), MEAN3, STD3, torch.Generator().manual_seed(1)) != plain)
+    changed = augment(x, replace(base, **{field: p}), MEAN3, STD3, torch.Generator().manual_seed(1)) != plain
     assert abs(changed.flatten(1).any(1).float().mean().item() - p) < 0.06  # 400 draws: binomial sd <= 0.025
 
 
 # ----------------------------------------------------------------------------- linear evaluation
+
 
 def test_the_moco_probe_and_topk():
     cfg = MOCO_PROBE

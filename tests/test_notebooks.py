@@ -5,6 +5,7 @@ there. Every results table gets one extra run marked failed, which every noteboo
 tests then check the figures, tables and verdict files the notebooks write, and the HTML report built from them.
 The statistics (stats.py) are tested on synthetic data with known answers.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -24,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 # notebook -> (the figures it must write as PNG and PDF, the paper items it judges)
 NOTEBOOKS = {
-    "01_theory": (("theorem1_convergence", "prop1_optimized_points", "prop2_convergence", "uniformity_bound",
-                   "fig4_synthetic"), ("Theorem 1", "Propositions 1-2", "Figure 4 (synthetic)")),
+    "01_theory": (
+        ("theorem1_convergence", "prop1_optimized_points", "prop2_convergence", "uniformity_bound", "fig4_synthetic"),
+        ("Theorem 1", "Propositions 1-2", "Figure 4 (synthetic)"),
+    ),
     "02_hypersphere_2d": (("fig3_hypersphere_2d", "fig4_potentials"), ("Figure 3", "Figure 4")),
     "03_metrics_vs_accuracy": (("fig5a_metrics_vs_accuracy",), ("Figure 5a",)),
     "04_weighting": (("fig7_weighting",), ("Figure 7",)),
@@ -34,19 +37,43 @@ NOTEBOOKS = {
     "08_moco": (("fig9a_metrics_vs_accuracy",), ("Figure 9a", "Table 3", "Table 5")),
     "07_depth": (("fig5b_data", "fig5b_metrics_vs_depth"), ("Figure 5b", "Table 2", "Table 2 (vs random init)")),
     "09_sentences": (("fig9b_sentences",), ("Figure 9b", "Table 4")),
-    "10_beyond": (("beyond_statistics",),
-                  tuple(f"Label-free selection ({d})" for d in ("images", "depth", "MoCo", "sentences"))),
+    "10_beyond": (
+        ("beyond_statistics",),
+        tuple(f"Label-free selection ({d})" for d in ("images", "depth", "MoCo", "sentences")),
+    ),
 }
-TABLE1_COLUMNS = ["family", "candidates", "objective", "output+linear", "output+5-NN", "fc7+linear", "fc7+5-NN",
-                  "paper output+linear", "paper output+5-NN", "paper fc7+linear", "paper fc7+5-NN"]
+TABLE1_COLUMNS = [
+    "family",
+    "candidates",
+    "objective",
+    "output+linear",
+    "output+5-NN",
+    "fc7+linear",
+    "fc7+5-NN",
+    "paper output+linear",
+    "paper output+5-NN",
+    "paper fc7+linear",
+    "paper fc7+5-NN",
+]
 
 
 def add_failed_run(table: Path) -> None:
     """Append a copy of the first row marked failed, with no metrics, as a diverged run leaves it."""
     df = pd.read_csv(table)
     fake = df.iloc[[0]].copy()
-    keep = {"objective", "dataset", "dim", "init", "epochs", "batch_size", "lr", "w_contrastive", "w_align",
-            "w_uniform", "w_xent"}
+    keep = {
+        "objective",
+        "dataset",
+        "dim",
+        "init",
+        "epochs",
+        "batch_size",
+        "lr",
+        "w_contrastive",
+        "w_align",
+        "w_uniform",
+        "w_xent",
+    }
     for col in fake.columns:
         if col not in keep:
             fake[col] = np.nan
@@ -69,8 +96,9 @@ def build(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     for name in NOTEBOOKS:  # raises PapermillExecutionError, with the failing cell, if a cell fails
-        notebook.execute(NB_DIR / f"{name}.ipynb", "smoke", work, data_dir=str(ROOT / "data"), device="cpu",
-                         progress=False)
+        notebook.execute(
+            NB_DIR / f"{name}.ipynb", "smoke", work, data_dir=str(ROOT / "data"), device="cpu", progress=False
+        )
     return work
 
 
@@ -88,7 +116,8 @@ def test_committed_notebook_is_clean_short_and_parameterised_by_profile(name):
     assert all(c.outputs == [] and c.execution_count is None for c in code), "clear the notebook's outputs"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and set(notebook.parameters("quick")) == {
-        line.split(" = ")[0] for line in params[0].source.splitlines() if " = " in line}
+        line.split(" = ")[0] for line in params[0].source.splitlines() if " = " in line
+    }
     assert all(len(c.source.splitlines()) <= 20 for c in code), "keep cells short: computations belong in the package"
     assert not any(line.startswith("def ") for c in code for line in c.source.splitlines()), "no functions in notebooks"
     assert "torch.set_num_threads(1)" in code[1].source, "the setup cell pins torch to one thread"
@@ -166,16 +195,22 @@ def test_table2_selects_trained_encoders_by_cv_conv5_mse_with_the_papers_numbers
     for _, row in t.iterrows():
         fam = cloud[(cloud["family"] == row["family"]) & (cloud["epochs"] > 0)]
         best = fam.loc[fam["cv_conv5_mse"].idxmin()]
-        assert (row["objective"], row["conv5"], row["conv4"]) == (best["objective"], best["val_conv5_mse"],
-                                                                  pytest.approx(best["val_conv4_mse"]))
+        assert (row["objective"], row["conv5"], row["conv4"]) == (
+            best["objective"],
+            best["val_conv5_mse"],
+            pytest.approx(best["val_conv4_mse"]),
+        )
     assert (figures_dir / "table2.md").read_text().count("\n|") == 4  # header, rule, 2 rows
 
 
 def test_table4_has_one_row_per_family_with_the_papers_numbers(build):
     t = pd.read_csv(build / "figures" / "smoke" / "table4.csv")
     assert list(t["family"]) == list(FAMILIES)
-    assert (t["paper sentiment"].tolist() == [77.51, 73.76, 76.48]
-            and t["paper subjectivity"].tolist() == [83.86, 80.95, 83.33])
+    assert t["paper sentiment"].tolist() == [77.51, 73.76, 76.48] and t["paper subjectivity"].tolist() == [
+        83.86,
+        80.95,
+        83.33,
+    ]
     trained = add_family(load_results(build / "results" / "smoke", "sentences")[0]).query("epochs > 0")
     for _, row in t.iterrows():  # each task's pick is the family's best by CV, with its own test accuracy
         fam = trained[trained["family"] == row["family"]]
@@ -187,8 +222,9 @@ def test_table4_has_one_row_per_family_with_the_papers_numbers(build):
 
 @pytest.mark.slow
 def test_report_indexes_every_paper_item(build):
-    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke",
-                                build / "build" / "smoke" / "report")
+    index = report.build_report(
+        build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report"
+    )
     page = index.read_text()
     for item in ITEMS:
         assert f"<td>{item}</td>" in page
@@ -207,12 +243,18 @@ def test_the_report_shows_every_items_verdict_and_figure_in_a_browser(build):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
     from selenium.webdriver.chrome.service import Service
 
-    index = report.build_report(build / "build" / "smoke", build / "figures" / "smoke",
-                                build / "build" / "smoke" / "report")
+    index = report.build_report(
+        build / "build" / "smoke", build / "figures" / "smoke", build / "build" / "smoke" / "report"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
@@ -224,7 +266,8 @@ def test_the_report_shows_every_items_verdict_and_figure_in_a_browser(build):
             return {item: c[0].innerText, verdict: c[2].innerText, tables: c[5].querySelectorAll('table').length,
                     visible: box.right <= window.innerWidth && box.width > 0,
                     images: [...c[5].querySelectorAll('img')].map(i => i.complete && i.naturalWidth > 0)};
-        })""")
+        })"""
+        )
         driver.save_screenshot(str(index.with_suffix(".png")))
     finally:
         driver.quit()
@@ -249,8 +292,12 @@ def test_publish_copies_clean_notebooks_figures_and_an_index(build, tmp_path):
         text = (out / f"{name}.ipynb").read_text()
         assert str(build) not in text and '"papermill"' not in text and f'href="{name}.ipynb"' in index.read_text()
         nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
-        assert not any(o.output_type == "stream" and o.name == "stderr" for c in nb.cells if c.cell_type == "code"
-                       for o in c.outputs)
+        assert not any(
+            o.output_type == "stream" and o.name == "stderr"
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+        )
         assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4))
         assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     report.publish(build / "build" / "smoke", build / "figures" / "smoke", out, workdir=build)
@@ -270,16 +317,19 @@ def test_the_published_notebooks_are_executions_of_the_current_sources(profile, 
     published = ROOT / "docs" / profile / f"{name}.ipynb"
     assert published.exists(), f"{published} is missing: run `make PROFILE={profile} && make publish PROFILE={profile}`"
     nb = nbformat.read(published, as_version=4)
-    assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), \
+    assert _cells(nb) == _cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)), (
         f"rerun `make PROFILE={profile} && make publish PROFILE={profile}`"
+    )
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert (all(c.execution_count for c in code)
-            and any(o.get("data", {}).get("image/png") for c in code for o in c.outputs))
+    assert all(c.execution_count for c in code) and any(
+        o.get("data", {}).get("image/png") for c in code for o in c.outputs
+    )
     assert [c.id for c in code if "injected-parameters" in c.metadata.get("tags", [])] == ["injected-parameters"]
     assert published.stat().st_size < 3_000_000 and "/work/" not in published.read_text()
 
 
 # ----------------------------------------------------------------------------- statistics, families, verdict files
+
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
     rng = np.random.default_rng(0)
@@ -321,6 +371,7 @@ def test_cv_predictions_never_see_the_point_they_predict():
 
 def test_binomial_standard_error_matches_scipys_binomial_distribution():
     from scipy.stats import binom
+
     for acc, n in ((56.35, 10768), (67.5, 2878), (90.0, 40)):
         assert stats.binomial_se(acc, n) == pytest.approx(100 * binom(n, acc / 100).std() / n)
     rng = np.random.default_rng(0)  # and the spread of simulated accuracies on 2878 examples
@@ -340,8 +391,14 @@ def test_selection_rule_and_families():
 
 
 def test_load_results_drops_unfinished_runs_and_names_missing_tables(tmp_path):
-    pd.DataFrame({"run": ["a", "b", "c"], "status": ["done", "failed", "todo"], "id": ["x", None, None],
-                  "align": [0.1, None, None]}).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame(
+        {
+            "run": ["a", "b", "c"],
+            "status": ["done", "failed", "todo"],
+            "id": ["x", None, None],
+            "align": [0.1, None, None],
+        }
+    ).to_csv(tmp_path / "s.csv", index=False)
     df, note = load_results(tmp_path, "s", need=["align"])
     assert df["run"].tolist() == ["a"] and "1 of 3" in note and "1 failed" in note and "1 todo" in note
     with pytest.raises(ValueError, match="lacks columns"):
@@ -351,11 +408,19 @@ def test_load_results_drops_unfinished_runs_and_names_missing_tables(tmp_path):
 
 
 def test_verdicts_round_trip_and_markdown_table(tmp_path):
-    report.write_verdicts(tmp_path, "nb", "smoke",
-                          [dict(item="Figure 7", claim="c", holds=np.bool_(True), evidence="e")])
+    report.write_verdicts(
+        tmp_path, "nb", "smoke", [dict(item="Figure 7", claim="c", holds=np.bool_(True), evidence="e")]
+    )
     (v,) = report.read_verdicts(tmp_path)
-    assert v == {"item": "Figure 7", "claim": "c", "holds": True, "evidence": "e", "figures": [], "notebook": "nb",
-                 "profile": "smoke"}
+    assert v == {
+        "item": "Figure 7",
+        "claim": "c",
+        "holds": True,
+        "evidence": "e",
+        "figures": [],
+        "notebook": "nb",
+        "profile": "smoke",
+    }
     with pytest.raises(ValueError, match="lacks"):
         report.write_verdicts(tmp_path, "nb", "smoke", [dict(item="Figure 7")])
     md = report.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1.234], "c": [np.nan]}))
@@ -364,19 +429,22 @@ def test_verdicts_round_trip_and_markdown_table(tmp_path):
 
 # ----------------------------------------------------------------------------- narration
 
+
 @pytest.mark.parametrize("path", sorted(NB_DIR.glob("*.ipynb")), ids=lambda p: p.stem)
 def test_notebook_narrates_its_code_instead_of_repeating_it(path):
     """No markdown cell repeats code (exactly, or in at least half of its lines), and no more than three code
     cells follow each other without a markdown cell between them."""
     nb = nbformat.read(path, as_version=4)
-    code_lines = {line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
-                  if line.strip()}
+    code_lines = {
+        line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines() if line.strip()
+    }
     for i, c in enumerate(nb.cells):
         lines = [line.strip() for line in c.source.splitlines() if line.strip()]
         if c.cell_type == "markdown" and lines:
             copied = sum(line in code_lines for line in lines)
-            assert copied < len(lines) / 2, \
+            assert copied < len(lines) / 2, (
                 f"markdown cell {i} repeats code ({copied} of {len(lines)} lines): narrate it"
+            )
     run = longest = 0
     for c in nb.cells:
         run = run + 1 if c.cell_type == "code" else 0

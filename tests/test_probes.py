@@ -10,9 +10,20 @@ from sklearn.neighbors import KNeighborsClassifier
 from hypersphere import augment as augment_module
 from hypersphere.augment import AugmentConfig, eval_transform
 from hypersphere.domains.image import ImageData
-from hypersphere.probes import (LINCLS_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, fit_logistic,
-                                knn_accuracy, lbfgs_probe, linear_probe_cached, linear_probe_full, sanity_check,
-                                stratified_folds)
+from hypersphere.probes import (
+    LINCLS_PROBE,
+    ProbeConfig,
+    choose_l2,
+    cross_validate,
+    extract_features,
+    fit_logistic,
+    knn_accuracy,
+    lbfgs_probe,
+    linear_probe_cached,
+    linear_probe_full,
+    sanity_check,
+    stratified_folds,
+)
 from hypersphere.models import DigitsNet
 
 MEAN, STD = (0.5,), (0.25,)
@@ -24,18 +35,31 @@ def tiny_data(n_train=40, n_val=20, size=12, classes=3, seed=0, augment=None) ->
 
     def split(n):
         y = torch.arange(n) % classes
-        base = torch.linspace(0, 1, size)[None, :] * (y[:, None] + 1) / classes   # class-dependent gradient
+        base = torch.linspace(0, 1, size)[None, :] * (y[:, None] + 1) / classes  # class-dependent gradient
         img = base[:, None, None, :] * 200 + torch.rand(n, 1, size, size, generator=g) * 50
         return img.clamp(0, 255).to(torch.uint8), y
 
     (tr_x, tr_y), (va_x, va_y) = split(n_train), split(n_val)
-    aug = augment or AugmentConfig(crop_size=size, scale=(0.5, 1.0), flip=True, jitter=(0.4, 0.4, 0, 0),
-                                   grayscale_p=0.0)
-    return ImageData(name="tiny", encoder_images=tr_x, train_images=tr_x, train_labels=tr_y, val_images=va_x,
-                     val_labels=va_y, mean=MEAN, std=STD, num_classes=classes, augment=aug, eval_resize=size)
+    aug = augment or AugmentConfig(
+        crop_size=size, scale=(0.5, 1.0), flip=True, jitter=(0.4, 0.4, 0, 0), grayscale_p=0.0
+    )
+    return ImageData(
+        name="tiny",
+        encoder_images=tr_x,
+        train_images=tr_x,
+        train_labels=tr_y,
+        val_images=va_x,
+        val_labels=va_y,
+        mean=MEAN,
+        std=STD,
+        num_classes=classes,
+        augment=aug,
+        eval_resize=size,
+    )
 
 
 # ----------------------------------------------------------------------------- k-NN
+
 
 def knn_reference(train_f, train_y, val_f, k):
     """Brute force with python loops: cosine similarity, majority vote, ties -> the tied class seen first
@@ -88,6 +112,7 @@ def test_knn_tie_rule():
 
 # ----------------------------------------------------------------------------- linear probe on cached features
 
+
 def blobs(n, classes, dim, noise, g):
     centers = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123)) * 3
     y = torch.arange(n) % classes
@@ -110,8 +135,9 @@ def test_cached_probe_separable_and_random_labels():
     assert linear_probe_cached(tr_f, tr_y, va_f, va_y, cfg) >= 99.0
     # random labels: nothing to learn, validation accuracy near chance (1/4); std of the estimate ~1.5 points
     rand_y = lambda n: torch.randint(0, 4, (n,), generator=g)  # noqa: E731
-    acc = linear_probe_cached(torch.randn(400, 16, generator=g), rand_y(400), torch.randn(800, 16, generator=g),
-                              rand_y(800), cfg)
+    acc = linear_probe_cached(
+        torch.randn(400, 16, generator=g), rand_y(400), torch.randn(800, 16, generator=g), rand_y(800), cfg
+    )
     assert abs(acc - 25.0) < 7.0
 
 
@@ -125,9 +151,11 @@ def test_cached_probe_is_deterministic():
 
 # ----------------------------------------------------------------------------- cross-validation
 
+
 def test_stratified_folds_disjoint_and_balanced():
     labels = torch.tensor([0] * 23 + [1] * 17 + [2] * 10)[
-        torch.randperm(50, generator=torch.Generator().manual_seed(0))]
+        torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    ]
     folds = stratified_folds(labels, folds=5, seed=3)
     everything = torch.cat(folds).sort().values
     assert torch.equal(everything, torch.arange(50))  # disjoint and covering
@@ -163,6 +191,7 @@ def test_cross_validate_with_real_probes():
 
 
 # ----------------------------------------------------------------------------- frozen encoder checks
+
 
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -220,8 +249,10 @@ def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
         return augment_module.augment(images, aug_cfg, *args)
 
     monkeypatch.setattr("hypersphere.probes.augment", recording_augment)
-    (acc1, top5), (acc2, _) = (linear_probe_full(model, "output", data, cfg),
-                               linear_probe_full(model, "output", data, cfg))
+    (acc1, top5), (acc2, _) = (
+        linear_probe_full(model, "output", data, cfg),
+        linear_probe_full(model, "output", data, cfg),
+    )
     assert math.isnan(top5)  # three classes: no top-5
     assert acc1 == acc2 and 0.0 <= acc1 <= 100.0
     sanity_check(before, model)
@@ -234,9 +265,15 @@ def test_linear_probe_full_frozen_and_deterministic(monkeypatch):
     crop_cfgs.clear()  # MoCo's main_lincls.py: RandomResizedCrop at its default scale, where MoCo trains at 0.2-1
     linear_probe_full(model, "output", data, replace(cfg, epochs=1, crop_scale=(0.08, 1.0)))
     assert {c.scale for c in crop_cfgs} == {(0.08, 1.0)} and {c.blur_p for c in crop_cfgs} == {0.0}
-    assert (LINCLS_PROBE.optimizer, LINCLS_PROBE.lr, LINCLS_PROBE.batch_size, LINCLS_PROBE.epochs,
-            LINCLS_PROBE.lr_milestones(), LINCLS_PROBE.gamma, LINCLS_PROBE.crop_scale) == \
-           ("sgd", 30.0, 256, 100, [60, 80], 0.1, (0.08, 1.0))
+    assert (
+        LINCLS_PROBE.optimizer,
+        LINCLS_PROBE.lr,
+        LINCLS_PROBE.batch_size,
+        LINCLS_PROBE.epochs,
+        LINCLS_PROBE.lr_milestones(),
+        LINCLS_PROBE.gamma,
+        LINCLS_PROBE.crop_scale,
+    ) == ("sgd", 30.0, 256, 100, [60, 80], 0.1, (0.08, 1.0))
     monkeypatch.undo()
 
     model.eval = lambda: model  # simulate the bug: a probe that never switches BN to eval
@@ -254,6 +291,7 @@ def test_lbfgs_probe_matches_scikit_learn():
     on badly scaled features with overlapping classes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
     g = torch.Generator().manual_seed(0)
     scale = torch.linspace(0.1, 10, 24)
     (tr_f, tr_y), (va_f, va_y) = blobs(600, 5, 24, 6.0, g), blobs(600, 5, 24, 6.0, g)

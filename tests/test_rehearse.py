@@ -2,6 +2,7 @@
 rehearsal once: every sweep the profile lists, trained and evaluated at miniature size through the real code, the
 results tables with the columns the notebooks read, every notebook executed at the paper profile, nothing written
 outside its folder (slow: a few minutes on 2 cores)."""
+
 import ast
 import dataclasses
 import importlib
@@ -28,6 +29,7 @@ def paper_runs(name, tmp_path):
 
 # ----------------------------------------------------------------------------- picking and cutting (fast)
 
+
 @pytest.mark.parametrize("name", PAPER.sweeps)
 def test_one_run_per_recipe_and_the_parents_of_the_fine_tunes_picked(name, tmp_path):
     sweep_runs = paper_runs(name, tmp_path)
@@ -43,9 +45,14 @@ def test_one_run_per_recipe_and_the_parents_of_the_fine_tunes_picked(name, tmp_p
 def test_recipes_tell_apart_what_runs_different_code_and_nothing_else():
     base = TrainConfig(dataset="stl10", objective="contrastive(tau=0.5)")
     same = [dataclasses.replace(base, objective="contrastive(tau=0.07)", lr=0.3, batch_size=256, seed=3)]
-    other = [dataclasses.replace(base, objective="align(alpha=2) + uniform(t=2)"), dataclasses.replace(base, epochs=0),
-             dataclasses.replace(base, drop_last=False), dataclasses.replace(base, bn_groups=4),
-             dataclasses.replace(base, snapshot_epochs=(0, 200)), dataclasses.replace(base, arch="smallalexnet-mlp")]
+    other = [
+        dataclasses.replace(base, objective="align(alpha=2) + uniform(t=2)"),
+        dataclasses.replace(base, epochs=0),
+        dataclasses.replace(base, drop_last=False),
+        dataclasses.replace(base, bn_groups=4),
+        dataclasses.replace(base, snapshot_epochs=(0, 200)),
+        dataclasses.replace(base, arch="smallalexnet-mlp"),
+    ]
     assert {rehearse.recipe(c) for c in same} == {rehearse.recipe(base)}
     assert len({rehearse.recipe(c) for c in [base, *other]}) == 1 + len(other)
 
@@ -105,6 +112,7 @@ def test_a_folder_of_something_else_is_refused_and_an_earlier_rehearsal_is_empti
 def test_a_crash_names_the_sweep_and_the_run_in_one_line(tmp_path, monkeypatch):
     def crash(cfg, evaluation, threads):
         raise ValueError("a bug\nspread over lines")
+
     out = rehearse.prepare(tmp_path / "r")
     miniature.write("cifar10", out / "data", rehearse.MINIATURE["cifar10"])
     monkeypatch.setattr(sweep, "run_one", crash)
@@ -114,8 +122,10 @@ def test_a_crash_names_the_sweep_and_the_run_in_one_line(tmp_path, monkeypatch):
             rehearse.rehearse_sweep("dim2", "paper", out)
     finally:
         torch.set_num_threads(threads)
-    assert str(e.value).startswith("rehearse: sweep dim2, run cifar10 'contrastive(tau=0.5)' random init (0 epochs): "
-                                   "ValueError: a bug (traceback: ")
+    assert str(e.value).startswith(
+        "rehearse: sweep dim2, run cifar10 'contrastive(tau=0.5)' random init (0 epochs): "
+        "ValueError: a bug (traceback: "
+    )
     assert "spread over lines" in (out / "logs" / "dim2.log").read_text()
 
 
@@ -126,22 +136,28 @@ def test_a_notebook_waits_for_the_tables_it_reads():
 
 
 def test_a_crashed_sweep_is_reported_and_the_notebooks_that_need_it_are_left_out():
-    jobs = [rehearse.Job("sweep a", dict, (), sweep="a"), rehearse.Job("sweep b", int, ("x",), sweep="b"),
-            rehearse.Job("notebook n", dict, (), needs=frozenset({"a", "b"})),
-            rehearse.Job("notebook m", dict, (), needs=frozenset({"a"}))]
+    jobs = [
+        rehearse.Job("sweep a", dict, (), sweep="a"),
+        rehearse.Job("sweep b", int, ("x",), sweep="b"),
+        rehearse.Job("notebook n", dict, (), needs=frozenset({"a", "b"})),
+        rehearse.Job("notebook m", dict, (), needs=frozenset({"a"})),
+    ]
     records, errors, skipped = rehearse._pool(jobs, progress=False)
     assert len(records) == 2 and skipped == ["notebook n"]
     assert errors == ["rehearse: sweep b: ValueError: invalid literal for int() with base 10: 'x'"]
 
 
 def test_one_line_of_a_torchrun_failure_is_its_worker_error():
-    err = RuntimeError("torchrun training of x failed:\nTraceback (most recent call last):\n  File ...\n"
-                       "ValueError: uniform_loss needs 2 points\n[rank0]: ...\n"
-                       "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n=====")
+    err = RuntimeError(
+        "torchrun training of x failed:\nTraceback (most recent call last):\n  File ...\n"
+        "ValueError: uniform_loss needs 2 points\n[rank0]: ...\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n====="
+    )
     assert rehearse._one_line(err) == "ValueError: uniform_loss needs 2 points"
 
 
 # ----------------------------------------------------------------------------- the rehearsal itself (slow)
+
 
 def notebook_needs() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """sweep -> the columns the notebooks read from its table: each load_results call's `need` list, and for the
@@ -151,9 +167,14 @@ def notebook_needs() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     targets: dict[str, set[str]] = {}
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         tree = ast.parse("\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"))
-        literals = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                    and isinstance(n.targets[0], ast.Name) and n.targets[0].id in ("TARGETS", "PAPER_COLS")
-                    and isinstance(n.value, ast.Dict)}
+        literals = {
+            n.targets[0].id: ast.literal_eval(n.value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign)
+            and isinstance(n.targets[0], ast.Name)
+            and n.targets[0].id in ("TARGETS", "PAPER_COLS")
+            and isinstance(n.value, ast.Dict)
+        }
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "load_results"]
         for i, call in enumerate(sorted(calls, key=lambda n: (n.lineno, n.col_offset))):
             cols = needs.setdefault(call.args[1].value, set())
@@ -209,8 +230,15 @@ def test_the_tables_have_the_columns_the_notebooks_read(rehearsal):
 def test_the_paper_profile_figures_are_drawn(rehearsal):
     record, out, _ = rehearsal
     figures = out / PAPER.figures_dir
-    for fig in ("fig5a_ours_vs_paper", "fig5b_ours_vs_paper", "fig9a_ours_vs_paper", "fig8_finetuning",
-                "fig3_hypersphere_2d", "theorem1_convergence", "beyond_statistics"):
+    for fig in (
+        "fig5a_ours_vs_paper",
+        "fig5b_ours_vs_paper",
+        "fig9a_ours_vs_paper",
+        "fig8_finetuning",
+        "fig3_hypersphere_2d",
+        "theorem1_convergence",
+        "beyond_statistics",
+    ):
         assert (figures / f"{fig}.png").stat().st_size > 5_000, fig
     assert len(pd.read_csv(figures / "table5.csv")) == 2  # Table 5 with our imagenet sweep's numbers
     for n in record["notebooks"]:
@@ -219,6 +247,7 @@ def test_the_paper_profile_figures_are_drawn(rehearsal):
 
 def _start_method() -> str:
     import multiprocessing
+
     return multiprocessing.get_start_method()
 
 
@@ -227,7 +256,9 @@ def test_spawned_workers_start_their_own_children_the_platform_default_way():
     otherwise spawn every DataLoader worker of a streamed dataset, re-importing torch in each."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
     default = multiprocessing.get_context().get_start_method()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=sweep.reset_start_method) as pool:
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=sweep.reset_start_method
+    ) as pool:
         assert pool.submit(_start_method).result() == default

@@ -1,5 +1,6 @@
 """The scale model (hypersphere.scale): its fits and projections against independent computations, the host-limit
 check, the stand-in trunks, and one small run of `python -m hypersphere scale`."""
+
 import json
 
 import numpy as np
@@ -16,19 +17,19 @@ def test_fit_line_and_power_match_polyfit():
     y = 0.3 + 2e-4 * x + rng.normal(0, 0.01, 4)
     b, a = np.polyfit(x, y, 1)
     assert scale.fit_line(x, y) == pytest.approx((a, b), rel=1e-9)
-    y = 3.0 * x ** 1.5 * np.exp(rng.normal(0, 0.05, 4))
+    y = 3.0 * x**1.5 * np.exp(rng.normal(0, 0.05, 4))
     k, log_c = np.polyfit(np.log(x), np.log(y), 1)
     assert scale.fit_power(x, y) == pytest.approx((np.exp(log_c), k), rel=1e-9)
-    assert scale.fit_power(x, 3.0 * x ** 1.5) == pytest.approx((3.0, 1.5), rel=1e-9)
+    assert scale.fit_power(x, 3.0 * x**1.5) == pytest.approx((3.0, 1.5), rel=1e-9)
 
 
 def test_fit_chooses_the_model_per_quantity():
     x = [1e3, 2e3, 4e3]
     line = scale.fit(x, [0.5 + 1e-4 * v for v in x])  # a fixed part plus a part per example
     assert line.model == "line" and line(1e6) == pytest.approx(0.5 + 100) and 0 < line.exponent < 1
-    pairs = scale.fit(x, [1e-9 * v ** 2 for v in x], power=True)  # time over all pairs: a line would under-project
+    pairs = scale.fit(x, [1e-9 * v**2 for v in x], power=True)  # time over all pairs: a line would under-project
     assert pairs.model == "power" and pairs.exponent == pytest.approx(2) and pairs(1e6) == pytest.approx(1e3)
-    assert scale.fit(x, [1e-9 * v ** 2 for v in x]).model == "line"  # memory: what is held per example
+    assert scale.fit(x, [1e-9 * v**2 for v in x]).model == "line"  # memory: what is held per example
     late = scale.fit(x, [-0.05 + 1e-4 * v for v in x])  # a line whose intercept is negative: log-log slope > 1
     assert late.model == "line" and late.exponent > 1.1 and late(1e6) == pytest.approx(-0.05 + 100)
     noisy = scale.fit(x, [0.2, 0.2005, 0.2008], noise=0.002)  # growth within the noise: not resolved
@@ -51,8 +52,21 @@ def test_step_projection():
 def _measured(x, load, held, own, seconds=1.0):
     """Synthetic measurements of one dataset, each size loaded and evaluated in one process: load / held / own GB
     as functions of the examples n (all of them evaluated)."""
-    points = [{"size": n, "phase": "both", "n": n, "examples": n, "evaluated": n, "load_s": seconds * n / 1e3,
-               "load_gb": load(n), "held_gb": held(n), "eval_s": seconds, "eval_gb": held(n) + own(n)} for n in x]
+    points = [
+        {
+            "size": n,
+            "phase": "both",
+            "n": n,
+            "examples": n,
+            "evaluated": n,
+            "load_s": seconds * n / 1e3,
+            "load_gb": load(n),
+            "held_gb": held(n),
+            "eval_s": seconds,
+            "eval_gb": held(n) + own(n),
+        }
+        for n in x
+    ]
     steps = [{"batch": b, "step_s": 0.1 * b, "step_gb": 0.2 + 0.01 * b} for b in (16, 32)]
     return {"points": points, "steps": steps}
 
@@ -60,7 +74,7 @@ def _measured(x, load, held, own, seconds=1.0):
 def test_analyse_projects_each_phase_and_checks_the_fourth_size():
     x = (1000, 2000, 4000, 8000)
     sizes = scale.Sizes(x, x)
-    own = lambda n: 0.3 + 1e-9 * n ** 2  # noqa: E731 - a cost over all pairs that starts to tell within the sizes
+    own = lambda n: 0.3 + 1e-9 * n**2  # noqa: E731 - a cost over all pairs that starts to tell within the sizes
     measured = _measured(x, lambda n: 0.05 + 3e-5 * n, lambda n: 0.04 + 2e-5 * n, own)
     row = scale.analyse("cifar10", measured, 256, 64, sizes)
     n = scale.PAPER["cifar10"].n
@@ -81,6 +95,7 @@ def test_analyse_projects_each_phase_and_checks_the_fourth_size():
 
 def test_the_evaluation_is_projected_to_what_it_reads(monkeypatch):
     from hypersphere.domains import text
+
     monkeypatch.setattr(text, "HELD_OUT_SAMPLE", 100_000, raising=False)
     assert scale.eval_paper_n("bookcorpus") == 100_000  # the held-out sentences its metrics read at most
     monkeypatch.delattr(text, "HELD_OUT_SAMPLE")
@@ -90,8 +105,9 @@ def test_the_evaluation_is_projected_to_what_it_reads(monkeypatch):
 
 def test_over_the_limit_and_failed_loaders_are_one_line_each():
     x = (1000, 2000, 4000, 8000)
-    over = scale.analyse("bookcorpus", _measured(x, lambda n: 1e-6 * n, lambda n: 5e-7 * n, lambda n: 0.1),
-                         400, 64, scale.Sizes(x, x))
+    over = scale.analyse(
+        "bookcorpus", _measured(x, lambda n: 1e-6 * n, lambda n: 5e-7 * n, lambda n: 0.1), 400, 64, scale.Sizes(x, x)
+    )
     assert over["verdict"] == "over" and over["need_phase"] == "load" and over["need_gb"] > 64
     wavering = _measured(x, lambda n: 1e-6 * n, lambda n: 1e-6 * n, lambda n: 0.5)
     wavering["points"][2]["eval_gb"] += 0.02  # 20 MB of noise: about +-0.24 GB at the paper's 131,689 images
@@ -109,10 +125,22 @@ def test_over_the_limit_and_failed_loaders_are_one_line_each():
 
 def test_the_command_exits_nonzero_over_the_limit(monkeypatch, tmp_path, capsys):
     x = (1000, 2000, 4000, 8000)
-    monkeypatch.setattr(scale, "measure_dataset", lambda *a, **k: _measured(  # decoded, then copied once more
-        x, lambda n: 2e-4 * n, lambda n: 1e-4 * n, lambda n: 0.1))
-    argv = ["scale", "--datasets", "imagenet100", "--sizes", "imagenet100=1000,2000,4000,8000", "--out",
-            str(tmp_path / "scale.json")]
+    monkeypatch.setattr(
+        scale,
+        "measure_dataset",
+        lambda *a, **k: _measured(  # decoded, then copied once more
+            x, lambda n: 2e-4 * n, lambda n: 1e-4 * n, lambda n: 0.1
+        ),
+    )
+    argv = [
+        "scale",
+        "--datasets",
+        "imagenet100",
+        "--sizes",
+        "imagenet100=1000,2000,4000,8000",
+        "--out",
+        str(tmp_path / "scale.json"),
+    ]
     assert main(argv + ["--host-gb", "64"]) == 0
     capsys.readouterr()
     assert main(argv + ["--host-gb", "16"]) == 1
@@ -151,8 +179,10 @@ def test_standins_keep_the_shapes_the_evaluations_read():
 
 def test_write_miniature_keeps_the_papers_proportions_above_the_floor(tmp_path, monkeypatch):
     monkeypatch.setattr(scale, "FLOOR", 10)
-    images = lambda root: {f.name: f.stat().st_size // (3 * 96 * 96)  # noqa: E731
-                           for f in (root / "stl10_binary").glob("*_X.bin")}
+
+    def images(root):
+        return {f.name: f.stat().st_size // (3 * 96 * 96) for f in (root / "stl10_binary").glob("*_X.bin")}
+
     assert scale.write_miniature("stl10", tmp_path / "a", 1130) == 1130
     assert images(tmp_path / "a") == {"train_X.bin": 50, "test_X.bin": 80, "unlabeled_X.bin": 1000}
     assert scale.write_miniature("stl10", tmp_path / "b", 130, evaluated=True) == 140  # the evaluated splits
@@ -164,14 +194,26 @@ def test_scale_smoke(tmp_path, monkeypatch, capsys):
     """The command end to end on a small CIFAR-10: measured in child processes, fitted, printed and written."""
     monkeypatch.setattr(scale, "FLOOR", 20)
     out = tmp_path / "scale.json"
-    code = main(["scale", "--datasets", "cifar10", "--sizes", "cifar10=60,90,120,180", "--step-batches",
-                 "cifar10=4,8", "--out", str(out)])
+    code = main(
+        [
+            "scale",
+            "--datasets",
+            "cifar10",
+            "--sizes",
+            "cifar10=60,90,120,180",
+            "--step-batches",
+            "cifar10=4,8",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "| cifar10 | 50k train, 10k test |" in printed
     row = json.loads(out.read_text())["rows"][0]
     assert row["verdict"] == "ok" and row["need_gb"] < 8
     assert [(p["phase"], p["n"]) for p in row["raw"]["points"]] == [("both", n) for n in (60, 90, 120, 180)]
-    assert all(p["examples"] == p["evaluated"] == p["n"] and p["eval_gb"] > p["held_gb"] > 0
-               for p in row["raw"]["points"])
+    assert all(
+        p["examples"] == p["evaluated"] == p["n"] and p["eval_gb"] > p["held_gb"] > 0 for p in row["raw"]["points"]
+    )
     assert set(row["step_gb_measured"]) == {"4", "8"}  # JSON keys

@@ -1,5 +1,6 @@
 """Tests for hypersphere.sphere (samplers, potentials, Theorem 1 estimators) and the two density panels of
 hypersphere.plots, each against an independent reference computed here."""
+
 import math
 
 import matplotlib
@@ -34,6 +35,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- samplers
+
 
 @pytest.mark.parametrize("dim", [2, 3, 16])
 @pytest.mark.parametrize("kappa", [0.5, 5.0, 50.0, 1e3])
@@ -76,10 +78,12 @@ def test_vmf_mixture_counts_and_components():
 
 def test_sampling_is_deterministic_with_a_seed():
     mus, kappas, weights = FIG4_MIXTURE
-    for fn in (lambda g: sample_vmf(100, [1.0, 2.0, 3.0], 7.0, g),
-               lambda g: sample_vmf_mixture(100, mus, kappas, weights, g),
-               lambda g: sample_uniform(100, 5, g),
-               lambda g: torch.cat(synthetic_encoder(100, g, dim=4, sigma=0.3, kappa=5.0))):
+    for fn in (
+        lambda g: sample_vmf(100, [1.0, 2.0, 3.0], 7.0, g),
+        lambda g: sample_vmf_mixture(100, mus, kappas, weights, g),
+        lambda g: sample_uniform(100, 5, g),
+        lambda g: torch.cat(synthetic_encoder(100, g, dim=4, sigma=0.3, kappa=5.0)),
+    ):
         assert torch.equal(fn(gen(3)), fn(gen(3)))
         assert not torch.equal(fn(gen(3)), fn(gen(4)))
 
@@ -94,6 +98,7 @@ def test_bad_inputs_raise_value_error():
 
 
 # ----------------------------------------------------------------------------- potentials (Figure 4, bound)
+
 
 def test_uniform_mean_potential_on_circle_is_0_2070():
     """Figure 4: uniform points on S^1 have mean G_2 = 0.2070 = exp(uniformity_bound(2, 2)) = e^-4 I_0(4)."""
@@ -116,17 +121,21 @@ def test_circle_mixture_potential_matches_quadrature_and_sampling():
     # independent reference: double integral of the von Mises mixture density on a fine angle grid
     th = np.linspace(-np.pi, np.pi, 4001)[:-1]
     dth = th[1] - th[0]
-    p = sum(w * np.exp(k * (np.cos(th - np.arctan2(m[1], m[0])) - 1)) / (2 * np.pi * ive(0, k))
-            for m, k, w in zip(mus, kappas, weights))
+    p = sum(
+        w * np.exp(k * (np.cos(th - np.arctan2(m[1], m[0])) - 1)) / (2 * np.pi * ive(0, k))
+        for m, k, w in zip(mus, kappas, weights)
+    )
     kernel = np.exp(-2 * (2 - 2 * np.cos(th[:, None] - th[None, :])))
     assert exact == pytest.approx(p @ kernel @ p * dth**2, rel=1e-4)
     sampled = mean_gaussian_potential(sample_vmf_mixture(4000, mus, kappas, weights, gen()))
     assert abs(sampled - exact) < 0.012  # sd ~0.004 at n = 4000, from the binomial component counts
     assert circle_mixture_potential([[0.0, 1.0]], [0.0], [1.0], t=1.5) == pytest.approx(
-        math.exp(uniformity_bound(2, 1.5)), rel=1e-10)
+        math.exp(uniformity_bound(2, 1.5)), rel=1e-10
+    )
 
 
 # ----------------------------------------------------------------------------- Props. 1-2
+
 
 def test_optimized_points_on_circle_are_equally_spaced():
     n = 10
@@ -150,6 +159,7 @@ def test_four_optimized_points_on_s2_form_a_regular_tetrahedron():
 
 
 # ----------------------------------------------------------------------------- Theorem 1
+
 
 def test_contrastive_limit_matches_loops():
     g = gen()
@@ -200,6 +210,7 @@ def test_contrastive_loss_M_is_deterministic():
 
 def test_synthetic_encoder_controls_alignment_and_uniformity():
     from hypersphere.metrics import alignment, uniformity
+
     g = gen()
     tight, loose = synthetic_encoder(2000, g, dim=8, sigma=0.05), synthetic_encoder(2000, g, dim=8, sigma=1.0)
     assert alignment(*tight) < 0.1 < 1.0 < alignment(*loose)
@@ -209,6 +220,7 @@ def test_synthetic_encoder_controls_alignment_and_uniformity():
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
     plots.set_style()

@@ -1,4 +1,5 @@
 """The seed-interval rule of the comparison verdicts (stats.decide), checked against scipy's t-test interval."""
+
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats

@@ -2,6 +2,7 @@
 decoding against PIL, indexing and decoding ahead like the decoded tensor, a streamed run against the same images
 held in memory, and Table 5's smoke sweep under torchrun with two gloo processes, killed with SIGKILL mid-epoch
 (train.py's kill hook) and resumed to the weights of an uninterrupted run."""
+
 import os
 import signal
 import subprocess
@@ -49,6 +50,7 @@ def folder(tmp_path_factory) -> Path:
 def test_decode_matches_pils_resize_and_centre_crop(folder):
     """torchvision.io's decoding and antialiased resize against PIL's (an independent implementation)."""
     import torchvision.transforms as T
+
     pil = T.Compose([T.Resize(64), T.CenterCrop(64), T.PILToTensor()])
     for path in sorted((folder / "imagenet" / "train").rglob("*.JPEG"))[:12]:
         ours, reference = decode(str(path), 64), pil(Image.open(path).convert("RGB"))
@@ -75,14 +77,30 @@ def test_a_streamed_run_trains_to_the_weights_of_the_same_images_in_memory(folde
     """One batch's views per augmentation call (VIEW_VALUES), so the workers decode several planned batches a
     epoch; the MoCo v2 run ends with the weights, queue and log of the same images held in memory."""
     monkeypatch.setattr(train_module, "VIEW_VALUES", 16 * 3 * 32 * 32)
-    cfg = TrainConfig(dataset="imagenet", data_dir=str(folder), arch="tinyresnet-mlp", dim=16, epochs=2,
-                      batch_size=16, queue=64, ema=0.99, cosine=True, lr=0.03, objective="contrastive(tau=0.2)",
-                      augment={"recipe": "mocov2", "crop_size": 32}, device="cpu", runs_dir=str(tmp_path / "a"))
+    cfg = TrainConfig(
+        dataset="imagenet",
+        data_dir=str(folder),
+        arch="tinyresnet-mlp",
+        dim=16,
+        epochs=2,
+        batch_size=16,
+        queue=64,
+        ema=0.99,
+        cosine=True,
+        lr=0.03,
+        objective="contrastive(tau=0.2)",
+        augment={"recipe": "mocov2", "crop_size": 32},
+        device="cpu",
+        runs_dir=str(tmp_path / "a"),
+    )
     streamed = train(cfg, progress=False)
     data = load_data(cfg)
     full, val = data.train_images.decode_all(), data.val_images.decode_all()
-    in_memory = train(replace(cfg, runs_dir=str(tmp_path / "b")), progress=False,
-                      data=replace(data, encoder_images=full, train_images=full, val_images=val))
+    in_memory = train(
+        replace(cfg, runs_dir=str(tmp_path / "b")),
+        progress=False,
+        data=replace(data, encoder_images=full, train_images=full, val_images=val),
+    )
     a, b = (runs.load_checkpoint(d / runs.CHECKPOINT) for d in (streamed, in_memory))
     for module in ("encoder", "moco"):
         assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module
@@ -118,16 +136,40 @@ def test_table5_smoke_sweep_under_torchrun_resumes_after_sigkill_to_identical_we
     state saved after every step; both processes of the first run SIGKILL themselves in the middle of its second
     epoch (train.py's kill hook, as a node failure), which fails the sweep; rerun it: every run ends with the
     weights and queue of a sweep that was never interrupted."""
+
     def cmd(runs_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "hypersphere", "sweep", str(SMOKE), "--profile", "smoke", "--executor",
-                "torchrun", "--gpus-per-run", "2", "--set", f"data_dir={folder}", f"runs_dir={runs_dir}",
-                "checkpoint_minutes=0", "device=cpu"]
+        return [
+            sys.executable,
+            "-m",
+            "hypersphere",
+            "sweep",
+            str(SMOKE),
+            "--profile",
+            "smoke",
+            "--executor",
+            "torchrun",
+            "--gpus-per-run",
+            "2",
+            "--set",
+            f"data_dir={folder}",
+            f"runs_dir={runs_dir}",
+            "checkpoint_minutes=0",
+            "device=cpu",
+        ]
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "a"), env=env, cwd=tmp_path, check=True, capture_output=True)
     first = load_sweep(SMOKE, {"data_dir": str(folder), "runs_dir": str(tmp_path / "b")})[0].config
     kill = {**env, "HYPERSPHERE_KILL_AT": "2:1", "HYPERSPHERE_KILL_RUN": first.run_dir().name}
-    proc = subprocess.Popen(cmd(tmp_path / "b"), env=kill, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd(tmp_path / "b"),
+        env=kill,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         err = proc.communicate(timeout=300)[1]
     except subprocess.TimeoutExpired:  # hung: kill its whole tree (torchrun's workers run in sessions of their own)

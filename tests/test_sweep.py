@@ -1,5 +1,6 @@
 """Sweeps and profiles: validation, ordering, caching of training and of evaluation, the results table,
 kill -9 resumption, failures, Ray."""
+
 import contextlib
 import os
 import re
@@ -45,13 +46,16 @@ def test_grid_expansion_ids_and_parent_ordering(tmp_path):
     assert len(set(names)) == 6
 
 
-@pytest.mark.parametrize("body, message", [
-    ("runs:\n  - {objectiv: 'align'}\n", "entry 1.*unknown training config keys"),
-    ("runs:\n  - {objective: 'align', epochs: -3}\n", "entry 1.*epochs must be"),
-    ("runs:\n  - {objective: 'align'}\n  - {objective: 'unifrom(t=2)'}\n", "entry 2.*unifrom"),
-    ("runs:\n  - {init: ghost, objective: 'align'}\n", "ghost.*no entry"),
-    ("run:\n  - {objective: 'align'}\n", "unknown top-level keys"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("runs:\n  - {objectiv: 'align'}\n", "entry 1.*unknown training config keys"),
+        ("runs:\n  - {objective: 'align', epochs: -3}\n", "entry 1.*epochs must be"),
+        ("runs:\n  - {objective: 'align'}\n  - {objective: 'unifrom(t=2)'}\n", "entry 2.*unifrom"),
+        ("runs:\n  - {init: ghost, objective: 'align'}\n", "ghost.*no entry"),
+        ("run:\n  - {objective: 'align'}\n", "unknown top-level keys"),
+    ],
+)
 def test_bad_sweeps_are_reported_with_their_entry(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):
         load_sweep(write_sweep(tmp_path, body))
@@ -81,8 +85,10 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
     Fig. 8's parent, Fig. 7's 13 encoders and official.yaml's one-BatchNorm run are the cloud's rows, trained once;
     Fig. 8's fine-tunes are the cloud's rows 274, 279 and 289 (constant lr, as the official trainer runs 12 epochs)
     but for the snapshots they keep. Each appendix row is a run, a repeated config trains again under seed 1, 2, ..."""
-    paper = {name: load_sweep(SWEEPS_DIR / "paper" / f"{name}.yaml")
-             for name in ("cloud", "finetune", "lambda", "official", "moco", "sentences")}
+    paper = {
+        name: load_sweep(SWEEPS_DIR / "paper" / f"{name}.yaml")
+        for name in ("cloud", "finetune", "lambda", "official", "moco", "sentences")
+    }
     cloud = {r.config.run_dir(): r for r in paper["cloud"]}
     by_row = {int(r.paper["paper_row"]): r.config for r in paper["cloud"]}
     poor, *finetunes = paper["finetune"]
@@ -92,18 +98,24 @@ def test_the_paper_sweeps_train_each_encoder_once_and_repeated_rows_again_with_n
     for run in finetunes:
         twin = fig8[run.config.canonical_objective]
         assert twin.lr_decay_at == run.config.lr_decay_at == () and twin.init == run.config.init
-        assert {k: v for k, v in run.config.hashed().items() if k != "snapshot_epochs"} == \
-               {k: v for k, v in twin.hashed().items() if k != "snapshot_epochs"}
+        assert {k: v for k, v in run.config.hashed().items() if k != "snapshot_epochs"} == {
+            k: v for k, v in twin.hashed().items() if k != "snapshot_epochs"
+        }
     assert all(c.lr_decay_at == () for c in by_row.values() if c.epochs == 12)
     assert by_row[1].lr_decay_at == train_module.TrainConfig.lr_decay_at  # the 200-epoch rows decay at 155, 170, 185
     for name, rows, distinct in (("cloud", 309, 303), ("moco", 45, 42), ("sentences", 114, 112)):
         configs = [r.config for r in paper[name]]
         assert len(configs) == len({c.run_dir() for c in configs}) == rows, name
         assert len({c.run_dir() for c in configs if c.seed == 0}) == distinct, name
-    assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == \
-        [(43, 1), (44, 2)]
-    for name, table in (("cloud", "stl10_encoders"), ("moco", "imagenet100_encoders"),
-                        ("sentences", "bookcorpus_encoders")):
+    assert [(int(r.paper["paper_row"]), r.config.seed) for r in paper["sentences"] if r.config.seed] == [
+        (43, 1),
+        (44, 2),
+    ]
+    for name, table in (
+        ("cloud", "stl10_encoders"),
+        ("moco", "imagenet100_encoders"),
+        ("sentences", "bookcorpus_encoders"),
+    ):
         seeds = {int(r.paper["paper_row"]): r.config.seed for r in paper[name] if "paper_row" in r.paper}
         groups = repeated_rows(resources.reference(f"{table}.csv"))  # the notebooks' run-to-run groups
         assert sorted(row for g in groups for row in g[1:]) == sorted(row for row, s in seeds.items() if s), name
@@ -116,10 +128,14 @@ def test_the_paper_profile_crops_cifar10_as_stl10_and_greys_imagenet100_before_t
     192 x 7 x 7 as in the paper's common setup; Table 3's MoCo v1 recipe greys before the colour jitter."""
     from hypersphere import miniature
     from hypersphere.train import load_data, make_encoder
+
     (run, *_) = load_sweep(SWEEPS_DIR / "paper" / "dim2.yaml", {"data_dir": str(miniature.write("cifar10", tmp_path))})
     data = load_data(run.config)
-    assert (data.augment.crop_size, data.eval_resize, make_encoder(run.config, data).feature_dims["conv5"]) == \
-        (64, 70, 9408)
+    assert (data.augment.crop_size, data.eval_resize, make_encoder(run.config, data).feature_dims["conv5"]) == (
+        64,
+        70,
+        9408,
+    )
     moco = load_sweep(SWEEPS_DIR / "paper" / "moco.yaml")
     assert all(r.config.augment == {"recipe": "mocov1", "grayscale_first": True} for r in moco)
 
@@ -196,8 +212,10 @@ def test_profiles_name_existing_sweeps_and_a_new_profile_copies_one(tmp_path, mo
 
 
 def test_diverged_run_is_recorded_and_retried_on_request(tmp_path):
-    body = "runs:\n  - {objective: 'contrastive(tau=0.5)', lr: 1.0e+12, weight_decay: 0}\n" \
-           "  - {objective: 'align + uniform'}\n"
+    body = (
+        "runs:\n  - {objective: 'contrastive(tau=0.5)', lr: 1.0e+12, weight_decay: 0}\n"
+        "  - {objective: 'align + uniform'}\n"
+    )
     path = write_sweep(tmp_path, body)
     df = run_sweep(load_sweep(path), tmp_path / "t.csv", progress=False)
     assert list(df["status"]) == ["failed", "done"]
@@ -228,15 +246,19 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     sweep_runs = load_sweep(path)
     fourth = sweep_runs[3].config.run_dir()
     env = {**os.environ, "HYPERSPHERE_KILL_AT": "2:0", "HYPERSPHERE_KILL_RUN": fourth.name}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path
+    )
     try:
         assert proc.wait(timeout=300) != 0, "a killed worker fails the sweep"
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever remains of its process group, as a node failure would
             os.killpg(proc.pid, signal.SIGKILL)
-    done_before = {r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns
-                   for r in sweep_runs if status(r) == "done"}
+    done_before = {
+        r.config.run_dir(): os.stat(r.config.run_dir() / runs.TRAIN).st_mtime_ns
+        for r in sweep_runs
+        if status(r) == "done"
+    }
     assert 2 <= len(done_before) < len(sweep_runs) and status(sweep_runs[3]) == "partial"
     for r in sweep_runs:  # nothing half-written: a training record is complete (evaluated or not), or absent
         assert status(r) in ("done", "to evaluate") or not (r.config.run_dir() / runs.TRAIN).exists()
@@ -250,13 +272,20 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
 def test_ray_executor_gives_the_local_table(tmp_path):
     """Both executors run each task with one CPU thread: they must give the very same numbers."""
     ray = pytest.importorskip("ray")
-    body = "runs:\n  - {id: p, objective: 'contrastive(tau=1)'}\n  - {init: p, objective: 'align + uniform'}\n" \
-           "  - {objective: 'uniform(t=2)'}\n"
+    body = (
+        "runs:\n  - {id: p, objective: 'contrastive(tau=1)'}\n  - {init: p, objective: 'align + uniform'}\n"
+        "  - {objective: 'uniform(t=2)'}\n"
+    )
     local = run_sweep(load_sweep(write_sweep(tmp_path / "a", body)), tmp_path / "a.csv", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_sweep(load_sweep(write_sweep(tmp_path / "b", body)), tmp_path / "b.csv", executor="ray",
-                           cpus_per_run=1, progress=False)
+        remote = run_sweep(
+            load_sweep(write_sweep(tmp_path / "b", body)),
+            tmp_path / "b.csv",
+            executor="ray",
+            cpus_per_run=1,
+            progress=False,
+        )
     finally:
         ray.shutdown()
     assert list(remote["run"]) == list(local["run"]) and list(remote["status"]) == ["done"] * 3
@@ -271,8 +300,11 @@ def test_two_sweeps_sharing_a_runs_directory_never_train_a_run_twice(tmp_path):
     body = "runs:\n  - {epochs: 3, grid: {objective: ['align + uniform', 'contrastive(tau=0.5)'], dim: [4, 8]}}\n"
     path = write_sweep(tmp_path, body)
     cmd = [sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke", "--workers", "1"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in ("a", "b") if (tmp_path / name).mkdir() is None]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+        if (tmp_path / name).mkdir() is None
+    ]
     outs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     trained = [int(re.search(r"s: (\d+) trained", out).group(1)) for out in outs]
@@ -288,8 +320,9 @@ def test_paper_moco_sweep_reproduces_the_imagenet100_table():
     table = pd.read_csv(resources.reference("imagenet100_encoders.csv"))
     assert len(sweep_runs) == len(table) == 45
     by_row = {int(r.paper["paper_row"]): r for r in sweep_runs}
-    assert (by_row[2].config.canonical_objective == "contrastive(tau=0.07)"
-            and by_row[2].paper["paper_val_top1"] == 72.80)
+    assert (
+        by_row[2].config.canonical_objective == "contrastive(tau=0.07)" and by_row[2].paper["paper_val_top1"] == 72.80
+    )
     assert (by_row[44].config.queue, by_row[44].config.intra_batch) == (32768, False)  # Eq. 17: queue pairs only
     assert by_row[23].config.intra_batch and by_row[1].config.arch == "resnet50"
     assert by_row[1].evaluation.probe == "sgd-full" and by_row[1].evaluation.cv_folds == 3

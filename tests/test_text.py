@@ -1,6 +1,7 @@
 """The sentence domain (domains/text.py): loaders on files in the real formats, vocabulary, contiguous batches, packed
 encoders, the Quick-Thought losses against brute force, the nested-CV protocol, and learnability on the
 embedded stand-in."""
+
 import csv
 import importlib.util
 import json
@@ -44,9 +45,12 @@ def test_split_sentences_handles_line_wraps_paragraphs_and_abbreviations():
         "want of a wife.",
         "Mr. Bennet replied that he had not.",
         '"Is that so?" she asked.',
-        "Mrs. Long says that Netherfield is taken!"]
+        "Mrs. Long says that Netherfield is taken!",
+    ]
     assert T.split_sentences("J. K. Smith wrote it. U.S. Army men read it.") == [
-        "J. K. Smith wrote it.", "U.S. Army men read it."]
+        "J. K. Smith wrote it.",
+        "U.S. Army men read it.",
+    ]
     assert T.split_sentences("pi is 3.14 here. ok") == ["pi is 3.14 here. ok"]  # no capital: no boundary
 
 
@@ -83,8 +87,9 @@ def lines_book(n: int, seed: int) -> str:
     inside a line, a heading with no full stop, some sentences longer than MAX_TOKENS."""
     rng = np.random.default_rng(seed)
     forms = ["`` {w} ? '' she asked .", "mr . {w} .", "chapter {k}", "{w} , {w} !", "{w} ."]
-    return "".join(forms[k % 5].format(w=" ".join(rng.choice(WORDS, rng.integers(1, 25))), k=k) + "\n"
-                   for k in range(n))
+    return "".join(
+        forms[k % 5].format(w=" ".join(rng.choice(WORDS, rng.integers(1, 25))), k=k) + "\n" for k in range(n)
+    )
 
 
 def test_one_sentence_per_line_files_load_as_one_sentence_per_line(tmp_path):
@@ -93,8 +98,11 @@ def test_one_sentence_per_line_files_load_as_one_sentence_per_line(tmp_path):
     for k in range(3):
         (tmp_path / f"part{k}.txt").write_text(lines_book(300, k), encoding="utf-8")
     corpus = T.load_books(tmp_path)
-    assert (len(corpus) == 900 and corpus.names == ["part0", "part1", "part2"]
-            and np.bincount(corpus.doc).tolist() == [300] * 3)
+    assert (
+        len(corpus) == 900
+        and corpus.names == ["part0", "part1", "part2"]
+        and np.bincount(corpus.doc).tolist() == [300] * 3
+    )
     assert corpus.sentences[1][:3] == ["mr", ".", corpus.sentences[1][2]] and corpus.sentences[2][0] == "chapter"
     assert len(T.load_books(tmp_path, form="prose")) < 10
     train, held, vocab, read = T.pack_books(tmp_path, progress=False)
@@ -173,8 +181,11 @@ def test_mr_and_cr_loaders_read_sentevals_latin1_files(tmp_path):
     (tmp_path / "rt-polarity.pos").write_bytes(pos.encode("latin-1"))  # \xe9 is one byte: not UTF-8
     (tmp_path / "rt-polarity.neg").write_bytes("tedious and silly .\n\n".encode("latin-1"))
     mr = T.load_mr(tmp_path)
-    assert mr.sentences == [["a", "charming", ",", "café", "-", "set", "romance", "."], ["simply", "superb", "."],
-                            ["tedious", "and", "silly", "."]]
+    assert mr.sentences == [
+        ["a", "charming", ",", "café", "-", "set", "romance", "."],
+        ["simply", "superb", "."],
+        ["tedious", "and", "silly", "."],
+    ]
     assert mr.labels.tolist() == [1, 1, 0]
     (tmp_path / "custrev.pos").write_text("the battery lasts forever .\n", encoding="latin-1")
     (tmp_path / "custrev.neg").write_text("the screen cracked .\nno support .\n", encoding="latin-1")
@@ -203,8 +214,14 @@ def test_mr_reads_cornells_windows_1252_bytes_and_splits_lines_at_newlines_only(
     mr = T.load_mr(tmp_path)
     assert mr.labels.tolist() == [1, 1, 0]
     assert mr.sentences[0] == ["a", "charming", "…", "and", "often", "affecting", "journey", "."]
-    assert (mr.sentences[1][:3] == ["the", "film's", "end"]
-            and mr.sentences[2] == ["a", "dull", "…", "mess", "\x81", "."])
+    assert mr.sentences[1][:3] == ["the", "film's", "end"] and mr.sentences[2] == [
+        "a",
+        "dull",
+        "…",
+        "mess",
+        "\x81",
+        ".",
+    ]
     (tmp_path / "rt-polarity.pos").write_text("naïve but “fun” .\n", encoding="utf-8")  # UTF-8 files read as such
     assert T.load_mr(tmp_path).sentences[0] == ["naïve", "but", "“", "fun", "”", "."]
 
@@ -325,16 +342,32 @@ def write_bookcorpus(root: Path) -> Path:
     return root
 
 
-TINY = dict(dataset="bookcorpus", arch="qt-small", dim=8, epochs=2, batch_size=16, optimizer="adam", lr=1e-2,
-            clip_grad=0.5, weight_decay=0.0, lr_decay_at=(), device="cpu")
+TINY = dict(
+    dataset="bookcorpus",
+    arch="qt-small",
+    dim=8,
+    epochs=2,
+    batch_size=16,
+    optimizer="adam",
+    lr=1e-2,
+    clip_grad=0.5,
+    weight_decay=0.0,
+    lr_decay_at=(),
+    device="cpu",
+)
 
 
 def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_them(tmp_path):
     """train.train() on a BookCorpus-layout folder: batches are windows of consecutive sentences, the run is
     deterministic, its record is complete, and the `sentences` evaluation gives accuracies and both metrics."""
     data_dir = write_bookcorpus(tmp_path / "data")
-    cfg = TrainConfig(**TINY, objective="contrastive(tau=0.5)", data_dir=str(data_dir), runs_dir=str(tmp_path / "a"),
-                      snapshot_epochs=(0, 2))
+    cfg = TrainConfig(
+        **TINY,
+        objective="contrastive(tau=0.5)",
+        data_dir=str(data_dir),
+        runs_dir=str(tmp_path / "a"),
+        snapshot_epochs=(0, 2),
+    )
     a = train(cfg, progress=False)
     b = train(replace(cfg, runs_dir=str(tmp_path / "b")), progress=False)
     wa, wb = (runs.load_checkpoint(d / runs.CHECKPOINT)["encoder"] for d in (a, b))
@@ -345,16 +378,36 @@ def test_the_trainer_trains_sentence_encoders_deterministically_and_evaluates_th
     assert not torch.equal(wa["f.gru.weight_hh_l0"], untrained.state_dict()["f.gru.weight_hh_l0"])
     order = T.contiguous_order(len(data), 16, torch.Generator().manual_seed(0)).view(-1, 16)
     assert sorted(order[:, 0].tolist()) == list(range(0, 16 * len(order), 16)) and (order.diff(dim=1) == 1).all()
-    record = evaluate_run(a, EvalConfig(kind="sentences", cv_folds=2, l2_folds=2, snapshots=True), device="cpu",
-                          data_dir=str(data_dir))
+    record = evaluate_run(
+        a, EvalConfig(kind="sentences", cv_folds=2, l2_folds=2, snapshots=True), device="cpu", data_dir=str(data_dir)
+    )
     r = record["results"]
-    assert set(r) == {"val_mr", "cv_mr", "n_mr", "val_cr", "cv_cr", "n_cr", "align", "uniform", "uniform_f",
-                      "uniform_g", "uniform_n", "uniform_se", "contrastive", "rankme", "uniform_centred", "eigen_decay"}
+    assert set(r) == {
+        "val_mr",
+        "cv_mr",
+        "n_mr",
+        "val_cr",
+        "cv_cr",
+        "n_cr",
+        "align",
+        "uniform",
+        "uniform_f",
+        "uniform_g",
+        "uniform_n",
+        "uniform_se",
+        "contrastive",
+        "rankme",
+        "uniform_centred",
+        "eigen_decay",
+    }
     assert r["n_mr"] == len(data.tasks["mr"].labels) and r["n_cr"] == len(data.tasks["cr"].labels)
     assert [p["epoch"] for p in record["trajectory"]] == [0, 2]  # the snapshots, evaluated the same way
     assert {k: record["trajectory"][-1][k] for k in r} == pytest.approx(r)
-    assert (0 <= r["align"] <= 4 and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"])
-            and -16 <= r["uniform"] <= 0)
+    assert (
+        0 <= r["align"] <= 4
+        and r["uniform"] == pytest.approx(r["uniform_f"] + r["uniform_g"])
+        and -16 <= r["uniform"] <= 0
+    )
     with pytest.raises(ValueError, match="does not apply"):
         evaluate_run(a, EvalConfig(kind="classify"), device="cpu", data_dir=str(data_dir))
 
@@ -363,8 +416,11 @@ def held_stream(n: int = 3000, docs: int = 30, seed: int = 0) -> T.Packed:
     """A held-out stream of n random sentences of 1-11 word ids in `docs` documents."""
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 12, n))])
-    return T.Packed(rng.integers(2, 50, offsets[-1]).astype(np.int32), offsets,
-                    np.repeat(np.arange(docs), n // docs).astype(np.int32))
+    return T.Packed(
+        rng.integers(2, 50, offsets[-1]).astype(np.int32),
+        offsets,
+        np.repeat(np.arange(docs), n // docs).astype(np.int32),
+    )
 
 
 def test_pair_metrics_are_exact_below_the_sample_size_and_a_seeded_sample_above_it(monkeypatch):
@@ -372,6 +428,7 @@ def test_pair_metrics_are_exact_below_the_sample_size_and_a_seeded_sample_above_
     whose estimate lies within a few standard errors of the whole set's, only its sentences (and their neighbours,
     and the sampled windows) encoded."""
     from hypersphere.metrics import alignment, uniformity
+
     torch.manual_seed(0)
     model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
     held = held_stream()
@@ -396,6 +453,7 @@ def test_the_held_out_metrics_and_label_free_statistics_run_on_the_models_device
     from types import SimpleNamespace
 
     from hypersphere.metrics import label_free
+
     torch.manual_seed(0)
     model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
     held = held_stream()
@@ -407,10 +465,17 @@ def test_the_held_out_metrics_and_label_free_statistics_run_on_the_models_device
     assert label_free(feats) == pytest.approx(label_free(feats.cpu()), rel=1e-3)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(objective="xent"), "no Quick-Thought form"), (dict(queue=400), "no queue"),
-    (dict(arch="smallalexnet"), "unknown arch"), (dict(optimizer="adam", lr=0.0), "explicit lr"),
-    (dict(dim=9), "even dim"), (dict(optimizer="rmsprop"), "unknown optimizer")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(objective="xent"), "no Quick-Thought form"),
+        (dict(queue=400), "no queue"),
+        (dict(arch="smallalexnet"), "unknown arch"),
+        (dict(optimizer="adam", lr=0.0), "explicit lr"),
+        (dict(dim=9), "even dim"),
+        (dict(optimizer="rmsprop"), "unknown optimizer"),
+    ],
+)
 def test_bad_sentence_configs_are_refused_before_any_data_is_read(kw, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{**TINY, **kw})
@@ -429,10 +494,15 @@ def test_a_diverged_sentence_run_is_a_failed_row_with_its_step(tmp_path):
     data_dir = write_bookcorpus(tmp_path / "data")
     defaults = {**TINY, "epochs": 1, "data_dir": str(data_dir), "runs_dir": str(tmp_path / "runs"), "lr_decay_at": []}
     sweep = tmp_path / "s.yaml"
-    sweep.write_text(yaml.safe_dump({"defaults": defaults,
-                                     "evaluation": {"kind": "sentences", "cv_folds": 2, "l2_folds": 2},
-                                     "runs": [{"objective": "contrastive(tau=1e-40)"},
-                                              {"objective": "align(alpha=2) + uniform(t=2)"}]}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": defaults,
+                "evaluation": {"kind": "sentences", "cv_folds": 2, "l2_folds": 2},
+                "runs": [{"objective": "contrastive(tau=1e-40)"}, {"objective": "align(alpha=2) + uniform(t=2)"}],
+            }
+        )
+    )
     df = run_sweep(load_sweep(sweep), tmp_path / "s.csv", progress=False)
     assert list(df["status"]) == ["failed", "done"]
     failed = json.loads((Path(df.loc[0, "run_dir"]) / runs.FAILED).read_text())
@@ -446,24 +516,34 @@ def test_a_killed_sentence_run_resumes_to_the_same_weights(tmp_path):
     rerun: the weights and log equal an uninterrupted run's."""
     data_dir = write_bookcorpus(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = lambda runs_dir, *extra: [sys.executable, "-m", "hypersphere", "train",  # noqa: E731
-                                    "--dataset", "bookcorpus", "--arch", "qt-small", "--dim", "8", "--epochs", "1",
-                                    "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01", "--clip-grad", "0.5",
-                                    "--weight-decay", "0", "--lr-decay-at",
-                                    "--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--quiet", *extra]
+
+    def cmd(runs_dir, *extra):
+        recipe = (
+            "--dataset bookcorpus --arch qt-small --dim 8 --epochs 1 --batch-size 4 --optimizer adam --lr 0.01 "
+            "--clip-grad 0.5 --weight-decay 0 --lr-decay-at"
+        ).split()
+        where = ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir)]
+        return [sys.executable, "-m", "hypersphere", "train", *recipe, *where, "--quiet", *extra]
+
     subprocess.run(cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
     (run_a,) = (tmp_path / "a").iterdir()
     run_b = tmp_path / "b" / run_a.name
-    killed = subprocess.run(cmd(tmp_path / "b", "--checkpoint-minutes", "0"), capture_output=True,
-                            env={**env, "HYPERSPHERE_KILL_AT": "1:2"})  # SIGKILLs itself after step 2's save
+    killed = subprocess.run(
+        cmd(tmp_path / "b", "--checkpoint-minutes", "0"), capture_output=True, env={**env, "HYPERSPHERE_KILL_AT": "1:2"}
+    )  # SIGKILLs itself after step 2's save
     assert killed.returncode == -signal.SIGKILL
     assert runs.train_status(run_b, TRAIN_VERSION) == "todo", "kill it before it finishes"
     subprocess.run(cmd(tmp_path / "b", "--checkpoint-minutes", "0"), env=env, check=True, capture_output=True)
     assert len(runs.load_summary(run_b)["resumed"]) == 1
     a, b = (runs.load_checkpoint(d / runs.CHECKPOINT)["encoder"] for d in (run_a, run_b))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    log = lambda d: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
-                     for row in csv.DictReader((d / runs.LOG).open())]
+
+    def log(d):
+        return [
+            {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+            for row in csv.DictReader((d / runs.LOG).open())
+        ]
+
     assert log(run_a) == log(run_b)
 
 
@@ -472,8 +552,14 @@ def test_the_paper_sweep_has_a_run_per_row_of_table_10_with_its_numbers():
     assert len(sweep_runs) == 114
     by_row = {int(r.paper["paper_row"]): r for r in sweep_runs}
     qt = by_row[1].config  # QT's own encoder: unnormalised, tau 1
-    assert (qt.arch, qt.canonical_objective, qt.dim, qt.batch_size, qt.lr, qt.epochs) == \
-        ("qt-raw", "contrastive(tau=1)", 1200, 400, 5e-4, 1)
+    assert (qt.arch, qt.canonical_objective, qt.dim, qt.batch_size, qt.lr, qt.epochs) == (
+        "qt-raw",
+        "contrastive(tau=1)",
+        1200,
+        400,
+        5e-4,
+        1,
+    )
     assert (qt.optimizer, qt.clip_grad, qt.dataset) == ("adam", 0.5, "bookcorpus") and by_row[16].config.arch == "qt"
     assert by_row[47].config.canonical_objective == "0.9*align(alpha=2) + 0.1*uniform(t=5)"
     assert by_row[47].paper["paper_val_mr"] == 73.76 and by_row[5].paper["paper_val_mr"] == 77.51
@@ -496,8 +582,9 @@ def test_nested_cv_returns_one_accuracy_and_one_c_per_fold_and_is_deterministic(
     assert shuffled["acc"] < r1["acc"] - 15 and shuffled["C"] == [1.0] * 3
 
 
-needs_standin = pytest.mark.skipif(importlib.util.find_spec(T.STANDIN_PACKAGE) is None,
-                                   reason=f"the embedded text stand-in needs {T.STANDIN_PIN}")
+needs_standin = pytest.mark.skipif(
+    importlib.util.find_spec(T.STANDIN_PACKAGE) is None, reason=f"the embedded text stand-in needs {T.STANDIN_PIN}"
+)
 
 
 @needs_standin
@@ -523,12 +610,25 @@ def test_a_briefly_trained_encoder_beats_random_embeddings_on_the_standin(tmp_pa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        base = TrainConfig(dataset="standin", arch="qt-small", dim=64, batch_size=400, optimizer="adam", lr=2e-3,
-                           clip_grad=0.5, weight_decay=0.0, lr_decay_at=(), objective="contrastive(tau=0.1)",
-                           device="cpu", runs_dir=str(tmp_path))
+        base = TrainConfig(
+            dataset="standin",
+            arch="qt-small",
+            dim=64,
+            batch_size=400,
+            optimizer="adam",
+            lr=2e-3,
+            clip_grad=0.5,
+            weight_decay=0.0,
+            lr_decay_at=(),
+            objective="contrastive(tau=0.1)",
+            device="cpu",
+            runs_dir=str(tmp_path),
+        )
         ev = EvalConfig(kind="sentences", cv_folds=5, l2_folds=3, max_examples=2000)
-        acc = {epochs: evaluate_run(train(replace(base, epochs=epochs), progress=False), ev, device="cpu")["results"]
-               for epochs in (0, 2)}
+        acc = {
+            epochs: evaluate_run(train(replace(base, epochs=epochs), progress=False), ev, device="cpu")["results"]
+            for epochs in (0, 2)
+        }
     finally:
         torch.set_num_threads(threads)
     assert acc[2]["val_subjectivity"] > acc[0]["val_subjectivity"] + 3, acc  # measured: 63.7 -> 68.9 (3000 examples)
@@ -549,6 +649,9 @@ def test_vectorized_bookcorpus_writes_the_same_form(tmp_path):
     sentence of 4-19 words and " ." per line, as the default writer's."""
     for vectorized in (False, True):
         miniature.write_bookcorpus(tmp_path / str(vectorized), n=300, books=3, vectorized=vectorized)
-        lines = [line for book in sorted((tmp_path / str(vectorized) / "bookcorpus").glob("*.txt"))
-                 for line in book.read_text().splitlines()]
+        lines = [
+            line
+            for book in sorted((tmp_path / str(vectorized) / "bookcorpus").glob("*.txt"))
+            for line in book.read_text().splitlines()
+        ]
         assert len(lines) == 300 and all(re.fullmatch(r"(w\d+ ){4,19}\.", line) for line in lines)

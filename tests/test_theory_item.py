@@ -1,5 +1,6 @@
 """The theory item (items/theory.py) at the smoke profile's sizes: the values it measures against the
 paper's (data/reference/theory.csv) and the exact population values, without papermill."""
+
 import pytest
 import torch
 

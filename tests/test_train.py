@@ -1,5 +1,6 @@
 """The trainer on the embedded digits: one short run per objective family, determinism, fine-tuning,
 run records, the training-code version, augmentation recipes, bad input and divergence."""
+
 import csv
 import json
 import os
@@ -29,8 +30,15 @@ def finished(tmp_path_factory):
     return config, train(config, progress=False)
 
 
-@pytest.mark.parametrize("objective", ["align(alpha=2) + uniform(t=2)", "contrastive(tau=0.5)",
-                                       "contrastive(tau=0.5) + 0.5*align(alpha=1) + uniform(t=2)", "xent()"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        "align(alpha=2) + uniform(t=2)",
+        "contrastive(tau=0.5)",
+        "contrastive(tau=0.5) + 0.5*align(alpha=1) + uniform(t=2)",
+        "xent()",
+    ],
+)
 def test_one_short_run_per_objective_family(tmp_path, objective):
     run_dir = train(cfg(tmp_path, objective=objective), progress=False)
     assert runs.train_status(run_dir, TRAIN_VERSION) == "done"
@@ -53,8 +61,9 @@ def test_same_config_and_seed_give_identical_weights(tmp_path):
     wa = runs.load_checkpoint(a / runs.CHECKPOINT)["encoder"]
     wb = runs.load_checkpoint(b / runs.CHECKPOINT)["encoder"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert runs.load_summary(a)["final_loss"] == runs.load_summary(b)["final_loss"] != \
-        runs.load_summary(c)["final_loss"]
+    assert (
+        runs.load_summary(a)["final_loss"] == runs.load_summary(b)["final_loss"] != runs.load_summary(c)["final_loss"]
+    )
 
 
 def test_run_identity_is_what_changes_the_weights(tmp_path):
@@ -62,8 +71,10 @@ def test_run_identity_is_what_changes_the_weights(tmp_path):
     assert base.run_dir() == cfg(tmp_path, device="cuda", data_dir="/elsewhere", name="").run_dir()
     assert base.run_dir() != cfg(tmp_path, augment="digits-color").run_dir()
     assert base.run_dir() != cfg(tmp_path, lr=0.1).run_dir()
-    assert cfg(tmp_path, objective="uniform(t=2)+align()").run_dir() == \
-        cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)").run_dir()
+    assert (
+        cfg(tmp_path, objective="uniform(t=2)+align()").run_dir()
+        == cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)").run_dir()
+    )
 
 
 def test_finished_run_is_not_retrained_but_an_older_version_is(tmp_path, monkeypatch, capsys):
@@ -77,16 +88,19 @@ def test_finished_run_is_not_retrained_but_an_older_version_is(tmp_path, monkeyp
     monkeypatch.setattr(train_module, "TRAIN_VERSION", TRAIN_VERSION + 1)  # a numerics-changing commit
     assert runs.train_status(run_dir, TRAIN_VERSION + 1) == "stale"
     train(config, progress=False)
-    assert f"trained by training-code version {TRAIN_VERSION}, this is version {TRAIN_VERSION + 1}" in \
-        capsys.readouterr().err
+    assert (
+        f"trained by training-code version {TRAIN_VERSION}, this is version {TRAIN_VERSION + 1}"
+        in capsys.readouterr().err
+    )
     assert runs.load_summary(run_dir)["train_version"] == TRAIN_VERSION + 1
     assert not (run_dir / runs.EVALS).exists()  # evaluations of the old weights are gone with them
 
 
 def test_fine_tuning_starts_from_the_parent_weights(tmp_path, finished):
     parent = finished[1]
-    child_cfg = cfg(tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=0,
-                    snapshot_epochs=(0,))
+    child_cfg = cfg(
+        tmp_path, objective="align(alpha=2) + uniform(t=2)", init=str(parent), epochs=0, snapshot_epochs=(0,)
+    )
     child = train(child_cfg, progress=False)
     saved = runs.load_checkpoint(parent / runs.CHECKPOINT)["encoder"]
     start = runs.load_checkpoint(runs.snapshot_path(child, 0))["encoder"]
@@ -107,16 +121,18 @@ def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, b
     config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256, drop_last=drop_last)
     monkeypatch.setattr(train_module, "VIEW_VALUES", batches_per_draw * 256 * 12 * 12)  # 5 steps: 2 + 2 + 1, or 5
     seen, real = [], train_module.batch_loss
-    monkeypatch.setattr(train_module, "batch_loss",
-                        lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a))
+    monkeypatch.setattr(
+        train_module, "batch_loss", lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a)
+    )
     run_dir = train(config, progress=False)
     data = load_data(config)
     perm = torch.randperm(len(data.encoder_images), generator=torch.Generator().manual_seed(config.seed))
     assert [len(x[0]) for x in seen] == [256] * 5 + [67] * (not drop_last)
     assert runs.load_summary(run_dir)["steps"] == len(seen)
     for s, x in enumerate(seen):
-        expected = augment(data.encoder_images[perm[s * 256:(s + 1) * 256]], data.augment, data.mean, data.std,
-                           torch.Generator())
+        expected = augment(
+            data.encoder_images[perm[s * 256 : (s + 1) * 256]], data.augment, data.mean, data.std, torch.Generator()
+        )
         assert len(x) == 2 and all(torch.allclose(v, expected, atol=1e-6) for v in x), s
 
 
@@ -126,6 +142,7 @@ def test_group_batchnorm_is_dataparallel_on_that_many_parts(tmp_path):
     import copy
 
     from hypersphere.models import SmallAlexNet, group_batchnorm
+
     torch.manual_seed(0)
     reference = SmallAlexNet(3, 16, 32).train()
     grouped = group_batchnorm(copy.deepcopy(reference), 4)
@@ -144,8 +161,10 @@ def test_recipe_settings_of_the_official_code_are_hashed_and_checked(tmp_path):
     """drop_last, bn_groups and bf16 name other runs when set, older runs keep their names at the defaults,
     and bn_groups trains (the weights differ from one BatchNorm over the whole batch)."""
     base = cfg(tmp_path, epochs=1)
-    names = {cfg(tmp_path, epochs=1, **kw).run_dir().name for kw in
-             ({}, {"drop_last": False}, {"bn_groups": 2}, {"bf16": True})}
+    names = {
+        cfg(tmp_path, epochs=1, **kw).run_dir().name
+        for kw in ({}, {"drop_last": False}, {"bn_groups": 2}, {"bf16": True})
+    }
     assert len(names) == 4 and not {"drop_last", "bn_groups", "bf16"} & set(base.hashed())
     with pytest.raises(ValueError, match="bn_groups must be >= 1 and divide batch_size 128"):
         cfg(tmp_path, bn_groups=3)
@@ -160,6 +179,7 @@ def test_recipe_settings_of_the_official_code_are_hashed_and_checked(tmp_path):
 def test_bf16_is_an_explicit_option_on_cuda(tmp_path):
     from hypersphere.losses import Objective
     from hypersphere.models import DigitsNet
+
     torch.manual_seed(0)
     encoder, objective = DigitsNet(1, 16, 12).cuda(), Objective.parse("align + uniform")
     x = [torch.randn(64, 1, 12, 12, device="cuda") for _ in range(2)]
@@ -196,14 +216,17 @@ def test_missing_parent_and_corrupt_records_fail_clearly(tmp_path):
         runs.load_summary(run_dir)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(dataset="mnist"), "unknown dataset 'mnist'"),
-    (dict(objective="unifrom(t=2)"), "unifrom"),
-    (dict(lr=-0.1), "lr must be"),
-    (dict(epochs=-1), "epochs must be"),
-    (dict(arch="resnet"), "unknown arch"),
-    (dict(snapshot_epochs=(5,)), "snapshot_epochs"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(dataset="mnist"), "unknown dataset 'mnist'"),
+        (dict(objective="unifrom(t=2)"), "unifrom"),
+        (dict(lr=-0.1), "lr must be"),
+        (dict(epochs=-1), "epochs must be"),
+        (dict(arch="resnet"), "unknown arch"),
+        (dict(snapshot_epochs=(5,)), "snapshot_epochs"),
+    ],
+)
 def test_bad_configs_are_refused_before_any_work(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         cfg(tmp_path, **kw)
@@ -228,15 +251,39 @@ def test_divergence_is_recorded_as_failed(tmp_path):
 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
-    args = ["train", "--dataset", "digits", "--epochs", "1", "--dim", "8", "--batch-size", "256", "--runs-dir",
-            str(tmp_path), "--quiet", "--objective", "align(alpha=2) + uniform(t=2)"]
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--dim",
+        "8",
+        "--batch-size",
+        "256",
+        "--runs-dir",
+        str(tmp_path),
+        "--quiet",
+        "--objective",
+        "align(alpha=2) + uniform(t=2)",
+    ]
     assert main(args) == 0
     run_dir = capsys.readouterr().out.splitlines()[0]
-    assert main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0",
-                 "--taps", "output"]) == 0
+    assert (
+        main(["evaluate", run_dir, "--probe", "adam", "--probe-epochs", "2", "--cv-folds", "0", "--taps", "output"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"run", "val_output_linear", "val_output_5nn", "align", "uniform", "rankme", "uniform_centred",
-                        "eigen_decay"}
+    assert set(out) == {
+        "run",
+        "val_output_linear",
+        "val_output_5nn",
+        "align",
+        "uniform",
+        "rankme",
+        "uniform_centred",
+        "eigen_decay",
+    }
     assert main(["train", "--dataset", "nope"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     assert main(["evaluate", run_dir, "--probe", "svm"]) == 2
@@ -244,9 +291,30 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
 
 def _train_cmd(runs_dir, *extra):
-    return [sys.executable, "-m", "hypersphere", "train", "--dataset", "digits", "--epochs", "4", "--dim", "8",
-            "--batch-size", "128", "--runs-dir", str(runs_dir), "--quiet",
-            "--objective", "align(alpha=2) + uniform(t=2)", "--snapshot-epochs", "0", "2", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hypersphere",
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "4",
+        "--dim",
+        "8",
+        "--batch-size",
+        "128",
+        "--runs-dir",
+        str(runs_dir),
+        "--quiet",
+        "--objective",
+        "align(alpha=2) + uniform(t=2)",
+        "--snapshot-epochs",
+        "0",
+        "2",
+        "4",
+        *extra,
+    ]
 
 
 def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
@@ -269,8 +337,13 @@ def test_a_killed_run_resumes_to_the_same_weights_bit_for_bit(tmp_path):
     for name in (runs.CHECKPOINT, "snapshots/epoch-2.pt", "snapshots/epoch-4.pt"):
         a, b = runs.load_checkpoint(run_a / name)["encoder"], runs.load_checkpoint(run_b / name)["encoder"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    log = lambda d: [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
-                     for row in csv.DictReader((d / runs.LOG).open())]
+
+    def log(d):
+        return [
+            {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+            for row in csv.DictReader((d / runs.LOG).open())
+        ]
+
     assert log(run_a) == log(run_b)
     assert not (run_b / runs.STATE).exists()
 
@@ -306,8 +379,16 @@ def crash_then_resume(tmp_path, monkeypatch, **kw):
 def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_path, monkeypatch):
     """MoCo (queue > 0): a crash mid-epoch, then the same command, ends with the weights, key encoder and
     queue of an uninterrupted run (they are part of the saved state)."""
-    moco = dict(objective="contrastive(tau=0.2) + align(alpha=2) + uniform(t=2)", arch="smallresnet", dim=8,
-                batch_size=256, epochs=1, queue=512, ema=0.9, checkpoint_minutes=0.0)
+    moco = dict(
+        objective="contrastive(tau=0.2) + align(alpha=2) + uniform(t=2)",
+        arch="smallresnet",
+        dim=8,
+        batch_size=256,
+        epochs=1,
+        queue=512,
+        ema=0.9,
+        checkpoint_minutes=0.0,
+    )
     whole, resumed = crash_then_resume(tmp_path, monkeypatch, **moco)
     assert runs.load_summary(resumed)["resumed"] == [{"epoch": 1, "step": 3}]  # 5 steps an epoch
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
@@ -319,21 +400,36 @@ def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_pat
         cfg(tmp_path, **{**moco, "queue": 64})
 
 
-@pytest.mark.parametrize("objective, modules", [("ntxent(tau=0.5)", ()), ("barlow", ()), ("vicreg", ()),
-                                                ("simsiam", ("predictor",)), ("byol", ("predictor", "target"))])
+@pytest.mark.parametrize(
+    "objective, modules",
+    [
+        ("ntxent(tau=0.5)", ()),
+        ("barlow", ()),
+        ("vicreg", ()),
+        ("simsiam", ("predictor",)),
+        ("byol", ("predictor", "target")),
+    ],
+)
 def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypatch, objective, modules):
     """SimCLR's NT-Xent (with the MLP projection head), Barlow Twins, VICReg, SimSiam and BYOL: a crash mid-epoch,
     then the same command, ends with the weights (predictor and EMA target included) of an uninterrupted run."""
-    kw = dict(objective=objective, arch="digitsnet-mlp" if objective.startswith("ntxent") else "auto", epochs=1,
-              ema=0.9, checkpoint_minutes=0.0, lr=0.005)  # the quick recipe's lr: at 0.06 VICReg's loss (x25) diverges
+    kw = dict(
+        objective=objective,
+        arch="digitsnet-mlp" if objective.startswith("ntxent") else "auto",
+        epochs=1,
+        ema=0.9,
+        checkpoint_minutes=0.0,
+        lr=0.005,
+    )  # the quick recipe's lr: at 0.06 VICReg's loss (x25) diverges
     whole, resumed = crash_then_resume(tmp_path, monkeypatch, **kw)
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
     assert set(modules) == {k for k in ("predictor", "target") if k in a}
     for module in ("encoder", *modules):
         assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module
     log = list(csv.DictReader((whole / runs.LOG).open()))
-    assert (("spread" in log[0]) == (not objective.startswith("ntxent"))
-            and float(log[0]["loss"]) == float(log[0]["loss"]))
+    assert ("spread" in log[0]) == (not objective.startswith("ntxent")) and float(log[0]["loss"]) == float(
+        log[0]["loss"]
+    )
 
 
 def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypatch):

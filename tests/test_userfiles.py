@@ -1,6 +1,7 @@
 """Every file a user edits fails in one line: sweep YAML, profile YAML and the appendix tables a sweep's `table:`
 entry expands, each broken in several ways, through the CLI (exit code 2, at most 2 lines on stderr naming the
 file, no traceback); and `make` with a profile that does not name its sweeps."""
+
 import re
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ from hypersphere import resources
 from hypersphere.__main__ import main
 
 ROOT = Path(__file__).parents[1]
-GOOD_ROW = ("row,contr_w,contr_tau,align_w,align_alpha,unif_w,unif_t,init,epochs,batch_size,lr,dim\n"
-            "1,1,0.5,0,,0,,rand,2,128,0.06,16\n")
+GOOD_ROW = (
+    "row,contr_w,contr_tau,align_w,align_alpha,unif_w,unif_t,init,epochs,batch_size,lr,dim\n"
+    "1,1,0.5,0,,0,,rand,2,128,0.06,16\n"
+)
 # each way to break a file: its bytes (None: the file does not exist) and what the one line must say
 BROKEN_YAML = {
     "syntax error": (b'runs:\n  - {objective: "align(alpha=2)"\n', r":3:1: YAML syntax error.*line 2, column 5"),
@@ -75,8 +78,9 @@ def test_a_broken_appendix_table_fails_in_one_line(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(resources, "_folder", lambda a, b: tmp_path / "ref" if a == "reference" else real(a, b))
     (tmp_path / "ref").mkdir()
     _write(tmp_path / "ref" / "mytable.csv", content)
-    sweep = _write(tmp_path / "s.yaml",
-                   b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
+    sweep = _write(
+        tmp_path / "s.yaml", b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n"
+    )
     _assert_one_line(capsys, main(["sweep", str(sweep), "--profile", "smoke", "--dry-run"]), "mytable.csv", pattern)
 
 
@@ -85,26 +89,31 @@ def test_the_good_table_row_expands_into_a_run(tmp_path, capsys, monkeypatch):
     real = resources._folder
     monkeypatch.setattr(resources, "_folder", lambda a, b: tmp_path if a == "reference" else real(a, b))
     _write(tmp_path / "mytable.csv", GOOD_ROW.encode())
-    sweep = _write(tmp_path / "s.yaml",
-                   b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n")
+    sweep = _write(
+        tmp_path / "s.yaml", b"defaults: {dataset: digits}\nruns:\n  - {table: data/reference/mytable.csv}\n"
+    )
     assert main(["sweep", str(sweep), "--profile", "smoke", "--dry-run", "--set", f"runs_dir={tmp_path}"]) == 0
     assert "contrastive(tau=0.5)" in capsys.readouterr().out
 
 
 def test_the_issue_example_exits_2_with_one_line_from_a_real_process(tmp_path):
     path = _write(tmp_path / "mysweep.yaml", b'runs:\n  - {objective: "align(alpha=2)"\n')
-    proc = subprocess.run([sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hypersphere", "sweep", str(path), "--profile", "smoke"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: {path}:3:1: YAML syntax error"), proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-@pytest.mark.parametrize("profile, message", [
-    ("description: no sweeps line\nworkers: 2\n", "has no line `sweeps: [a, b]`"),
-    ("sweeps:\n  - cloud\n", "has no line `sweeps: [a, b]`"),  # a multi-line list would run zero sweeps
-    (None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "profile, message",
+    [
+        ("description: no sweeps line\nworkers: 2\n", "has no line `sweeps: [a, b]`"),
+        ("sweeps:\n  - cloud\n", "has no line `sweeps: [a, b]`"),  # a multi-line list would run zero sweeps
+        (None, "does not exist"),
+    ],
+)
 def test_make_stops_in_one_line_on_a_profile_without_its_sweeps_line(tmp_path, profile, message):
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     _write(tmp_path / "configs" / "profiles" / "mine.yaml", None if profile is None else profile.encode())

@@ -1,2 +1,3 @@
 """hypersphere: alignment and uniformity on the hypersphere (Wang & Isola, ICML 2020)."""
+
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ class AugmentConfig:
     """Positive-pair recipe; the defaults are the paper's (Sec. 3 common setup). MoCo v2's recipe (Chen et al.
     2020) also applies the jitter with a probability and a Gaussian blur (sigma ~ U(blur_sigma); `blur_kernel`
     taps, 23 ~ 10% of 224 px, +-5.5 sigma at sigma = 2)."""
+
     crop_size: int = 64
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -40,7 +41,7 @@ class AugmentConfig:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 23
-    grayscale_first: bool = False   # MoCo v1's order: RandomGrayscale before ColorJitter (the paper's: after)
+    grayscale_first: bool = False  # MoCo v1's order: RandomGrayscale before ColorJitter (the paper's: after)
 
 
 # Named positive-pair recipes. A dataset names its default; a run may name another (`augment: digits`) or
@@ -70,8 +71,9 @@ def recipe(spec: str | dict) -> AugmentConfig:
     spec = {"recipe": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("recipe", None)
     if name not in RECIPES:
-        raise ValueError(f"unknown augmentation recipe {name!r}; choose from {', '.join(RECIPES)} "
-                         f"(or add one to augment.RECIPES)")
+        raise ValueError(
+            f"unknown augmentation recipe {name!r}; choose from {', '.join(RECIPES)} (or add one to augment.RECIPES)"
+        )
     fields = AugmentConfig.__dataclass_fields__
     if unknown := set(spec) - set(fields):
         raise ValueError(f"unknown augmentation fields {sorted(unknown)}; known: {', '.join(fields)}")
@@ -80,8 +82,16 @@ def recipe(spec: str | dict) -> AugmentConfig:
 
 # ---------------------------------------------------------------------------------------- crops
 
-def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                 generator: torch.Generator, tries: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+
+def sample_crops(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    tries: int = 10,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """n independent draws of torchvision's RandomResizedCrop.get_params -> (top, left, h, w), int64 [n].
 
     Same semantics: area fraction ~ U(scale), aspect ratio log-uniform in `ratio`, w = round(sqrt(A r)),
@@ -115,8 +125,9 @@ def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], ra
     return top, left, h, w
 
 
-def _resize_weights(start: Tensor, length: Tensor, size: int, out: int, flip: Tensor | None = None,
-                    scale: float = 1.0) -> Tensor:
+def _resize_weights(
+    start: Tensor, length: Tensor, size: int, out: int, flip: Tensor | None = None, scale: float = 1.0
+) -> Tensor:
     """[B, out, size] weights that resample pixels [start, start + length) of an axis to `out` pixels.
 
     Matches F.interpolate(mode="bilinear", align_corners=False, antialias=True) applied to the crop:
@@ -137,8 +148,16 @@ def _resize_weights(start: Tensor, length: Tensor, size: int, out: int, flip: Te
     return wts.mul_(scale / wts.sum(dim=2, keepdim=True))
 
 
-def resized_crop(images: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, size: int,
-                 flip: Tensor | None = None, scale: float = 1.0) -> Tensor:
+def resized_crop(
+    images: Tensor,
+    top: Tensor,
+    left: Tensor,
+    h: Tensor,
+    w: Tensor,
+    size: int,
+    flip: Tensor | None = None,
+    scale: float = 1.0,
+) -> Tensor:
     """Per-image crop [top:top+h, left:left+w] resized to size x size (antialiased bilinear), flipped
     horizontally where `flip` is True, times `scale`. images [B, C, H, W] (any dtype) -> float32.
 
@@ -159,6 +178,7 @@ def resized_crop(images: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor
 
 
 # ---------------------------------------------------------------------------------------- colour
+
 
 def _gray(x: Tensor) -> Tensor:
     """Luminance [B, 1, H, W] of RGB (or the image itself if 1 channel), torchvision weights."""
@@ -227,14 +247,17 @@ def jitter_orders(strength: tuple[float, float, float, float], channels: int) ->
 
 # ---------------------------------------------------------------------------------------- pipelines
 
+
 def _check_images(images: Tensor, mean, std, generator: torch.Generator | None = None) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 images [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
     if not len(mean) == len(std) == images.shape[1]:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {images.shape[1]}-channel images")
     if generator is not None and generator.device.type != images.device.type:
-        raise ValueError(f"generator is on {generator.device} but images on {images.device}; "
-                         f"use torch.Generator(device=images.device)")
+        raise ValueError(
+            f"generator is on {generator.device} but images on {images.device}; "
+            f"use torch.Generator(device=images.device)"
+        )
 
 
 def _normalizer(mean, std, device) -> tuple[Tensor, Tensor]:
@@ -255,8 +278,9 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         return x.float()
     pad = kernel_size // 2
     if pad >= min(H, W):
-        raise ValueError(f"blur kernel {kernel_size} is too large for {H}x{W} images; "
-                         f"use kernel_size < 2 * {min(H, W)}")
+        raise ValueError(
+            f"blur kernel {kernel_size} is too large for {H}x{W} images; use kernel_size < 2 * {min(H, W)}"
+        )
     d = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - pad
     # per (image, channel)
     w = torch.softmax(-0.5 * (d / sigma.float()[:, None]) ** 2, dim=1).repeat_interleave(C, dim=0)
@@ -298,8 +322,9 @@ def augment(images: Tensor, cfg: AugmentConfig, mean, std, generator: torch.Gene
         which, orders = torch.where(jittered, which, len(orders)), [*orders, ()]
     if cfg.blur_p > 0:
         blur = torch.rand(B, generator=generator, device=dev) < cfg.blur_p
-        sigma = (cfg.blur_sigma[0]
-                 + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(B, generator=generator, device=dev))
+        sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * torch.rand(
+            B, generator=generator, device=dev
+        )
     a, bias = _normalizer(mean, std, dev)
 
     for i, order in enumerate(orders):  # the groups are disjoint, so each can be written back into x
@@ -332,4 +357,4 @@ def eval_transform(images: Tensor, crop_size: int, resize: int, mean, std) -> Te
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
     top, left = int(round((size[0] - crop_size) / 2)), int(round((size[1] - crop_size) / 2))
     a, bias = _normalizer(mean, std, images.device)
-    return torch.addcmul(bias, x[:, :, top:top + crop_size, left:left + crop_size], a)
+    return torch.addcmul(bias, x[:, :, top : top + crop_size, left : left + crop_size], a)

@@ -17,6 +17,7 @@ two-stage design instead (Stein, 1945; stats.second_stage):
 The profile's `decide: {power: 0.8, most: 20}` sets the design; `python -m hypersphere sweep NAME --profile decide`
 runs all three steps for one comparison, notebook 11_decide judges and plots them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,13 +36,16 @@ from .sweep import SweepRun
 PLAN = "decide_plan.json"
 FIRST_SEEDS = (0, 1, 2)
 LEVEL = 0.95
-DESIGN = ("two-stage (Stein 1945): the first stage's seeds fix the number of new seeds; each claim is judged on "
-          "the new seeds alone")
+DESIGN = (
+    "two-stage (Stein 1945): the first stage's seeds fix the number of new seeds; each claim is judged on "
+    "the new seeds alone"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """One claim about paired differences over seeds: their mean lies `above` (or below) `bound`."""
+
     bound: float
     above: bool
     unit: str
@@ -64,9 +68,12 @@ def _per_seed(seeds: pd.DataFrame, column: str, bound: float, above: bool, unit:
 def _figure8(results: Path) -> dict[str, Claim]:
     finetune, _ = load_results(results, "finetune", need=["run", "id", "init", "seed", "w_align", "w_uniform"])
     gains = fig8.gains_by_seed(finetune, pd.read_csv(results / "finetune.trajectories.csv"))
-    return {f"{k}, a {'gain' if gain else 'loss'}": Claim(0.0, gain, "points",
-                                                          {s: g[k] for s, g in gains.items() if k in g})
-            for k, gain in fig8.GAINS.items()}
+    return {
+        f"{k}, a {'gain' if gain else 'loss'}": Claim(
+            0.0, gain, "points", {s: g[k] for s, g in gains.items() if k in g}
+        )
+        for k, gain in fig8.GAINS.items()
+    }
 
 
 def _table1(results: Path) -> dict[str, Claim]:
@@ -85,13 +92,16 @@ def _table3(results: Path) -> dict[str, Claim]:
 
 
 # sweep -> the comparison judged on it
-COMPARISONS = {"finetune": Comparison("Figure 8", fig8.CLAIM, _figure8),
-               "cloud": Comparison("Table 1", table1.CLAIM, _table1),
-               "depth": Comparison("Table 2", table2.CLAIM, _table2),
-               "moco": Comparison("Table 3", table3.CLAIM, _table3)}
+COMPARISONS = {
+    "finetune": Comparison("Figure 8", fig8.CLAIM, _figure8),
+    "cloud": Comparison("Table 1", table1.CLAIM, _table1),
+    "depth": Comparison("Table 2", table2.CLAIM, _table2),
+    "moco": Comparison("Table 3", table3.CLAIM, _table3),
+}
 
 
 # ----------------------------------------------------------------------------- the plan
+
 
 def make_plan(claims: dict[str, Claim], power: float = 0.8, most: int = 20) -> dict[str, Any]:
     """Stage 1's plan: per claim stats.second_stage on seeds 0-2; the comparison trains the largest number, and
@@ -99,17 +109,28 @@ def make_plan(claims: dict[str, Claim], power: float = 0.8, most: int = 20) -> d
     plan = {}
     for name, c in claims.items():
         if missing := [s for s in FIRST_SEEDS if s not in c.differences]:
-            raise ValueError(f"{name}: the first stage has no difference at seeds {missing}; the sweep must repeat "
-                             f"its comparison's settings at seeds 1 and 2 (see configs/sweeps/quick/)")
+            raise ValueError(
+                f"{name}: the first stage has no difference at seeds {missing}; the sweep must repeat "
+                f"its comparison's settings at seeds 1 and 2 (see configs/sweeps/quick/)"
+            )
         first = [c.differences[s] for s in FIRST_SEEDS]
-        plan[name] = {"bound": c.bound, "above": c.above, "first": first,
-                      **second_stage(first, c.bound, LEVEL, power, most)}
+        plan[name] = {
+            "bound": c.bound,
+            "above": c.above,
+            "first": first,
+            **second_stage(first, c.bound, LEVEL, power, most),
+        }
     n = max(p["seeds"] for p in plan.values())
     for p in plan.values():
         effect = abs(p["first_mean"] - p["bound"]) / p["first_sd"] if p["first_sd"] > 0 else np.inf
         p["power_at_plan"] = float(decision_power(effect, n, LEVEL))
-    return {"first_seeds": list(FIRST_SEEDS), "new_seeds": list(range(len(FIRST_SEEDS), len(FIRST_SEEDS) + n)),
-            "power": power, "most": most, "claims": plan}
+    return {
+        "first_seeds": list(FIRST_SEEDS),
+        "new_seeds": list(range(len(FIRST_SEEDS), len(FIRST_SEEDS) + n)),
+        "power": power,
+        "most": most,
+        "claims": plan,
+    }
 
 
 def load_plan(figures_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -118,8 +139,9 @@ def load_plan(figures_dir: str | Path) -> dict[str, dict[str, Any]]:
     return runs.read_json(path)["comparisons"] if path.exists() else {}
 
 
-def fixed_plan(figures_dir: str | Path, item: str, claims: dict[str, Claim], power: float = 0.8,
-               most: int = 20) -> dict[str, Any]:
+def fixed_plan(
+    figures_dir: str | Path, item: str, claims: dict[str, Claim], power: float = 0.8, most: int = 20
+) -> dict[str, Any]:
     """The comparison's plan: made from stage 1 and written the first time, afterwards read and checked, so that no
     later number can move it. (Lost, it is made again from the same cached first stage, identically.)"""
     path = Path(figures_dir) / PLAN
@@ -130,12 +152,20 @@ def fixed_plan(figures_dir: str | Path, item: str, claims: dict[str, Claim], pow
         doc["comparisons"][item] = made
         runs.write_json(path, doc)
         return made
-    same = old.keys() == made.keys() and old["claims"].keys() == made["claims"].keys() and all(
-        np.allclose(old["claims"][k]["first"], made["claims"][k]["first"], rtol=0, atol=1e-6) for k in made["claims"])
+    same = (
+        old.keys() == made.keys()
+        and old["claims"].keys() == made["claims"].keys()
+        and all(
+            np.allclose(old["claims"][k]["first"], made["claims"][k]["first"], rtol=0, atol=1e-6)
+            for k in made["claims"]
+        )
+    )
     if not same or (old["power"], old["most"]) != (power, most):
-        raise ValueError(f"{path} fixed {item}'s plan from another first stage or design (power {old['power']}, at "
-                         f"most {old['most']}; first differences {[c['first'] for c in old['claims'].values()]}): a "
-                         f"plan must not follow the data; delete the file only if the first stage changed on purpose")
+        raise ValueError(
+            f"{path} fixed {item}'s plan from another first stage or design (power {old['power']}, at "
+            f"most {old['most']}; first differences {[c['first'] for c in old['claims'].values()]}): a "
+            f"plan must not follow the data; delete the file only if the first stage changed on purpose"
+        )
     return old
 
 
@@ -159,8 +189,14 @@ def repeat_at(sweep_runs: list[SweepRun], seeds: list[int]) -> list[SweepRun]:
     return out
 
 
-def run(name: str, sweep_runs: list[SweepRun], results_dir: Path, figures_dir: Path, settings: dict[str, Any],
-        run_sweep: Callable[[list[SweepRun]], pd.DataFrame]) -> pd.DataFrame:
+def run(
+    name: str,
+    sweep_runs: list[SweepRun],
+    results_dir: Path,
+    figures_dir: Path,
+    settings: dict[str, Any],
+    run_sweep: Callable[[list[SweepRun]], pd.DataFrame],
+) -> pd.DataFrame:
     """Stage 1 (the sweep as written), the plan, stage 2 (its new seeds) of the comparison judged on sweep `name`."""
     run_sweep(sweep_runs)
     comparison = COMPARISONS[name]
@@ -171,6 +207,7 @@ def run(name: str, sweep_runs: list[SweepRun], results_dir: Path, figures_dir: P
 
 
 # ----------------------------------------------------------------------------- the verdict
+
 
 def _judged(claim: Claim, new: list[int]) -> dict[str, Any] | None:
     """stats.decide on the planned new seeds alone; None until every one of them has a difference."""
@@ -184,15 +221,23 @@ def judge(comparison: Comparison, claims: dict[str, Claim], plan: dict[str, Any]
     side, fails when any lies wholly on the other, undecided otherwise (still undecided at the plan, or not all of
     its seeds finished)."""
     if plan is None:
-        return verdict(comparison.item, comparison.claim, None, "no plan: run `make decide` (the first stage fixes "
-                       "it)", ["decide_intervals"])
+        return verdict(
+            comparison.item,
+            comparison.claim,
+            None,
+            "no plan: run `make decide` (the first stage fixes it)",
+            ["decide_intervals"],
+        )
     new, parts, outcomes = plan["new_seeds"], [], []
     for name, c in claims.items():
         p, r = plan["claims"][name], _judged(c, new)
         done = sum(s in c.differences for s in new)
-        first = (f"{name}: first stage (seeds 0-2) " + ", ".join(f"{d:+.2f}" for d in p["first"])
-                 + f", mean {p['first_mean']:+.2f} sd {p['first_sd']:.2f}, planned {len(new)} new seeds (power "
-                 f"{p['power_at_plan']:.2f} at that mean; at most {plan['most']})")
+        first = (
+            f"{name}: first stage (seeds 0-2) "
+            + ", ".join(f"{d:+.2f}" for d in p["first"])
+            + f", mean {p['first_mean']:+.2f} sd {p['first_sd']:.2f}, planned {len(new)} new seeds (power "
+            f"{p['power_at_plan']:.2f} at that mean; at most {plan['most']})"
+        )
         if r is None:
             outcomes.append(None)
             parts.append(f"{first}; {done} of {len(new)} planned new seeds finished, not judged")
@@ -200,8 +245,10 @@ def judge(comparison: Comparison, claims: dict[str, Claim], plan: dict[str, Any]
         outcomes.append(r["holds"])
         word = "holds" if r["holds"] else "fails" if r["holds"] is False else "still undecided"
         side = "above" if c.above else "below"
-        parts.append(f"{first}; second stage: mean {r['mean']:+.2f} {c.unit}, {LEVEL:.0%} CI [{r['low']:+.2f}, "
-                     f"{r['high']:+.2f}] over {r['n']} new seeds ({side} {c.bound:+g} claimed): {word}")
+        parts.append(
+            f"{first}; second stage: mean {r['mean']:+.2f} {c.unit}, {LEVEL:.0%} CI [{r['low']:+.2f}, "
+            f"{r['high']:+.2f}] over {r['n']} new seeds ({side} {c.bound:+g} claimed): {word}"
+        )
     holds = False if False in outcomes else True if all(o is True for o in outcomes) else None
     return verdict(comparison.item, comparison.claim, holds, "; ".join(parts), ["decide_intervals"])
 
@@ -215,13 +262,28 @@ def summary(plans: dict[str, dict[str, Any]], claims: dict[str, dict[str, Claim]
             p = plan["claims"][name] if plan else {}
             new = plan["new_seeds"] if plan else []
             r = _judged(c, new) if plan else None
-            rows.append({"item": item, "claim": name, "bound": f"{'>' if c.above else '<'} {c.bound:+g} {c.unit}",
-                         "first mean": p.get("first_mean", np.nan), "first sd": p.get("first_sd", np.nan),
-                         "planned": len(new), "power": p.get("power_at_plan", np.nan),
-                         "spent": sum(s in c.differences for s in new),
-                         **({"mean": r["mean"], "low": r["low"], "high": r["high"],
-                             "verdict": {True: "holds", False: "fails", None: "undecided"}[r["holds"]]} if r else
-                            {"mean": np.nan, "low": np.nan, "high": np.nan, "verdict": "not judged"})})
+            rows.append(
+                {
+                    "item": item,
+                    "claim": name,
+                    "bound": f"{'>' if c.above else '<'} {c.bound:+g} {c.unit}",
+                    "first mean": p.get("first_mean", np.nan),
+                    "first sd": p.get("first_sd", np.nan),
+                    "planned": len(new),
+                    "power": p.get("power_at_plan", np.nan),
+                    "spent": sum(s in c.differences for s in new),
+                    **(
+                        {
+                            "mean": r["mean"],
+                            "low": r["low"],
+                            "high": r["high"],
+                            "verdict": {True: "holds", False: "fails", None: "undecided"}[r["holds"]],
+                        }
+                        if r
+                        else {"mean": np.nan, "low": np.nan, "high": np.nan, "verdict": "not judged"}
+                    ),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -234,8 +296,10 @@ def figure(plans: dict[str, dict[str, Any]], claims: dict[str, dict[str, Claim]]
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, (item, name, c) in zip(axes.flat, panels):
         new = plans[item]["new_seeds"] if item in plans else []
-        stages = {"first stage": [s for s in FIRST_SEEDS if s in c.differences],
-                  "second stage": [s for s in new if s in c.differences]}
+        stages = {
+            "first stage": [s for s in FIRST_SEEDS if s in c.differences],
+            "second stage": [s for s in new if s in c.differences],
+        }
         right = max(c.differences) + 2 if c.differences else 2
         for (label, seeds), colour, dx in zip(stages.items(), ("0.55", "C0"), (0, 1.5)):
             if seeds:
@@ -248,7 +312,7 @@ def figure(plans: dict[str, dict[str, Any]], claims: dict[str, dict[str, Claim]]
         seeds = sorted(c.differences)
         ax.set_xticks([*seeds, right, right + 1.5], [*map(str, seeds), "CI 1", "CI 2"], fontsize="x-small")
         ax.set(title=f"{item}: {name}", xlabel="seed, then each stage's interval", ylabel=c.unit)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize="small")
     fig.tight_layout()

@@ -14,6 +14,7 @@ collective on it (init_from_env, collective_device). Under `torchrun --max-resta
 restarts the whole group, which resumes from the run's last saved state (train.py). The tests run all of this
 with gloo on the CPU (tests/test_distributed.py); the NCCL path has not yet run on GPUs.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,11 @@ def init_from_env(device: torch.device) -> tuple[torch.device, int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"
         if restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            raise ValueError("torchrun --max-restarts would restart the processes on the store of their first start, "
-                             "whose stale addresses fail the new group (pytorch#135712): launch torchrun with "
-                             "--standalone (or --rdzv-backend c10d) and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+            raise ValueError(
+                "torchrun --max-restarts would restart the processes on the store of their first start, "
+                "whose stale addresses fail the new group (pytorch#135712): launch torchrun with "
+                "--standalone (or --rdzv-backend c10d) and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
+            )
         if device.type == "cuda":
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
@@ -73,7 +76,7 @@ def shard(global_idx: Tensor) -> Tensor:
     if len(global_idx) % world:
         raise ValueError(f"batch size {len(global_idx)} does not divide by {world} processes; choose a multiple")
     size = len(global_idx) // world
-    return global_idx[rank * size:(rank + 1) * size]
+    return global_idx[rank * size : (rank + 1) * size]
 
 
 def all_gather(x: Tensor) -> list[Tensor]:
@@ -101,7 +104,7 @@ class _Gather(torch.autograd.Function):
         dist.all_reduce(grad)
         rank, world = rank_world()
         size = len(grad) // world
-        return grad[rank * size:(rank + 1) * size]
+        return grad[rank * size : (rank + 1) * size]
 
 
 def gather(x: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ uniformity, the spectrum's decay), for choosing encoders without labels (noteboo
 kind's features are (the sentences' on the run's device, on the same held-out sample as its L_uniform).
 With `snapshots`, the same metrics on the output tap at each snapshot epoch of the run (Fig. 8 trajectories).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,18 +51,19 @@ class EvalConfig:
     cached features), adam-full (the paper's protocol: Adam on fresh augmented crops every epoch), sgd-full
     (the protocol of its ImageNet-100 MoCo experiments: SGD, lr 10, on fresh crops; probe_epochs 60 for the
     paper's) or sgd-lincls (the official MoCo code's ImageNet protocol, Table 5: SGD, lr 30; probe_epochs 100)."""
+
     kind: str = "classify"
     probe: str = "lbfgs"
     l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     l2_folds: int = 3
-    probe_epochs: int = 100         # adam and adam-full
-    decoder_epochs: int = 120       # depth: the depth decoder's epochs (the paper's 120; its lr steps scale along)
-    taps: tuple[str, ...] = ()      # () = the kind's: fc7 and output (classify), conv5 and conv4 (depth)
+    probe_epochs: int = 100  # adam and adam-full
+    decoder_epochs: int = 120  # depth: the depth decoder's epochs (the paper's 120; its lr steps scale along)
+    taps: tuple[str, ...] = ()  # () = the kind's: fc7 and output (classify), conv5 and conv4 (depth)
     knn_k: int = 5
-    cv_folds: int = 5               # k-fold CV on the labeled train split (Table 1 selection); 0 skips it
-    snapshots: bool = False         # also evaluate the run's snapshot epochs (Fig. 8 trajectories)
-    max_examples: int = 0           # sentences: > 0 evaluates each task on a seeded class-balanced sample of this size
-    seed: int = 0                   # CV folds, validation pairs and probe batches
+    cv_folds: int = 5  # k-fold CV on the labeled train split (Table 1 selection); 0 skips it
+    snapshots: bool = False  # also evaluate the run's snapshot epochs (Fig. 8 trajectories)
+    max_examples: int = 0  # sentences: > 0 evaluates each task on a seeded class-balanced sample of this size
+    seed: int = 0  # CV folds, validation pairs and probe batches
 
     def __post_init__(self) -> None:
         if self.kind not in EVALUATIONS:
@@ -69,8 +71,14 @@ class EvalConfig:
         object.__setattr__(self, "taps", tuple(self.taps) or EVALUATIONS[self.kind].taps)
         if self.probe not in PROBES:
             raise ValueError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
-        for key, least in (("probe_epochs", 1), ("decoder_epochs", 1), ("knn_k", 1), ("cv_folds", 0), ("l2_folds", 2),
-                           ("max_examples", 0)):
+        for key, least in (
+            ("probe_epochs", 1),
+            ("decoder_epochs", 1),
+            ("knn_k", 1),
+            ("cv_folds", 0),
+            ("l2_folds", 2),
+            ("max_examples", 0),
+        ):
             if getattr(self, key) < least:
                 raise ValueError(f"{key} must be >= {least}, got {getattr(self, key)}")
         if self.cv_folds == 1:
@@ -82,8 +90,11 @@ class EvalConfig:
     HASHED_UNLESS = {"max_examples": 0, "decoder_epochs": 120}
 
     def hashed(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
+        d = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])
+        }
         return {**d, "l2_grid": list(d["l2_grid"]), "taps": list(d["taps"]), "eval_version": EVAL_VERSION}
 
     @classmethod
@@ -107,8 +118,13 @@ def load_record(run_dir: str | Path, cfg: EvalConfig) -> dict[str, Any] | None:
     return record if record is not None and set(LABEL_FREE) <= set(record["results"]) else None
 
 
-def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
-                 data_dir: str = "data", progress: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    device: str = "auto",
+    data_dir: str = "data",
+    progress: bool = True,
+) -> dict[str, Any]:
     """The evaluation record of a finished run for `cfg`: read when it exists, else computed and written to
     run_dir/evals/<kind>-<hash>.json. Returns {"config", "run", "results", "trajectory", "seconds"}. Its results
     hold the label-free statistics too (metrics.LABEL_FREE); a record written before they existed gets them
@@ -125,8 +141,11 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     data = data.to(device)
     kind = EVALUATIONS[cfg.kind]
     if record is None:
-        record = {"config": config, "run": run_dir.name, **_evaluate(encoder, train_cfg, data, cfg, kind, run_dir,
-                                                                     device, data_dir, progress)}
+        record = {
+            "config": config,
+            "run": run_dir.name,
+            **_evaluate(encoder, train_cfg, data, cfg, kind, run_dir, device, data_dir, progress),
+        }
     record["results"].update(label_free(kind.features(encoder, data, cfg, device)))
     record["seconds"] = round(record.get("seconds", 0) + time.perf_counter() - t0, 2)
     record["device"] = str(device)
@@ -134,8 +153,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig = EvalConfig(), device: st
     return record
 
 
-def _evaluate(encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, device, data_dir: str,
-              progress: bool) -> dict[str, Any]:
+def _evaluate(
+    encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, device, data_dir: str, progress: bool
+) -> dict[str, Any]:
     """The kind's results of the encoder, and with `snapshots` of each snapshot epoch's encoder (the trajectory,
     its points with their label-free statistics; the record's results get theirs in evaluate_run)."""
     tau = Objective.parse(train_cfg.objective).param("contrastive")
@@ -144,8 +164,9 @@ def _evaluate(encoder, train_cfg, data, cfg: EvalConfig, kind, run_dir: Path, de
     trajectory = []
     if cfg.snapshots:
         snap_cfg = dataclasses.replace(cfg, **kind.snapshot)
-        for epoch in tqdm(train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False,
-                          disable=not progress):
+        for epoch in tqdm(
+            train_cfg.snapshot_epochs, desc=f"snapshots {run_dir.name}", leave=False, disable=not progress
+        ):
             snap, _, _ = load_encoder(run_dir, device, data_dir, snapshot=epoch)
             point = kind.run(snap, data, snap_cfg, device, tau, batch, taps=("output",))
             trajectory.append({"epoch": epoch, **point, **label_free(kind.features(snap, data, snap_cfg, device))})

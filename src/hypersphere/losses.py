@@ -3,6 +3,7 @@ objective `w_c L_contrastive(tau) + w_a L_align(alpha) + w_u L_uniform(t)` that 
 
 All losses compute in at least float32 whatever the input precision (under `bf16`, autocast on CUDA feeds them bf16).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,6 +57,7 @@ def _autocast_off(device_type: str):
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     import contextlib
+
     return contextlib.nullcontext()
 
 
@@ -80,7 +82,7 @@ def _uniform_factored(x: Tensor, t: float, with_grad: bool):
         flat = x.new_empty(sum((i1 - i0) * (n - i0) for i0, i1 in spans))
         blocks, offset = [], 0
         for i0, i1 in spans:
-            block = flat[offset:offset + (i1 - i0) * (n - i0)].view(i1 - i0, n - i0)
+            block = flat[offset : offset + (i1 - i0) * (n - i0)].view(i1 - i0, n - i0)
             offset += block.numel()
             torch.addmm(zero, x[i0:i1], x[i0:].T, beta=0, alpha=2 * t, out=block)
             blocks.append(block)
@@ -105,7 +107,7 @@ def _uniform_factored(x: Tensor, t: float, with_grad: bool):
         for (i0, i1), block in zip(spans, blocks):
             m[i0:i1].addmm_(block, w[i0:])
             if i1 < n:
-                m[i1:].addmm_(block[:, i1 - i0:].T, w[i0:i1])
+                m[i1:].addmm_(block[:, i1 - i0 :].T, w[i0:i1])
     eu = m[:, -1]
     total = torch.dot(u, eu)  # the intermediate products E_ij u_j >= exp(l_ij): none underflows before its term
     if not n * (n - 1) * info.tiny / info.eps <= total.item() < math.inf:
@@ -211,9 +213,11 @@ def barlow_loss(x: Tensor, y: Tensor, lambd: float) -> Tensor:
     """Barlow Twins (Zbontar et al. 2021, Eq. 1) on the embeddings before l2-normalisation: C is the cross-correlation
     of the two views with every dimension standardised over the batch (as the official code's affine-free
     BatchNorm: biased variance, eps 1e-5); sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2."""
+
     def standardise(v: Tensor) -> Tensor:
         v = _fp32(v)
         return (v - v.mean(0)) / (v.var(0, unbiased=False) + 1e-5).sqrt()
+
     c = standardise(x).T @ standardise(y) / len(x)
     on = (c.diagonal() - 1).pow(2).sum()
     return on + lambd * (c.pow(2).sum() - c.diagonal().pow(2).sum())
@@ -238,8 +242,13 @@ def predictive_loss(p: tuple[Tensor, Tensor], t: tuple[Tensor, Tensor]) -> Tenso
     """BYOL's loss (Grill et al. 2020, Eq. 2), symmetrised: the mean over both directions of
     ||p_1 / |p_1| - t_2 / |t_2| ||^2 = 2 - 2 cos(p_1, t_2), the targets t without gradient. SimSiam (Chen & He
     2021) minimises -cos with the same stop-gradient, the same objective up to 2 - 2 cos = 2 (1 + D)."""
-    return sum((2 - 2 * F.cosine_similarity(_fp32(a), _fp32(b).detach(), dim=1)).mean()
-               for a, b in ((p[0], t[1]), (p[1], t[0]))) / 2
+    return (
+        sum(
+            (2 - 2 * F.cosine_similarity(_fp32(a), _fp32(b).detach(), dim=1)).mean()
+            for a, b in ((p[0], t[1]), (p[1], t[0]))
+        )
+        / 2
+    )
 
 
 def queue_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
@@ -310,9 +319,9 @@ def _fmt(v: float) -> str:
 
 @dataclass(frozen=True)
 class Term:
-    name: str      # a key of TERMS
+    name: str  # a key of TERMS
     weight: float
-    param: float   # tau, alpha, t or scale
+    param: float  # tau, alpha, t or scale
 
     def __str__(self) -> str:
         weight = "" if self.weight == 1 else f"{_fmt(self.weight)}*"
@@ -327,6 +336,7 @@ class Objective:
     Calling it on the two views' features returns the total and each unweighted term; uniformity averages
     the two views, as the paper does (Sec. 4). The `xent` term needs the head's logits and the labels.
     """
+
     terms: tuple[Term, ...]
 
     @classmethod
@@ -386,10 +396,18 @@ class Objective:
     def uses(self, names: tuple[str, ...]) -> bool:
         return any(term.name in names for term in self.terms)
 
-    def __call__(self, zx: Tensor, zy: Tensor | None = None, logits: Tensor | None = None,
-                 labels: Tensor | None = None, queue: Tensor | None = None, intra_batch: bool = True,
-                 raw: tuple[Tensor, Tensor] | None = None, predicted: tuple[Tensor, Tensor] | None = None,
-                 targets: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self,
+        zx: Tensor,
+        zy: Tensor | None = None,
+        logits: Tensor | None = None,
+        labels: Tensor | None = None,
+        queue: Tensor | None = None,
+        intra_batch: bool = True,
+        raw: tuple[Tensor, Tensor] | None = None,
+        predicted: tuple[Tensor, Tensor] | None = None,
+        targets: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """`raw`: both views' embeddings before l2-normalisation (Barlow Twins, VICReg); `predicted`: the
         predictor's outputs on both views, `targets`: what they predict (BYOL: the EMA encoder's outputs; SimSiam:
         zx and zy themselves, detached in the loss)."""
@@ -398,13 +416,19 @@ class Objective:
         values: dict[str, Tensor] = {}
         for term in self.terms:
             if term.name == "contrastive":
-                values[term.name] = (contrastive_loss(zx, zy, term.param) if queue is None
-                                     else queue_contrastive_loss(zx, zy, queue, term.param))
+                values[term.name] = (
+                    contrastive_loss(zx, zy, term.param)
+                    if queue is None
+                    else queue_contrastive_loss(zx, zy, queue, term.param)
+                )
             elif term.name == "align":
                 values[term.name] = align_loss(zx, zy, term.param)
             elif term.name == "uniform":
-                values[term.name] = ((uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2 if queue is None
-                                     else queue_uniform_loss(zx, queue, term.param, intra_batch))
+                values[term.name] = (
+                    (uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2
+                    if queue is None
+                    else queue_uniform_loss(zx, queue, term.param, intra_batch)
+                )
             elif term.name == "ntxent":
                 values[term.name] = ntxent_loss(zx, zy, term.param)
             elif term.name == "barlow":

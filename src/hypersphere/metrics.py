@@ -10,6 +10,7 @@ L_uniform in every evaluation record (`label_free`; the study is notebook 10_bey
                     around their mean direction, which plain L_uniform confounds with that direction's weight;
   eigen_decay       alpha of a power law lambda_k ~ k^-alpha fitted to the covariance spectrum (Agrawal et al. 2022,
                     alpha-ReQ), whose claim is that alpha near 1 is best."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ def check_unit_norm(f: Tensor, normalize: bool = False) -> Tensor:
         return torch.nn.functional.normalize(f, dim=1)
     err = (f.norm(dim=1) - 1).abs().max().item() if len(f) else 0.0
     if not err <= UNIT_NORM_TOL:
-        raise ValueError(f"features are not unit-norm (max | ||f|| - 1 | = {err:.3g}): l2-normalise them "
-                         "first (F.normalize(f, dim=1)) or pass normalize=True")
+        raise ValueError(
+            f"features are not unit-norm (max | ||f|| - 1 | = {err:.3g}): l2-normalise them "
+            "first (F.normalize(f, dim=1)) or pass normalize=True"
+        )
     return f
 
 
@@ -61,7 +64,7 @@ def uniformity(f: Tensor, t: float = 2.0, normalize: bool = False, block: int = 
     lse = []
     for i in range(0, n, block):
         for j in range(i, n, block):
-            logits = gaussian_logits(f[i:i + block], f[j:j + block], t)
+            logits = gaussian_logits(f[i : i + block], f[j : j + block], t)
             if i == j:  # diagonal block: strict upper triangle only
                 logits = logits[torch.triu(torch.ones_like(logits, dtype=torch.bool), diagonal=1)]
             lse.append(torch.logsumexp(logits.flatten(), dim=0).double())
@@ -69,8 +72,13 @@ def uniformity(f: Tensor, t: float = 2.0, normalize: bool = False, block: int = 
 
 
 @torch.no_grad()
-def uniformity_se(fs: Sequence[Tensor], t: float = 2.0, normalize: bool = False, block: int = 4096,
-                  values: Sequence[float] | None = None) -> float:
+def uniformity_se(
+    fs: Sequence[Tensor],
+    t: float = 2.0,
+    normalize: bool = False,
+    block: int = 4096,
+    values: Sequence[float] | None = None,
+) -> float:
     """Standard error of sum_m L_uniform(f_m; t) (a single term, or a sentence's f and g terms) over n points, the
     rows of each f_m [n, d_m], as an estimate of its value on the distribution they are independent draws from.
 
@@ -91,13 +99,13 @@ def uniformity_se(fs: Sequence[Tensor], t: float = 2.0, normalize: bool = False,
     q = torch.zeros((), dtype=torch.float64, device=fs[0].device)
     for i in range(0, n, block):
         for j in range(i, n, block):
-            c = sum(gaussian_logits(f[i:i + block], f[j:j + block], t).double().exp() / um for f, um in zip(fs, u))
+            c = sum(gaussian_logits(f[i : i + block], f[j : j + block], t).double().exp() / um for f, um in zip(fs, u))
             c -= len(fs)
             if i == j:
                 c.fill_diagonal_(0)
-            r[i:i + block] += c.sum(1)
+            r[i : i + block] += c.sum(1)
             if i != j:
-                r[j:j + block] += c.sum(0)
+                r[j : j + block] += c.sum(0)
             q += (1 if i == j else 2) * c.pow(2).sum()
     total, s, q = r.sum().item(), r.pow(2).sum().item(), q.item()
     cross, square = (s - q) / (n * (n - 1) * (n - 2)), q / (n * (n - 1))

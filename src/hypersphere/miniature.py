@@ -22,6 +22,7 @@ Images are smooth random colour fields (a 4 x 4 grid of random colours resized b
 realistic sizes and augmentations change them; sentences are drawn from a small Zipf-distributed vocabulary.
 Everything is seeded: the same call writes the same bytes.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -36,6 +37,7 @@ WORDS = 2000  # the miniature corpora's vocabulary
 def _fields(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """n smooth random colour fields as uint8 [n, h, w, 3]."""
     from PIL import Image
+
     out = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
         coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
@@ -88,16 +90,25 @@ def write_nyu(root: Path, n: int = 12, seed: int = 0, height: int = 480, width: 
         f.create_dataset("depths", data=depth)
     order = rng.permutation(n) + 1.0
     cut = max(1, min(n - 1, round(n * 795 / 1449)))
-    scipy.io.savemat(folder / NYU_FILES[1], {"trainNdxs": np.sort(order[:cut])[:, None],
-                                             "testNdxs": np.sort(order[cut:])[:, None]})
+    scipy.io.savemat(
+        folder / NYU_FILES[1], {"trainNdxs": np.sort(order[:cut])[:, None], "testNdxs": np.sort(order[cut:])[:, None]}
+    )
     return folder
 
 
-def write_imagefolder(root: Path, classes: int = 4, per_class: int = 8, val_per_class: int = 2, seed: int = 0,
-                      low: int = 64, high: int = 320) -> Path:
+def write_imagefolder(
+    root: Path,
+    classes: int = 4,
+    per_class: int = 8,
+    val_per_class: int = 2,
+    seed: int = 0,
+    low: int = 64,
+    high: int = 320,
+) -> Path:
     """root/{train,val}/<wnid>/*.JPEG, ImageNet's layout: JPEGs of random sizes in [low, high) px, the first file
     of each class greyscale (ImageNet has greyscale and CMYK files among its JPEGs)."""
     from PIL import Image
+
     rng, root = np.random.default_rng(seed), Path(root)
     for split, n in (("train", per_class), ("val", val_per_class)):
         for c in range(classes):
@@ -127,8 +138,9 @@ def _sentences(rng: np.random.Generator, probs: np.ndarray, n: int) -> str:
     return "".join(map(str.__add__, map(names.__getitem__, words), gaps))
 
 
-def write_bookcorpus(root: Path, n: int = 400, books: int = 8, labelled: int = 40, seed: int = 0,
-                     vectorized: bool = False) -> Path:
+def write_bookcorpus(
+    root: Path, n: int = 400, books: int = 8, labelled: int = 40, seed: int = 0, vectorized: bool = False
+) -> Path:
     """bookcorpus/book_k.txt in the books_large_p1.txt form that Quick-Thought used: one lowercased, tokenized
     sentence per line, `n` sentences over `books` files; mr/rt-polarity.{pos,neg} and cr/custrev.{pos,neg}, one
     snippet per line in Windows-1252 with its 0x85 ellipses and 0x92 apostrophes (MR's raw Cornell files).
@@ -139,8 +151,9 @@ def write_bookcorpus(root: Path, n: int = 400, books: int = 8, labelled: int = 4
     probs /= probs.sum()
     (root / "bookcorpus").mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(np.array_split(np.arange(n), books)):
-        text = (_sentences(rng, probs, len(part)) if vectorized
-                else "\n".join(_sentence(rng, probs) for _ in part) + "\n")
+        text = (
+            _sentences(rng, probs, len(part)) if vectorized else "\n".join(_sentence(rng, probs) for _ in part) + "\n"
+        )
         (root / "bookcorpus" / f"book_{k:04d}.txt").write_text(text, encoding="utf-8")
     from .domains.text import CR_FILES, MR_FILES
 
@@ -167,8 +180,9 @@ def write(dataset: str, root: Path, n: int | None = None, seed: int = 0) -> Path
         write_nyu(root, n=n or 12, seed=seed)
     elif dataset in ("imagenet100", "imagenet"):
         per_class = max(2, (n or 32) // 4)
-        write_imagefolder(root / dataset, classes=4, per_class=per_class, val_per_class=max(2, per_class // 4),
-                          seed=seed)
+        write_imagefolder(
+            root / dataset, classes=4, per_class=per_class, val_per_class=max(2, per_class // 4), seed=seed
+        )
     elif dataset == "bookcorpus":
         write_bookcorpus(root, n=n or 400, seed=seed)
     else:

@@ -10,6 +10,7 @@ Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning", MoCo 
   "mocov2" of augment.RECIPES.
 - Linear evaluation: the probe "sgd-full" of evaluate.py (probes.MOCO_PROBE), with top-1 and top-5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,11 +29,13 @@ from . import distributed, resources
 
 # ----------------------------------------------------------------------------- encoders
 
+
 class MocoEncoder(nn.Module):
     """trunk (images -> pooled features, tap "penultimate") -> head -> l2-normalise (tap "output").
 
     The head is MoCo v1's Linear(width, dim), or with `mlp` MoCo v2's Linear(width, width)-ReLU-Linear(width, dim)
     (Chen et al. 2020). Same interface as models.TapEncoder: forward, forward_taps, feature_dims."""
+
     TAPS = ("penultimate", "output")
 
     def __init__(self, trunk: nn.Module, width: int, dim: int, mlp: bool):
@@ -40,8 +43,11 @@ class MocoEncoder(nn.Module):
         if dim < 2:
             raise ValueError(f"dim must be >= 2 (features live on S^(dim-1)), got {dim}")
         self.trunk = trunk
-        self.head = (nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
-                     if mlp else nn.Linear(width, dim))
+        self.head = (
+            nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+            if mlp
+            else nn.Linear(width, dim)
+        )
         self.feature_dims = {"penultimate": width, "output": dim}
 
     def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
@@ -68,21 +74,32 @@ def resnet50_moco(dim: int = 128, mlp: bool = True) -> MocoEncoder:
     return MocoEncoder(trunk, 2048, dim, mlp)
 
 
-def small_resnet_moco(dim: int = 128, mlp: bool = True, widths: Sequence[int] = (32, 64, 128, 256),
-                      blocks: Sequence[int] = (1, 1, 1, 1), in_channels: int = 3) -> MocoEncoder:
+def small_resnet_moco(
+    dim: int = 128,
+    mlp: bool = True,
+    widths: Sequence[int] = (32, 64, 128, 256),
+    blocks: Sequence[int] = (1, 1, 1, 1),
+    in_channels: int = 3,
+) -> MocoEncoder:
     """A ResNet for 24-32 px images on a CPU: the CIFAR stem (conv3x3 stride 1, no max-pool), then stages of
     torchvision BasicBlocks of `widths` (strides 1, 2, 2, 2), global average pooling (penultimate = widths[-1]).
     The defaults are ResNet-18's layout at half width with one block per stage; init as torchvision's ResNet."""
     from torchvision.models.resnet import BasicBlock, conv1x1
 
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                               nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+    ]
     c_in = widths[0]
     for stage, (width, n) in enumerate(zip(widths, blocks)):
         for b in range(n):
             stride = 2 if stage > 0 and b == 0 else 1
-            down = (nn.Sequential(conv1x1(c_in, width, stride), nn.BatchNorm2d(width))
-                    if stride != 1 or c_in != width else None)
+            down = (
+                nn.Sequential(conv1x1(c_in, width, stride), nn.BatchNorm2d(width))
+                if stride != 1 or c_in != width
+                else None
+            )
             layers.append(BasicBlock(c_in, width, stride, down))
             c_in = width
     trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -93,6 +110,7 @@ def small_resnet_moco(dim: int = 128, mlp: bool = True, widths: Sequence[int] = 
 
 
 # ----------------------------------------------------------------------------- MoCo
+
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
@@ -129,8 +147,14 @@ class MoCo(nn.Module):
     BatchNorm statistics for keys come from the same images as its queries.
     """
 
-    def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, seed: int = 0,
-                 intra_batch: bool = True):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        queue_size: int = 16384,
+        momentum: float = 0.999,
+        seed: int = 0,
+        intra_batch: bool = True,
+    ):
         super().__init__()
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
@@ -209,8 +233,7 @@ def read_classes(path: str | Path | None = None) -> list[str]:
     return wnids
 
 
-def build_imagenet100(imagenet_root: str | Path, out_root: str | Path,
-                      classes_file: str | Path | None = None) -> Path:
+def build_imagenet100(imagenet_root: str | Path, out_root: str | Path, classes_file: str | Path | None = None) -> Path:
     """out_root/{train,val}/<wnid> as symlinks to imagenet_root/{train,val}/<wnid> for the classes of
     `classes_file` (default: ImageNet-100), i.e. an ImageFolder tree of the subset. The val split must already
     be sorted into class folders. Idempotent: links that already point to the right folder are kept; anything
@@ -221,20 +244,24 @@ def build_imagenet100(imagenet_root: str | Path, out_root: str | Path,
     missing = [f"{s}/{w}" for s in splits for w in wnids if not (root / s / w).is_dir()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"ImageNet class folders missing under {root}: {', '.join(missing[:5])}{more}; "
-                                "point imagenet_root at a train/ + val/ tree with val sorted into class folders")
+        raise FileNotFoundError(
+            f"ImageNet class folders missing under {root}: {', '.join(missing[:5])}{more}; "
+            "point imagenet_root at a train/ + val/ tree with val sorted into class folders"
+        )
     for s in splits:
         (out / s).mkdir(parents=True, exist_ok=True)
         if extra := sorted(set(os.listdir(out / s)) - set(wnids)):
-            raise FileExistsError(f"{out / s} holds {extra[0]!r}, not a class of the classes file; "
-                                  "remove it or choose an empty out_root")
+            raise FileExistsError(
+                f"{out / s} holds {extra[0]!r}, not a class of the classes file; remove it or choose an empty out_root"
+            )
         for w in wnids:
             link, target = out / s / w, root / s / w
             if link.is_symlink() and Path(os.readlink(link)) == target:
                 continue
             if link.exists() or link.is_symlink():
-                raise FileExistsError(f"{link} exists and is not a link to {target}; remove it or choose an empty "
-                                      "out_root")
+                raise FileExistsError(
+                    f"{link} exists and is not a link to {target}; remove it or choose an empty out_root"
+                )
             link.symlink_to(target, target_is_directory=True)
     return out
 

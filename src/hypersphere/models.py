@@ -6,6 +6,7 @@ feature taps for the fast digits dataset. Both expose three taps for evaluation:
   "fc7"    penultimate activations (after BN + ReLU), what the paper's "fc7 + linear" rows probe,
   "output" the l2-normalised final features, what L_align / L_uniform act on.
 """
+
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -141,6 +142,7 @@ def group_batchnorm(module: nn.Module, groups: int) -> nn.Module:
     cat([views x, views y]) on 4 GPUs, so each GPU's BatchNorm sees half of one view's batch. The running
     statistics follow the first part only (DataParallel keeps device 0's buffers). Eval mode is unchanged; the
     weights and state_dict keys too. Returns `module`."""
+
     def forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
         if not bn.training:
             return type(bn).forward(bn, x)

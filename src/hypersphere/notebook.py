@@ -6,6 +6,7 @@ are written (the Makefile and the tests both call it).
 Writes build/<profile>/<notebook>.ipynb (through a temporary file, so a failed run leaves no executed copy)
 with the working directory `workdir`, where results/<profile>/ and figures/<profile>/ live.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,6 +23,7 @@ def parameters(profile: str, data_dir: str = "data", device: str = "auto") -> di
 def kernel() -> str:
     """The project's kernel when registered (`make setup` does it), else the running interpreter's python3."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     try:
         KernelSpecManager().get_kernel_spec("hypersphere")
         return "hypersphere"
@@ -29,8 +31,14 @@ def kernel() -> str:
         return "python3"
 
 
-def execute(notebook: str | Path, profile: str, workdir: str | Path = ".", data_dir: str = "data",
-            device: str = "auto", progress: bool = True) -> Path:
+def execute(
+    notebook: str | Path,
+    profile: str,
+    workdir: str | Path = ".",
+    data_dir: str = "data",
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
     import papermill
 
     prof = profiles.load(profile)
@@ -39,9 +47,14 @@ def execute(notebook: str | Path, profile: str, workdir: str | Path = ".", data_
     tmp = out.with_suffix(".tmp.ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
     (workdir / prof.figures_dir).mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(Path(notebook).resolve()), str(tmp),
-                               parameters=parameters(profile, data_dir, device),
-                               kernel_name=kernel(), cwd=str(workdir), progress_bar=progress,
-                               request_save_on_cell_execute=True)
+    papermill.execute_notebook(
+        str(Path(notebook).resolve()),
+        str(tmp),
+        parameters=parameters(profile, data_dir, device),
+        kernel_name=kernel(),
+        cwd=str(workdir),
+        progress_bar=progress,
+        request_save_on_cell_execute=True,
+    )
     os.replace(tmp, out)
     return out

@@ -1,6 +1,7 @@
 """One figure style for the whole project, atomic PNG+PDF saving, and the two feature-density panels
 of the paper's Figures 3 and 4 (Gaussian KDE of 2-d features in R^2, von Mises-Fisher KDE of their
 angles), written for any [N, 2] unit-norm features: synthetic samples here, real encoders later."""
+
 from __future__ import annotations
 
 import math
@@ -24,18 +25,20 @@ def set_style() -> None:
     """Paper-like rc: seaborn 'paper' context with ticks, STIX serif text and matching math text,
     embeddable (Type 42) fonts in PDFs."""
     sns.set_theme(context="paper", style="ticks", palette="colorblind", font_scale=1.2)
-    matplotlib.rcParams.update({
-        "font.family": "serif",
-        "font.serif": ["STIXGeneral", "DejaVu Serif"],
-        "mathtext.fontset": "stix",
-        "axes.titlesize": "medium",
-        "legend.frameon": False,
-        "figure.dpi": 100,
-        "savefig.dpi": DPI,
-        "savefig.bbox": "tight",
-        "pdf.fonttype": 42,
-        "ps.fonttype": 42,
-    })
+    matplotlib.rcParams.update(
+        {
+            "font.family": "serif",
+            "font.serif": ["STIXGeneral", "DejaVu Serif"],
+            "mathtext.fontset": "stix",
+            "axes.titlesize": "medium",
+            "legend.frameon": False,
+            "figure.dpi": 100,
+            "savefig.dpi": DPI,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+        }
+    )
 
 
 def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path) -> tuple[Path, Path]:
@@ -125,8 +128,11 @@ def learning_curves(table, points, acc: str = "val_output_linear"):
     epoch, one line per run labelled by its objective and learning rate (`table`: a sweep's results table,
     `points`: its .trajectories.csv)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
-    panels = [(acc, "validation accuracy (%), output + linear"), ("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
-              ("uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$")]
+    panels = [
+        (acc, "validation accuracy (%), output + linear"),
+        ("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
+        ("uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
+    ]
     for k, (_, row) in enumerate(table.iterrows()):
         t = points[points["run"] == row["run"]].sort_values("epoch")
         for ax, (col, _) in zip(axes, panels):

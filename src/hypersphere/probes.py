@@ -11,6 +11,7 @@
 - `cross_validate` on stratified folds of the labeled train split (Table 1 selects encoders by it).
 All accuracies are in percent. Everything runs on the encoder's (or features') device.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ class ProbeConfig:
     """A linear probe's optimiser and schedule. The defaults are the paper's Adam probe (Sec. 3): Adam(lr 1e-3,
     betas (0.5, 0.999)), batch 128, 100 epochs, lr x0.2 at 60% and 80% of them. MOCO_PROBE is the SGD protocol
     of its ImageNet-100 experiments (after CMC)."""
-    optimizer: str = "adam"         # adam | sgd (momentum, no weight decay)
+
+    optimizer: str = "adam"  # adam | sgd (momentum, no weight decay)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     momentum: float = 0.9
@@ -60,8 +62,9 @@ class ProbeConfig:
 MOCO_PROBE = ProbeConfig(optimizer="sgd", lr=10.0, batch_size=256, epochs=60, milestones=(30 / 60, 40 / 60, 50 / 60))
 # the official MoCo code's linear classification on ImageNet (main_lincls.py), Table 5's: SGD lr 30, batch 256,
 # 100 epochs, lr x0.1 at epochs 60 and 80, no weight decay, on RandomResizedCrop(224)'s default scale (0.08-1)
-LINCLS_PROBE = ProbeConfig(optimizer="sgd", lr=30.0, batch_size=256, epochs=100, milestones=(0.6, 0.8), gamma=0.1,
-                           crop_scale=(0.08, 1.0))
+LINCLS_PROBE = ProbeConfig(
+    optimizer="sgd", lr=30.0, batch_size=256, epochs=100, milestones=(0.6, 0.8), gamma=0.1, crop_scale=(0.08, 1.0)
+)
 
 
 def _device(encoder: nn.Module, device) -> torch.device:
@@ -69,8 +72,14 @@ def _device(encoder: nn.Module, device) -> torch.device:
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: Tensor, data: ImageData, taps: Sequence[str] = ("output",),
-                     batch_size: int = 512, device=None) -> dict[str, Tensor]:
+def extract_features(
+    encoder: nn.Module,
+    images: Tensor,
+    data: ImageData,
+    taps: Sequence[str] = ("output",),
+    batch_size: int = 512,
+    device=None,
+) -> dict[str, Tensor]:
     """Features of uint8 `images` at each tap, float32, on `device` (default: the encoder's).
 
     Eval mode, no grad, the evaluation transform of `data` (Resize(data.eval_resize) + CenterCrop(crop) +
@@ -86,8 +95,15 @@ def extract_features(encoder: nn.Module, images: Tensor, data: ImageData, taps: 
     return {tap: torch.cat(c) for tap, c in chunks.items()}
 
 
-def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim: int, num_classes: int,
-                  cfg: ProbeConfig, device, plan: Callable[[list[Tensor]], None] | None = None) -> nn.Linear:
+def _train_linear(
+    featurize: Callable[[Tensor], Tensor],
+    labels: Tensor,
+    in_dim: int,
+    num_classes: int,
+    cfg: ProbeConfig,
+    device,
+    plan: Callable[[list[Tensor]], None] | None = None,
+) -> nn.Linear:
     """Train a linear classifier with the paper's schedule; `featurize(idx)` gives the batch's features, and
     `plan`, if given, learns each epoch's batches first (streamed images decode them ahead: ImageFiles.plan).
 
@@ -98,8 +114,11 @@ def _train_linear(featurize: Callable[[Tensor], Tensor], labels: Tensor, in_dim:
     clf = nn.Linear(in_dim, num_classes).to(device)
     nn.init.zeros_(clf.weight)
     nn.init.zeros_(clf.bias)
-    opt = (torch.optim.Adam(clf.parameters(), lr=cfg.lr, betas=cfg.betas) if cfg.optimizer == "adam"
-           else torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum))
+    opt = (
+        torch.optim.Adam(clf.parameters(), lr=cfg.lr, betas=cfg.betas)
+        if cfg.optimizer == "adam"
+        else torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones(), cfg.gamma)
     labels = labels.to(device)
     for _ in range(cfg.epochs):
@@ -142,8 +161,9 @@ def linear_probe_cached(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: 
     """
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     train_f = train_f.float()
-    clf = _train_linear(lambda idx: train_f[idx.to(train_f.device)], train_y, train_f.shape[1],
-                        num_classes, cfg, train_f.device)
+    clf = _train_linear(
+        lambda idx: train_f[idx.to(train_f.device)], train_y, train_f.shape[1], num_classes, cfg, train_f.device
+    )
     return _accuracy(clf, val_f.float(), val_y)
 
 
@@ -159,12 +179,15 @@ def sanity_check(state_dict_before: dict[str, Tensor], encoder: nn.Module) -> No
         raise RuntimeError("sanity check failed: the encoder's state_dict keys changed during the linear probe")
     for k, v in after.items():
         if not torch.equal(v, state_dict_before[k].to(v.device)):
-            raise RuntimeError(f"sanity check failed: encoder entry {k!r} changed during the linear probe "
-                               "(the encoder must stay frozen: eval mode, no grad, not in the optimiser)")
+            raise RuntimeError(
+                f"sanity check failed: encoder entry {k!r} changed during the linear probe "
+                "(the encoder must stay frozen: eval mode, no grad, not in the optimiser)"
+            )
 
 
-def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeConfig,
-                      device=None) -> tuple[float, float]:
+def linear_probe_full(
+    encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeConfig, device=None
+) -> tuple[float, float]:
     """The paper's linear evaluation (Sec. 3): validation accuracy (%) of a linear classifier on `tap` of the
     frozen encoder (eval mode, no grad), trained each epoch on new random crops of the labeled train split,
     tested on evaluation-transform crops of the validation split: (top-1, top-5) accuracy (%), top-5 NaN with
@@ -178,8 +201,13 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
     (a mirrored digit is not a digit)."""
     device = _device(encoder, device)
     before = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    crops = replace(data.augment, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0,
-                    **({"scale": cfg.crop_scale} if cfg.crop_scale else {}))
+    crops = replace(
+        data.augment,
+        jitter=(0.0, 0.0, 0.0, 0.0),
+        grayscale_p=0.0,
+        blur_p=0.0,
+        **({"scale": cfg.crop_scale} if cfg.crop_scale else {}),
+    )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # augment() draws on the images' device
 
     @torch.no_grad()
@@ -188,8 +216,15 @@ def linear_probe_full(encoder: nn.Module, tap: str, data: ImageData, cfg: ProbeC
         return encoder.forward_taps(x, (tap,))[tap].float()
 
     with frozen(encoder):
-        clf = _train_linear(featurize, data.train_labels, encoder.feature_dims[tap], data.num_classes, cfg, device,
-                            getattr(data.train_images, "plan", None))
+        clf = _train_linear(
+            featurize,
+            data.train_labels,
+            encoder.feature_dims[tap],
+            data.num_classes,
+            cfg,
+            device,
+            getattr(data.train_images, "plan", None),
+        )
     val_f = extract_features(encoder, data.val_images, data, (tap,), device=device)[tap]
     sanity_check(before, encoder)
     return _top1_top5(clf, val_f, data.val_labels)
@@ -202,8 +237,9 @@ def _top1_top5(clf: nn.Linear, f: Tensor, y: Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def knn_accuracy(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, k: int = 5,
-                 chunk_size: int = 1024) -> float:
+def knn_accuracy(
+    train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, k: int = 5, chunk_size: int = 1024
+) -> float:
     """k-NN validation accuracy (%) (the paper's "5-NN" columns): cosine similarity between l2-normalised
     features, majority vote among the k most similar training points. Ties between classes with equally many
     votes go to the tied class whose best-ranked neighbour is nearest (for k = 5 with votes 2-2-1, the class of
@@ -216,9 +252,9 @@ def knn_accuracy(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor,
     correct = 0
     for f, y in zip(val_f.split(chunk_size), val_y.split(chunk_size)):
         sims = F.normalize(f.float().to(train_f.device), dim=1) @ train_f.T
-        nn_labels = train_y[sims.topk(k, dim=1).indices]                     # [n, k], nearest first
-        votes = F.one_hot(nn_labels, num_classes).sum(1)                     # [n, C]
-        neighbour_votes = votes.gather(1, nn_labels)                         # votes for each neighbour's class
+        nn_labels = train_y[sims.topk(k, dim=1).indices]  # [n, k], nearest first
+        votes = F.one_hot(nn_labels, num_classes).sum(1)  # [n, C]
+        neighbour_votes = votes.gather(1, nn_labels)  # votes for each neighbour's class
         first_winner = (neighbour_votes == neighbour_votes.max(1, keepdim=True).values).int().argmax(1)
         pred = nn_labels.gather(1, first_winner[:, None]).squeeze(1)
         correct += (pred == y.to(pred.device)).sum().item()
@@ -238,8 +274,13 @@ def stratified_folds(labels: Tensor, folds: int = 5, seed: int = 0) -> list[Tens
     return [torch.nonzero(fold_of == i).flatten() for i in range(folds)]
 
 
-def cross_validate(features: Tensor, labels: Tensor, probe_fn: Callable[[Tensor, Tensor, Tensor, Tensor], float],
-                   folds: int = 5, seed: int = 0) -> float:
+def cross_validate(
+    features: Tensor,
+    labels: Tensor,
+    probe_fn: Callable[[Tensor, Tensor, Tensor, Tensor], float],
+    folds: int = 5,
+    seed: int = 0,
+) -> float:
     """Mean accuracy of `probe_fn(train_f, train_y, val_f, val_y)` over stratified `folds`-fold CV of one labeled
     split (Table 1 picks encoders by 5-fold CV of output + linear accuracy on the STL-10 train split).
     Works with `partial(linear_probe_cached, cfg=...)` and `partial(knn_accuracy, k=5)`."""
@@ -255,9 +296,11 @@ def cross_validate(features: Tensor, labels: Tensor, probe_fn: Callable[[Tensor,
 
 # ----------------------------------------------------------------------------- converged logistic regression
 
+
 @torch.enable_grad()
-def fit_logistic(f: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int = 500,
-                 init: nn.Linear | None = None) -> tuple[nn.Linear, dict[str, float]]:
+def fit_logistic(
+    f: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int = 500, init: nn.Linear | None = None
+) -> tuple[nn.Linear, dict[str, float]]:
     """Multinomial logistic regression on standardised features s = (f - mean) / std (training statistics):
     min_{W,b} mean_i CE(W s_i + b, y_i) + l2/2 ||W||^2 (bias not penalised), solved by full-batch L-BFGS with
     a strong-Wolfe line search until the largest gradient entry is below 1e-4. The same problem as
@@ -275,8 +318,15 @@ def fit_logistic(f: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: in
             clf.weight.zero_(), clf.bias.zero_()
         else:
             clf.load_state_dict(init.state_dict())
-    opt = torch.optim.LBFGS(clf.parameters(), lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-4,
-                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        clf.parameters(),
+        lr=1,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-4,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> Tensor:
         opt.zero_grad(set_to_none=True)
@@ -286,8 +336,12 @@ def fit_logistic(f: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: in
 
     opt.step(objective)
     loss = objective()
-    info = {"iterations": opt.state[opt._params[0]]["n_iter"], "objective": loss.item(),
-            "grad_max": max(p.grad.abs().max().item() for p in clf.parameters()), "standardised": clf}
+    info = {
+        "iterations": opt.state[opt._params[0]]["n_iter"],
+        "objective": loss.item(),
+        "grad_max": max(p.grad.abs().max().item() for p in clf.parameters()),
+        "standardised": clf,
+    }
     raw = nn.Linear(f.shape[1], num_classes).to(f.device)
     with torch.no_grad():
         raw.weight.copy_(clf.weight / std)
@@ -313,8 +367,9 @@ def choose_l2(f: Tensor, y: Tensor, grid: Sequence[float], folds: int = 3, seed:
     return best, scores
 
 
-def lbfgs_probe(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, l2: float,
-                init: nn.Linear | None = None) -> tuple[float, dict]:
+def lbfgs_probe(
+    train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor, l2: float, init: nn.Linear | None = None
+) -> tuple[float, dict]:
     """Validation accuracy (%) of the converged logistic regression with penalty `l2`, and its convergence
     (info["standardised"] is the fit in standardised units, a warm start for fits on similar data)."""
     num_classes = int(max(train_y.max(), val_y.max())) + 1

@@ -14,6 +14,7 @@ The environment variable HYPERSPHERE_SIZES (JSON, {notebook: {size: value}}) rep
 only those: the rehearsal (rehearse.py) runs the paper profile's notebooks, code paths and all, at small sizes.
 A study of your own: `python -m hypersphere profile new NAME --from quick` copies a profile and its sweeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,13 +59,17 @@ class Profile:
         """The sizes `notebook` runs with at this profile (an error names the file to edit when absent), with those
         that $HYPERSPHERE_SIZES replaces (SIZES_VARIABLE)."""
         if notebook not in self.notebooks:
-            raise KeyError(f"profile {self.name!r} sets no sizes for notebook {notebook!r}: add them under "
-                           f"`notebooks:` in {path(self.name)}")
+            raise KeyError(
+                f"profile {self.name!r} sets no sizes for notebook {notebook!r}: add them under "
+                f"`notebooks:` in {path(self.name)}"
+            )
         sizes = dict(self.notebooks[notebook])
         replaced = json.loads(os.environ.get(SIZES_VARIABLE) or "{}").get(notebook, {})
         if unknown := set(replaced) - set(sizes):
-            raise KeyError(f"${SIZES_VARIABLE} sets sizes {sorted(unknown)} of {notebook} that profile {self.name!r} "
-                           f"does not: it can only replace {sorted(sizes)}")
+            raise KeyError(
+                f"${SIZES_VARIABLE} sets sizes {sorted(unknown)} of {notebook} that profile {self.name!r} "
+                f"does not: it can only replace {sorted(sizes)}"
+            )
         return {**sizes, **replaced}
 
 
@@ -79,12 +84,16 @@ def names() -> list[str]:
 def load(name: str) -> Profile:
     """The profile `name`, validated: its sweeps exist and workers is a positive number or "auto"."""
     if not path(name).exists():
-        raise FileNotFoundError(f"no profile {name!r} ({path(name)}); choose from {', '.join(names())} or create "
-                                f"one with `python -m hypersphere profile new {name} --from quick`")
+        raise FileNotFoundError(
+            f"no profile {name!r} ({path(name)}); choose from {', '.join(names())} or create "
+            f"one with `python -m hypersphere profile new {name} --from quick`"
+        )
     spec = userfiles.load_yaml(path(name), userfiles.PROFILE_KEYS, "a profile")
     if "sweeps" not in spec:
-        raise userfiles.UserFileError(f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
-                                      f"files of configs/sweeps/{name}/ (`sweeps: []` for none)")
+        raise userfiles.UserFileError(
+            f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
+            f"files of configs/sweeps/{name}/ (`sweeps: []` for none)"
+        )
     sweeps_dir = resources.configs() / "sweeps" / spec.get("sweeps_from", name)
     sweeps = tuple(spec["sweeps"] or [])
     if missing := [s for s in sweeps if not (sweeps_dir / f"{s}.yaml").exists()]:
@@ -95,12 +104,25 @@ def load(name: str) -> Profile:
         raise ValueError(f"{path(name)}: workers must be a positive integer or 'auto', got {spec.get('workers')!r}")
     decide = spec.get("decide") or {}
     power, most = decide.get("power", 0.8), decide.get("most", 20)
-    if (set(decide) - {"power", "most"} or not isinstance(power, (int, float)) or not 0 < power < 1
-            or not isinstance(most, int) or most < 2):
-        raise ValueError(f"{path(name)}: decide must be {{power: a number in (0, 1), most: an integer of 2 or more}}, "
-                         f"got {decide}")
-    return Profile(name, spec.get("description") or "", sweeps, workers,
-                   spec.get("notebooks") or {}, spec.get("sweeps_from", ""), decide)
+    if (
+        set(decide) - {"power", "most"}
+        or not isinstance(power, (int, float))
+        or not 0 < power < 1
+        or not isinstance(most, int)
+        or most < 2
+    ):
+        raise ValueError(
+            f"{path(name)}: decide must be {{power: a number in (0, 1), most: an integer of 2 or more}}, got {decide}"
+        )
+    return Profile(
+        name,
+        spec.get("description") or "",
+        sweeps,
+        workers,
+        spec.get("notebooks") or {},
+        spec.get("sweeps_from", ""),
+        decide,
+    )
 
 
 def new(name: str, base: str = "quick") -> Path:

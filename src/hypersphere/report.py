@@ -9,6 +9,7 @@ what changes from run to run, with the figures and the index into docs/<profile>
     python -m hypersphere report --profile quick
     python -m hypersphere publish --profile quick
 """
+
 from __future__ import annotations
 
 import html
@@ -27,12 +28,15 @@ from .items import ITEMS
 
 # ----------------------------------------------------------------------------- tables and verdicts
 
+
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     """A GitHub markdown table (pandas' to_markdown needs `tabulate`, which this project does not install)."""
+
     def cell(v):
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else format(v, floatfmt)
         return str(v).replace("|", r"\|")
+
     head = [str(c) for c in df.columns]
     rows = [[cell(v) for v in r] for r in df.itertuples(index=False)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -63,6 +67,7 @@ def read_verdicts(figures_dir: str | Path) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- the HTML report
 
+
 def _notebook_html(src: Path, dst: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
@@ -74,8 +79,11 @@ def _notebook_html(src: Path, dst: Path) -> None:
 def _table_html(markdown: str) -> str:
     """A table file written by `markdown_table` (a caption line, then the table) as an HTML table."""
     lines = [line for line in markdown.splitlines() if line.strip()]
-    rows = [[html.escape(c.strip().replace(r"\|", "|")) for c in line.strip("|").split(" | ")]
-            for line in lines if line.startswith("|") and not line.startswith("|---")]
+    rows = [
+        [html.escape(c.strip().replace(r"\|", "|")) for c in line.strip("|").split(" | ")]
+        for line in lines
+        if line.startswith("|") and not line.startswith("|---")
+    ]
     caption = " ".join(html.escape(line) for line in lines if not line.startswith("|"))
     if not rows:
         return ""
@@ -114,8 +122,12 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
         return f'<a href="{html.escape(os.path.relpath(path, out_dir))}">{html.escape(text)}</a>'
 
     def figure_links(names) -> str:
-        return " ".join(link(figures_dir / f"{name}.{ext}", f"{name}.{ext}") for name in names
-                        for ext in ("png", "pdf", "csv", "md", "tex") if (figures_dir / f"{name}.{ext}").exists())
+        return " ".join(
+            link(figures_dir / f"{name}.{ext}", f"{name}.{ext}")
+            for name in names
+            for ext in ("png", "pdf", "csv", "md", "tex")
+            if (figures_dir / f"{name}.{ext}").exists()
+        )
 
     def notebook_link(name: str) -> str:
         return link(out_dir / f"{name}{suffix}", name) if name in rendered else html.escape(name)
@@ -137,13 +149,22 @@ def write_index(build_dir: Path, figures_dir: Path, out_dir: Path, rendered: set
             rows.append((item, notebook_link(where), figure_cell(figures), "", "no verdict (see the notebook)", ""))
         for v in found:
             verdict = {True: "yes", False: "no", None: "undecided"}[v["holds"]]
-            rows.append((item, notebook_link(v["notebook"]), figure_cell(v["figures"] or figures),
-                         html.escape(v["claim"]), verdict, html.escape(v["evidence"])))
+            rows.append(
+                (
+                    item,
+                    notebook_link(v["notebook"]),
+                    figure_cell(v["figures"] or figures),
+                    html.escape(v["claim"]),
+                    verdict,
+                    html.escape(v["evidence"]),
+                )
+            )
     colour = {"yes": "#d4f4dd", "no": "#fbd9d3", "undecided": "#fff3c4"}
     body = "\n".join(
         f'<tr><td>{i}</td><td>{n}</td><td style="background:{colour.get(v, "none")}"><b>{v}</b></td>'
         f'<td>{c}</td><td>{e}</td><td>{f}</td></tr>'
-        for i, n, f, c, v, e in rows)
+        for i, n, f, c, v, e in rows
+    )
     profiles = sorted({v["profile"] for v in verdicts if v["profile"]})
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hypersphere replication report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse}}

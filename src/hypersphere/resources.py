@@ -4,6 +4,7 @@ In a checkout they are read from the repository, where a reader finds them; an i
 them inside the package (pyproject.toml maps them to hypersphere/configs and hypersphere/reference), so
 nothing here assumes an editable install or a working directory.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,10 @@ def _folder(in_package: str, in_repository: str) -> Path:
     for path in (_PACKAGE / in_package, _PACKAGE.parents[1] / in_repository):
         if path.is_dir():
             return path
-    raise FileNotFoundError(f"{in_repository}/ not found beside the package ({_PACKAGE}); reinstall hypersphere "
-                            f"(`make setup`, or pip install .) so that its shipped files come with it")
+    raise FileNotFoundError(
+        f"{in_repository}/ not found beside the package ({_PACKAGE}); reinstall hypersphere "
+        f"(`make setup`, or pip install .) so that its shipped files come with it"
+    )
 
 
 def configs() -> Path:
@@ -37,8 +40,11 @@ def reference(name: str) -> Path:
 
 
 # the appendix tables' loss columns: (term, weight column, parameter column, parameter name)
-LOSS_COLUMNS = (("contrastive", "contr_w", "contr_tau", "tau"), ("align", "align_w", "align_alpha", "alpha"),
-                ("uniform", "unif_w", "unif_t", "t"))
+LOSS_COLUMNS = (
+    ("contrastive", "contr_w", "contr_tau", "tau"),
+    ("align", "align_w", "align_alpha", "alpha"),
+    ("uniform", "unif_w", "unif_t", "t"),
+)
 
 
 def row_objective(row) -> str:
@@ -46,8 +52,11 @@ def row_objective(row) -> str:
     3*align(alpha=2) + uniform(t=3)."""
     from .losses import Objective
 
-    return str(Objective.parse(" + ".join(f"{row[w]:g}*{term}({p}={row[c]:g})"
-                                          for term, w, c, p in LOSS_COLUMNS if row[w] > 0)))
+    return str(
+        Objective.parse(
+            " + ".join(f"{row[w]:g}*{term}({p}={row[c]:g})" for term, w, c, p in LOSS_COLUMNS if row[w] > 0)
+        )
+    )
 
 
 def reference_table(name: str) -> pd.DataFrame:

@@ -13,6 +13,7 @@
 Training and evaluation are separate records: a new probe re-evaluates a cached encoder without
 retraining it. Every file is written atomically (temp file + rename), so a record is complete or absent.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,11 +95,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     except FileNotFoundError:
         raise RunError(f"no checkpoint at {path}: train that run first (`python -m hypersphere train ...`)") from None
     except Exception as e:  # truncated or foreign files raise many different errors inside torch
-        raise RunError(f"checkpoint {path} is corrupt or not a hypersphere checkpoint ({type(e).__name__}); "
-                       f"delete {Path(path).parent} to retrain that run") from None
+        raise RunError(
+            f"checkpoint {path} is corrupt or not a hypersphere checkpoint ({type(e).__name__}); "
+            f"delete {Path(path).parent} to retrain that run"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- training records
+
 
 def train_status(run_dir: Path, version: int) -> str:
     """done (finished by training code `version`), stale (finished by another version: retrain),
@@ -118,8 +122,9 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     config, summary = read_json(run_dir / CONFIG), read_json(run_dir / TRAIN)
     if summary.get("config_hash") != config_hash(config):
-        raise RunError(f"{run_dir / TRAIN} was produced by another config than {run_dir / CONFIG}; "
-                       f"delete {run_dir} to retrain it")
+        raise RunError(
+            f"{run_dir / TRAIN} was produced by another config than {run_dir / CONFIG}; delete {run_dir} to retrain it"
+        )
     return summary
 
 
@@ -136,8 +141,10 @@ def lock(run_dir: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = Path(path).read_text().strip() or "another process"
-            raise RunLocked(f"{Path(run_dir).name} is being trained by {holder}; it is skipped here "
-                            f"(rerun when that process has finished, or stop it)") from None
+            raise RunLocked(
+                f"{Path(run_dir).name} is being trained by {holder}; it is skipped here "
+                f"(rerun when that process has finished, or stop it)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
         yield
@@ -185,6 +192,7 @@ def snapshot_path(run_dir: Path, epoch: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- evaluation records
+
 
 def eval_path(run_dir: Path, kind: str, config: dict[str, Any]) -> Path:
     return Path(run_dir) / EVALS / f"{kind}-{config_hash(config)}.json"

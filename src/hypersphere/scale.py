@@ -43,6 +43,7 @@ batches, and their fourth size's error says by how much. Memory-mapped pages cou
 drop them). Times on a CPU, with other processes on its cores, are informative only (`make gpu-check` measures the
 paper's GPU time); DataLoader worker processes (a few decoded batches each) are not counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +67,15 @@ from tqdm.auto import tqdm
 
 from . import miniature, profiles, runs, sweep
 
-GB = 1024 ** 3
+GB = 1024**3
 HOST_GB = 64.0
 NOISE_GB = 2 / 1024  # a fresh process's peak RSS repeats to about this (allocator effects): the memory resolution
-FLOOR = 520          # examples of each split an evaluation passes over in batches (the code's are up to 512)
-STEPS = 2            # training steps measured per batch size (the time is their mean)
-CLASSES = 4          # classes of the miniature ImageNets
-BOOKS = 20           # books of the miniature BookCorpus: its held-out 5% of documents is then one book, 5%
-WIDTH = 4            # input channels a stand-in trunk reads
-JPEG_PX = (16, 48)   # the miniature ImageNets' JPEG sides (decoded to 256 px as ImageNet's are; decoding is fast)
+FLOOR = 520  # examples of each split an evaluation passes over in batches (the code's are up to 512)
+STEPS = 2  # training steps measured per batch size (the time is their mean)
+CLASSES = 4  # classes of the miniature ImageNets
+BOOKS = 20  # books of the miniature BookCorpus: its held-out 5% of documents is then one book, 5%
+WIDTH = 4  # input channels a stand-in trunk reads
+JPEG_PX = (16, 48)  # the miniature ImageNets' JPEG sides (decoded to 256 px as ImageNet's are; decoding is fast)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Paper:
     """A dataset at the paper's size: `n` examples over all the splits the loader reads (the x of the load's fits),
     `evaluated` those an evaluation reads (the x of its fits; BookCorpus's: eval_paper_n), `splits` their sizes
     (the miniatures keep their proportions), `text` as the table shows it."""
+
     n: int
     evaluated: int
     text: str
@@ -90,14 +92,17 @@ class Paper:
 
 
 PAPER = {
-    "stl10": Paper(113_000, 13_000, "105k train+unlabeled, 5k train, 8k test",
-                   {"unlabeled": 100_000, "train": 5_000, "test": 8_000}),
+    "stl10": Paper(
+        113_000,
+        13_000,
+        "105k train+unlabeled, 5k train, 8k test",
+        {"unlabeled": 100_000, "train": 5_000, "test": 8_000},
+    ),
     "cifar10": Paper(60_000, 60_000, "50k train, 10k test", {"train": 50_000, "test": 10_000}),
     "nyu-depth-v2": Paper(1_449, 1_449, "795 train, 654 test frames", {"train": 795, "test": 654}, "frames"),
     "imagenet100": Paper(131_689, 131_689, "126,689 train, 5k val (in memory)", {"train": 126_689, "val": 5_000}),
     "imagenet": Paper(1_331_167, 1_331_167, "1.28M train, 50k val (streamed)", {"train": 1_281_167, "val": 50_000}),
-    "bookcorpus": Paper(74_004_228, 3_700_211, "74.0M sentences (~985M words)", {"sentences": 74_004_228},
-                        "sentences"),
+    "bookcorpus": Paper(74_004_228, 3_700_211, "74.0M sentences (~985M words)", {"sentences": 74_004_228}, "sentences"),
 }
 
 
@@ -105,6 +110,7 @@ PAPER = {
 class Sizes:
     """Miniature sizes (write_miniature's n): `load` and `eval`, each three fitted sizes and a larger check. A size
     in both is one process that loads and evaluates."""
+
     load: tuple[int, int, int, int]
     eval: tuple[int, int, int, int]
 
@@ -120,10 +126,18 @@ SIZES = {  # the evaluations' sizes start where every split they read holds FLOO
 }
 # Training steps are measured at two batch sizes cut from the paper's (a CPU step of SmallAlexNet at the paper's
 # 1,024 takes minutes here, ResNet-50's at 256 longer) and projected linearly in the batch size.
-STEP_BATCHES = {"stl10": (8, 16), "cifar10": (8, 16), "nyu-depth-v2": (8, 16), "imagenet100": (2, 4),
-                "imagenet": (2, 4), "bookcorpus": (25, 50)}
-EVAL_AUGMENT = {"imagenet100": {"recipe": "mocov1", "crop_size": 32},  # 32 px crops (module docstring)
-                "imagenet": {"recipe": "mocov2", "crop_size": 32}}
+STEP_BATCHES = {
+    "stl10": (8, 16),
+    "cifar10": (8, 16),
+    "nyu-depth-v2": (8, 16),
+    "imagenet100": (2, 4),
+    "imagenet": (2, 4),
+    "bookcorpus": (25, 50),
+}
+EVAL_AUGMENT = {
+    "imagenet100": {"recipe": "mocov1", "crop_size": 32},  # 32 px crops (module docstring)
+    "imagenet": {"recipe": "mocov2", "crop_size": 32},
+}
 EVAL_CHEAP = {"probe_epochs": 1, "decoder_epochs": 1, "snapshots": False}  # nothing held per example changes
 EVAL_CHEAP_KIND = {"sentences": {"cv_folds": 2, "l2_folds": 2}}
 FULL_CROP_PROBES = ("adam-full", "sgd-full", "sgd-lincls")  # hold one batch of crops: the cached probe stands in
@@ -140,22 +154,30 @@ def cheap(evaluation):
 
 
 FIXES = {  # (dataset, phase) -> what to do when a projection is over the host limit
-    ("bookcorpus", "load"): "hold the token stream as packed memory-mapped arrays, not Python lists "
-                            "(domains/text.py)",
+    ("bookcorpus", "load"): "hold the token stream as packed memory-mapped arrays, not Python lists (domains/text.py)",
     ("bookcorpus", "eval"): "compute the held-out metrics and label-free statistics on a seeded sample of the "
-                            "held-out sentences, not on all of them (domains/text.py, metrics.py)",
+    "held-out sentences, not on all of them (domains/text.py, metrics.py)",
     ("imagenet100", "load"): "stream it from its JPEG files as ImageNet is (domains/image.py: "
-                             "_imagefolder(..., stream=True))",
+    "_imagefolder(..., stream=True))",
     ("imagenet100", "eval"): "stream it from its JPEG files as ImageNet is (domains/image.py)",
-    ("imagenet", "eval"): "keep the train features on the GPU or subsample them for k-NN (domains/image.py, "
-                          "probes.py)",
+    ("imagenet", "eval"): "keep the train features on the GPU or subsample them for k-NN (domains/image.py, probes.py)",
 }
 # imported once by the process that forks the measuring processes, so that a measurement holds no import
-PRELOAD = ("hypersphere.scale", "hypersphere.evaluate", "torchvision.datasets", "torchvision.transforms.v2.functional",
-           "h5py", "scipy.io", "sklearn.linear_model", "sklearn.model_selection", "torchcodec.decoders")
+PRELOAD = (
+    "hypersphere.scale",
+    "hypersphere.evaluate",
+    "torchvision.datasets",
+    "torchvision.transforms.v2.functional",
+    "h5py",
+    "scipy.io",
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    "torchcodec.decoders",
+)
 
 
 # ----------------------------------------------------------------------------------------------- fits
+
 
 def fit_line(x, y) -> tuple[float, float]:
     """Least-squares (a, b) of y = a + b x."""
@@ -175,6 +197,7 @@ class Fit:
     """How a quantity grows with the number of examples n: "line" a + b n, "power" a n^b, or "flat" a (no growth
     resolved over the fitted sizes); `exponent` is the log-log slope over the fitted sizes (1 linear, 0 constant,
     2 all pairs; nan where a value is not positive), reported whichever model projects."""
+
     model: str
     a: float
     b: float
@@ -182,7 +205,7 @@ class Fit:
 
     def __call__(self, n: float) -> float:
         if self.model == "power":
-            return self.a * n ** self.b
+            return self.a * n**self.b
         return self.a + (self.b * n if self.model == "line" else 0.0)
 
 
@@ -215,7 +238,7 @@ def noise_of(x, y, floor: float = NOISE_GB) -> float:
     """The measurements' noise: the rms residual of a line through all the sizes (at least `floor`)."""
     a, b = fit_line(x, y)
     residual = np.asarray(y, float) - a - b * np.asarray(x, float)
-    return max(floor, float(np.sqrt((residual ** 2).sum() / max(len(x) - 2, 1))))
+    return max(floor, float(np.sqrt((residual**2).sum() / max(len(x) - 2, 1))))
 
 
 def resolution(x, n: float, noise: float = NOISE_GB) -> float:
@@ -236,8 +259,10 @@ def step_projection(batches, y, batch: int, proportional: bool = False) -> float
 
 # ----------------------------------------------------------------------------------------------- miniatures
 
-def write_miniature(dataset: str, root: Path, n: int, seed: int = 0, evaluated: bool = False,
-                    floor: int | None = None) -> int:
+
+def write_miniature(
+    dataset: str, root: Path, n: int, seed: int = 0, evaluated: bool = False, floor: int | None = None
+) -> int:
     """`dataset` with about `n` examples over all splits in the paper's proportions, each split an evaluation
     passes over at least `floor` (FLOOR by default; module docstring), in its real on-disk format under `root`
     (miniature.py). With `evaluated`, `n` counts the splits the evaluation reads only (STL-10's train and test, 10
@@ -260,8 +285,15 @@ def write_miniature(dataset: str, root: Path, n: int, seed: int = 0, evaluated: 
         return max(10, n)
     if dataset in ("imagenet100", "imagenet"):
         train, val = (max(math.ceil(floor / CLASSES), round(n * share[k] / CLASSES)) for k in ("train", "val"))
-        miniature.write_imagefolder(root / dataset, classes=CLASSES, per_class=train, val_per_class=val, seed=seed,
-                                    low=JPEG_PX[0], high=JPEG_PX[1])
+        miniature.write_imagefolder(
+            root / dataset,
+            classes=CLASSES,
+            per_class=train,
+            val_per_class=val,
+            seed=seed,
+            low=JPEG_PX[0],
+            high=JPEG_PX[1],
+        )
         return CLASSES * (train + val)
     if dataset == "bookcorpus":
         miniature.write_bookcorpus(root, n=n, books=BOOKS, seed=seed, vectorized=True)
@@ -275,6 +307,7 @@ def eval_paper_n(dataset: str) -> int:
     n = PAPER[dataset].evaluated
     if dataset == "bookcorpus":
         from .domains import text
+
         n = min(n, getattr(text, "HELD_OUT_SAMPLE", n))
     return n
 
@@ -286,6 +319,7 @@ def _evaluated(data) -> int | None:
         return len(data.train_images) + len(data.val_images)
     if hasattr(data, "held"):
         from .domains import text
+
         return min(len(data.held), getattr(text, "HELD_OUT_SAMPLE", len(data.held)))
     return None
 
@@ -304,6 +338,7 @@ def paper_configs(profile: str) -> dict[str, tuple[Any, Any]]:
 
 # ----------------------------------------------------------------------------------------------- the stand-in
 
+
 def _standin_modules():
     """The stand-in modules (defined on first use: torch is imported by the measuring processes only)."""
     import torch
@@ -320,12 +355,12 @@ def _standin_modules():
             super().__init__()
             self.shape, k = tuple(shape), 1 if len(shape) == 3 else min(c_in, WIDTH)
             w = torch.randn(k, shape[0], generator=torch.Generator().manual_seed(seed))
-            self.register_buffer("w", w / k ** 0.5)
+            self.register_buffer("w", w / k**0.5)
 
         def forward(self, x):
             if len(self.shape) == 3:
                 return F.adaptive_avg_pool2d(x[:, :1], self.shape[1:]) * self.w.view(1, -1, 1, 1)
-            x = x[:, :len(self.w)]
+            x = x[:, : len(self.w)]
             return (x.flatten(2).mean(2) if x.dim() == 4 else x) @ self.w
 
     class GRU(nn.Module):
@@ -334,7 +369,7 @@ def _standin_modules():
 
         def __init__(self, input_size: int, hidden: int, seed: int):
             super().__init__()
-            w = torch.randn(2 * hidden, input_size, generator=torch.Generator().manual_seed(seed)) / input_size ** 0.5
+            w = torch.randn(2 * hidden, input_size, generator=torch.Generator().manual_seed(seed)) / input_size**0.5
             self.register_buffer("w", w)
 
         def forward(self, packed):
@@ -454,13 +489,15 @@ def _step(cfg, data, batch: int) -> dict[str, float]:
     state = train._fresh_state(cfg, data, objective, device, 0, 1, fresh=True)
     batches = train.batch_source(cfg, data, objective, state)
     if batches.batch < batch or batches.steps < STEPS:
-        raise ValueError(f"{batches.n} training examples hold fewer than {STEPS} batches of {batch}: lower the step "
-                         f"batches (--step-batches) or raise the sizes")
+        raise ValueError(
+            f"{batches.n} training examples hold fewer than {STEPS} batches of {batch}: lower the step "
+            f"batches (--step-batches) or raise the sizes"
+        )
     state.perm = batches.order(state.order)
     start = _settle()
     t0 = time.perf_counter()
     for step in range(STEPS):
-        loss, _ = batches.loss(state, step, state.perm[step * batch:(step + 1) * batch])
+        loss, _ = batches.loss(state, step, state.perm[step * batch : (step + 1) * batch])
         train._step(state, loss, cfg.clip_grad)
     return {"step_s": (time.perf_counter() - t0) / STEPS, "step_gb": _peak_since(start)}
 
@@ -478,8 +515,12 @@ def measure(cfg, evaluation=None, step_batch: int | None = None, out: dict | Non
     start = _settle()
     t0 = time.perf_counter()
     data = train.load_data(cfg)
-    out.update(load_s=time.perf_counter() - t0, load_gb=_peak_since(start), examples=_examples(data),
-               evaluated=_evaluated(data))
+    out.update(
+        load_s=time.perf_counter() - t0,
+        load_gb=_peak_since(start),
+        examples=_examples(data),
+        evaluated=_evaluated(data),
+    )
     out["held_gb"] = (_settle() - start) / GB
     if evaluation is not None:
         t0 = time.perf_counter()
@@ -522,8 +563,10 @@ def _run_child(ctx, spec: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- measuring (parent)
 
-def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[int, int], work: Path, ctx,
-                    bar: tqdm | None = None) -> dict[str, Any]:
+
+def measure_dataset(
+    dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[int, int], work: Path, ctx, bar: tqdm | None = None
+) -> dict[str, Any]:
     """Write the miniatures of `dataset`, measure each size in its own process (the load; the evaluation at the
     eval sizes) and the training step at each of `batches` (on a small miniature, step_size). Returns the raw
     measurements: {"points": [...], "steps": [...]}, each with its size and the examples written."""
@@ -540,8 +583,14 @@ def measure_dataset(dataset: str, cfg, evaluation, sizes: Sizes, batches: tuple[
 
     root = work / dataset / "step"  # a step does not depend on the dataset's size: a small miniature serves
     written = write_miniature(dataset, root, step_size(dataset, batches), floor=STEPS * batches[-1])
-    steps = [{"batch": b, "n": written, **child({"cfg": replace(cfg, data_dir=str(root)), "step_batch": b},
-                                                f"step at batch {b}")} for b in batches]
+    steps = [
+        {
+            "batch": b,
+            "n": written,
+            **child({"cfg": replace(cfg, data_dir=str(root)), "step_batch": b}, f"step at batch {b}"),
+        }
+        for b in batches
+    ]
     shutil.rmtree(root, ignore_errors=True)
     for phase, n in _plan(dataset, sizes):
         root = work / dataset / f"{phase}-{n}"
@@ -564,11 +613,14 @@ def _plan(dataset: str, sizes: Sizes) -> list[tuple[str, int]]:
     both (its load then counts for the load's fit and its evaluation for the evaluation's)."""
     if dataset in SEPARATE_EVAL:
         return [("load", n) for n in sizes.load] + [("eval", n) for n in sizes.eval]
-    return [("both" if n in sizes.load and n in sizes.eval else "load" if n in sizes.load else "eval", n)
-            for n in sorted(set(sizes.load) | set(sizes.eval))]
+    return [
+        ("both" if n in sizes.load and n in sizes.eval else "load" if n in sizes.load else "eval", n)
+        for n in sorted(set(sizes.load) | set(sizes.eval))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- analysis
+
 
 def _series(points: list[dict], phase: str, sizes: tuple[int, ...], key: str, x: str = "n"):
     """(x, y) of `key` over `sizes` from the points measuring `phase` ("load" or "eval"; "both" serves either)."""
@@ -586,12 +638,17 @@ def _error(measured: dict[str, Any]) -> str | None:
 
 
 QUANTITIES = (  # (key, phase, x, noise): what is fitted, on which measurements, against what
-    ("load_gb", "load", "n", NOISE_GB), ("held_gb", "load", "n", NOISE_GB), ("load_s", "load", "n", 0.0),
-    ("own_gb", "eval", "evaluated", NOISE_GB), ("eval_s", "eval", "evaluated", 0.0))
+    ("load_gb", "load", "n", NOISE_GB),
+    ("held_gb", "load", "n", NOISE_GB),
+    ("load_s", "load", "n", 0.0),
+    ("own_gb", "eval", "evaluated", NOISE_GB),
+    ("eval_s", "eval", "evaluated", 0.0),
+)
 
 
-def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float = HOST_GB,
-            sizes: Sizes | None = None) -> dict[str, Any]:
+def analyse(
+    dataset: str, measured: dict[str, Any], batch: int, host_gb: float = HOST_GB, sizes: Sizes | None = None
+) -> dict[str, Any]:
     """One row of the table from a dataset's measurements. The load's peak, the data it leaves held and the load's
     time are fitted against the examples written and projected to the paper's; the evaluation's own part (its peak
     less the data held) and time against the examples it reads (eval_paper_n). Each projection is `project_fit`'s, each
@@ -600,14 +657,24 @@ def analyse(dataset: str, measured: dict[str, Any], batch: int, host_gb: float =
     to the paper's `batch`."""
     sizes, paper = sizes or SIZES[dataset], PAPER[dataset]
     n_eval = eval_paper_n(dataset)
-    row: dict[str, Any] = {"dataset": dataset, "paper_n": paper.n, "eval_n": n_eval, "paper": paper.text,
-                           "unit": paper.unit, "batch": batch, "load_sizes": list(sizes.load),
-                           "eval_sizes": list(sizes.eval)}
+    row: dict[str, Any] = {
+        "dataset": dataset,
+        "paper_n": paper.n,
+        "eval_n": n_eval,
+        "paper": paper.text,
+        "unit": paper.unit,
+        "batch": batch,
+        "load_sizes": list(sizes.load),
+        "eval_sizes": list(sizes.eval),
+    }
     points = measured["points"]
     if short := [p for p in points if p.get("examples") is not None and p["examples"] < 0.9 * p["n"]]:
-        return {**row, "verdict": "error",
-                "message": f"the loader read {short[0]['examples']:,} of the {short[0]['n']:,} {paper.unit} written "
-                           f"(size {short[0]['size']:,}): its reader of the real format loses examples"}
+        return {
+            **row,
+            "verdict": "error",
+            "message": f"the loader read {short[0]['examples']:,} of the {short[0]['n']:,} {paper.unit} written "
+            f"(size {short[0]['size']:,}): its reader of the real format loses examples",
+        }
     if error := _error(measured):
         return {**row, "verdict": "error", "message": error}
     for p in points:
@@ -642,19 +709,26 @@ def limit_messages(rows: list[dict[str, Any]], host_gb: float) -> list[str]:
     out = []
     for r in rows:
         if r["verdict"] == "error":
-            out.append(f"scale: {r['dataset']} could not be measured: {r['message']}; fix its loader or evaluation "
-                       f"for the real format (miniature.py writes it)")
+            out.append(
+                f"scale: {r['dataset']} could not be measured: {r['message']}; fix its loader or evaluation "
+                f"for the real format (miniature.py writes it)"
+            )
         elif r["need_gb"] > host_gb:
             phase = r["need_phase"]
-            fix = FIXES.get((r["dataset"], phase),
-                            f"use a host with at least {math.ceil(r['need_gb'])} GB (--host-gb) or stream the dataset")
-            out.append(f"scale: {r['dataset']} needs ~{_gb(r['need_gb'])} GB of host memory to "
-                       f"{'load' if phase == 'load' else 'evaluate'} at the paper's {r['paper_n']:,} {r['unit']}, "
-                       f"over the {host_gb:g} GB limit (--host-gb): {fix}")
+            fix = FIXES.get(
+                (r["dataset"], phase),
+                f"use a host with at least {math.ceil(r['need_gb'])} GB (--host-gb) or stream the dataset",
+            )
+            out.append(
+                f"scale: {r['dataset']} needs ~{_gb(r['need_gb'])} GB of host memory to "
+                f"{'load' if phase == 'load' else 'evaluate'} at the paper's {r['paper_n']:,} {r['unit']}, "
+                f"over the {host_gb:g} GB limit (--host-gb): {fix}"
+            )
     return out
 
 
 # ----------------------------------------------------------------------------------------------- output
+
 
 def _gb(v: float) -> str:
     return f"{v:,.2f}" if abs(v) < 1 else f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
@@ -667,8 +741,16 @@ def _seconds(s: float) -> str:
 def table(rows: list[dict[str, Any]], host_gb: float) -> str:
     """The printed table: one row per dataset (markdown). GB are projected to the paper's size, with their
     resolution (±) and the fourth size's check; the step is a CPU step projected to the paper's batch."""
-    head = ("dataset", "paper size", "miniature sizes (load; eval)", "load GB @paper", "step (CPU) @paper batch",
-            "eval GB @paper", "check @4th size", "verdict")
+    head = (
+        "dataset",
+        "paper size",
+        "miniature sizes (load; eval)",
+        "load GB @paper",
+        "step (CPU) @paper batch",
+        "eval GB @paper",
+        "check @4th size",
+        "verdict",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         sizes = "; ".join("/".join(f"{s:,}" for s in r[k]) for k in ("load_sizes", "eval_sizes"))
@@ -677,13 +759,16 @@ def table(rows: list[dict[str, Any]], host_gb: float) -> str:
         else:
             load = f"{_gb(r['load_gb'])} ±{_gb(r['load_gb_resolution'])} (k={r['load_gb_exponent']:.2f})"
             ev = f"{_gb(r['eval_gb'])} ±{_gb(r['eval_gb_resolution'])} (own k={r['own_gb_exponent']:.2f})"
-            step = (f"{_seconds(r['step_s'])}, {_gb(r['step_gb'])} GB @{r['batch']} "
-                    f"(from {'/'.join(map(str, r['step_s_measured']))})")
+            step = (
+                f"{_seconds(r['step_s'])}, {_gb(r['step_gb'])} GB @{r['batch']} "
+                f"(from {'/'.join(map(str, r['step_s_measured']))})"
+            )
             check = f"load {r['load_gb_check']:+.0%}, eval {r['own_gb_check']:+.0%}"
-            verdict = {"over": f"OVER {host_gb:g} GB ({r['need_phase']})",
-                       "uncertain": f"UNCERTAIN: within {host_gb:g} GB only without its ± ({r['need_phase']})",
-                       "ok": f"ok: {_gb(r['need_gb'])} GB = {r['need_gb'] / host_gb:.0%} of {host_gb:g} "
-                             f"({r['need_phase']})"}[r["verdict"]]
+            verdict = {
+                "over": f"OVER {host_gb:g} GB ({r['need_phase']})",
+                "uncertain": f"UNCERTAIN: within {host_gb:g} GB only without its ± ({r['need_phase']})",
+                "ok": f"ok: {_gb(r['need_gb'])} GB = {r['need_gb'] / host_gb:.0%} of {host_gb:g} ({r['need_phase']})",
+            }[r["verdict"]]
             cells = (r["dataset"], r["paper"], sizes, load, step, ev, check, verdict)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -692,23 +777,48 @@ def table(rows: list[dict[str, Any]], host_gb: float) -> str:
 def machine() -> dict[str, Any]:
     """This machine in a few words: CPU model, cores, memory, torch, the commit measured."""
     import torch
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "cpu")
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=Path(__file__).resolve().parent).stdout.strip()
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "cpu",
+    )
+
+    def git(*a):
+        return subprocess.run(
+            ["git", *a], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+        ).stdout.strip()
+
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
-    memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal")) * 1024 / GB
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(memory, 1),
-            "torch": torch.__version__, "commit": commit + dirty, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_average": os.getloadavg()}
+    memory = (
+        next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+        * 1024
+        / GB
+    )
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gb": round(memory, 1),
+        "torch": torch.__version__,
+        "commit": commit + dirty,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average": os.getloadavg(),
+    }
 
 
 def slug(m: dict[str, Any]) -> str:
     """A file name for the machine: its CPU model and cores (as bench/run.py names its results)."""
-    name = re.sub(r"\((r|tm)\)|\b(cpu|processor)\b|@.*?ghz|\b\d+-core\b", "", f"{m['cpu']}-{m['cores']}cores",
-                  flags=re.I)
+    name = re.sub(
+        r"\((r|tm)\)|\b(cpu|processor)\b|@.*?ghz|\b\d+-core\b", "", f"{m['cpu']}-{m['cores']}cores", flags=re.I
+    )
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
@@ -722,20 +832,40 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -
 
 # ----------------------------------------------------------------------------------------------- command
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="paper", help="the profile whose sweeps name the datasets and recipes")
     p.add_argument("--host-gb", type=float, default=HOST_GB, help=f"host memory limit in GB (default: {HOST_GB:g})")
-    p.add_argument("--datasets", nargs="*", default=None,
-                   help=f"a subset of {', '.join(PAPER)} (default: all the profile's)")
-    p.add_argument("--sizes", nargs="*", default=[], metavar="DATASET=A,B,C,D",
-                   help="miniature sizes (examples over all splits: three, then a larger check) for load and "
-                        "evaluation, e.g. bookcorpus=20000,40000,80000,160000")
-    p.add_argument("--step-batches", nargs="*", default=[], metavar="DATASET=B1,B2",
-                   help="the two cut batch sizes the step is measured at, e.g. stl10=16,32")
-    p.add_argument("--out", type=Path, default=None,
-                   help="the JSON file (and a .csv beside it; default: bench/results/scale-<machine>.json)")
-    p.add_argument("--work", type=Path, default=None,
-                   help="where the miniatures are written (default: a temporary folder, removed afterwards)")
+    p.add_argument(
+        "--datasets", nargs="*", default=None, help=f"a subset of {', '.join(PAPER)} (default: all the profile's)"
+    )
+    p.add_argument(
+        "--sizes",
+        nargs="*",
+        default=[],
+        metavar="DATASET=A,B,C,D",
+        help="miniature sizes (examples over all splits: three, then a larger check) for load and "
+        "evaluation, e.g. bookcorpus=20000,40000,80000,160000",
+    )
+    p.add_argument(
+        "--step-batches",
+        nargs="*",
+        default=[],
+        metavar="DATASET=B1,B2",
+        help="the two cut batch sizes the step is measured at, e.g. stl10=16,32",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the JSON file (and a .csv beside it; default: bench/results/scale-<machine>.json)",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where the miniatures are written (default: a temporary folder, removed afterwards)",
+    )
 
 
 def _overrides(items: list[str], count: int, what: str) -> dict[str, tuple[int, ...]]:
@@ -747,8 +877,10 @@ def _overrides(items: list[str], count: int, what: str) -> dict[str, tuple[int, 
         except ValueError:
             numbers = ()
         if name not in PAPER or len(numbers) != count or sorted(set(numbers)) != list(numbers) or numbers[0] < 1:
-            raise ValueError(f"--{what} {item!r}: expected DATASET={','.join('ABCD'[:count])}, a dataset of "
-                             f"{', '.join(PAPER)} and {count} increasing positive numbers")
+            raise ValueError(
+                f"--{what} {item!r}: expected DATASET={','.join('ABCD'[:count])}, a dataset of "
+                f"{', '.join(PAPER)} and {count} increasing positive numbers"
+            )
         out[name] = numbers
     return out
 
@@ -760,12 +892,15 @@ def run(args: argparse.Namespace) -> int:
     configs = paper_configs(args.profile)
     known = [d for d in PAPER if d in configs]
     if not known:
-        raise ValueError(f"profile {args.profile!r}'s sweeps use none of the paper's datasets ({', '.join(PAPER)}), "
-                         "which are what the scale model projects: use --profile paper")
+        raise ValueError(
+            f"profile {args.profile!r}'s sweeps use none of the paper's datasets ({', '.join(PAPER)}), "
+            "which are what the scale model projects: use --profile paper"
+        )
     datasets = args.datasets or known
     if unknown := [d for d in datasets if d not in known]:
-        raise ValueError(f"no scale model of {', '.join(unknown)} in profile {args.profile!r}: choose from "
-                         f"{', '.join(known)}")
+        raise ValueError(
+            f"no scale model of {', '.join(unknown)} in profile {args.profile!r}: choose from {', '.join(known)}"
+        )
     plan = {d: sizes.get(d, SIZES[d]) for d in datasets}
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))
@@ -782,16 +917,22 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    info = {"machine": machine(), "profile": args.profile, "host_gb": args.host_gb,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    info = {
+        "machine": machine(),
+        "profile": args.profile,
+        "host_gb": args.host_gb,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     print(table(rows, args.host_gb))
     out = args.out or Path("bench/results") / f"scale-{slug(info['machine'])}.json"
     print(f"{info['seconds']:.0f} s; written to {', '.join(map(str, write_outputs(out, rows, info)))}")
     for r in rows:
         if r["verdict"] == "uncertain":
-            print(f"scale: warning: {r['dataset']} is within {args.host_gb:g} GB only without the noise of its "
-                  f"measurements (±{_gb(r[r['need_phase'] + '_gb_resolution'])} GB): widen its sizes (--sizes)",
-                  file=sys.stderr)
+            print(
+                f"scale: warning: {r['dataset']} is within {args.host_gb:g} GB only without the noise of its "
+                f"measurements (±{_gb(r[r['need_phase'] + '_gb_resolution'])} GB): widen its sizes (--sizes)",
+                file=sys.stderr,
+            )
     messages = limit_messages(rows, args.host_gb)
     for line in messages:
         print(line, file=sys.stderr)

@@ -7,6 +7,7 @@ are chosen by hand.
 Every sampler takes an explicit torch.Generator and works on the generator's device; sampling runs
 in float64 and returns float32 points.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,9 @@ def sample_vmf_mixture(
     Figure 4's mixture is `sample_vmf_mixture(n, [[1, 0], [0, 1]], [1e3, 1], [0.4, 0.6], g)`.
     """
     if not len(mus) == len(kappas) == len(weights):
-        raise ValueError(f"need one mean, kappa and weight per component, got {len(mus)}, {len(kappas)}, "
-                         f"{len(weights)}")
+        raise ValueError(
+            f"need one mean, kappa and weight per component, got {len(mus)}, {len(kappas)}, {len(weights)}"
+        )
     w = torch.as_tensor(weights, dtype=torch.float64, device=generator.device)
     if (w < 0).any() or not w.sum() > 0:
         raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
@@ -158,10 +160,13 @@ def optimize_points(
 
 # ----------------------------------------------------------------------------- Theorem 1
 
+
 def _check_pairs(fx: Tensor, fy: Tensor, negatives: Tensor) -> None:
     if fx.shape != fy.shape or fx.ndim != 2 or negatives.ndim != 2 or negatives.shape[1] != fx.shape[1]:
-        raise ValueError(f"need fx, fy of one shape [K, d] and negatives [P, d], got {tuple(fx.shape)}, "
-                         f"{tuple(fy.shape)}, {tuple(negatives.shape)}")
+        raise ValueError(
+            f"need fx, fy of one shape [K, d] and negatives [P, d], got {tuple(fx.shape)}, "
+            f"{tuple(fy.shape)}, {tuple(negatives.shape)}"
+        )
 
 
 def contrastive_limit(fx: Tensor, fy: Tensor, negatives: Tensor, tau: float, chunk: int = 1024) -> Tensor:
@@ -175,20 +180,14 @@ def contrastive_limit(fx: Tensor, fy: Tensor, negatives: Tensor, tau: float, chu
     """
     _check_pairs(fx, fy, negatives)
     fx, fy, negatives = fx.double(), fy.double(), negatives.double()
-    log_mean = torch.cat([
-        torch.logsumexp((fy[i:i + chunk] / tau) @ negatives.T, dim=1) for i in range(0, len(fy), chunk)
-    ]) - math.log(len(negatives))
+    log_mean = torch.cat(
+        [torch.logsumexp((fy[i : i + chunk] / tau) @ negatives.T, dim=1) for i in range(0, len(fy), chunk)]
+    ) - math.log(len(negatives))
     return -(fx * fy).sum(1) / tau + log_mean
 
 
 def contrastive_loss_M(
-    fx: Tensor,
-    fy: Tensor,
-    negatives: Tensor,
-    tau: float,
-    M: int,
-    generator: torch.Generator,
-    chunk: int = 1024,
+    fx: Tensor, fy: Tensor, negatives: Tensor, tau: float, M: int, generator: torch.Generator, chunk: int = 1024
 ) -> Tensor:
     """Per positive pair, the InfoNCE term of L_contrastive(f; tau, M) (docs/paper.md, "Definitions"):
 
@@ -203,10 +202,10 @@ def contrastive_loss_M(
     fx, fy, negatives = fx.double(), fy.double(), negatives.double()
     out = []
     for i in range(0, len(fy), chunk):
-        scores = (fy[i:i + chunk] / tau) @ negatives.T                    # [chunk, P]
+        scores = (fy[i : i + chunk] / tau) @ negatives.T  # [chunk, P]
         idx = torch.randint(len(negatives), (len(scores), M), generator=generator, device=generator.device)
-        neg = scores.gather(1, idx.to(scores.device))                     # [chunk, M]
-        pos = (fx[i:i + chunk] * fy[i:i + chunk]).sum(1, keepdim=True) / tau
+        neg = scores.gather(1, idx.to(scores.device))  # [chunk, M]
+        pos = (fx[i : i + chunk] * fy[i : i + chunk]).sum(1, keepdim=True) / tau
         out.append(torch.logsumexp(torch.cat([pos, neg], dim=1), dim=1) - pos[:, 0])
     return torch.cat(out)
 
@@ -259,8 +258,10 @@ def circle_mixture_potential(
     """
     mus = torch.as_tensor(mus, dtype=torch.float64).cpu()
     if mus.ndim != 2 or mus.shape[1] != 2 or not len(mus) == len(kappas) == len(weights):
-        raise ValueError(f"need one 2-d mean direction, kappa and weight per component, got mus of shape "
-                         f"{tuple(mus.shape)}, {len(kappas)} kappas, {len(weights)} weights")
+        raise ValueError(
+            f"need one 2-d mean direction, kappa and weight per component, got mus of shape "
+            f"{tuple(mus.shape)}, {len(kappas)} kappas, {len(weights)} weights"
+        )
     angles = torch.atan2(mus[:, 1], mus[:, 0]).numpy()
     w = torch.as_tensor(weights, dtype=torch.float64).numpy()
     w = w / w.sum()

@@ -3,6 +3,7 @@ correlations with percentile-bootstrap confidence intervals, an out-of-sample (c
 combination of L_align and L_uniform, and "pick the encoder with the best score" as a selection rule; and for the
 claims judged over seeds, the Student-t interval rule (`decide`) and a two-stage design that plans the seeds an
 undecided claim needs (`second_stage`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,9 @@ def bootstrap_spearman(x, y, n_boot: int = 2000, level: float = 0.95, seed: int 
     return rho, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
 
 
-def bootstrap_spearman_difference(a, b, y, n_boot: int = 2000, level: float = 0.95,
-                                  seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_spearman_difference(
+    a, b, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """rho(a, y) - rho(b, y) and its paired percentile-bootstrap interval: both scores are ranked on the same
     resamples of the points, so what they share does not widen the interval. Returns (difference, low, high)."""
     a, b, y = (np.asarray(v, float) for v in (a, b, y))
@@ -73,8 +75,9 @@ def cv_predictions(X, y, folds: int = 5, repeats: int = 10, seed: int = 0) -> np
         X = X[:, None]
     n = len(y)
     if n < X.shape[1] + 3:
-        raise ValueError(f"need at least {X.shape[1] + 3} points to cross-validate a linear fit on "
-                         f"{X.shape[1]} metrics, got {n}")
+        raise ValueError(
+            f"need at least {X.shape[1] + 3} points to cross-validate a linear fit on {X.shape[1]} metrics, got {n}"
+        )
     rng = np.random.default_rng(seed)
     splits = [np.arange(n)] if folds >= n else [rng.permutation(n) % folds for _ in range(repeats)]
     pred = np.zeros(n)
@@ -107,8 +110,12 @@ def selection_rule(score, accuracy, higher_is_better: bool = True) -> dict[str, 
     if len(score) == 0:
         return {"chosen": float("nan"), "best": float("nan"), "median": float("nan"), "percentile": float("nan")}
     i = int(np.argmax(score) if higher_is_better else np.argmin(score))
-    return {"chosen": float(accuracy[i]), "best": float(accuracy.max()), "median": float(np.median(accuracy)),
-            "percentile": float(100 * (accuracy <= accuracy[i]).mean())}
+    return {
+        "chosen": float(accuracy[i]),
+        "best": float(accuracy.max()),
+        "median": float(np.median(accuracy)),
+        "percentile": float(100 * (accuracy <= accuracy[i]).mean()),
+    }
 
 
 def binomial_se(accuracy, n) -> np.ndarray:
@@ -182,20 +189,33 @@ def decide(differences, bound: float, above: bool, level: float = 0.95) -> dict[
     claimed, other = (low > bound, high < bound) if above else (high < bound, low > bound)
     holds = True if claimed else False if other else None
     needed = 0 if holds is not None else seeds_to_decide(mean, float(d.std(ddof=1)), bound, level)
-    return {"n": len(d), "mean": mean, "low": low, "high": high, "holds": holds,
-            "more_seeds": None if needed is None else max(0, needed - len(d))}
+    return {
+        "n": len(d),
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "holds": holds,
+        "more_seeds": None if needed is None else max(0, needed - len(d)),
+    }
 
 
 def describe(result: dict[str, Any], unit: str = "points", level: float = 0.95) -> str:
     """`decide`'s result as evidence: mean, interval, seeds and, when undecided, how many more would decide it."""
     if result["n"] < 2:
         more = result["more_seeds"]
-        return (f"{result['mean']:+.2f} {unit} from {result['n']} seed{'s' * (result['n'] != 1)}: no interval; run at "
-                f"least {more} more seed{'s' * (more != 1)}")
-    text = (f"mean {result['mean']:+.2f} {unit}, {level:.0%} CI [{result['low']:+.2f}, {result['high']:+.2f}] over "
-            f"{result['n']} seeds")
+        return (
+            f"{result['mean']:+.2f} {unit} from {result['n']} seed{'s' * (result['n'] != 1)}: no interval; run at "
+            f"least {more} more seed{'s' * (more != 1)}"
+        )
+    text = (
+        f"mean {result['mean']:+.2f} {unit}, {level:.0%} CI [{result['low']:+.2f}, {result['high']:+.2f}] over "
+        f"{result['n']} seeds"
+    )
     if result["holds"] is None:
         more = result["more_seeds"]
-        text += ("; no number of seeds would decide it at this mean" if more is None else
-                 f"; about {more} more seeds at this mean and spread would decide it")
+        text += (
+            "; no number of seeds would decide it at this mean"
+            if more is None
+            else f"; about {more} more seeds at this mean and spread would decide it"
+        )
     return text

@@ -19,6 +19,7 @@ re-evaluates every cached encoder without training; fine-tunes run after their p
 recorded as failed (rerun with --retry-failed), and the table results/<profile>/<sweep>.csv is rewritten
 atomically after every run.
 """
+
 from __future__ import annotations
 
 import collections
@@ -49,13 +50,14 @@ from .train import TRAIN_VERSION, Diverged, TrainConfig, train
 class SweepRun:
     config: TrainConfig
     evaluation: EvalConfig
-    origin: str                        # which entry of the sweep file made it (for messages)
-    paper: dict[str, Any]              # the paper's reported numbers for this config (table entries)
-    parent: str = ""                   # run_dir of the parent for fine-tunes
-    id: str = ""                       # the entry's `id`, so notebooks can pick named runs
+    origin: str  # which entry of the sweep file made it (for messages)
+    paper: dict[str, Any]  # the paper's reported numbers for this config (table entries)
+    parent: str = ""  # run_dir of the parent for fine-tunes
+    id: str = ""  # the entry's `id`, so notebooks can pick named runs
 
 
 # ----------------------------------------------------------------------------- reading sweep files
+
 
 def sweep_path(name: str, profile: str) -> Path:
     """A sweep file: a path to a .yaml file, or the name of one of the profile's sweeps (in its sweeps_dir)."""
@@ -66,8 +68,9 @@ def sweep_path(name: str, profile: str) -> Path:
     path = folder / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise FileNotFoundError(f"no sweep {name!r} for profile {profile!r} (looked at {path}); "
-                                f"known: {', '.join(known) or 'none'}")
+        raise FileNotFoundError(
+            f"no sweep {name!r} for profile {profile!r} (looked at {path}); known: {', '.join(known) or 'none'}"
+        )
     return path
 
 
@@ -81,8 +84,13 @@ def table_configs(path: Path, where: dict[str, Any]) -> list[tuple[dict[str, Any
         df = df[df[key].astype(str) == str(value)]
     out, seen = [], collections.Counter()
     for row in df.to_dict("records"):
-        config = {"objective": resources.row_objective(row), "epochs": int(row["epochs"]),
-                  "batch_size": int(row["batch_size"]), "lr": float(row["lr"]), "dim": int(row["dim"])}
+        config = {
+            "objective": resources.row_objective(row),
+            "epochs": int(row["epochs"]),
+            "batch_size": int(row["batch_size"]),
+            "lr": float(row["lr"]),
+            "dim": int(row["dim"]),
+        }
         if row.get("init") not in (None, "rand") and isinstance(row.get("init"), str):
             config["init"] = row["init"]
         if isinstance(row.get("init_marker"), str):
@@ -126,8 +134,9 @@ def _expand(entry: dict[str, Any]) -> Iterable[tuple[dict[str, Any], dict[str, A
         yield {**fixed, **dict(zip(grid, values))}, {}
 
 
-def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
-               eval_overrides: dict[str, Any] | None = None) -> list[SweepRun]:
+def load_sweep(
+    path: Path, overrides: dict[str, Any] | None = None, eval_overrides: dict[str, Any] | None = None
+) -> list[SweepRun]:
     """Expand and validate a sweep file; parents are ordered before their fine-tunes. `overrides` replace
     training defaults of every run, `eval_overrides` fields of the sweep's evaluation config."""
     spec = userfiles.load_yaml(path, userfiles.SWEEP_KEYS, "a sweep file")
@@ -160,8 +169,9 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
                 continue
             run_id = config.pop("id", None)
             try:
-                cfg = TrainConfig.from_dict({**config,
-                                             **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})})
+                cfg = TrainConfig.from_dict(
+                    {**config, **({"init": str(by_id[parent_id].run_dir())} if parent_id else {})}
+                )
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{origin}: {e}") from None
             try:
@@ -173,13 +183,15 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
             result.append(SweepRun(cfg, evaluation, origin, paper, cfg.init, str(run_id or "")))
         if len(waiting) == len(todo):
             origin, config, _ = waiting[0]
-            raise ValueError(f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines "
-                             f"with that id")
+            raise ValueError(
+                f"{origin}: fine-tunes from {config['init']!r}, which no entry of the sweep defines with that id"
+            )
         todo = waiting
     return result
 
 
 # ----------------------------------------------------------------------------- running
+
 
 def check_writable(*dirs: Path) -> None:
     """Fail at once, in one line, when an output directory cannot be written."""
@@ -249,15 +261,26 @@ def train_argv(cfg: TrainConfig) -> list[str]:
 def torchrun_command(cfg: TrainConfig, processes: int) -> list[str]:
     """torchrun training `cfg` on `processes` local processes; --standalone picks a free port (other jobs may hold
     torchrun's 29500)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "hypersphere", "train", "--quiet", *train_argv(cfg)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "hypersphere",
+        "train",
+        "--quiet",
+        *train_argv(cfg),
+    ]
 
 
 def run_torchrun(cfg: TrainConfig, evaluation: EvalConfig, processes: float) -> str:
     """Train one run with DDP on `processes` local processes (one per GPU; gloo on CPU), then evaluate it here."""
     if processes < 1 or processes != int(processes):
-        raise ValueError(f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), "
-                         f"got {processes}")
+        raise ValueError(
+            f"the torchrun executor needs a whole number of processes per run (--gpus-per-run), got {processes}"
+        )
     if cfg.init and runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
         return "waiting"
     done = subprocess.run(torchrun_command(cfg, int(processes)), capture_output=True, text=True)
@@ -276,9 +299,14 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
     for run in sweep_runs:
         cfg, run_dir = run.config, run.config.run_dir()
         state = runs.train_status(run_dir, TRAIN_VERSION)
-        row = {"run": run_dir.name, "run_dir": str(run_dir), "id": run.id, "status": state,
-               "objective": cfg.canonical_objective,
-               **{k: v for k, v in cfg.hashed().items() if k not in ("objective", "lr_decay_at", "snapshot_epochs")}}
+        row = {
+            "run": run_dir.name,
+            "run_dir": str(run_dir),
+            "id": run.id,
+            "status": state,
+            "objective": cfg.canonical_objective,
+            **{k: v for k, v in cfg.hashed().items() if k not in ("objective", "lr_decay_at", "snapshot_epochs")},
+        }
         row["init"] = Path(cfg.init).name if cfg.init else "rand"
         row["base_lr"] = cfg.base_lr  # the learning rate it trains with: lr, or the linear scaling rule's when lr is 0
         row["augment"] = str(cfg.augment or "")
@@ -296,8 +324,9 @@ def results_table(sweep_runs: list[SweepRun]) -> pd.DataFrame:
                 row["eval_seconds"] = record["seconds"]
         elif state == "failed":
             failed = runs.read_json(run_dir / runs.FAILED)
-            row.update({"failed_epoch": failed["epoch"], "failed_step": failed.get("step"),
-                        "failed_reason": failed["reason"]})
+            row.update(
+                {"failed_epoch": failed["epoch"], "failed_step": failed.get("step"), "failed_reason": failed["reason"]}
+            )
         rows.append({**row, **run.paper})
     return pd.DataFrame(rows)
 
@@ -316,14 +345,22 @@ def write_table(sweep_runs: list[SweepRun], path: Path) -> pd.DataFrame:
     df = results_table(sweep_runs)
     runs.atomic_write(Path(path), lambda f: f.write(df.to_csv(index=False).encode()))
     if len(traj := trajectories(sweep_runs)):
-        runs.atomic_write(Path(path).with_suffix(".trajectories.csv"),
-                          lambda f: f.write(traj.to_csv(index=False).encode()))
+        runs.atomic_write(
+            Path(path).with_suffix(".trajectories.csv"), lambda f: f.write(traj.to_csv(index=False).encode())
+        )
     return df
 
 
-def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", retry_failed: bool = False,
-              workers: int = 1, gpus_per_run: float = 0.0, cpus_per_run: int = 1,
-              progress: bool = True) -> pd.DataFrame:
+def run_sweep(
+    sweep_runs: list[SweepRun],
+    table: Path,
+    executor: str = "local",
+    retry_failed: bool = False,
+    workers: int = 1,
+    gpus_per_run: float = 0.0,
+    cpus_per_run: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Run every run whose record is missing (and failed ones with retry_failed), parents first.
 
     local: `workers` runs at a time (worker processes when > 1); ray: one Ray task per run, reserving
@@ -335,8 +372,11 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
     states = {id(r): status(r) for r in sweep_runs}
     todo = [r for r in sweep_runs if states[id(r)] in wanted]
     if stale := [r for r in sweep_runs if states[id(r)] == "stale"]:
-        print(f"{len(stale)} finished runs were trained by an older training-code version (now {TRAIN_VERSION}) "
-              f"and are retrained, e.g. {stale[0].config.run_dir().name}", file=sys.stderr)
+        print(
+            f"{len(stale)} finished runs were trained by an older training-code version (now {TRAIN_VERSION}) "
+            f"and are retrained, e.g. {stale[0].config.run_dir().name}",
+            file=sys.stderr,
+        )
     for run in todo:
         (run.config.run_dir() / runs.FAILED).unlink(missing_ok=True)
     bar = tqdm(total=len(todo), desc=f"sweep {Path(table).stem}", unit="run", disable=not progress)
@@ -352,27 +392,39 @@ def run_sweep(sweep_runs: list[SweepRun], table: Path, executor: str = "local", 
         for run in todo:
             finished(run, run_one(run.config, run.evaluation, cpus_per_run))
     elif executor == "local":
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=reset_start_method) as pool:
-            _schedule(todo, lambda run: pool.submit(run_one, run.config, run.evaluation, cpus_per_run),
-                      lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done)), finished)
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=reset_start_method
+        ) as pool:
+            _schedule(
+                todo,
+                lambda run: pool.submit(run_one, run.config, run.evaluation, cpus_per_run),
+                lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done)),
+                finished,
+            )
     elif executor == "torchrun":
         for run in todo:
             finished(run, run_torchrun(run.config, run.evaluation, gpus_per_run))
     elif executor == "ray":
         ray = _ray()
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(run_one)
-        _schedule(todo, lambda run: task.remote(run.config, run.evaluation, cpus_per_run),
-                  lambda refs: ray.wait(refs, num_returns=1)[0][0],
-                  finished, ray.get)
+        _schedule(
+            todo,
+            lambda run: task.remote(run.config, run.evaluation, cpus_per_run),
+            lambda refs: ray.wait(refs, num_returns=1)[0][0],
+            finished,
+            ray.get,
+        )
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local, torchrun or ray")
     bar.close()
     if todo:
-        print(f"{Path(table).stem}: " + ", ".join(f"{outcomes[k]} {k}" for k in ("trained", "evaluated", "failed")) +
-              (f"; {outcomes['busy']} skipped, being trained by another process" if outcomes["busy"] else "") +
-              (f"; {outcomes['waiting']} waiting for a parent that is not finished" if outcomes["waiting"] else ""),
-              file=sys.stderr)
+        print(
+            f"{Path(table).stem}: "
+            + ", ".join(f"{outcomes[k]} {k}" for k in ("trained", "evaluated", "failed"))
+            + (f"; {outcomes['busy']} skipped, being trained by another process" if outcomes["busy"] else "")
+            + (f"; {outcomes['waiting']} waiting for a parent that is not finished" if outcomes["waiting"] else ""),
+            file=sys.stderr,
+        )
     return write_table(sweep_runs, table)
 
 
@@ -383,8 +435,13 @@ def reset_start_method() -> None:
     multiprocessing.set_start_method(None, force=True)
 
 
-def _schedule(todo: list[SweepRun], submit: Callable, wait_one: Callable, finished: Callable[[SweepRun, str], None],
-              result: Callable = lambda future: future.result()) -> None:
+def _schedule(
+    todo: list[SweepRun],
+    submit: Callable,
+    wait_one: Callable,
+    finished: Callable[[SweepRun, str], None],
+    result: Callable = lambda future: future.result(),
+) -> None:
     """Submit every run whose parent is neither pending nor running, wait for one to finish, repeat:
     fine-tunes start once their parent's record is complete."""
     pending, running = list(todo), {}

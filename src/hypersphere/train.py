@@ -26,6 +26,7 @@ failure does); HYPERSPHERE_KILL_RUN=<run directory name> only that run of a swee
 run continues after its saved point and never reaches it again, so the hook fires at most once per run: torchrun's
 elastic restart, or the same command run again, completes the run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,35 +61,36 @@ TRAIN_VERSION = 4  # 4: views drawn for many batches at once (VIEW_VALUES)
 class TrainConfig:
     """Everything that defines one trained encoder. Defaults are the paper's STL-10 setup; the fields in
     NOT_HASHED say where or how to run, not what to compute, and do not change the run's name."""
+
     dataset: str = "stl10"
     objective: str = "align(alpha=2) + uniform(t=2)"  # see losses.Objective; "xent()" trains supervised
     augment: Any = ""  # "" (the dataset's recipe), a name of augment.RECIPES, or {recipe: name, field: value}
-    arch: str = "auto"              # smallalexnet | digitsnet | auto (the dataset's)
+    arch: str = "auto"  # smallalexnet | digitsnet | auto (the dataset's)
     dim: int = 128
-    init: str = ""                  # "" (from scratch) or a finished run directory to fine-tune from (Fig. 8)
-    epochs: int = 200               # 0 keeps the randomly initialised encoder (Fig. 3, first row)
+    init: str = ""  # "" (from scratch) or a finished run directory to fine-tune from (Fig. 8)
+    epochs: int = 200  # 0 keeps the randomly initialised encoder (Fig. 3, first row)
     batch_size: int = 768
-    lr: float = 0.0                 # 0: linear scaling, 0.12 per 256 images of batch
+    lr: float = 0.0  # 0: linear scaling, 0.12 per 256 images of batch
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    optimizer: str = "sgd"          # sgd (momentum above) | adam (Quick-Thought, Fig. 9b; needs an explicit lr)
-    clip_grad: float = 0.0          # > 0: clip the gradients' global norm to this (Quick-Thought: 0.5)
+    optimizer: str = "sgd"  # sgd (momentum above) | adam (Quick-Thought, Fig. 9b; needs an explicit lr)
+    clip_grad: float = 0.0  # > 0: clip the gradients' global norm to this (Quick-Thought: 0.5)
     lr_decay_at: tuple[float, ...] = (155 / 200, 170 / 200, 185 / 200)  # fractions of the schedule
-    cosine: bool = False            # a cosine schedule over the epochs instead of the steps of lr_decay_at (MoCo v2)
+    cosine: bool = False  # a cosine schedule over the epochs instead of the steps of lr_decay_at (MoCo v2)
     seed: int = 0
     snapshot_epochs: tuple[int, ...] = ()  # also keep the weights at these epochs (Fig. 8 trajectories)
     # MoCo (Fig. 9a, Tables 3 and 5): a queue of past keys from an EMA key encoder; 0 keeps the in-batch losses
     queue: int = 0
     ema: float = 0.999
-    intra_batch: bool = True        # L_uniform also over distinct pairs of the batch's queries (paper appendix)
+    intra_batch: bool = True  # L_uniform also over distinct pairs of the batch's queries (paper appendix)
     # the official STL-10 code's details (docs/paper.md, "Differences from the official code")
-    drop_last: bool = True          # False: keep each epoch's last partial batch, as the official loader does
+    drop_last: bool = True  # False: keep each epoch's last partial batch, as the official loader does
     # > 1: BatchNorm normalises that many equal parts of the views' batch apart, as nn.DataParallel on that many GPUs
     # does (the official 83.19%: 4; models.group_batchnorm)
     bn_groups: int = 1
-    bf16: bool = False              # CUDA only: encoders in bf16 autocast (losses stay fp32); the official code is fp32
+    bf16: bool = False  # CUDA only: encoders in bf16 autocast (losses stay fp32); the official code is fp32
     # where and how (not hashed)
-    name: str = ""                  # prefix of the run directory (default: the dataset)
+    name: str = ""  # prefix of the run directory (default: the dataset)
     data_dir: str = "data"
     download: bool = False
     device: str = "auto"
@@ -123,19 +125,24 @@ class TrainConfig:
         if self.queue < 0 or not 0 <= self.ema <= 1:
             raise ValueError(f"queue must be >= 0 and ema in [0, 1], got {self.queue} and {self.ema}")
         if 0 < self.queue < self.batch_size:
-            raise ValueError(f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; "
-                             f"use queue >= batch_size")
+            raise ValueError(
+                f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size"
+            )
         objective = Objective.parse(self.objective)
         if self.queue and (objective.needs_labels or objective.uses(IN_BATCH_ONLY)):
             raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms only")
         if domain.batch_loss and objective.uses(IN_BATCH_ONLY):
-            raise ValueError(f"ntxent, barlow, vicreg, simsiam and byol train image encoders; {self.dataset}'s "
-                             "domain has its own loss: use contrastive, align and uniform terms")
+            raise ValueError(
+                f"ntxent, barlow, vicreg, simsiam and byol train image encoders; {self.dataset}'s "
+                "domain has its own loss: use contrastive, align and uniform terms"
+            )
         if self.bn_groups < 1 or self.batch_size % self.bn_groups:
             raise ValueError(f"bn_groups must be >= 1 and divide batch_size {self.batch_size}, got {self.bn_groups}")
         if self.bn_groups > 1 and (self.queue or domain.batch_loss):
-            raise ValueError("bn_groups splits the views' batch of in-batch image runs; MoCo runs (queue > 0) use "
-                             "Shuffle-BN and sentence runs have no BatchNorm: leave bn_groups at 1")
+            raise ValueError(
+                "bn_groups splits the views' batch of in-batch image runs; MoCo runs (queue > 0) use "
+                "Shuffle-BN and sentence runs have no BatchNorm: leave bn_groups at 1"
+            )
         if domain.check is not None:
             domain.check(self)
 
@@ -156,8 +163,11 @@ class TrainConfig:
         """The fields that define the trained weights, in one form each: the objective canonical, an SGD lr equal
         to the linear-scaling rule's as the rule itself (so the paper's rows that spell out lr 0.36 at batch 768
         and a sweep that leaves it to the rule share one run)."""
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in self.NOT_HASHED and not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])}
+        d = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in self.NOT_HASHED and not (k in self.HASHED_UNLESS and v == self.HASHED_UNLESS[k])
+        }
         d["objective"] = self.canonical_objective
         if self.optimizer == "sgd" and math.isclose(self.lr, self.linear_lr, rel_tol=1e-9):
             d["lr"] = 0.0  # one encoder, one name: the linear-scaling lr written out hashes as the rule (0)
@@ -181,12 +191,12 @@ AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations f
 # Views are drawn for as many consecutive batches at once as fit in this many values per view (64 MB of float32):
 # the whole epoch for small images (digits, the depth stand-in), where one call per batch cost 8x the call per
 # epoch; one batch at a time for 64 px and larger crops at the paper's batch sizes, as before.
-VIEW_VALUES = 2 ** 24
+VIEW_VALUES = 2**24
 
 
 def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
     """How many consecutive batches' views one augmentation call draws (VIEW_VALUES per view, at least one)."""
-    return max(1, VIEW_VALUES // (batch * channels * crop_size ** 2))
+    return max(1, VIEW_VALUES // (batch * channels * crop_size**2))
 
 
 # an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
@@ -240,9 +250,17 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data
     return encoder.to(device).eval(), cfg, data
 
 
-def batch_loss(encoder: nn.Module, head: nn.Module | None, objective: Objective, x: list[torch.Tensor],
-               labels: torch.Tensor | None, moco: MoCo | None = None, bf16: bool = False,
-               predictor: nn.Module | None = None, target: EMATarget | None = None):
+def batch_loss(
+    encoder: nn.Module,
+    head: nn.Module | None,
+    objective: Objective,
+    x: list[torch.Tensor],
+    labels: torch.Tensor | None,
+    moco: MoCo | None = None,
+    bf16: bool = False,
+    predictor: nn.Module | None = None,
+    target: EMATarget | None = None,
+):
     """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
     random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as
     the official code), or with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under
@@ -315,11 +333,13 @@ def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
 
 # ---------------------------------------------------------------------------------------- the trainer's parts
 
+
 @dataclass
 class TrainState:
     """Everything a run needs to continue exactly where it stopped: the trained modules, the optimiser and its
     schedule, the random streams and the progress within the epoch. `save` and `restore` are exact inverses, so a
     resumed run ends with the same weights as an uninterrupted one."""
+
     encoder: nn.Module
     model: nn.Module  # the encoder as the step calls it: DDP's wrapper under torchrun (not saved: it holds the encoder)
     head: nn.Module | None  # the supervised head of xent() runs
@@ -338,19 +358,32 @@ class TrainState:
     target: EMATarget | None = None  # BYOL's EMA target encoder
 
     def modules(self) -> dict[str, nn.Module | None]:
-        return {"encoder": self.encoder, "head": self.head, "moco": self.moco, "predictor": self.predictor,
-                "target": self.target}
+        return {
+            "encoder": self.encoder,
+            "head": self.head,
+            "moco": self.moco,
+            "predictor": self.predictor,
+            "target": self.target,
+        }
 
     def save(self, path: Path, cfg: TrainConfig, gen_state: torch.Tensor, main: bool) -> None:
         """Write the state (process 0) with every process's augmentation stream `gen_state` (a collective)."""
         gens = distributed.all_gather(gen_state)
         if main:
-            runs.save_checkpoint(path, {
-                "config_hash": runs.config_hash(cfg.hashed()), "train_version": TRAIN_VERSION,
-                **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "order": self.order.get_state(),
-                "gen": gens, "torch_rng": torch.get_rng_state(),
-                **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")}})
+            runs.save_checkpoint(
+                path,
+                {
+                    "config_hash": runs.config_hash(cfg.hashed()),
+                    "train_version": TRAIN_VERSION,
+                    **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
+                    "opt": self.opt.state_dict(),
+                    "sched": self.sched.state_dict(),
+                    "order": self.order.get_state(),
+                    "gen": gens,
+                    "torch_rng": torch.get_rng_state(),
+                    **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")},
+                },
+            )
         _kill_hook(path.parent.name, self.epoch, self.step)
 
     def restore(self, saved: dict, rank: int, device: torch.device) -> None:
@@ -389,11 +422,15 @@ class ViewBatches:
         self.steps = self.n // self.batch if cfg.drop_last else -(-self.n // self.batch)
         last, world = (0 if cfg.drop_last else self.n % self.batch), distributed.rank_world()[1]
         if last % world:
-            raise ValueError(f"the last partial batch of {last} does not divide by {world} processes; "
-                             "set drop_last true or change batch_size")
+            raise ValueError(
+                f"the last partial batch of {last} does not divide by {world} processes; "
+                "set drop_last true or change batch_size"
+            )
         if 0 < last and (last < 2 or objective.views * last // world < 2):  # in-batch losses, BatchNorm on each process
-            raise ValueError(f"the last partial batch of {last} is too small for in-batch losses and BatchNorm on "
-                             f"{world} process(es); set drop_last true or change batch_size")
+            raise ValueError(
+                f"the last partial batch of {last} is too small for in-batch losses and BatchNorm on "
+                f"{world} process(es); set drop_last true or change batch_size"
+            )
         self.chunk = batches_per_draw(self.batch, self.images.shape[1], data.augment.crop_size)
         self.views, self.data, self.objective, self.gen = domain_of(cfg.dataset).views, data, objective, state.gen
         self.bf16 = cfg.bf16
@@ -411,18 +448,26 @@ class ViewBatches:
                 self.images.plan([self._rows(state.perm, c) for c in range(c0, self.steps, self.chunk)])
             self.planned = (state.epoch, c0 + self.chunk)
             images = self.images[self._rows(state.perm, c0)].to(self.gen.device, non_blocking=True)
-            self.drawn = {"chunk": (state.epoch, c0), "gen": self.gen.get_state(),
-                          "x": [self.views(self.data, images, self.gen) for _ in range(self.objective.views)]}
+            self.drawn = {
+                "chunk": (state.epoch, c0),
+                "gen": self.gen.get_state(),
+                "x": [self.views(self.data, images, self.gen) for _ in range(self.objective.views)],
+            }
         start = (step - c0) * (self.batch // distributed.rank_world()[1])  # only a chunk's last batch can be partial
-        x = [v[start:start + len(distributed.shard(idx))] for v in self.drawn["x"]]
+        x = [v[start : start + len(distributed.shard(idx))] for v in self.drawn["x"]]
         labels = None if self.labels is None else self.labels[idx]
-        return batch_loss(state.model, state.head, self.objective, x, labels, state.moco, self.bf16, state.predictor,
-                          state.target)
+        return batch_loss(
+            state.model, state.head, self.objective, x, labels, state.moco, self.bf16, state.predictor, state.target
+        )
 
     def _rows(self, perm: torch.Tensor, c0: int) -> torch.Tensor:
         """This process's shares of batches c0, c0 + 1, ... of the chunk that starts at step c0."""
-        return torch.cat([distributed.shard(perm[s * self.batch:(s + 1) * self.batch])
-                          for s in range(c0, min(c0 + self.chunk, self.steps))])
+        return torch.cat(
+            [
+                distributed.shard(perm[s * self.batch : (s + 1) * self.batch])
+                for s in range(c0, min(c0 + self.chunk, self.steps))
+            ]
+        )
 
     def gen_state(self, step: int) -> torch.Tensor:
         """The augmentation stream to save for continuing at `step`: within a chunk, the state that drew the chunk,
@@ -449,8 +494,9 @@ class DomainBatches:
         return self.gen.get_state()
 
 
-def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int,
-                 fresh: bool) -> TrainState:
+def _fresh_state(
+    cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool
+) -> TrainState:
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
     MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
     optimiser and schedule, the random streams."""
@@ -458,8 +504,9 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
     encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
     if cfg.init and fresh:
         if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
-            raise runs.RunError(f"init run {cfg.init} is not a finished run: "
-                                f"train it first (sweeps order parents first)")
+            raise runs.RunError(
+                f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)"
+            )
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
     model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
@@ -472,27 +519,47 @@ def _fresh_state(cfg: TrainConfig, data, objective: Objective, device, rank: int
     predictor = target = None
     if objective.uses(PREDICTOR_TERMS):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
         hidden = round(max(objective.param(n) or 0 for n in PREDICTOR_TERMS) * cfg.dim)
-        predictor = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, cfg.dim)).to(device)
+        predictor = nn.Sequential(
+            nn.Linear(cfg.dim, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, cfg.dim),
+        ).to(device)
         target = EMATarget(model, cfg.ema).to(device) if objective.uses(("byol",)) else None
     params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
-    opt = (torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam" else
-           torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    opt = (
+        torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam"
+        else torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    )
     milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1)) if cfg.cosine
-             else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1))
-    return TrainState(encoder=encoder, model=model, head=head, moco=moco, opt=opt, sched=sched,
-                      order=torch.Generator(device=device).manual_seed(cfg.seed),
-                      gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
-                      predictor=predictor, target=target)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        if cfg.cosine
+        else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    )
+    return TrainState(
+        encoder=encoder,
+        model=model,
+        head=head,
+        moco=moco,
+        opt=opt,
+        sched=sched,
+        order=torch.Generator(device=device).manual_seed(cfg.seed),
+        gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
+        predictor=predictor,
+        target=target,
+    )
 
 
 def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
     """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
     if status == "stale":
         old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
-        print(f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
-              file=sys.stderr)
+        print(
+            f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
+            file=sys.stderr,
+        )
     saved = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
     device, rank, world = distributed.init_from_env(resolve_device(cfg.device))  # torchrun's, else 0 and 1
     main = rank == 0  # only the first process writes the record
@@ -507,8 +574,14 @@ def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -
         state.restore(saved, rank, device)
     else:
         _snapshot(cfg, run_dir, state, 0, main)
-    bar = tqdm(total=cfg.epochs * batches.steps, initial=(state.epoch - 1) * batches.steps + state.step,
-               desc=f"train {run_dir.name}", unit="step", disable=not (progress and main), leave=False)
+    bar = tqdm(
+        total=cfg.epochs * batches.steps,
+        initial=(state.epoch - 1) * batches.steps + state.step,
+        desc=f"train {run_dir.name}",
+        unit="step",
+        disable=not (progress and main),
+        leave=False,
+    )
     while state.epoch <= cfg.epochs:
         t0, first_step = time.perf_counter(), state.step if state.perm is not None else 0
         means = _epoch(cfg, run_dir, state, batches, bar, main)
@@ -555,7 +628,7 @@ def batch_source(cfg: TrainConfig, data, objective: Objective, state: TrainState
 
 def train_step(cfg: TrainConfig, state: TrainState, batches, step: int) -> torch.Tensor:
     """Step `step` of the epoch in `state.perm`: its loss, the optimiser's step, the epoch's sums. Returns the loss."""
-    loss, terms = batches.loss(state, step, state.perm[step * batches.batch:(step + 1) * batches.batch])
+    loss, terms = batches.loss(state, step, state.perm[step * batches.batch : (step + 1) * batches.batch])
     _step(state, loss, cfg.clip_grad)
     _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
     return loss
@@ -588,17 +661,33 @@ def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int)
     if not means["norm_error"] < 0.01:
         return f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)"
     if "spread" in means and not means["spread"] >= COLLAPSED:
-        return (f"the features collapsed in epoch {epoch}: their spread (sqrt(dim) x the mean std of a dimension over "
-                f"the batch; about 1 when spread over the sphere) fell to {means['spread']:.3g}")
+        return (
+            f"the features collapsed in epoch {epoch}: their spread (sqrt(dim) x the mean std of a dimension over "
+            f"the batch; about 1 when spread over the sphere) fell to {means['spread']:.3g}"
+        )
     return None
 
 
-def _end_epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, means: dict[str, float], seconds: float,
-               first_step: int, main: bool) -> None:
+def _end_epoch(
+    cfg: TrainConfig,
+    run_dir: Path,
+    state: TrainState,
+    batches,
+    means: dict[str, float],
+    seconds: float,
+    first_step: int,
+    main: bool,
+) -> None:
     """The epoch's log row, the schedule's step, a snapshot when asked for, and the saved state of the next epoch."""
-    state.log.append({"epoch": state.epoch, "lr": state.opt.param_groups[0]["lr"],
-                      **{k: round(v, 6) for k, v in means.items()}, "seconds": round(seconds, 3),
-                      "images_per_s": round(_images(batches, first_step) / seconds, 1)})
+    state.log.append(
+        {
+            "epoch": state.epoch,
+            "lr": state.opt.param_groups[0]["lr"],
+            **{k: round(v, 6) for k, v in means.items()},
+            "seconds": round(seconds, 3),
+            "images_per_s": round(_images(batches, first_step) / seconds, 1),
+        }
+    )
     state.sched.step()
     if main:
         runs.write_csv(run_dir / runs.LOG, state.log)
@@ -620,22 +709,26 @@ def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, ma
 
 def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
     """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
-    runs.save_checkpoint(run_dir / runs.CHECKPOINT,
-                         {k: m.state_dict() for k, m in state.modules().items() if m is not None})
+    runs.save_checkpoint(
+        run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None}
+    )
     steps = cfg.epochs * batches.steps
     train_seconds = sum(row["seconds"] for row in state.log)
-    runs.write_json(run_dir / runs.TRAIN, {
-        "config_hash": runs.config_hash(cfg.hashed()),
-        "train_version": TRAIN_VERSION,
-        "run": run_dir.name,
-        "steps": steps,
-        "resumed": state.resumed,
-        "final_loss": state.log[-1]["loss"] if state.log else None,
-        "train_seconds": round(train_seconds, 2),
-        "images_per_s": round(cfg.epochs * _images(batches) / train_seconds, 1) if train_seconds else None,
-        "device": str(device),
-        "torch": torch.__version__,
-        "pid": os.getpid(),
-        "host": os.uname().nodename,
-    })
+    runs.write_json(
+        run_dir / runs.TRAIN,
+        {
+            "config_hash": runs.config_hash(cfg.hashed()),
+            "train_version": TRAIN_VERSION,
+            "run": run_dir.name,
+            "steps": steps,
+            "resumed": state.resumed,
+            "final_loss": state.log[-1]["loss"] if state.log else None,
+            "train_seconds": round(train_seconds, 2),
+            "images_per_s": round(cfg.epochs * _images(batches) / train_seconds, 1) if train_seconds else None,
+            "device": str(device),
+            "torch": torch.__version__,
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+        },
+    )
     (run_dir / runs.STATE).unlink(missing_ok=True)

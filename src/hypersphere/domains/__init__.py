@@ -22,6 +22,7 @@ Any domain may set `check(cfg)`, which raises ValueError for a TrainConfig the d
 
 A new domain is one more module here and one more `Domain(...)` entry in DOMAINS.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Evaluation:
     (cfg: evaluate.EvalConfig; tau: the run's contrastive temperature, for L_contrastive; batch_size: the run's);
     `features(encoder, data, cfg, device)` -> the unit-norm validation features [N, d] whose label-free statistics
     (metrics.label_free) every record holds."""
+
     run: Callable[..., dict[str, float]]
     taps: tuple[str, ...]  # the taps it reads when the EvalConfig names none
     features: Callable[..., Any]
@@ -60,20 +62,39 @@ class Domain:
 
 NO_SELECTION_CV = {"cv_folds": 0}  # a snapshot's evaluation skips the CV that only selects Tables 1-2's encoders
 
-IMAGE = Domain(name="image", datasets=image.DATASETS, load=image.load_dataset, encoder=image.build_encoder,
-               views=image.views, archs=image.ARCHS,
-               evaluations={"classify": Evaluation(image.evaluate, ("fc7", "output"), image.validation_features,
-                                                   NO_SELECTION_CV)})
+IMAGE = Domain(
+    name="image",
+    datasets=image.DATASETS,
+    load=image.load_dataset,
+    encoder=image.build_encoder,
+    views=image.views,
+    archs=image.ARCHS,
+    evaluations={"classify": Evaluation(image.evaluate, ("fc7", "output"), image.validation_features, NO_SELECTION_CV)},
+)
 # Depth (Fig. 5b, Table 2): encoders train on the RGB images as in the image domain; the evaluation differs.
-DEPTH = Domain(name="depth", datasets=depth.DATASETS, load=depth.load_dataset, encoder=image.build_encoder,
-               views=image.views, archs=depth.ARCHS,
-               evaluations={"depth": Evaluation(depth.evaluate, ("conv5", "conv4"), image.validation_features,
-                                                NO_SELECTION_CV)})
+DEPTH = Domain(
+    name="depth",
+    datasets=depth.DATASETS,
+    load=depth.load_dataset,
+    encoder=image.build_encoder,
+    views=image.views,
+    archs=depth.ARCHS,
+    evaluations={"depth": Evaluation(depth.evaluate, ("conv5", "conv4"), image.validation_features, NO_SELECTION_CV)},
+)
 # Sentences (Fig. 9b, Table 4): Quick-Thought encoders on windows of consecutive sentences; the sentence
 # accuracy is itself cross-validated, so a snapshot's evaluation keeps its CV.
-TEXT = Domain(name="text", datasets=text.DATASETS, load=text.load_dataset, encoder=text.build_encoder, views=None,
-              archs=tuple(text.ARCHS), order=text.contiguous_order, batch_loss=text.batch_loss, check=text.check,
-              evaluations={"sentences": Evaluation(text.evaluate, (), text.validation_features)})
+TEXT = Domain(
+    name="text",
+    datasets=text.DATASETS,
+    load=text.load_dataset,
+    encoder=text.build_encoder,
+    views=None,
+    archs=tuple(text.ARCHS),
+    order=text.contiguous_order,
+    batch_loss=text.batch_loss,
+    check=text.check,
+    evaluations={"sentences": Evaluation(text.evaluate, (), text.validation_features)},
+)
 DOMAINS = {d.name: d for d in (IMAGE, DEPTH, TEXT)}
 EVALUATIONS = {kind: e for d in DOMAINS.values() for kind, e in d.evaluations.items()}
 

@@ -12,6 +12,7 @@
 
 The paper does not state its NYU preprocessing or depth target; the choices here are documented where made.
 """
+
 from dataclasses import dataclass, replace
 import math
 from pathlib import Path
@@ -43,6 +44,7 @@ class DepthData:
     Depth targets are standardised, (depth - depth_mean) / depth_std with the train split's pixel mean and std.
     The paper reports MSE without saying in what units (Table 2: 0.70-0.76); with this target predicting the
     mean depth scores about 1, so its numbers read as a fraction of depth variance left unexplained."""
+
     name: str
     encoder_images: Tensor  # what encoders train on: the train RGB (appendix B.1)
     train_images: Tensor
@@ -65,11 +67,24 @@ class DepthData:
 
 def _depth_data(name, train_images, train_depth, val_images, val_depth, augment, eval_resize) -> DepthData:
     mean, std = channel_stats(train_images)
-    return DepthData(name, train_images, train_images, train_depth, val_images, val_depth, mean, std,
-                     train_depth.mean().item(), train_depth.std().item(), augment, eval_resize)
+    return DepthData(
+        name,
+        train_images,
+        train_images,
+        train_depth,
+        val_images,
+        val_depth,
+        mean,
+        std,
+        train_depth.mean().item(),
+        train_depth.std().item(),
+        augment,
+        eval_resize,
+    )
 
 
 # ---------------------------------------------------------------------------------------- NYU-Depth-V2
+
 
 def load_nyu(root: str | Path, side: int = NYU_SIDE) -> DepthData:
     """NYU-Depth-V2 labeled set from root/nyu_depth_v2_labeled.mat (MATLAB v7.3, i.e. HDF5: `images` uint8
@@ -81,8 +96,10 @@ def load_nyu(root: str | Path, side: int = NYU_SIDE) -> DepthData:
     without their parameters. RGB mean / std: the train split's."""
     root = Path(root)
     if not all((root / f).is_file() for f in NYU_FILES):
-        raise FileNotFoundError(f"NYU-Depth-V2 needs {' and '.join(NYU_FILES)} in {root}; download both from the "
-                                f"NYU Depth V2 dataset page ({NYU_URL}) into that folder")
+        raise FileNotFoundError(
+            f"NYU-Depth-V2 needs {' and '.join(NYU_FILES)} in {root}; download both from the "
+            f"NYU Depth V2 dataset page ({NYU_URL}) into that folder"
+        )
     try:
         import h5py
     except ImportError:
@@ -96,8 +113,8 @@ def load_nyu(root: str | Path, side: int = NYU_SIDE) -> DepthData:
     images, depths = [], []
     with h5py.File(root / NYU_FILES[0], "r") as f:
         for i in range(0, f["images"].shape[0], 64):  # 64 frames at a time: the whole file is ~3 GB
-            rgb = torch.from_numpy(f["images"][i:i + 64]).transpose(2, 3)  # (N, 3, W, H) -> (N, 3, H, W)
-            d = torch.from_numpy(f["depths"][i:i + 64].astype(np.float32)).transpose(1, 2)[:, None]
+            rgb = torch.from_numpy(f["images"][i : i + 64]).transpose(2, 3)  # (N, 3, W, H) -> (N, 3, H, W)
+            d = torch.from_numpy(f["depths"][i : i + 64].astype(np.float32)).transpose(1, 2)[:, None]
             rgb, d = rgb[..., top:bottom, left:right], d[..., top:bottom, left:right]
             rgb = F.interpolate(rgb.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
             images.append(rgb.round_().clamp_(0, 255).to(torch.uint8))
@@ -132,9 +149,13 @@ def sample_scenes(n: int, generator: torch.Generator) -> dict[str, Tensor]:
     the floor. Surfaces [n, 4 + MAX_OBJECTS] (floor, back, left, right, then the objects): two colours `color_a`,
     `color_b` [.., 3] in [0, 1], texture `period` and `axes` [.., 3]."""
     g, K = generator, MAX_OBJECTS
-    s = {"height": _uniform(g, 0.6, 1.8, n), "pitch": _uniform(g, math.radians(5), math.radians(25), n),
-         "yaw": _uniform(g, -math.radians(30), math.radians(30), n),
-         "back": _uniform(g, 4.0, 8.0, n), "half_width": _uniform(g, 1.5, 3.5, n)}
+    s = {
+        "height": _uniform(g, 0.6, 1.8, n),
+        "pitch": _uniform(g, math.radians(5), math.radians(25), n),
+        "yaw": _uniform(g, -math.radians(30), math.radians(30), n),
+        "back": _uniform(g, 4.0, 8.0, n),
+        "half_width": _uniform(g, 1.5, 3.5, n),
+    }
     elevation, azimuth = _uniform(g, math.radians(30), math.radians(75), n), _uniform(g, 0, 2 * math.pi, n)
     s["light"] = torch.stack([elevation.cos() * azimuth.sin(), elevation.sin(), elevation.cos() * azimuth.cos()], 1)
     count = torch.randint(1, K + 1, (n, 1), generator=g)
@@ -228,17 +249,19 @@ def render(scenes: dict[str, Tensor], size: int, supersample: int = 2) -> tuple[
     return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8), depth
 
 
-def render_scenes(n: int, size: int = 32, seed: int = 0, supersample: int = 2,
-                  chunk: int = 32) -> tuple[Tensor, Tensor]:
+def render_scenes(
+    n: int, size: int = 32, seed: int = 0, supersample: int = 2, chunk: int = 32
+) -> tuple[Tensor, Tensor]:
     """n random scenes (sample_scenes) rendered at size x size: RGB uint8 [n, 3, size, size], depth float32
     [n, 1, size, size] in metres. Deterministic in `seed` (all parameters are drawn first, then rendered in chunks)."""
     scenes = sample_scenes(n, torch.Generator().manual_seed(seed))
-    parts = [render({k: v[i:i + chunk] for k, v in scenes.items()}, size, supersample) for i in range(0, n, chunk)]
+    parts = [render({k: v[i : i + chunk] for k, v in scenes.items()}, size, supersample) for i in range(0, n, chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def load_scenes(data_dir: str | Path = "data", n_train: int = 2000, n_test: int = 500, size: int = 32,
-                seed: int = 0) -> DepthData:
+def load_scenes(
+    data_dir: str | Path = "data", n_train: int = 2000, n_test: int = 500, size: int = 32, seed: int = 0
+) -> DepthData:
     """The rendered stand-in as DepthData: train scenes from seed 2 * seed, validation from 2 * seed + 1, cached in
     data_dir/scenes/ as one .npz keyed by the arguments. Augmentation: the paper's recipe with size-px crops
     (as for CIFAR-10), evaluation Resize(size * 70 / 64) + CenterCrop(size)."""
@@ -249,11 +272,19 @@ def load_scenes(data_dir: str | Path = "data", n_train: int = 2000, n_test: int 
         runs.atomic_write(path, lambda f: np.savez(f, **{k: v.numpy() for k, v in arrays.items()}))
     with np.load(path) as z:
         t = {k: torch.from_numpy(z[k]) for k in ("train_images", "train_depth", "val_images", "val_depth")}
-    return _depth_data("scenes", t["train_images"], t["train_depth"], t["val_images"], t["val_depth"],
-                       replace(recipe("stl10"), crop_size=size), round(size * 70 / 64))
+    return _depth_data(
+        "scenes",
+        t["train_images"],
+        t["train_depth"],
+        t["val_images"],
+        t["val_depth"],
+        replace(recipe("stl10"), crop_size=size),
+        round(size * 70 / 64),
+    )
 
 
 # ---------------------------------------------------------------------------------------- depth predictor
+
 
 def feature_maps(encoder: nn.Module, x: Tensor, taps=("conv4", "conv5")) -> dict[str, Tensor]:
     """Unflattened outputs [B, C, h, w] of conv blocks of `encoder.conv`: "conv5" the last block (after its
@@ -261,10 +292,11 @@ def feature_maps(encoder: nn.Module, x: Tensor, taps=("conv4", "conv5")) -> dict
     taps, blocks = ([taps] if isinstance(taps, str) else list(taps)), list(encoder.conv)
     index = {t: len(blocks) - 6 + int(t[4:]) for t in taps if t[:4] == "conv" and t[4:].isdigit()}
     if len(index) != len(taps) or not taps or not all(0 <= i < len(blocks) for i in index.values()):
-        raise ValueError(f"unknown spatial taps {list(taps)}; {type(encoder).__name__} has "
-                         f"conv{6 - len(blocks)}..conv5")
+        raise ValueError(
+            f"unknown spatial taps {list(taps)}; {type(encoder).__name__} has conv{6 - len(blocks)}..conv5"
+        )
     out = {}
-    for i, block in enumerate(blocks[:max(index.values()) + 1]):
+    for i, block in enumerate(blocks[: max(index.values()) + 1]):
         x = block(x)
         out.update({t: x for t, j in index.items() if j == i})
     return out
@@ -281,10 +313,13 @@ class DepthDecoder(nn.Sequential):
         blocks = max(1, round(math.log2(out_size / in_size)))
         layers, c = [], in_channels
         for _ in range(blocks):
-            layers += [nn.ConvTranspose2d(c, max(1, c // 2), 3, 2, 1, output_padding=1, bias=False),
-                       nn.BatchNorm2d(max(1, c // 2)), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, max(1, c // 2), 3, 2, 1, output_padding=1, bias=False),
+                nn.BatchNorm2d(max(1, c // 2)),
+                nn.ReLU(inplace=True),
+            ]
             c = max(1, c // 2)
-        if in_size * 2 ** blocks != out_size:
+        if in_size * 2**blocks != out_size:
             layers.append(nn.Upsample(size=(out_size, out_size), mode="bilinear", align_corners=False))
         super().__init__(*layers, nn.Conv2d(c, 1, 3, padding=1))
 
@@ -293,6 +328,7 @@ class DepthDecoder(nn.Sequential):
 class DepthProbeConfig:
     """The paper's depth-predictor training (appendix B.1): Adam(lr 3e-3, betas (0.5, 0.999)), batch 128,
     120 epochs, lr x0.2 at epochs 70, 90, 100, 110 (kept as fractions when `epochs` changes)."""
+
     lr: float = 3e-3
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 128
@@ -318,19 +354,29 @@ def depth_views(depth: Tensor, data: DepthData) -> Tensor:
     if size != (H, W):
         depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False, antialias=True)
     top, left = int(round((size[0] - crop) / 2)), int(round((size[1] - crop) / 2))
-    return (depth[..., top:top + crop, left:left + crop] - data.depth_mean) / data.depth_std
+    return (depth[..., top : top + crop, left : left + crop] - data.depth_mean) / data.depth_std
 
 
 @torch.no_grad()
 def _maps(encoder: nn.Module, images: Tensor, tap: str, data: DepthData, device, batch_size: int = 256) -> Tensor:
-    chunks = [feature_maps(encoder, eval_transform(b.to(device), data.augment.crop_size, data.eval_resize,
-                                                   data.mean, data.std), (tap,))[tap].float()
-              for b in images.split(batch_size)]
+    chunks = [
+        feature_maps(
+            encoder, eval_transform(b.to(device), data.augment.crop_size, data.eval_resize, data.mean, data.std), (tap,)
+        )[tap].float()
+        for b in images.split(batch_size)
+    ]
     return torch.cat(chunks)
 
 
-def fit_decoder(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor,
-                cfg: DepthProbeConfig = DepthProbeConfig(), progress: bool = True, desc: str = "depth probe") -> float:
+def fit_decoder(
+    train_f: Tensor,
+    train_y: Tensor,
+    val_f: Tensor,
+    val_y: Tensor,
+    cfg: DepthProbeConfig = DepthProbeConfig(),
+    progress: bool = True,
+    desc: str = "depth probe",
+) -> float:
     """Validation MSE of a DepthDecoder (Table 6) trained on cached feature maps `train_f` [N, C, h, w] against
     standardised depth `train_y` [N, 1, H, W] with the paper's optimiser and schedule. Deterministic on CPU."""
     with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global generator alone
@@ -353,8 +399,15 @@ def fit_decoder(train_f: Tensor, train_y: Tensor, val_f: Tensor, val_y: Tensor,
     return F.mse_loss(pred, val_y).item()
 
 
-def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeConfig = DepthProbeConfig(),
-                device=None, progress: bool = True, cv_folds: int = 0) -> dict[str, float]:
+def depth_probe(
+    encoder: nn.Module,
+    tap: str,
+    data: DepthData,
+    cfg: DepthProbeConfig = DepthProbeConfig(),
+    device=None,
+    progress: bool = True,
+    cv_folds: int = 0,
+) -> dict[str, float]:
     """Validation MSE of a DepthDecoder trained on `tap` ("conv5" or "conv4") maps of the frozen encoder (Table 2).
 
     The encoder sees each image's evaluation view once (eval mode, no grad) and its maps are cached: the paper
@@ -369,16 +422,30 @@ def depth_probe(encoder: nn.Module, tap: str, data: DepthData, cfg: DepthProbeCo
         train_f, val_f = (_maps(encoder, x, tap, data, device) for x in (data.train_images, data.val_images))
     train_y, val_y = (depth_views(d.to(device), data) for d in (data.train_depth, data.val_depth))
     mse = fit_decoder(train_f, train_y, val_f, val_y, cfg, progress, f"depth probe {tap}")
-    out = {"mse": mse, "rmse_m": math.sqrt(mse) * data.depth_std, "mean_mse": val_y.pow(2).mean().item(),
-           "pixel_mean_mse": F.mse_loss(train_y.mean(0, keepdim=True).expand_as(val_y), val_y).item()}
+    out = {
+        "mse": mse,
+        "rmse_m": math.sqrt(mse) * data.depth_std,
+        "mean_mse": val_y.pow(2).mean().item(),
+        "pixel_mean_mse": F.mse_loss(train_y.mean(0, keepdim=True).expand_as(val_y), val_y).item(),
+    }
     if cv_folds >= 2:
-        folds = torch.randperm(len(train_f),
-                               generator=torch.Generator().manual_seed(cfg.seed)).to(device).chunk(cv_folds)
+        folds = (
+            torch.randperm(len(train_f), generator=torch.Generator().manual_seed(cfg.seed)).to(device).chunk(cv_folds)
+        )
         held = []
         for i, fold in enumerate(folds):
-            rest = torch.cat(folds[:i] + folds[i + 1:])
-            held.append(fit_decoder(train_f[rest], train_y[rest], train_f[fold], train_y[fold], cfg, progress,
-                                    f"depth CV {tap} {i + 1}/{len(folds)}"))
+            rest = torch.cat(folds[:i] + folds[i + 1 :])
+            held.append(
+                fit_decoder(
+                    train_f[rest],
+                    train_y[rest],
+                    train_f[fold],
+                    train_y[fold],
+                    cfg,
+                    progress,
+                    f"depth CV {tap} {i + 1}/{len(folds)}",
+                )
+            )
         out["cv_mse"] = sum(held) / len(held)
     sanity_check(before, encoder)
     return out
@@ -404,23 +471,38 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False) -
 
 # ---------------------------------------------------------------------------------------- evaluation: depth
 
-def evaluate(encoder: nn.Module, data: DepthData, cfg, device, tau: float | None = None,
-             batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+
+def evaluate(
+    encoder: nn.Module,
+    data: DepthData,
+    cfg,
+    device,
+    tau: float | None = None,
+    batch_size: int = 768,
+    taps: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Depth evaluations of one encoder as a flat dict (MSE of standardised depth, DepthData's units):
-      val_{tap}_mse, val_{tap}_rmse_m     the decoder's validation MSE (and RMSE in metres) per spatial tap,
-      cv_{tap}_mse                        for the first tap (conv5 by default, the one Table 2 selects by) its
-                                          `cv_folds`-fold CV MSE on the train split,
-      val_mean_mse, val_pixel_mean_mse    image-blind baselines: the train mean depth, the train mean depth map,
-      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    val_{tap}_mse, val_{tap}_rmse_m     the decoder's validation MSE (and RMSE in metres) per spatial tap,
+    cv_{tap}_mse                        for the first tap (conv5 by default, the one Table 2 selects by) its
+                                        `cv_folds`-fold CV MSE on the train split,
+    val_mean_mse, val_pixel_mean_mse    image-blind baselines: the train mean depth, the train mean depth map,
+    align, uniform (, contrastive)      `pair_metrics` on the validation split."""
     out: dict[str, float] = {}
     probe = DepthProbeConfig(epochs=cfg.decoder_epochs, seed=cfg.seed)
     taps = cfg.taps if taps is None else taps
     for tap in taps:
-        r = depth_probe(encoder, tap, data, probe, device, progress=False,
-                        cv_folds=cfg.cv_folds if tap == taps[0] else 0)
-        out.update({f"val_{tap}_mse": r["mse"], f"val_{tap}_rmse_m": r["rmse_m"], "val_mean_mse": r["mean_mse"],
-                    "val_pixel_mean_mse": r["pixel_mean_mse"],
-                    **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {})})
+        r = depth_probe(
+            encoder, tap, data, probe, device, progress=False, cv_folds=cfg.cv_folds if tap == taps[0] else 0
+        )
+        out.update(
+            {
+                f"val_{tap}_mse": r["mse"],
+                f"val_{tap}_rmse_m": r["rmse_m"],
+                "val_mean_mse": r["mean_mse"],
+                "val_pixel_mean_mse": r["pixel_mean_mse"],
+                **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {}),
+            }
+        )
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
     return out

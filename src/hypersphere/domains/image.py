@@ -18,6 +18,7 @@ setup"), the encoder each uses, its random views, and the evaluation kind `class
 The building blocks live outside the domain because the depth domain and the probes share them: the batched
 augmentation (augment.py), the conv encoders (models.py) and MoCo's ResNets (moco.py).
 """
+
 from __future__ import annotations
 
 import collections
@@ -39,8 +40,18 @@ from .. import models, moco
 from ..augment import GRAY_WEIGHTS, AugmentConfig, augment, recipe
 from ..losses import contrastive_loss
 from ..metrics import alignment, uniformity
-from ..probes import (LINCLS_PROBE, MOCO_PROBE, ProbeConfig, choose_l2, cross_validate, extract_features, knn_accuracy,
-                      lbfgs_probe, linear_probe_cached, linear_probe_full)
+from ..probes import (
+    LINCLS_PROBE,
+    MOCO_PROBE,
+    ProbeConfig,
+    choose_l2,
+    cross_validate,
+    extract_features,
+    knn_accuracy,
+    lbfgs_probe,
+    linear_probe_cached,
+    linear_probe_full,
+)
 
 DATASETS = ("digits", "digits-color", "stl10", "cifar10", "imagefolder", "imagenet100", "imagenet")
 
@@ -58,6 +69,7 @@ MIN_LUMA_CONTRAST = 0.25  # digits-color: foreground and background luminance di
 @dataclass(frozen=True)
 class ImageData:
     """Whole splits as tensors: images uint8 [N, C, H, W], labels int64 [N]."""
+
     name: str
     encoder_images: Tensor  # what encoders train on (no labels needed)
     train_images: Tensor  # labeled split for probes and 5-fold CV
@@ -89,8 +101,10 @@ def to_device(data, device):
 
 def summary(d) -> str:
     """The splits' sizes of image data (ImageData, or the depth domain's DepthData)."""
-    return (f"{len(d.encoder_images)} encoder images, {len(d.train_images)} labeled train, {len(d.val_images)} "
-            f"validation, {tuple(d.train_images.shape[1:])} uint8")
+    return (
+        f"{len(d.encoder_images)} encoder images, {len(d.train_images)} labeled train, {len(d.val_images)} "
+        f"validation, {tuple(d.train_images.shape[1:])} uint8"
+    )
 
 
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, seed: int = 0) -> ImageData:
@@ -114,8 +128,10 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, s
 
 
 def _missing(what: str, path: Path, dataset: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{what} not found under {path}; download it with `make data DATASET={dataset}` "
-                             f"or pass download=True (`--download`)")
+    return FileNotFoundError(
+        f"{what} not found under {path}; download it with `make data DATASET={dataset}` "
+        f"or pass download=True (`--download`)"
+    )
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -125,6 +141,7 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 # ---------------------------------------------------------------------------------------- digits
+
 
 def _digits(color_seed: int | None = None) -> ImageData:
     """sklearn's 1,797 8x8 digits, bilinearly upsampled to 28 px, fixed stratified 1,347 / 450 split."""
@@ -138,16 +155,25 @@ def _digits(color_seed: int | None = None) -> ImageData:
     labels = torch.tensor(digits.target, dtype=torch.int64)
     if color_seed is not None:
         images = _colorize(images, torch.Generator().manual_seed(color_seed))
-    train, val = train_test_split(np.arange(len(labels)), test_size=DIGITS_VAL_SIZE, stratify=digits.target,
-                                  random_state=DIGITS_SPLIT_SEED)
+    train, val = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_VAL_SIZE, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
+    )
     train, val = torch.from_numpy(train), torch.from_numpy(val)
     train_images = images[train]
     mean, std = channel_stats(train_images)
     return ImageData(
         name="digits" if color_seed is None else "digits-color",
-        encoder_images=train_images, train_images=train_images, train_labels=labels[train],
-        val_images=images[val], val_labels=labels[val], mean=mean, std=std, num_classes=10,
-        augment=recipe("digits" if color_seed is None else "digits-color"), eval_resize=DIGITS_EVAL_RESIZE)
+        encoder_images=train_images,
+        train_images=train_images,
+        train_labels=labels[train],
+        val_images=images[val],
+        val_labels=labels[val],
+        mean=mean,
+        std=std,
+        num_classes=10,
+        augment=recipe("digits" if color_seed is None else "digits-color"),
+        eval_resize=DIGITS_EVAL_RESIZE,
+    )
 
 
 def _colorize(gray: Tensor, generator: torch.Generator, tries: int = 16) -> Tensor:
@@ -179,8 +205,11 @@ def _stl10_split(folder: Path, split: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{folder / split}_X.bin is not whole 3x96x96 images ({raw.size} bytes); download it again")
     images = torch.from_numpy(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2).copy())
     y = folder / f"{split}_y.bin"
-    labels = (torch.from_numpy(np.fromfile(y, dtype=np.uint8).astype(np.int64)) - 1 if y.is_file()
-              else torch.full((len(images),), -1, dtype=torch.int64))
+    labels = (
+        torch.from_numpy(np.fromfile(y, dtype=np.uint8).astype(np.int64)) - 1
+        if y.is_file()
+        else torch.full((len(images),), -1, dtype=torch.int64)
+    )
     if len(labels) != len(images):
         raise ValueError(f"{y} has {len(labels)} labels for {len(images)} images; download STL-10 again")
     return images, labels
@@ -192,15 +221,25 @@ def _stl10(root: Path, download: bool) -> ImageData:
     folder = root / "stl10_binary"
     if download:
         from torchvision.datasets import STL10
+
         STL10(str(root), split="train+unlabeled", download=True)
     if not all((folder / f).is_file() for f in _STL10_FILES):
         raise _missing("STL-10", folder, "stl10")
     (train, train_y), (unlabeled, _), (test, test_y) = (_stl10_split(folder, s) for s in ("train", "unlabeled", "test"))
     images = torch.cat([train, unlabeled])  # train first, then unlabeled, as torchvision's train+unlabeled
     return ImageData(
-        name="stl10", encoder_images=images, train_images=images[:len(train)], train_labels=train_y,
-        val_images=test, val_labels=test_y, mean=STL10_MEAN, std=STL10_STD, num_classes=10, augment=recipe("stl10"),
-        eval_resize=70)
+        name="stl10",
+        encoder_images=images,
+        train_images=images[: len(train)],
+        train_labels=train_y,
+        val_images=test,
+        val_labels=test_y,
+        mean=STL10_MEAN,
+        std=STL10_STD,
+        num_classes=10,
+        augment=recipe("stl10"),
+        eval_resize=70,
+    )
 
 
 def _cifar10_batches(folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
@@ -221,39 +260,66 @@ def _cifar10(root: Path, download: bool) -> ImageData:
     names = [f"data_batch_{i}" for i in range(1, 6)]
     if download:
         from torchvision.datasets import CIFAR10
+
         CIFAR10(str(root), train=True, download=True)
     if not all((folder / f).is_file() for f in names + ["test_batch"]):
         raise _missing("CIFAR-10", folder, "cifar10")
-    (images, labels), (val_images, val_labels) = (_cifar10_batches(folder, names),
-                                                  _cifar10_batches(folder, ["test_batch"]))
+    (images, labels), (val_images, val_labels) = (
+        _cifar10_batches(folder, names),
+        _cifar10_batches(folder, ["test_batch"]),
+    )
     return ImageData(
-        name="cifar10", encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
-        val_labels=val_labels, mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10, augment=recipe("cifar10"),
-        eval_resize=35)
+        name="cifar10",
+        encoder_images=images,
+        train_images=images,
+        train_labels=labels,
+        val_images=val_images,
+        val_labels=val_labels,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        num_classes=10,
+        augment=recipe("cifar10"),
+        eval_resize=35,
+    )
 
 
-def _imagefolder(root: Path, name: str, side: int, recipe_name: str, eval_resize: int,
-                 stream: bool = False) -> ImageData:
+def _imagefolder(
+    root: Path, name: str, side: int, recipe_name: str, eval_resize: int, stream: bool = False
+) -> ImageData:
     """root/train/<class>/* and root/val/<class>/* (torchvision's ImageFolder), each image resized (shorter side)
     and centre-cropped to `side` px: decoded into memory, or with `stream` left on disk as ImageFiles that decode
     the rows a batch draws. Encoder and probes on train, evaluation on val."""
     if not ((root / "train").is_dir() and (root / "val").is_dir()):
-        hint = {"imagenet100": " (build it with hypersphere.moco.build_imagenet100)",
-                "imagenet": " (ImageNet's val sorted into class folders, as for the official MoCo code)"}.get(name, "")
-        raise FileNotFoundError(f"image folders not found under {root}/train and {root}/val (they cannot be "
-                                f"downloaded); pass a root holding train/<class>/*.jpg and val/<class>/*.jpg{hint}")
+        hint = {
+            "imagenet100": " (build it with hypersphere.moco.build_imagenet100)",
+            "imagenet": " (ImageNet's val sorted into class folders, as for the official MoCo code)",
+        }.get(name, "")
+        raise FileNotFoundError(
+            f"image folders not found under {root}/train and {root}/val (they cannot be "
+            f"downloaded); pass a root holding train/<class>/*.jpg and val/<class>/*.jpg{hint}"
+        )
     train, val = _listed(root / "train"), _listed(root / "val")
     if train.classes != val.classes:
         raise ValueError(f"{root}/train and {root}/val have different classes; give both the same class folders")
     (images, labels), (val_images, val_labels) = [
         (ImageFiles([path for path, _ in folder.samples], side), torch.tensor(folder.targets, dtype=torch.int64))
-        for folder in (train, val)]
+        for folder in (train, val)
+    ]
     if not stream:
         images, val_images = images.decode_all(), val_images.decode_all()
     return ImageData(
-        name=name, encoder_images=images, train_images=images, train_labels=labels, val_images=val_images,
-        val_labels=val_labels, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=len(train.classes),
-        augment=recipe(recipe_name), eval_resize=eval_resize)
+        name=name,
+        encoder_images=images,
+        train_images=images,
+        train_labels=labels,
+        val_images=val_images,
+        val_labels=val_labels,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_classes=len(train.classes),
+        augment=recipe(recipe_name),
+        eval_resize=eval_resize,
+    )
 
 
 def _listed(folder: Path):
@@ -262,15 +328,19 @@ def _listed(folder: Path):
     from torchvision.datasets import ImageFolder
 
     if not any(entry.is_dir() for entry in os.scandir(folder)):
-        raise FileNotFoundError(f"{folder} has no class folders; sort its images into {folder}/<class>/ (a raw "
-                                f"ImageNet val/ is flat: sort it into val/<wnid>/ with the devkit's ground truth, e.g. "
-                                f"the widely used valprep.sh)")
+        raise FileNotFoundError(
+            f"{folder} has no class folders; sort its images into {folder}/<class>/ (a raw "
+            f"ImageNet val/ is flat: sort it into val/<wnid>/ with the devkit's ground truth, e.g. "
+            f"the widely used valprep.sh)"
+        )
     images = ImageFolder(str(folder))
     if other := [path for path, _ in images.samples if not path.lower().endswith(DECODED)]:
         kinds = sorted({os.path.splitext(path)[1].lower() for path in other})
-        raise ValueError(f"{folder} holds {len(other)} images as {', '.join(kinds)} (e.g. {other[0]}), which the "
-                         f"decoder (TorchCodec: {', '.join(DECODED)}) does not read; convert them to PNG or JPEG, or "
-                         f"remove them")
+        raise ValueError(
+            f"{folder} holds {len(other)} images as {', '.join(kinds)} (e.g. {other[0]}), which the "
+            f"decoder (TorchCodec: {', '.join(DECODED)}) does not read; convert them to PNG or JPEG, or "
+            f"remove them"
+        )
     return images
 
 
@@ -314,6 +384,7 @@ class ImageFiles:
     `images[rows]` finds them ready; `split(n)` decodes consecutive chunks ahead. The batched augmentation then
     runs on the device exactly as for an in-memory dataset, so a streamed run draws the same views as the same
     images held in memory would."""
+
     dtype, device = torch.uint8, torch.device("cpu")
 
     def __init__(self, paths: list[str], side: int, workers: int | None = None):
@@ -328,9 +399,15 @@ class ImageFiles:
     def _batches(self, batches: list[Tensor]):
         # a generator of its own: a DataLoader otherwise seeds its workers from torch's global one, which would shift
         # the draws of everything else (Shuffle-BN's permutation) between a resumed run and an uninterrupted one
-        return iter(torch.utils.data.DataLoader(
-            _Decoded(self.paths, self.side), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(), generator=torch.Generator()))
+        return iter(
+            torch.utils.data.DataLoader(
+                _Decoded(self.paths, self.side),
+                batch_sampler=[b.tolist() for b in batches],
+                num_workers=self.workers,
+                pin_memory=torch.cuda.is_available(),
+                generator=torch.Generator(),
+            )
+        )
 
     def plan(self, batches: list[Tensor]) -> None:
         """Decode these batches of rows ahead, in this order (the trainer's remaining batches of an epoch)."""
@@ -353,7 +430,7 @@ class ImageFiles:
         it to concatenate, which doubled the peak (ImageNet-100's train split alone is ~25 GB)."""
         out, start = torch.empty(len(self), 3, self.side, self.side, dtype=torch.uint8), 0
         for batch in self.split(256):
-            out[start:start + len(batch)] = batch
+            out[start : start + len(batch)] = batch
             start += len(batch)
         return out
 
@@ -387,8 +464,9 @@ def views(d, images: Tensor, generator: torch.Generator) -> Tensor:
 
 # ---------------------------------------------------------------------------------------- evaluation: classify
 @torch.no_grad()
-def view_pairs(encoder: nn.Module, data, generator: torch.Generator, device,
-               chunk_size: int = 512) -> tuple[Tensor, Tensor]:
+def view_pairs(
+    encoder: nn.Module, data, generator: torch.Generator, device, chunk_size: int = 512
+) -> tuple[Tensor, Tensor]:
     """The encoder's outputs (float32) on two independent draws of the training augmentation of each validation
     image: row i of both is a positive pair. Eval mode, restored afterwards; `generator` lives on `device`."""
     fx, fy = [], []
@@ -407,8 +485,15 @@ def validation_features(encoder: nn.Module, data, cfg, device) -> Tensor:
 
 
 @torch.no_grad()
-def pair_metrics(encoder: nn.Module, data: ImageData, generator: torch.Generator, device=None,
-                 tau: float | None = None, batch_size: int = 768, chunk_size: int = 512) -> dict[str, float]:
+def pair_metrics(
+    encoder: nn.Module,
+    data: ImageData,
+    generator: torch.Generator,
+    device=None,
+    tau: float | None = None,
+    batch_size: int = 768,
+    chunk_size: int = 512,
+) -> dict[str, float]:
     """L_align(alpha=2) and L_uniform(t=2) of the encoder's outputs on the VALIDATION split (Fig. 5 axes).
 
     The paper does not say how validation positive pairs are formed; here each validation image gives one pair
@@ -444,23 +529,36 @@ def _linear(encoder: nn.Module, tap: str, data: ImageData, train_f, val_f, cfg, 
     if cfg.probe == "lbfgs":
         l2, _ = choose_l2(train_f, data.train_labels, cfg.l2_grid, cfg.l2_folds, cfg.seed)
         acc, info = lbfgs_probe(train_f, data.train_labels, val_f, data.val_labels, l2)
-        return {"linear": acc, "linear_top5": info["top5"], "linear_l2": l2, "linear_iterations": info["iterations"],
-                "linear_grad": info["grad_max"], "fit": info["standardised"]}
+        return {
+            "linear": acc,
+            "linear_top5": info["top5"],
+            "linear_l2": l2,
+            "linear_iterations": info["iterations"],
+            "linear_grad": info["grad_max"],
+            "fit": info["standardised"],
+        }
     if cfg.probe == "adam":
         return {"linear": linear_probe_cached(train_f, data.train_labels, val_f, data.val_labels, _probe_config(cfg))}
     top1, top5 = linear_probe_full(encoder, tap, data, _probe_config(cfg), device)
     return {"linear": top1, "linear_top5": top5}
 
 
-def evaluate(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None = None,
-             batch_size: int = 768, taps: Sequence[str] | None = None) -> dict[str, float]:
+def evaluate(
+    encoder: nn.Module,
+    data: ImageData,
+    cfg,
+    device,
+    tau: float | None = None,
+    batch_size: int = 768,
+    taps: Sequence[str] | None = None,
+) -> dict[str, float]:
     """All classification evaluations of one encoder as a flat dict:
-      val_{tap}_linear, val_{tap}_{k}nn   validation accuracy (%) of the probe and of k-NN,
-      val_{tap}_linear_l2 (, _iterations, _grad)   the lbfgs probe's chosen L2 and its convergence,
-      cv_{tap}_linear, cv_{tap}_{k}nn     stratified `cv_folds`-fold CV on the labeled train split (the
-                                          linear one with the probe's optimiser and schedule on cached features:
-                                          the paper's CV, e.g. Table 3's, is of the classifier it reports),
-      align, uniform (, contrastive)      `pair_metrics` on the validation split."""
+    val_{tap}_linear, val_{tap}_{k}nn   validation accuracy (%) of the probe and of k-NN,
+    val_{tap}_linear_l2 (, _iterations, _grad)   the lbfgs probe's chosen L2 and its convergence,
+    cv_{tap}_linear, cv_{tap}_{k}nn     stratified `cv_folds`-fold CV on the labeled train split (the
+                                        linear one with the probe's optimiser and schedule on cached features:
+                                        the paper's CV, e.g. Table 3's, is of the classifier it reports),
+    align, uniform (, contrastive)      `pair_metrics` on the validation split."""
     taps = cfg.taps if taps is None else taps
     out: dict[str, float] = {}
     train_f = extract_features(encoder, data.train_images, data, taps, device=device)
@@ -477,8 +575,9 @@ def evaluate(encoder: nn.Module, data: ImageData, cfg, device, tau: float | None
             else:  # the reported probe's optimiser and schedule (Table 3: SGD lr 10), on cached features
                 probe = partial(linear_probe_cached, cfg=_probe_config(cfg))
             out[f"cv_{tap}_linear"] = cross_validate(train_f[tap], data.train_labels, probe, cfg.cv_folds, cfg.seed)
-            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(train_f[tap], data.train_labels, knn, cfg.cv_folds,
-                                                            cfg.seed)
+            out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(
+                train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed
+            )
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
     return out

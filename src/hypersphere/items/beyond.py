@@ -9,6 +9,7 @@ bootstrap interval over encoders, and the performance of the encoder the statist
 asks whether L_align + L_uniform, the paper's pair, ranks its encoders as well as the best of the other statistics
 (within MARGIN of its rho, by a paired bootstrap interval of the difference).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,7 +68,8 @@ def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         clouds[domain] = df[ok].assign(performance=df.loc[ok, col]).reset_index(drop=True)
         notes[domain] = "; ".join(said) + (
             f"; {len(df) - ok.sum()} without finite metrics and performance, or supervised, left out; "
-            f"{ok.sum()} encoders; performance: {name}")
+            f"{ok.sum()} encoders; performance: {name}"
+        )
     return clouds, notes
 
 
@@ -76,10 +78,23 @@ def objectives(results_dir) -> pd.DataFrame:
     df = pd.read_csv(Path(results_dir) / "beyond.csv", dtype={"id": str})
     if "base_lr" in df:  # the rate it trained with (lr 0 is the linear scaling rule's, e.g. on the paper profile)
         df["lr"] = df["base_lr"]
-    cols = ["id", "objective", "dataset", "arch", "optimizer", "lr", "status", "val_output_linear", "val_fc7_linear",
-            "rankme", "dim", "failed_reason"]
-    df = df.reindex(columns=cols).assign(id=lambda d: d["id"].fillna(""),
-                                         optimizer=lambda d: d["optimizer"].fillna("sgd"))
+    cols = [
+        "id",
+        "objective",
+        "dataset",
+        "arch",
+        "optimizer",
+        "lr",
+        "status",
+        "val_output_linear",
+        "val_fc7_linear",
+        "rankme",
+        "dim",
+        "failed_reason",
+    ]
+    df = df.reindex(columns=cols).assign(
+        id=lambda d: d["id"].fillna(""), optimizer=lambda d: d["optimizer"].fillna("sgd")
+    )
     return df.assign(outcome=[outcome(row, df) for _, row in df.iterrows()]).drop(columns="failed_reason")
 
 
@@ -108,8 +123,12 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
             parts.append(f"under the random-init encoder's {ref['val_output_linear']:.1f}%")
     else:
         parts.append(rank)
-    control = done[(done["objective"] == row["objective"]) & (done["arch"] == row["arch"]) &
-                   (done["dataset"] == "digits") & (row["dataset"] != "digits")]
+    control = done[
+        (done["objective"] == row["objective"])
+        & (done["arch"] == row["arch"])
+        & (done["dataset"] == "digits")
+        & (row["dataset"] != "digits")
+    ]
     if len(control):
         parts.append(f"{control['val_output_linear'].iloc[0]:.1f}% on grey digits")
     return "; ".join(parts)
@@ -140,9 +159,20 @@ def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) ->
             rho, lo, hi = stats.bootstrap_spearman(g[ok], y[ok], n_boot=n_boot, seed=seed)
             pick = stats.selection_rule(g[ok], y[ok], higher_is_better=True)
             sign = 1 if higher else -1
-            rows.append({"domain": domain, "statistic": name, "encoders": int(ok.sum()), "spearman": rho,
-                         "ci_low": lo, "ci_high": hi, "picked": sign * pick["chosen"], "best": sign * pick["best"],
-                         "median": sign * pick["median"], "picked percentile": pick["percentile"]})
+            rows.append(
+                {
+                    "domain": domain,
+                    "statistic": name,
+                    "encoders": int(ok.sum()),
+                    "spearman": rho,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "picked": sign * pick["chosen"],
+                    "best": sign * pick["best"],
+                    "median": sign * pick["median"],
+                    "picked percentile": pick["percentile"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -153,21 +183,30 @@ def judge(domain: str, cloud: pd.DataFrame, t: pd.DataFrame, n_boot: int = 2000,
     claim = f"L_align + L_uniform ranks the {domain} encoders as well as the best label-free statistic"
     rows = t[t["domain"] == domain].set_index("statistic")
     if len(cloud) < MIN_ENCODERS or rows["spearman"].isna().all():
-        return verdict(f"Label-free selection ({domain})", claim, None,
-                       f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed",
-                       ["beyond_statistics"])
+        return verdict(
+            f"Label-free selection ({domain})",
+            claim,
+            None,
+            f"{len(cloud)} encoders with finite statistics; at least {MIN_ENCODERS} needed",
+            ["beyond_statistics"],
+        )
     rival = rows["spearman"].drop(PAPER_PAIR).idxmax()
     y = cloud["performance"].to_numpy(float) * (1 if _higher(domain) else -1)
-    diff, lo, hi = stats.bootstrap_spearman_difference(goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y,
-                                                       n_boot=n_boot, seed=seed)
+    diff, lo, hi = stats.bootstrap_spearman_difference(
+        goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y, n_boot=n_boot, seed=seed
+    )
     holds = True if lo > -MARGIN else False if hi < -MARGIN else None
-    ranked = ", ".join(f"{s} {r['spearman']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-                       for s, r in rows.sort_values("spearman", ascending=False).iterrows())
+    ranked = ", ".join(
+        f"{s} {r['spearman']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        for s, r in rows.sort_values("spearman", ascending=False).iterrows()
+    )
     p, r = rows.loc[PAPER_PAIR], rows.loc[rival]
-    evidence = (f"{len(cloud)} encoders; Spearman with performance (+1 ranks them perfectly): {ranked}. "
-                f"{PAPER_PAIR} minus the best other statistic, {rival}: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}] (paired "
-                f"bootstrap; margin -{MARGIN:g}). First picks: {PAPER_PAIR} {p['picked']:.3g}, {rival} "
-                f"{r['picked']:.3g}; the best encoder {p['best']:.3g}, the median {p['median']:.3g}")
+    evidence = (
+        f"{len(cloud)} encoders; Spearman with performance (+1 ranks them perfectly): {ranked}. "
+        f"{PAPER_PAIR} minus the best other statistic, {rival}: {diff:+.2f} [{lo:+.2f}, {hi:+.2f}] (paired "
+        f"bootstrap; margin -{MARGIN:g}). First picks: {PAPER_PAIR} {p['picked']:.3g}, {rival} "
+        f"{r['picked']:.3g}; the best encoder {p['best']:.3g}, the median {p['median']:.3g}"
+    )
     return verdict(f"Label-free selection ({domain})", claim, holds, evidence, ["beyond_statistics"])
 
 

@@ -11,6 +11,7 @@ The verdict: for every panel, the fitted combination ranks encoders out of sampl
 right side of zero, and both fitted weights point the paper's way (lower metrics, better performance).
 `better` is "higher" for accuracies and "lower" for errors (depth MSE).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,28 +44,43 @@ def usable(cloud: pd.DataFrame, targets: dict[str, str]) -> tuple[pd.DataFrame, 
     return cloud, kept, note
 
 
-def statistics(cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", n_boot: int = 2000,
-               seed: int = 0) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+def statistics(
+    cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", n_boot: int = 2000, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Per target and score (lower = better encoder): Spearman rho with its bootstrap CI, the cross-validated
     R^2 of the fitted combination, and what picking the best-scored encoder gives. Returns (table, fits)."""
     sign = 1.0 if better == "higher" else -1.0  # performance as "higher is better"
     rows, fits = [], {}
     for col, name in targets.items():
         y = sign * cloud[col].to_numpy(float)
-        scores = {"L_align": cloud["align"].to_numpy(), "L_uniform": cloud["uniform"].to_numpy(),
-                  "L_align + L_uniform": (cloud["align"] + cloud["uniform"]).to_numpy()}
+        scores = {
+            "L_align": cloud["align"].to_numpy(),
+            "L_uniform": cloud["uniform"].to_numpy(),
+            "L_align + L_uniform": (cloud["align"] + cloud["uniform"]).to_numpy(),
+        }
         if len(cloud) >= 5:
-            fits[col] = stats.combination_score(cloud[["align", "uniform"]].to_numpy(), y, folds=5, repeats=10,
-                                                seed=seed)
+            fits[col] = stats.combination_score(
+                cloud[["align", "uniform"]].to_numpy(), y, folds=5, repeats=10, seed=seed
+            )
             scores["fitted combination (CV)"] = -fits[col]["pred"]
         for score_name, score in scores.items():
             rho, lo, hi = stats.bootstrap_spearman(score, sign * y, n_boot=n_boot, seed=seed)
             pick = stats.selection_rule(score, y, higher_is_better=False)
-            rows.append({"target": name, "score (lower = better)": score_name, "spearman": rho, "ci_low": lo,
-                         "ci_high": hi, "R2_cv": fits[col]["r2"] if score_name.startswith("fitted") else np.nan,
-                         **{f"{k} {name}": sign * v for k, v in (("picked", pick["chosen"]), ("best", pick["best"]),
-                                                                 ("median", pick["median"]))},
-                         "picked percentile": pick["percentile"]})
+            rows.append(
+                {
+                    "target": name,
+                    "score (lower = better)": score_name,
+                    "spearman": rho,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "R2_cv": fits[col]["r2"] if score_name.startswith("fitted") else np.nan,
+                    **{
+                        f"{k} {name}": sign * v
+                        for k, v in (("picked", pick["chosen"]), ("best", pick["best"]), ("median", pick["median"]))
+                    },
+                    "picked percentile": pick["percentile"],
+                }
+            )
     return pd.DataFrame(rows), fits
 
 
@@ -73,8 +89,12 @@ def corner(cloud: pd.DataFrame, col: str, better: str = "higher") -> dict[str, f
     lower_left = (cloud["align"] <= cloud["align"].median()) & (cloud["uniform"] <= cloud["uniform"].median())
     n = max(1, len(cloud) // 10)
     top = cloud.nlargest(n, col) if better == "higher" else cloud.nsmallest(n, col)
-    return {"top": n, "top_in_corner": int(lower_left[top.index].sum()),
-            "share_top": float(lower_left[top.index].mean()), "share_all": float(lower_left.mean())}
+    return {
+        "top": n,
+        "top_in_corner": int(lower_left[top.index].sum()),
+        "share_top": float(lower_left[top.index].mean()),
+        "share_all": float(lower_left.mean()),
+    }
 
 
 def ours_vs_paper(cloud: pd.DataFrame, pairs: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -84,8 +104,12 @@ def ours_vs_paper(cloud: pd.DataFrame, pairs: dict[str, str]) -> dict[str, dict[
     for col, paper_col in pairs.items():
         if col in cloud and paper_col in cloud and len(d := cloud[[col, paper_col]].dropna()):
             diff = (d[col] - d[paper_col]).to_numpy()
-            out[col] = {"n": len(d), "spearman": stats.spearman(d[paper_col], d[col]), "mean_diff": diff.mean(),
-                        "mad": np.abs(diff).mean()}
+            out[col] = {
+                "n": len(d),
+                "spearman": stats.spearman(d[paper_col], d[col]),
+                "mean_diff": diff.mean(),
+                "mad": np.abs(diff).mean(),
+            }
     return out
 
 
@@ -102,8 +126,16 @@ def run_to_run(cloud: pd.DataFrame, table: str, pairs: dict[str, str]) -> pd.Dat
         for col, paper_col in pairs.items():
             theirs = paper.loc[group, paper_col.removeprefix("paper_")].to_numpy(float)
             mine = ours[col].reindex(group).to_numpy(float) if col in ours else np.full(len(group), np.nan)
-            out.append({"rows": "/".join(map(str, group)), "metric": col, "paper": theirs.round(2).tolist(),
-                        "paper range": _range(theirs), "ours": mine.round(2).tolist(), "ours range": _range(mine)})
+            out.append(
+                {
+                    "rows": "/".join(map(str, group)),
+                    "metric": col,
+                    "paper": theirs.round(2).tolist(),
+                    "paper range": _range(theirs),
+                    "ours": mine.round(2).tolist(),
+                    "ours range": _range(mine),
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -114,19 +146,31 @@ def _range(values: np.ndarray) -> float:
 
 def spread_note(spread: pd.DataFrame) -> str:
     """One sentence on a run_to_run table: how far the repeats' numbers lie apart, the paper's and ours."""
+
     def ranges(col: str) -> str:
         r = spread[col].dropna()
         return f"{r.min():.2f}-{r.max():.2f} (median {r.median():.2f})"
+
     n = spread["rows"].nunique()
-    note = (f"{n} configuration{'s' * (n > 1)} repeated in the appendix; the paper's trainings of each differ by "
-            f"{ranges('paper range')}")
+    note = (
+        f"{n} configuration{'s' * (n > 1)} repeated in the appendix; the paper's trainings of each differ by "
+        f"{ranges('paper range')}"
+    )
     if spread["ours range"].notna().any():
         return note + f", ours by {ranges('ours range')}"
     return note + "; this profile trains none of them twice (the paper profile does, under seeds 0, 1, ...)"
 
 
-def judge(item: str, cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fits: dict,
-          better: str = "higher", agreement: dict | None = None, figures=()) -> dict[str, Any]:
+def judge(
+    item: str,
+    cloud: pd.DataFrame,
+    targets: dict[str, str],
+    table: pd.DataFrame,
+    fits: dict,
+    better: str = "higher",
+    agreement: dict | None = None,
+    figures=(),
+) -> dict[str, Any]:
     """The verdict: decided with >= MIN_ENCODERS encoders and a fit per target; holds when every fitted
     combination's 95% CI excludes zero on the paper's side and both its weights point the paper's way."""
     ok, parts = [], []
@@ -137,23 +181,33 @@ def judge(item: str, cloud: pd.DataFrame, targets: dict[str, str], table: pd.Dat
             f, (_, b, c) = s.loc["fitted combination (CV)"], fits[col]["weights"]
             ok.append(f["ci_high"] < 0 if better == "higher" else f["ci_low"] > 0)
             ok[-1] = ok[-1] and b < 0 and c < 0  # weights of the "higher is better" performance
-            line += (f", fitted combination {f['spearman']:+.2f} [{f['ci_low']:+.2f}, {f['ci_high']:+.2f}], "
-                     f"weights align {b:+.2f} uniform {c:+.2f}")
+            line += (
+                f", fitted combination {f['spearman']:+.2f} [{f['ci_low']:+.2f}, {f['ci_high']:+.2f}], "
+                f"weights align {b:+.2f} uniform {c:+.2f}"
+            )
         k = corner(cloud, col, better)
-        line += (f"; {k['top_in_corner']} of the best {k['top']} in the lower-left quadrant "
-                 f"({k['share_all']:.0%} of all)")
+        line += (
+            f"; {k['top_in_corner']} of the best {k['top']} in the lower-left quadrant ({k['share_all']:.0%} of all)"
+        )
         parts.append(line)
     for col, a in (agreement or {}).items():
-        parts.append(f"ours vs paper, {targets.get(col, col)}: Spearman {a['spearman']:.2f}, "
-                     f"mean diff {a['mean_diff']:+.2f}")
+        parts.append(
+            f"ours vs paper, {targets.get(col, col)}: Spearman {a['spearman']:.2f}, mean diff {a['mean_diff']:+.2f}"
+        )
     decided = len(cloud) >= MIN_ENCODERS and len(fits) == len(targets) and len(targets) > 0
     direction = "higher accuracy" if better == "higher" else "lower error"
-    return verdict(item, f"encoders with lower L_align and lower L_uniform (lower-left) have {direction}",
-                   all(ok) if decided else None, f"{len(cloud)} encoders. " + "; ".join(parts), figures)
+    return verdict(
+        item,
+        f"encoders with lower L_align and lower L_uniform (lower-left) have {direction}",
+        all(ok) if decided else None,
+        f"{len(cloud)} encoders. " + "; ".join(parts),
+        figures,
+    )
 
 
-def figure(cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher",
-           label: str = "validation accuracy (%)"):
+def figure(
+    cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", label: str = "validation accuracy (%)"
+):
     """The scatter panels: one per target, colour range the 2nd-98th percentile, blue = better."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.4 * len(targets), 4.8), squeeze=False)
     cmap = "coolwarm_r" if better == "higher" else "coolwarm"
@@ -165,11 +219,31 @@ def figure(cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher",
             style = dict(s=55, linewidths=1.3) if marker == "+" else dict(s=30, linewidths=0.4, edgecolors="0.25")
             ax.scatter(d["uniform"], d["align"], c=d[col], cmap=cmap, norm=norm, marker=marker, **style)
         fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=f"{label}, {name}")
-        ax.annotate("better", xy=(0.04, 0.05), xytext=(0.2, 0.2), xycoords="axes fraction", color="0.4",
-                    arrowprops=dict(arrowstyle="->", color="0.4"), ha="center", va="center", zorder=0)
+        ax.annotate(
+            "better",
+            xy=(0.04, 0.05),
+            xytext=(0.2, 0.2),
+            xycoords="axes fraction",
+            color="0.4",
+            arrowprops=dict(arrowstyle="->", color="0.4"),
+            ha="center",
+            va="center",
+            zorder=0,
+        )
         ax.set(xlabel=X_LABEL, ylabel=Y_LABEL, title=f"{name} ({len(cloud)} encoders)")
-    handles = [Line2D([], [], ls="", marker=FAMILY_MARKERS[f], color="0.35", markersize=7,
-                      markerfacecolor="0.75" if FAMILY_MARKERS[f] != "+" else None, label=f) for f in FAMILIES]
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker=FAMILY_MARKERS[f],
+            color="0.35",
+            markersize=7,
+            markerfacecolor="0.75" if FAMILY_MARKERS[f] != "+" else None,
+            label=f,
+        )
+        for f in FAMILIES
+    ]
     fig.legend(handles=handles, loc="upper center", ncol=3, title="training objective (marker)")
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     return fig

@@ -5,6 +5,7 @@ recording L_align, exp(L_uniform) and a freshly trained linear probe on outputs 
 The verdict judges those signs against seed noise (`judge`): over the parents (one poor encoder per seed), the
 95% interval of the change in accuracy must lie above 0 with both terms and below 0 with each term alone.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -52,13 +53,24 @@ def parents(finetune: pd.DataFrame) -> list[str]:
 def summary(by_parent: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """Start and final accuracy and metrics of each parent's fine-tunes, next to the paper's final accuracy."""
     paper = reference_table("fig8").set_index("kind")
-    return pd.DataFrame([{"parent": p, "fine-tuned with": k, "objective": t["objective"].iloc[0],
-                          "start acc.": t[ACC].iloc[0], "final acc.": t[ACC].iloc[-1],
-                          "paper final": paper.loc[k, "final"],
-                          "start L_align": t["align"].iloc[0], "final L_align": t["align"].iloc[-1],
-                          "start exp(L_uniform)": np.exp(t["uniform"].iloc[0]),
-                          "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1])}
-                         for p, trajectories in by_parent.items() for k, t in trajectories.items()])
+    return pd.DataFrame(
+        [
+            {
+                "parent": p,
+                "fine-tuned with": k,
+                "objective": t["objective"].iloc[0],
+                "start acc.": t[ACC].iloc[0],
+                "final acc.": t[ACC].iloc[-1],
+                "paper final": paper.loc[k, "final"],
+                "start L_align": t["align"].iloc[0],
+                "final L_align": t["align"].iloc[-1],
+                "start exp(L_uniform)": np.exp(t["uniform"].iloc[0]),
+                "final exp(L_uniform)": np.exp(t["uniform"].iloc[-1]),
+            }
+            for p, trajectories in by_parent.items()
+            for k, t in trajectories.items()
+        ]
+    )
 
 
 def gains(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, dict[str, float]]:
@@ -83,27 +95,40 @@ def judge(by_parent: dict[str, dict[str, pd.DataFrame]]) -> dict[str, Any]:
     outcomes = [r["holds"] for r in results.values()]
     holds = None if not complete else False if False in outcomes else True if all(outcomes) else None
     paper = reference_table("fig8").set_index("kind")
-    evidence = ("change in accuracy over fine-tuning: " + "; ".join(
-        f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in changes.items())
+    evidence = (
+        "change in accuracy over fine-tuning: "
+        + "; ".join(f"{p}: " + ", ".join(f"{k} {g:+.1f} pts" for k, g in gain.items()) for p, gain in changes.items())
         + "".join(f"; {k}, a {'gain' if GAINS[k] else 'loss'} claimed: {describe(r)}" for k, r in results.items())
         + (" (a parent misses a fine-tune)" if changes and not complete else "")
-        + " (paper: " + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
-        + f" pts from {paper['start'].iloc[0]:.2f}%)")
+        + " (paper: "
+        + ", ".join(f"{k} {r.final - r.start:+.1f}" for k, r in paper.iterrows())
+        + f" pts from {paper['start'].iloc[0]:.2f}%)"
+    )
     return verdict("Figure 8", CLAIM, holds, evidence, ["fig8_finetuning"])
 
 
 def figure(by_parent: dict[str, dict[str, pd.DataFrame]], show_paper: bool = False):
     """One colour per fine-tuning kind, one marker per parent (seed) of the poor encoder."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
-    panels = [("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
-              ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
-              (ACC, "validation accuracy (%), output + linear")]
+    panels = [
+        ("align", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"),
+        ("exp_uniform", r"$\exp(\mathcal{L}_\mathsf{uniform}(t=2))$"),
+        (ACC, "validation accuracy (%), output + linear"),
+    ]
     for ax, (col, label) in zip(axes, panels):
         for (p, trajectories), marker in zip(by_parent.items(), itertools.cycle("osD^v")):
             for k, t in trajectories.items():
                 y = np.exp(t["uniform"]) if col == "exp_uniform" else t[col]
-                ax.plot(t["epoch"], y, "-", marker=marker, ms=4, color=KINDS[k], alpha=0.8,
-                        label=f"{k}: {t['objective'].iloc[0]}" if p == next(iter(by_parent)) else None)
+                ax.plot(
+                    t["epoch"],
+                    y,
+                    "-",
+                    marker=marker,
+                    ms=4,
+                    color=KINDS[k],
+                    alpha=0.8,
+                    label=f"{k}: {t['objective'].iloc[0]}" if p == next(iter(by_parent)) else None,
+                )
         ax.set(xlabel="fine-tuning epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylim(bottom=0)

@@ -10,6 +10,7 @@ statistics are also given without them, and the verdict's evidence reports both,
 encoders' accuracies spread against the standard error of one accuracy. Diverged runs are results too: `diverged`
 lists them (with the epoch and step at which the loss became non-finite) next to the paper's NaN rows.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ from .. import stats
 from . import fig5
 
 # the task columns of each dataset -> panel names (the paper's MR and CR; the stand-in's tasks in their place)
-TASKS = {"bookcorpus": {"val_mr": "MR", "val_cr": "CR"},
-         "standin": {"val_sentiment": "sentiment (MR's stand-in)", "val_subjectivity": "subjectivity (CR's stand-in)"}}
+TASKS = {
+    "bookcorpus": {"val_mr": "MR", "val_cr": "CR"},
+    "standin": {"val_sentiment": "sentiment (MR's stand-in)", "val_subjectivity": "subjectivity (CR's stand-in)"},
+}
 PAPER_COLS = {"val_mr": "paper_val_mr", "val_cr": "paper_val_cr"}
 
 
@@ -58,9 +61,16 @@ def versus_random(trained: pd.DataFrame, random: pd.DataFrame, targets: dict[str
     rows = []
     for col, name in targets.items():
         base = random[col].mean() if len(random) else np.nan
-        rows.append({"task": name, "random init": base, "trained median": trained[col].median(),
-                     "trained best": trained[col].max(), "median - random": trained[col].median() - base,
-                     "share above random": float((trained[col] > base).mean()) if len(random) else np.nan})
+        rows.append(
+            {
+                "task": name,
+                "random init": base,
+                "trained median": trained[col].median(),
+                "trained best": trained[col].max(),
+                "median - random": trained[col].median() - base,
+                "share above random": float((trained[col] > base).mean()) if len(random) else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,8 +85,16 @@ def noise(cloud: pd.DataFrame, targets: dict[str, str]) -> pd.DataFrame:
         n = cloud[n_col].median() if n_col in cloud else np.nan
         median, std = cloud[col].median(), cloud[col].std()
         se = float(stats.binomial_se(median, n))
-        rows.append({"task": name, "sentences": n, "median accuracy": median, "standard error": se,
-                     "spread (std)": std, "spread / standard error": std / se})
+        rows.append(
+            {
+                "task": name,
+                "sentences": n,
+                "median accuracy": median,
+                "standard error": se,
+                "spread (std)": std,
+                "spread / standard error": std / se,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -84,8 +102,11 @@ def diverged(results_dir: str | Path, sweep: str) -> pd.DataFrame:
     """The sweep's runs that diverged (status failed): objective, where it diverged and why, with the paper's
     own NaN flag for the same configuration when the table carries it (paper profile)."""
     df = pd.read_csv(Path(results_dir) / f"{sweep}.csv")
-    cols = [c for c in ("objective", "arch", "failed_epoch", "failed_step", "failed_reason", "paper_row", "paper_nan")
-            if c in df]
+    cols = [
+        c
+        for c in ("objective", "arch", "failed_epoch", "failed_step", "failed_reason", "paper_row", "paper_nan")
+        if c in df
+    ]
     return df.loc[df["status"] == "failed", cols].reset_index(drop=True)
 
 
@@ -95,14 +116,24 @@ def nan_agreement(results_dir: str | Path, sweep: str) -> pd.DataFrame | None:
     if "paper_nan" not in df:
         return None
     ran = df[df["status"].isin(["done", "failed"])]
-    return pd.crosstab(ran["status"].eq("failed").map({True: "ours diverged", False: "ours trained"}),
-                       ran["paper_nan"].astype(bool).map({True: "paper NaN", False: "paper trained"}))
+    return pd.crosstab(
+        ran["status"].eq("failed").map({True: "ours diverged", False: "ours trained"}),
+        ran["paper_nan"].astype(bool).map({True: "paper NaN", False: "paper trained"}),
+    )
 
 
-def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fits: dict,
-          baseline: pd.DataFrame | None = None, agreement: dict | None = None, n_diverged: int = 0,
-          uncollapsed: pd.DataFrame | None = None, uncollapsed_noise: pd.DataFrame | None = None,
-          figures=("fig9b_sentences", "fig9b_statistics")) -> dict[str, Any]:
+def judge(
+    cloud: pd.DataFrame,
+    targets: dict[str, str],
+    table: pd.DataFrame,
+    fits: dict,
+    baseline: pd.DataFrame | None = None,
+    agreement: dict | None = None,
+    n_diverged: int = 0,
+    uncollapsed: pd.DataFrame | None = None,
+    uncollapsed_noise: pd.DataFrame | None = None,
+    figures=("fig9b_sentences", "fig9b_statistics"),
+) -> dict[str, Any]:
     """Figure 5a's verdict on the whole sentence cloud, as the paper plots it; the evidence also gives the
     statistics without the collapsed encoders (`uncollapsed`: fig5.statistics' table on them), their accuracies'
     spread against one accuracy's standard error (`uncollapsed_noise`: `noise` on them), how training compares
@@ -112,20 +143,25 @@ def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fit
         s = uncollapsed.set_index(["target", "score (lower = better)"])
         v["evidence"] += f"; without the {int(collapsed(cloud).sum())} collapsed encoders: " + ", ".join(
             f"{name} rho align {s.loc[(name, 'L_align'), 'spearman']:+.2f}, uniform "
-            f"{s.loc[(name, 'L_uniform'), 'spearman']:+.2f}" + (
+            f"{s.loc[(name, 'L_uniform'), 'spearman']:+.2f}"
+            + (
                 f", fitted {s.loc[(name, 'fitted combination (CV)'), 'spearman']:+.2f} "
                 f"[{s.loc[(name, 'fitted combination (CV)'), 'ci_low']:+.2f}, "
                 f"{s.loc[(name, 'fitted combination (CV)'), 'ci_high']:+.2f}]"
-                if (name, "fitted combination (CV)") in s.index else "")
-            for name in targets.values())
+                if (name, "fitted combination (CV)") in s.index
+                else ""
+            )
+            for name in targets.values()
+        )
     if uncollapsed_noise is not None and uncollapsed_noise["standard error"].notna().all():
         v["evidence"] += "; their accuracies' spread (std) against one accuracy's standard error: " + ", ".join(
-            f"{r['task']} {r['spread (std)']:.2f} vs {r['standard error']:.2f}"
-            for _, r in uncollapsed_noise.iterrows())
+            f"{r['task']} {r['spread (std)']:.2f} vs {r['standard error']:.2f}" for _, r in uncollapsed_noise.iterrows()
+        )
     if baseline is not None and len(baseline) and baseline["random init"].notna().all():
         v["evidence"] += "; trained vs random init: " + ", ".join(
             f"{r['task']} median {r['trained median']:.2f} vs {r['random init']:.2f} ({r['median - random']:+.2f})"
-            for _, r in baseline.iterrows())
+            for _, r in baseline.iterrows()
+        )
     if n_diverged:
         v["evidence"] += f"; {n_diverged} runs diverged (not plotted, listed in the notebook)"
     return v
@@ -134,10 +170,11 @@ def judge(cloud: pd.DataFrame, targets: dict[str, str], table: pd.DataFrame, fit
 def figure(cloud: pd.DataFrame, targets: dict[str, str], n_diverged: int = 0):
     """Figure 5a's panels on the sentence cloud, one per task."""
     fig = fig5.figure(cloud, targets, label="CV test accuracy (%)")
-    for ax in fig.axes[:len(targets)]:  # the panels (their colour bars come after them)
+    for ax in fig.axes[: len(targets)]:  # the panels (their colour bars come after them)
         ax.set_xlabel(r"$\mathcal{L}_\mathsf{uniform}(f;t=2) + \mathcal{L}_\mathsf{uniform}(g;t=2)$")
         ax.set_ylabel(r"$\mathcal{L}_\mathsf{align}(\alpha=2)$ of $f(s)$, $g$(neighbour)")
     if n_diverged:
-        fig.text(0.99, 0.01, f"{n_diverged} diverged runs (NaN) not shown", ha="right", va="bottom", fontsize=9,
-                 color="0.35")
+        fig.text(
+            0.99, 0.01, f"{n_diverged} diverged runs (NaN) not shown", ha="right", va="bottom", fontsize=9, color="0.35"
+        )
     return fig

@@ -8,6 +8,7 @@ seed gives one paired difference, align + uniform minus contrastive averaged ove
 paper's run-to-run spread; the paper has it 0.45 points above) holds when the 95% confidence interval of the mean
 difference lies above -MARGIN, fails when it lies below, and is undecided otherwise (items.seed_verdict).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,12 @@ import pandas as pd
 from ..resources import reference_table
 from . import FAMILIES, add_family, best_of, cell, per_seed, seed_verdict, verdict
 
-COLUMNS = {"val_output_linear": "output+linear", "val_output_5nn": "output+5-NN",
-           "val_fc7_linear": "fc7+linear", "val_fc7_5nn": "fc7+5-NN"}
+COLUMNS = {
+    "val_output_linear": "output+linear",
+    "val_output_5nn": "output+5-NN",
+    "val_fc7_linear": "fc7+linear",
+    "val_fc7_5nn": "fc7+5-NN",
+}
 MARGIN = 1.0
 CLAIM = "the best L_align + L_uniform encoder matches or beats the best contrastive one"
 
@@ -43,18 +48,30 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     rows = []
     for fam in FAMILIES:
         best, n = best_of(scratch, fam, by)
-        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
-                     "selection score": best.get(by, np.nan),
-                     **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
-                     "paper objective": paper.loc[fam, "objective"],
-                     **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
+        rows.append(
+            {
+                "family": fam,
+                "candidates": n,
+                "selected by": by,
+                "objective": best.get("objective", ""),
+                "selection score": best.get(by, np.nan),
+                **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                "paper objective": paper.loc[fam, "objective"],
+                **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    """"ours (paper)" cells, the form of the written table."""
-    return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
-                         **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})
+    """ "ours (paper)" cells, the form of the written table."""
+    return pd.DataFrame(
+        {
+            "Loss family": table["family"],
+            "Selected objective": table["objective"],
+            **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()},
+        }
+    )
 
 
 def _difference(table: pd.DataFrame) -> pd.Series | None:
@@ -66,12 +83,16 @@ def _difference(table: pd.DataFrame) -> pd.Series | None:
 def by_seed(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     """The selection repeated among each seed's candidates alone: per seed, each family's pick and output+linear
     accuracy, and the mean difference over the four columns (align + uniform minus contrastive)."""
+
     def one(cands: pd.DataFrame) -> dict[str, Any]:
         t = select(cands, by)
         diff, t = _difference(t), t.set_index("family")
-        return {**{f: t.loc[f, "objective"] for f in FAMILIES[:2]},
-                **{f"{f} output+linear": t.loc[f, "output+linear"] for f in FAMILIES[:2]},
-                "mean difference": np.nan if diff is None else diff.mean()}
+        return {
+            **{f: t.loc[f, "objective"] for f in FAMILIES[:2]},
+            **{f"{f} output+linear": t.loc[f, "output+linear"] for f in FAMILIES[:2]},
+            "mean difference": np.nan if diff is None else diff.mean(),
+        }
+
     return per_seed(scratch, one)
 
 
@@ -80,28 +101,39 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     Undecided when a family has no candidate."""
     t, names = table.set_index("family"), list(COLUMNS.values())
     if (diff := _difference(table)) is None:
-        return verdict("Table 1", CLAIM, None, "a family has no candidate: "
-                       + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table1"])
+        return verdict(
+            "Table 1",
+            CLAIM,
+            None,
+            "a family has no candidate: " + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES),
+            ["table1"],
+        )
     paper = [t.loc["align + uniform only", f"paper {n}"] - t.loc["contrastive only", f"paper {n}"] for n in names]
-    evidence = ("among all candidates align + uniform minus contrastive: "
-                + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
-                + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); "
-                  f"selected by {t['selected by'].iloc[0]}: "
-                + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"]))
-    return seed_verdict("Table 1", CLAIM, seeds, "mean difference", -MARGIN, True,
-                        "the mean difference", "points", evidence, ["table1"])
+    evidence = (
+        "among all candidates align + uniform minus contrastive: "
+        + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
+        + f" (mean {diff.mean():+.2f}; paper mean {np.mean(paper):+.2f}); "
+        f"selected by {t['selected by'].iloc[0]}: "
+        + "; ".join(f"{f}: {t.loc[f, 'objective']}" for f in FAMILIES if t.loc[f, "objective"])
+    )
+    return seed_verdict(
+        "Table 1", CLAIM, seeds, "mean difference", -MARGIN, True, "the mean difference", "points", evidence, ["table1"]
+    )
 
 
 def paper_picks(scratch: pd.DataFrame, paper_profile: bool) -> pd.DataFrame:
     """The paper's three selected objectives as trained here (same canonical objective; on the paper profile
     also dim 128 and batch 768), whatever our own selection picked."""
     from ..losses import Objective
+
     paper = reference_table("table1")
     rows = []
     for fam, obj in zip(paper["family"], paper["objective"]):
         m = scratch[scratch["objective"] == str(Objective.parse(obj))]
         if paper_profile:
             m = m[(m["dim"] == 128) & (m["batch_size"] == 768)]
-        rows += [{"family": fam, "objective": r["objective"], **{n: r.get(c, np.nan) for c, n in COLUMNS.items()}}
-                 for _, r in m.iterrows()]
+        rows += [
+            {"family": fam, "objective": r["objective"], **{n: r.get(c, np.nan) for c, n in COLUMNS.items()}}
+            for _, r in m.iterrows()
+        ]
     return pd.DataFrame(rows)

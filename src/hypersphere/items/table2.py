@@ -11,6 +11,7 @@ Verdicts:
 - "trained beats random" holds when every selected encoder has a lower conv5 MSE than every random-init one
   (epochs 0) by at least RANDOM_MARGIN (relative).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,11 @@ def split(cloud: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     cloud = add_family(cloud)
     scratch = cloud[(cloud["init"].fillna("rand") == "rand") & (cloud["family"] != "")]
     by = "cv_conv5_mse" if "cv_conv5_mse" in scratch and scratch["cv_conv5_mse"].notna().any() else "val_conv5_mse"
-    return (scratch[scratch["epochs"] > 0].reset_index(drop=True),
-            scratch[scratch["epochs"] == 0].reset_index(drop=True), by)
+    return (
+        scratch[scratch["epochs"] > 0].reset_index(drop=True),
+        scratch[scratch["epochs"] == 0].reset_index(drop=True),
+        by,
+    )
 
 
 def non_collapsed(cloud: pd.DataFrame) -> pd.DataFrame:
@@ -54,10 +58,17 @@ def select(trained: pd.DataFrame, by: str) -> pd.DataFrame:
     paper, rows = paper_table(), []
     for fam in FAMILIES:
         best, n = best_of(trained, fam, by, lower=True)
-        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
-                     "selection score": best.get(by, np.nan),
-                     **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
-                     **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()}})
+        rows.append(
+            {
+                "family": fam,
+                "candidates": n,
+                "selected by": by,
+                "objective": best.get("objective", ""),
+                "selection score": best.get(by, np.nan),
+                **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                **{f"paper {name}": paper.loc[fam, col] for col, name in COLUMNS.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -69,9 +80,11 @@ def _relative(table: pd.DataFrame) -> float:
 
 def by_seed(trained: pd.DataFrame, by: str) -> pd.DataFrame:
     """The selection repeated among each seed's trained encoders alone: each family's pick and the relative MSE."""
+
     def one(cands: pd.DataFrame) -> dict[str, Any]:
         t = select(cands, by)
         return {**dict(zip(t["family"], t["objective"])), "relative conv5 MSE (%)": _relative(t)}
+
     return per_seed(trained, one)
 
 
@@ -80,15 +93,32 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     per seed) must lie below MARGIN (items.seed_verdict). Undecided when a family has no candidate."""
     t = table.set_index("family")
     if not t["conv5"].notna().all():
-        return verdict("Table 2", CLAIM, None, "a family has no candidate: " + ", ".join(
-            f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table2"])
+        return verdict(
+            "Table 2",
+            CLAIM,
+            None,
+            "a family has no candidate: " + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES),
+            ["table2"],
+        )
     au, c = t.loc["align + uniform only"], t.loc["contrastive only"]
     paper_rel = au["paper conv5"] / c["paper conv5"] - 1
-    evidence = (f"among all candidates conv5 MSE align + uniform {au['conv5']:.4f} vs contrastive {c['conv5']:.4f} "
-                f"({_relative(table):+.1f}%; paper {paper_rel:+.1%}), conv4 {au['conv4']:.4f} vs {c['conv4']:.4f}; "
-                f"selected by {au['selected by']}: {au['objective']}; {c['objective']}")
-    return seed_verdict("Table 2", CLAIM, seeds, "relative conv5 MSE (%)", 100 * MARGIN, False,
-                        "the relative conv5 MSE", "%", evidence, ["table2"])
+    evidence = (
+        f"among all candidates conv5 MSE align + uniform {au['conv5']:.4f} vs contrastive {c['conv5']:.4f} "
+        f"({_relative(table):+.1f}%; paper {paper_rel:+.1%}), conv4 {au['conv4']:.4f} vs {c['conv4']:.4f}; "
+        f"selected by {au['selected by']}: {au['objective']}; {c['objective']}"
+    )
+    return seed_verdict(
+        "Table 2",
+        CLAIM,
+        seeds,
+        "relative conv5 MSE (%)",
+        100 * MARGIN,
+        False,
+        "the relative conv5 MSE",
+        "%",
+        evidence,
+        ["table2"],
+    )
 
 
 def versus_random(table: pd.DataFrame, random: pd.DataFrame) -> dict[str, Any]:
@@ -97,17 +127,24 @@ def versus_random(table: pd.DataFrame, random: pd.DataFrame) -> dict[str, Any]:
     if random.empty or not table["conv5"].notna().any():
         return verdict("Table 2 (vs random init)", claim, None, "no random-init or no trained encoders", ["table2"])
     best_random, worst_selected = random["val_conv5_mse"].min(), table["conv5"].max()
-    evidence = (f"conv5 MSE of the selected encoders {', '.join(f'{v:.4f}' for v in table['conv5'])} against "
-                f"{len(random)} random-init encoders "
-                f"{random['val_conv5_mse'].min():.4f}-{random['val_conv5_mse'].max():.4f} "
-                f"(conv4: {', '.join(f'{v:.4f}' for v in table['conv4'])} against "
-                f"{random['val_conv4_mse'].min():.4f}-{random['val_conv4_mse'].max():.4f})")
-    return verdict("Table 2 (vs random init)", claim, worst_selected <= (1 - RANDOM_MARGIN) * best_random, evidence,
-                   ["table2"])
+    evidence = (
+        f"conv5 MSE of the selected encoders {', '.join(f'{v:.4f}' for v in table['conv5'])} against "
+        f"{len(random)} random-init encoders "
+        f"{random['val_conv5_mse'].min():.4f}-{random['val_conv5_mse'].max():.4f} "
+        f"(conv4: {', '.join(f'{v:.4f}' for v in table['conv4'])} against "
+        f"{random['val_conv4_mse'].min():.4f}-{random['val_conv4_mse'].max():.4f})"
+    )
+    return verdict(
+        "Table 2 (vs random init)", claim, worst_selected <= (1 - RANDOM_MARGIN) * best_random, evidence, ["table2"]
+    )
 
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    """"ours (paper)" cells, the form of the written table."""
-    return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
-                         **{n: [cell(o, p, ".4f") for o, p in zip(table[n], table[f"paper {n}"])]
-                            for n in COLUMNS.values()}})
+    """ "ours (paper)" cells, the form of the written table."""
+    return pd.DataFrame(
+        {
+            "Loss family": table["family"],
+            "Selected objective": table["objective"],
+            **{n: [cell(o, p, ".4f") for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()},
+        }
+    )

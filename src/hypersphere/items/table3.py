@@ -10,6 +10,7 @@ giving one top-1 difference (align + uniform minus contrastive). "Align + unifor
 contrastive loss" (non-inferiority within MARGIN points; the paper has it 1.8 above) holds when the 95% interval
 of the mean difference lies above -MARGIN, fails when it lies below, and is undecided otherwise.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,20 +47,33 @@ def select(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     paper, rows = paper_table(), []
     for fam in FAMILIES:
         best, n = best_of(scratch, fam, by)
-        rows.append({"family": fam, "candidates": n, "selected by": by, "objective": best.get("objective", ""),
-                     "intra_batch": best.get("intra_batch", np.nan), "selection score": best.get(by, np.nan),
-                     **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
-                     "paper objective": paper.loc[fam, "objective"], "paper top-1": paper.loc[fam, "val_top1"],
-                     "paper top-5": paper.loc[fam, "val_top5"]})
+        rows.append(
+            {
+                "family": fam,
+                "candidates": n,
+                "selected by": by,
+                "objective": best.get("objective", ""),
+                "intra_batch": best.get("intra_batch", np.nan),
+                "selection score": best.get(by, np.nan),
+                **{name: best.get(col, np.nan) for col, name in COLUMNS.items()},
+                "paper objective": paper.loc[fam, "objective"],
+                "paper top-1": paper.loc[fam, "val_top1"],
+                "paper top-5": paper.loc[fam, "val_top5"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def by_seed(scratch: pd.DataFrame, by: str) -> pd.DataFrame:
     """The selection repeated among each seed's candidates alone: each family's pick and the top-1 difference."""
+
     def one(cands: pd.DataFrame) -> dict[str, Any]:
         t = select(cands, by).set_index("family")
-        return {**{f: t.loc[f, "objective"] for f in FAMILIES},
-                "top-1 difference": t.loc["align + uniform only", "top-1"] - t.loc["contrastive only", "top-1"]}
+        return {
+            **{f: t.loc[f, "objective"] for f in FAMILIES},
+            "top-1 difference": t.loc["align + uniform only", "top-1"] - t.loc["contrastive only", "top-1"],
+        }
+
     return per_seed(scratch, one)
 
 
@@ -68,20 +82,42 @@ def judge(table: pd.DataFrame, seeds: pd.DataFrame) -> dict[str, Any]:
     seed) must lie above -MARGIN (items.seed_verdict). Undecided when a family has no candidate."""
     t = table.set_index("family")
     if not t["top-1"].notna().all():
-        return verdict("Table 3", CLAIM, None, "a family has no candidate: " + ", ".join(
-            f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table3"])
+        return verdict(
+            "Table 3",
+            CLAIM,
+            None,
+            "a family has no candidate: " + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES),
+            ["table3"],
+        )
     au, c = t.loc["align + uniform only"], t.loc["contrastive only"]
     diff, paper_diff = au["top-1"] - c["top-1"], au["paper top-1"] - c["paper top-1"]
-    evidence = (f"among all candidates top-1 align + uniform {au['top-1']:.2f} vs contrastive {c['top-1']:.2f} "
-                f"({diff:+.2f} points; paper {au['paper top-1']:.2f} vs {c['paper top-1']:.2f}, {paper_diff:+.2f}), "
-                f"top-5 {au['top-5']:.2f} vs {c['top-5']:.2f}; selected by {au['selected by']} among "
-                f"{au['candidates']} and {c['candidates']} encoders: {au['objective']}; {c['objective']}")
-    return seed_verdict("Table 3", CLAIM, seeds, "top-1 difference", -MARGIN, True,
-                        "the top-1 difference", "points", evidence, ["table3"])
+    evidence = (
+        f"among all candidates top-1 align + uniform {au['top-1']:.2f} vs contrastive {c['top-1']:.2f} "
+        f"({diff:+.2f} points; paper {au['paper top-1']:.2f} vs {c['paper top-1']:.2f}, {paper_diff:+.2f}), "
+        f"top-5 {au['top-5']:.2f} vs {c['top-5']:.2f}; selected by {au['selected by']} among "
+        f"{au['candidates']} and {c['candidates']} encoders: {au['objective']}; {c['objective']}"
+    )
+    return seed_verdict(
+        "Table 3",
+        CLAIM,
+        seeds,
+        "top-1 difference",
+        -MARGIN,
+        True,
+        "the top-1 difference",
+        "points",
+        evidence,
+        ["table3"],
+    )
 
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    """"ours (paper)" cells, the form of the written table."""
-    return pd.DataFrame({"Loss family": table["family"], "Selected objective": table["objective"],
-                         "Paper's objective": table["paper objective"],
-                         **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()}})
+    """ "ours (paper)" cells, the form of the written table."""
+    return pd.DataFrame(
+        {
+            "Loss family": table["family"],
+            "Selected objective": table["objective"],
+            "Paper's objective": table["paper objective"],
+            **{n: [cell(o, p) for o, p in zip(table[n], table[f"paper {n}"])] for n in COLUMNS.values()},
+        }
+    )

@@ -14,6 +14,7 @@ selection among all encoders, with the binomial standard error of its mean diffe
 many sentences each task has (`n_<task>`; taking the two encoders' errors as independent overstates it a little:
 both are tested on the same sentences).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,14 @@ def select(cands: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
         row: dict[str, Any] = {"family": fam, "candidates": int((cands["family"] == fam).sum())}
         for task, name in tasks.items():
             best, _ = best_of(cands, fam, f"cv_{task}")
-            row.update({f"{name} objective": best.get("objective", ""), f"{name} CV": best.get(f"cv_{task}", np.nan),
-                        name: best.get(f"val_{task}", np.nan), f"{name} n": best.get(f"n_{task}", np.nan)})
+            row.update(
+                {
+                    f"{name} objective": best.get("objective", ""),
+                    f"{name} CV": best.get(f"cv_{task}", np.nan),
+                    name: best.get(f"val_{task}", np.nan),
+                    f"{name} n": best.get(f"n_{task}", np.nan),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -74,7 +81,7 @@ def with_paper(table: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
 
 
 def pretty(table: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
-    """"ours (paper)" cells with each task's selected objective, the form of the written table."""
+    """ "ours (paper)" cells with each task's selected objective, the form of the written table."""
     out = {"Loss family": table["family"]}
     for name in tasks.values():
         out[name] = [cell(o, p) for o, p in zip(table[name], table[f"paper {name}"])]
@@ -90,9 +97,11 @@ def _lead(table: pd.DataFrame, names: list[str]) -> pd.Series:
 
 def by_seed(cands: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
     """The selection repeated among each seed's encoders alone: the contrastive lead per task and its mean."""
+
     def one(c: pd.DataFrame) -> dict[str, Any]:
         lead = _lead(select(c, tasks), list(tasks.values()))
         return {**{f"{n} lead": d for n, d in lead.items()}, "mean lead": lead.mean(skipna=False)}
+
     return per_seed(cands, one)
 
 
@@ -101,8 +110,13 @@ def judge(table: pd.DataFrame, tasks: dict[str, str], seeds: pd.DataFrame) -> di
     t, names = table.set_index("family"), list(tasks.values())
     pair = t.loc[["contrastive only", "align + uniform only"], names]
     if not pair.notna().all(axis=None):
-        return verdict("Table 4", CLAIM, None, "a family has no candidate: " + ", ".join(
-            f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES), ["table4"])
+        return verdict(
+            "Table 4",
+            CLAIM,
+            None,
+            "a family has no candidate: " + ", ".join(f"{f} {t.loc[f, 'candidates']}" for f in FAMILIES),
+            ["table4"],
+        )
     diff, noise = _lead(table, names), ""
     n = t.loc[["contrastive only", "align + uniform only"], [f"{name} n" for name in names]].to_numpy(float)
     if np.isfinite(n).all():
@@ -110,11 +124,15 @@ def judge(table: pd.DataFrame, tasks: dict[str, str], seeds: pd.DataFrame) -> di
         noise = f"; standard error of that mean difference {se:.2f}"
     paper = paper_table().set_index("family")
     paper_diff = paper.loc["contrastive only", ["MR", "CR"]] - paper.loc["align + uniform only", ["MR", "CR"]]
-    evidence = ("among all encoders contrastive minus align + uniform "
-                + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
-                + f" (mean {diff.mean():+.2f}; best contrastive "
-                + ", ".join(f"{n} {pair.loc['contrastive only', n]:.2f}" for n in names)
-                + "; best align + uniform " + ", ".join(f"{n} {pair.loc['align + uniform only', n]:.2f}" for n in names)
-                + f"){noise}; the paper: contrastive wins, MR {paper_diff['MR']:+.2f}, CR {paper_diff['CR']:+.2f}")
-    return seed_verdict("Table 4", CLAIM, seeds, "mean lead", 0.0, True,
-                        "the mean contrastive lead", "points", evidence, ["table4"])
+    evidence = (
+        "among all encoders contrastive minus align + uniform "
+        + ", ".join(f"{n} {d:+.2f}" for n, d in diff.items())
+        + f" (mean {diff.mean():+.2f}; best contrastive "
+        + ", ".join(f"{n} {pair.loc['contrastive only', n]:.2f}" for n in names)
+        + "; best align + uniform "
+        + ", ".join(f"{n} {pair.loc['align + uniform only', n]:.2f}" for n in names)
+        + f"){noise}; the paper: contrastive wins, MR {paper_diff['MR']:+.2f}, CR {paper_diff['CR']:+.2f}"
+    )
+    return seed_verdict(
+        "Table 4", CLAIM, seeds, "mean lead", 0.0, True, "the mean contrastive lead", "points", evidence, ["table4"]
+    )

@@ -7,6 +7,7 @@ ImageFiles) and evaluates them with the official linear classification; where it
 top-1 beside the paper's and `judge` decides. Elsewhere (the quick and smoke profiles have no ImageNet) the verdict
 says "not run" and why.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,10 @@ from . import verdict
 CLAIM = "3 L_align(alpha=2) + L_uniform(t=3) matches MoCo v2's contrastive loss on full ImageNet"
 MARGIN = 1.0  # top-1 points the align + uniform run may trail by and still "match" (one seed each: no interval)
 TOP1 = "val_penultimate_linear"
-WHY_NOT = ("it needs ImageNet-1k in data/imagenet/{train,val}/<wnid>/ and 8 GPUs: the paper profile's sweep "
-           "configs/sweeps/paper/imagenet.yaml trains it (README, \"The paper profile on GPUs\")")
+WHY_NOT = (
+    "it needs ImageNet-1k in data/imagenet/{train,val}/<wnid>/ and 8 GPUs: the paper profile's sweep "
+    "configs/sweeps/paper/imagenet.yaml trains it (README, \"The paper profile on GPUs\")"
+)
 
 
 def table(results: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -43,11 +46,15 @@ def judge(t5: pd.DataFrame) -> dict[str, Any]:
     if missing := {"contrastive only", "align + uniform only"} - set(t.index):
         raise ValueError(f"imagenet_table5.csv lacks the rows {sorted(missing)}: restore it from the repository")
     c, au = t.loc["contrastive only"], t.loc["align + uniform only"]
-    paper = (f"the paper: {au['objective']} {au['val_top1']:.2f}% top-1 against {c['objective']} "
-             f"{c['val_top1']:.2f}% ({au['val_top1'] - c['val_top1']:+.2f} points)")
+    paper = (
+        f"the paper: {au['objective']} {au['val_top1']:.2f}% top-1 against {c['objective']} "
+        f"{c['val_top1']:.2f}% ({au['val_top1'] - c['val_top1']:+.2f} points)"
+    )
     if pd.isna(c["ours top-1"]) or pd.isna(au["ours top-1"]):
         return verdict("Table 5", CLAIM, None, f"not run: {WHY_NOT}; {paper}", ["table5"])
     gap = au["ours top-1"] - c["ours top-1"]
-    evidence = (f"ours: {au['ours top-1']:.2f}% against {c['ours top-1']:.2f}% ({gap:+.2f} points; one seed each, "
-                f"so no interval: holds within {MARGIN:g} point); {paper}")
+    evidence = (
+        f"ours: {au['ours top-1']:.2f}% against {c['ours top-1']:.2f}% ({gap:+.2f} points; one seed each, "
+        f"so no interval: holds within {MARGIN:g} point); {paper}"
+    )
     return verdict("Table 5", CLAIM, gap >= -MARGIN, evidence, ["table5"])
