@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypersphere.losses import PREDICTOR_TERMS, Objective
+from hypersphere.losses import Objective
 
 # samples an epoch iterates over, per paper dataset
 PAPER_DATA = {
@@ -38,8 +38,8 @@ def step_kind(cfg) -> str:
         ("queue", cfg.queue > 0),
         (f"bn_groups={cfg.bn_groups}", cfg.bn_groups > 1),
         ("head", objective.needs_labels),
-        ("predictor", objective.uses(PREDICTOR_TERMS)),
-        ("target", objective.uses(("byol",))),
+        ("predictor", objective.reads("predicted")),
+        ("target", objective.reads("targets")),
     )
     return " ".join([cfg.dataset, cfg.arch.removesuffix("-raw")] + [name for name, on in extras if on])
 

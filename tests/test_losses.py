@@ -434,5 +434,5 @@ def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
     with pytest.raises(ValueError, match="needs its parameter"):
         Objective.parse("ntxent")
     x, y = (F.normalize(v.float(), dim=1) for v in _pairs())
-    with pytest.raises(ValueError, match="no form against a queue"):
+    with pytest.raises(ValueError, match="barlow has no MoCo queue form"):
         Objective.parse("barlow")(x, y, queue=x)

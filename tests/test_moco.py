@@ -133,7 +133,7 @@ def test_an_objective_with_a_queue_maps_its_terms_to_the_queue_losses():
     assert total.item() == pytest.approx(3 * values["align"].item() + values["uniform"].item())
     _, values = Objective.parse("contrastive(tau=0.07)")(q, k, queue=queue)
     assert values["contrastive"].item() == pytest.approx(queue_contrastive_loss(q, k, queue, 0.07).item())
-    with pytest.raises(ValueError, match="no form against a queue"):
+    with pytest.raises(ValueError, match="xent has no MoCo queue form"):
         Objective.parse("xent()")(q, k, queue=queue)
 
 

@@ -3,6 +3,7 @@ run records, the training-code version, augmentation recipes, bad input and dive
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from hypersphere import runs, train as train_module
+from hypersphere import losses, runs, train as train_module
 from hypersphere.__main__ import main
 from hypersphere.augment import RECIPES, augment, recipe
+from hypersphere.losses import Objective
 from hypersphere.train import TRAIN_VERSION, Diverged, TrainConfig, load_data, load_encoder, train
 
 FAST = dict(dataset="digits", dim=16, epochs=2, batch_size=128, device="cpu")
@@ -177,7 +180,6 @@ def test_recipe_settings_of_the_official_code_are_hashed_and_checked(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast applies on CUDA only")
 def test_bf16_is_an_explicit_option_on_cuda(tmp_path):
-    from hypersphere.losses import Objective
     from hypersphere.models import DigitsNet
 
     torch.manual_seed(0)
@@ -446,7 +448,7 @@ def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypat
     assert "spread" in json.loads((run / runs.FAILED).read_text())["reason"]
     with pytest.raises(ValueError, match="takes contrastive, align and uniform terms only"):
         cfg(tmp_path, objective="byol", queue=512)
-    with pytest.raises(ValueError, match="standin's domain has its own loss"):
+    with pytest.raises(ValueError, match="'barlow' has no Quick-Thought form"):
         TrainConfig(dataset="standin", arch="qt-small", objective="barlow", optimizer="adam", lr=1e-3)
 
 
@@ -455,3 +457,30 @@ def test_a_last_partial_batch_of_one_is_refused_in_one_line(tmp_path):
     in-batch losses nor a BatchNorm statistic: refused before the first step, naming the fix."""
     with pytest.raises(ValueError, match="last partial batch of 1 is too small.*set drop_last true"):
         train(cfg(tmp_path, epochs=1, batch_size=673, drop_last=False))
+
+
+def test_a_new_objective_is_one_registered_term_and_trains(tmp_path):
+    """An objective added from outside the package: one losses.TermKind registered, no other edit. Its loss is the
+    formula it was given, it trains and is logged, it sorts after the existing terms (no run is renamed), and the
+    forms it lacks (MoCo's queue, sentence windows) are refused before any data loads, naming it."""
+    toy = losses.TermKind("w", 1.0, batch=lambda b, w: w * (b.zx - b.zy).pow(2).sum(1).mean())
+    losses.register("toy", toy)
+    try:
+        with pytest.raises(ValueError, match="must be a new identifier"):
+            losses.register("toy", toy)
+        objective = Objective.parse("toy(w=0.5) + uniform(t=2)")
+        assert str(objective) == "uniform(t=2) + toy(w=0.5)" and Objective.parse(str(objective)) == objective
+        x, y = (F.normalize(torch.randn(16, 4, generator=torch.Generator().manual_seed(s)), dim=1) for s in (0, 1))
+        total, values = objective(x, y)
+        assert values["toy"].item() == pytest.approx(0.5 * ((x - y) ** 2).sum(1).mean().item())
+        assert total.item() == pytest.approx(values["toy"].item() + values["uniform"].item())
+        run = train(cfg(tmp_path, objective="toy(w=0.5) + uniform(t=2)"), progress=False)
+        assert runs.train_status(run, TRAIN_VERSION) == "done"
+        log = list(csv.DictReader((run / runs.LOG).open()))
+        assert len(log) == FAST["epochs"] and all(math.isfinite(float(row["toy"])) for row in log)
+        with pytest.raises(ValueError, match="toy has no queue form"):
+            cfg(tmp_path, objective="toy + uniform(t=2)", queue=512)
+        with pytest.raises(ValueError, match="'toy' has no Quick-Thought form"):
+            TrainConfig(dataset="standin", arch="qt-small", objective="toy", optimizer="adam", lr=1e-3)
+    finally:
+        del losses.TERMS["toy"]

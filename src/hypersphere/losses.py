@@ -1,6 +1,9 @@
 """The paper's three training losses as minibatch estimators (docs/paper.md, "Definitions"), and the weighted
 objective `w_c L_contrastive(tau) + w_a L_align(alpha) + w_u L_uniform(t)` that names every run.
 
+Every kind of term is one entry of TERMS (a TermKind: its parameter and its loss in each form it has: in-batch,
+against MoCo's queue, on sentence windows); `register` adds one from outside, and nothing else names terms.
+
 All losses compute in at least float32 whatever the input precision (under `bf16`, autocast on CUDA feeds them bf16).
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -282,30 +286,158 @@ def queue_uniform_loss(q: Tensor, queue: Tensor, t: float = 2.0, intra_batch: bo
         return torch.logsumexp(logits, dim=0) - math.log(pairs)
 
 
-# ----------------------------------------------------------------------------- the objective
+# ----------------------------------------------------------------------------- sentence windows (Fig. 9b)
 
-# term name -> (its parameter, default value or None when it must be given)
-TERMS: dict[str, tuple[str, float | None]] = {
-    "contrastive": ("tau", None),
-    "align": ("alpha", 2.0),
-    "uniform": ("t", 2.0),
+CONTEXT = 1  # neighbours on each side of a sentence that are its positives
+
+
+def neighbour_pairs(doc: Tensor, context: int = CONTEXT) -> tuple[Tensor, Tensor]:
+    """All ordered (i, j) of a batch of consecutive sentences with 0 < |i - j| <= context in one document."""
+    doc, i, j = torch.as_tensor(doc), [], []
+    n = len(doc)
+    for d in range(1, min(context, n - 1) + 1):
+        first = torch.arange(n - d)[doc[:-d] == doc[d:]]
+        i += [first, first + d]
+        j += [first + d, first]
+    if not i:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    i, j = torch.cat(i), torch.cat(j)
+    order = torch.argsort(i * n + j)
+    return i[order], j[order]
+
+
+def qt_contrastive_loss(
+    zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT, tau: float = 1.0, self_score: float | None = None
+) -> Tensor:
+    """QT's objective (Logeswaran & Lee 2018, Sec. 3) on a batch of consecutive sentences: sentence i
+    classifies its candidates j (the batch) by softmax_j(f(s_i).g(s_j) / tau), and the loss is the mean over
+    sentences with a neighbour of -mean_{j in N(i)} log p(j | i), N(i) its neighbours within `context` in its
+    document. The candidates exclude s_i itself (the paper's set); `self_score=0.` instead keeps it with score 0,
+    as QT's released code does. tau = 1 with unnormalised outputs is QT; Wang & Isola's contrastive family uses
+    l2-normalised outputs and a temperature."""
+    scores = _fp32(zf) @ _fp32(zg).T / tau
+    scores = scores.diagonal_scatter(
+        torch.full((len(scores),), float("-inf") if self_score is None else self_score, device=scores.device)
+    )
+    i, j = neighbour_pairs(doc.cpu(), context)
+    if len(i) == 0:
+        raise ValueError("no two neighbouring sentences of one document in this batch: batch consecutive sentences")
+    i, j = i.to(scores.device), j.to(scores.device)
+    per_row = torch.bincount(i, minlength=len(scores)).float()
+    logp = scores.log_softmax(dim=1)[i, j]
+    return -(logp / per_row[i]).sum() / (per_row > 0).sum()
+
+
+# ----------------------------------------------------------------------------- the terms an objective is made of
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one step hands the objective: the two views' unit-norm features, and what some terms read besides
+    (`Term.reads`): the head's logits and the labels, the embeddings before l2-normalisation (`raw`), a predictor's
+    outputs on both views and what they predict (`predicted`, `targets`), MoCo's queue, and for sentence windows
+    each sentence's document (`doc`) and how many neighbours on each side are positives (`context`)."""
+
+    zx: Tensor
+    zy: Tensor | None = None
+    logits: Tensor | None = None
+    labels: Tensor | None = None
+    raw: tuple[Tensor, Tensor] | None = None
+    predicted: tuple[Tensor, Tensor] | None = None
+    targets: tuple[Tensor, Tensor] | None = None
+    queue: Tensor | None = None
+    intra_batch: bool = True
+    doc: Tensor | None = None
+    context: int = CONTEXT
+
+
+@dataclass(frozen=True)
+class TermKind:
+    """One kind of term: its parameter (default None: it must be given) and its loss in each form it has, each a
+    function (Batch, parameter) -> loss; None where it has no such form. `batch`: the two views of a batch;
+    `queue`: MoCo's queries and keys against the queue; `sentences`: a window of consecutive sentences, zx and zy
+    the f and g encoders' outputs (Quick-Thought). `reads`: what of Batch it needs beyond zx and zy, so the trainer
+    builds it (`labels`: a linear head; `raw`; `predicted`: a predictor MLP `param` times the output dim wide;
+    `targets`: an EMA target encoder). `collapse_prone` (no negatives): the trainer records the features' spread."""
+
+    param: str
+    default: float | None
+    batch: Callable[[Batch, float], Tensor]
+    queue: Callable[[Batch, float], Tensor] | None = None
+    sentences: Callable[[Batch, float], Tensor] | None = None
+    reads: tuple[str, ...] = ()
+    collapse_prone: bool = False
+
+
+def _predictive(b: Batch, width: float) -> Tensor:
+    return predictive_loss(b.predicted, b.targets if b.targets is not None else (b.zx, b.zy))
+
+
+def _sentence_align(b: Batch, alpha: float) -> Tensor:
+    i, j = neighbour_pairs(b.doc.cpu(), b.context)
+    return align_loss(b.zx[i.to(b.zx.device)], b.zy[j.to(b.zy.device)], alpha)
+
+
+# term name -> its kind, in the order of a canonical objective; `register` adds one (docs/architecture.md)
+TERMS: dict[str, TermKind] = {
+    "contrastive": TermKind(
+        "tau",
+        None,
+        batch=lambda b, tau: contrastive_loss(b.zx, b.zy, tau),
+        queue=lambda b, tau: queue_contrastive_loss(b.zx, b.zy, b.queue, tau),
+        sentences=lambda b, tau: qt_contrastive_loss(b.zx, b.zy, b.doc, b.context, tau),
+    ),
+    "align": TermKind(
+        "alpha",
+        2.0,
+        batch=lambda b, alpha: align_loss(b.zx, b.zy, alpha),
+        queue=lambda b, alpha: align_loss(b.zx, b.zy, alpha),
+        sentences=_sentence_align,
+    ),
+    # uniformity averages the two views (Sec. 4); against a queue it reads the queries; on sentence windows it is
+    # the SUM of f's and g's terms, as the paper's appendix defines it there
+    "uniform": TermKind(
+        "t",
+        2.0,
+        batch=lambda b, t: (uniform_loss(b.zx, t) + uniform_loss(b.zy, t)) / 2,
+        queue=lambda b, t: queue_uniform_loss(b.zx, b.queue, t, b.intra_batch),
+        sentences=lambda b, t: uniform_loss(b.zx, t) + uniform_loss(b.zy, t),
+    ),
     # Supervised training (Fig. 3): cross-entropy of a linear head on the unit-norm output, its logits times
     # `scale`, as cosine classifiers do. Unscaled, the logits can only be as large as the head's weights and
     # cross-entropy stays near log C for many epochs (digits-color at dim 2).
-    "xent": ("scale", 10.0),
+    "xent": TermKind(
+        "scale", 10.0, batch=lambda b, scale: F.cross_entropy(scale * _fp32(b.logits), b.labels), reads=("labels",)
+    ),
     # Beyond the paper (notebook 10_beyond): SimCLR's NT-Xent; Barlow Twins and VICReg on the embeddings before
     # l2-normalisation; SimSiam (stop-gradient) and BYOL (an EMA target encoder, TrainConfig.ema) through a
     # predictor MLP whose hidden layer is `width` times the output dimension.
-    "ntxent": ("tau", None),
-    "barlow": ("lambd", 0.0051),
-    "vicreg": ("nu", 1.0),
-    "simsiam": ("width", 4.0),
-    "byol": ("width", 4.0),
+    "ntxent": TermKind("tau", None, batch=lambda b, tau: ntxent_loss(b.zx, b.zy, tau)),
+    "barlow": TermKind(
+        "lambd", 0.0051, batch=lambda b, lambd: barlow_loss(*b.raw, lambd), reads=("raw",), collapse_prone=True
+    ),
+    "vicreg": TermKind("nu", 1.0, batch=lambda b, nu: vicreg_loss(*b.raw, nu), reads=("raw",), collapse_prone=True),
+    "simsiam": TermKind("width", 4.0, batch=_predictive, reads=("predicted",), collapse_prone=True),
+    "byol": TermKind("width", 4.0, batch=_predictive, reads=("predicted", "targets"), collapse_prone=True),
 }
-RAW_TERMS = ("barlow", "vicreg")  # on the embeddings before l2-normalisation
-PREDICTOR_TERMS = ("simsiam", "byol")
-COLLAPSE_PRONE = RAW_TERMS + PREDICTOR_TERMS  # no negatives: a collapse is checked for and recorded
-IN_BATCH_ONLY = COLLAPSE_PRONE + ("ntxent",)  # no form against a MoCo queue, nor in the sentence domain's loss
+FORMS = {"batch": "in-batch", "queue": "MoCo queue", "sentences": "Quick-Thought"}  # TermKind's forms, in words
+
+
+def with_form(form: str) -> str:
+    """The kinds of term that have `form`, in words: "contrastive, align and uniform"."""
+    names = [name for name, kind in TERMS.items() if getattr(kind, form) is not None]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def register(name: str, kind: TermKind) -> None:
+    """Add a kind of term to every objective's vocabulary, after the others in canonical order (so no existing
+    run's name changes): `losses.register("toy", TermKind("w", 1.0, batch=lambda b, w: ...))`, then
+    `objective: "toy(w=0.5) + uniform(t=2)"` in a config. A form it lacks is refused before training."""
+    if not name.isidentifier() or name in TERMS:
+        raise ValueError(f"cannot register term {name!r}: it must be a new identifier (known: {', '.join(TERMS)})")
+    TERMS[name] = kind
+
+
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _TERM = re.compile(
     rf"^\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*"
@@ -325,7 +457,7 @@ class Term:
 
     def __str__(self) -> str:
         weight = "" if self.weight == 1 else f"{_fmt(self.weight)}*"
-        return f"{weight}{self.name}({TERMS[self.name][0]}={_fmt(self.param)})"
+        return f"{weight}{self.name}({TERMS[self.name].param}={_fmt(self.param)})"
 
 
 @dataclass(frozen=True)
@@ -333,8 +465,8 @@ class Objective:
     """A weighted sum of losses, e.g. `Objective.parse("0.98*align(alpha=2) + 0.96*uniform(t=2)")`.
 
     `str(obj)` gives the canonical spec (terms in the order of TERMS), and `Objective.parse(str(obj)) == obj`.
-    Calling it on the two views' features returns the total and each unweighted term; uniformity averages
-    the two views, as the paper does (Sec. 4). The `xent` term needs the head's logits and the labels.
+    Calling it on the two views' features returns the total and each unweighted term (`on` for another form);
+    uniformity averages the two views, as the paper does (Sec. 4). What a term reads besides is in TermKind.reads.
     """
 
     terms: tuple[Term, ...]
@@ -364,7 +496,7 @@ class Objective:
         name, key = m["name"], m["key"]
         if name not in TERMS:
             raise ValueError(f"unknown objective term {part.strip()!r}: choose from {', '.join(TERMS)}")
-        param_name, default = TERMS[name]
+        param_name, default = TERMS[name].param, TERMS[name].default
         if key is not None and key != param_name:
             raise ValueError(f"term {part.strip()!r} takes the parameter {param_name!r}, not {key!r}")
         param = float(m["value"]) if m["value"] is not None else default
@@ -391,53 +523,27 @@ class Objective:
 
     @property
     def needs_labels(self) -> bool:
-        return any(term.name == "xent" for term in self.terms)
+        return self.reads("labels")
 
-    def uses(self, names: tuple[str, ...]) -> bool:
-        return any(term.name in names for term in self.terms)
+    def reads(self, what: str) -> bool:
+        """Whether a term reads `what` of Batch beyond the two views' unit-norm features (TermKind.reads)."""
+        return any(what in TERMS[term.name].reads for term in self.terms)
 
-    def __call__(
-        self,
-        zx: Tensor,
-        zy: Tensor | None = None,
-        logits: Tensor | None = None,
-        labels: Tensor | None = None,
-        queue: Tensor | None = None,
-        intra_batch: bool = True,
-        raw: tuple[Tensor, Tensor] | None = None,
-        predicted: tuple[Tensor, Tensor] | None = None,
-        targets: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`raw`: both views' embeddings before l2-normalisation (Barlow Twins, VICReg); `predicted`: the
-        predictor's outputs on both views, `targets`: what they predict (BYOL: the EMA encoder's outputs; SimSiam:
-        zx and zy themselves, detached in the loss)."""
-        if queue is not None and (self.needs_labels or self.uses(IN_BATCH_ONLY)):
-            raise ValueError(f"objective {self} has no form against a queue: use contrastive, align and uniform terms")
-        values: dict[str, Tensor] = {}
-        for term in self.terms:
-            if term.name == "contrastive":
-                values[term.name] = (
-                    contrastive_loss(zx, zy, term.param)
-                    if queue is None
-                    else queue_contrastive_loss(zx, zy, queue, term.param)
-                )
-            elif term.name == "align":
-                values[term.name] = align_loss(zx, zy, term.param)
-            elif term.name == "uniform":
-                values[term.name] = (
-                    (uniform_loss(zx, term.param) + uniform_loss(zy, term.param)) / 2
-                    if queue is None
-                    else queue_uniform_loss(zx, queue, term.param, intra_batch)
-                )
-            elif term.name == "ntxent":
-                values[term.name] = ntxent_loss(zx, zy, term.param)
-            elif term.name == "barlow":
-                values[term.name] = barlow_loss(*raw, term.param)
-            elif term.name == "vicreg":
-                values[term.name] = vicreg_loss(*raw, term.param)
-            elif term.name in PREDICTOR_TERMS:
-                values[term.name] = predictive_loss(predicted, targets if term.name == "byol" else (zx, zy))
-            else:
-                values[term.name] = F.cross_entropy(term.param * _fp32(logits), labels)
-        total = sum(term.weight * values[term.name] for term in self.terms)
-        return total, values
+    @property
+    def collapse_prone(self) -> bool:
+        return any(TERMS[term.name].collapse_prone for term in self.terms)
+
+    def lacking(self, form: str) -> list[str]:
+        """The terms with no loss in `form` (a key of FORMS)."""
+        return [term.name for term in self.terms if getattr(TERMS[term.name], form) is None]
+
+    def on(self, form: str, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted sum of the terms' losses in `form` on `batch`, and each unweighted term."""
+        if bad := self.lacking(form):
+            raise ValueError(f"objective {self}: {', '.join(bad)} has no {FORMS[form]} form; use {with_form(form)}")
+        values = {term.name: getattr(TERMS[term.name], form)(batch, term.param) for term in self.terms}
+        return sum(term.weight * values[term.name] for term in self.terms), values
+
+    def __call__(self, zx: Tensor, zy: Tensor | None = None, **batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective on one batch of two views (Batch's fields by name); with `queue=`, against MoCo's queue."""
+        return self.on("batch" if batch.get("queue") is None else "queue", Batch(zx, zy, **batch))

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
-from .losses import COLLAPSE_PRONE, IN_BATCH_ONLY, PREDICTOR_TERMS, RAW_TERMS, Objective
+from .losses import TERMS, Objective, with_form
 from .moco import EMATarget, MoCo
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
@@ -129,12 +129,9 @@ class TrainConfig:
                 f"queue {self.queue} cannot hold a batch of {self.batch_size} keys; use queue >= batch_size"
             )
         objective = Objective.parse(self.objective)
-        if self.queue and (objective.needs_labels or objective.uses(IN_BATCH_ONLY)):
-            raise ValueError("a MoCo run (queue > 0) takes contrastive, align and uniform terms only")
-        if domain.batch_loss and objective.uses(IN_BATCH_ONLY):
+        if self.queue and (bad := objective.lacking("queue")):
             raise ValueError(
-                f"ntxent, barlow, vicreg, simsiam and byol train image encoders; {self.dataset}'s "
-                "domain has its own loss: use contrastive, align and uniform terms"
+                f"a MoCo run (queue > 0) takes {with_form('queue')} terms only; {bad[0]} has no queue form"
             )
         if self.bn_groups < 1 or self.batch_size % self.bn_groups:
             raise ValueError(f"bn_groups must be >= 1 and divide batch_size {self.batch_size}, got {self.bn_groups}")
@@ -276,7 +273,7 @@ def batch_loss(
         loss, terms = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
         moco.enqueue(k)
         return loss, {**terms, "norm_error": _norm_error(q)}
-    raw = objective.uses(RAW_TERMS)  # Barlow Twins and VICReg read the embeddings before l2-normalisation
+    raw = objective.reads("raw")  # Barlow Twins and VICReg read the embeddings before l2-normalisation
     both = torch.cat(x).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         out = encoder(both, normalize=False) if raw else encoder(both)
@@ -293,7 +290,7 @@ def batch_loss(
         extra["targets"] = tuple(distributed.gather(v) for v in t.float().chunk(objective.views))
     loss, terms = objective(z[0], z[-1], logits=logits, labels=labels, **extra)
     terms["norm_error"] = _norm_error(z[0])
-    if objective.uses(COLLAPSE_PRONE):
+    if objective.collapse_prone:
         terms["spread"] = _spread(z[0])
     return loss, terms
 
@@ -517,15 +514,15 @@ def _fresh_state(
         head = nn.Linear(cfg.dim, data.num_classes).to(device)
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
     predictor = target = None
-    if objective.uses(PREDICTOR_TERMS):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
-        hidden = round(max(objective.param(n) or 0 for n in PREDICTOR_TERMS) * cfg.dim)
+    if objective.reads("predicted"):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
+        hidden = round(max(t.param for t in objective.terms if "predicted" in TERMS[t.name].reads) * cfg.dim)
         predictor = nn.Sequential(
             nn.Linear(cfg.dim, hidden, bias=False),
             nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, cfg.dim),
         ).to(device)
-        target = EMATarget(model, cfg.ema).to(device) if objective.uses(("byol",)) else None
+        target = EMATarget(model, cfg.ema).to(device) if objective.reads("targets") else None
     params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
     opt = (
         torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)

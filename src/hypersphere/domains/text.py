@@ -10,8 +10,8 @@ trained on an ordered stream of sentences and evaluated by logistic regression o
   (text -> training and held-out streams and the vocabulary, streamed) and `pack_books` (BookCorpus packed once
   into a cache beside it and memory-mapped: ~5 GB for its 74M sentences);
 - model: `QuickThought`, two bidirectional-GRU encoders f and g over word embeddings, batches as packed sequences;
-- losses: `qt_contrastive_loss` (QT's classification of the true neighbours among the batch) and `qt_objective`
-  (any contrastive / align / uniform combination, the latter two from losses.py);
+- losses: `qt_objective`, an objective's sentence forms (losses.TERMS; QT's own loss, `qt_contrastive_loss`, and
+  the sentence windows' `neighbour_pairs` live in losses.py with the other losses);
 - the domain (domains.TEXT): `load_dataset` (`TextData`), `ARCHS` / `build_encoder`, `contiguous_order` and
   `batch_loss` (the trainer's hooks: train.train() trains these encoders like every other);
 - evaluation: `evaluate` (the kind `sentences`), from `features`, `nested_cv_accuracy` (10-fold CV, C chosen
@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 from tqdm.auto import tqdm
 
-from ..losses import Objective, _fp32, align_loss, uniform_loss
+from ..losses import CONTEXT, Batch, Objective, neighbour_pairs, qt_contrastive_loss, with_form
 from ..metrics import alignment, uniformity, uniformity_se
 from ..models import frozen
 
@@ -64,7 +64,6 @@ PAD, UNK = "<pad>", "<unk>"  # word ids 0 and 1
 VOCAB_SIZE = 50_000  # QT's BookCorpus vocabulary (its released configs: 50,001 words)
 MAX_TOKENS = 30  # longer sentences are truncated, as in QT's released preprocessing
 WORD_DIM, DIM = 620, 1200  # QT's word embeddings and bi-GRU output (600 units per direction)
-CONTEXT = 1  # neighbours on each side that are positives
 HELD_OUT = 0.05  # fraction of the stream's documents kept out of training for L_align / L_uniform
 # Held-out sentences the metrics read at most (a seeded sample beyond: held_sample). BookCorpus's held-out 5% is
 # ~3.7M sentences, whose all-pairs uniformity would take ~8e15 multiply-adds per 1200-d term; 100k take 6e12 (the
@@ -686,21 +685,6 @@ def contiguous_batches(n: int, batch_size: int, generator: torch.Generator | Non
     return batches
 
 
-def neighbour_pairs(doc: Tensor, context: int = CONTEXT) -> tuple[Tensor, Tensor]:
-    """All ordered (i, j) of a batch of consecutive sentences with 0 < |i - j| <= context in one document."""
-    doc, i, j = torch.as_tensor(doc), [], []
-    n = len(doc)
-    for d in range(1, min(context, n - 1) + 1):
-        first = torch.arange(n - d)[doc[:-d] == doc[d:]]
-        i += [first, first + d]
-        j += [first + d, first]
-    if not i:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    i, j = torch.cat(i), torch.cat(j)
-    order = torch.argsort(i * n + j)
-    return i[order], j[order]
-
-
 # ----------------------------------------------------------------------------- encoders
 
 
@@ -741,46 +725,13 @@ class QuickThought(nn.Module):
 # ----------------------------------------------------------------------------- losses
 
 
-def qt_contrastive_loss(
-    zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT, tau: float = 1.0, self_score: float | None = None
-) -> Tensor:
-    """QT's objective (Logeswaran & Lee 2018, Sec. 3) on a batch of consecutive sentences: sentence i
-    classifies its candidates j (the batch) by softmax_j(f(s_i).g(s_j) / tau), and the loss is the mean over
-    sentences with a neighbour of -mean_{j in N(i)} log p(j | i), N(i) its neighbours within `context` in its
-    document. The candidates exclude s_i itself (the paper's set); `self_score=0.` instead keeps it with score 0,
-    as QT's released code does. tau = 1 with unnormalised outputs is QT; Wang & Isola's contrastive family uses
-    l2-normalised outputs and a temperature."""
-    scores = _fp32(zf) @ _fp32(zg).T / tau
-    scores = scores.diagonal_scatter(
-        torch.full((len(scores),), float("-inf") if self_score is None else self_score, device=scores.device)
-    )
-    i, j = neighbour_pairs(doc.cpu(), context)
-    if len(i) == 0:
-        raise ValueError("no two neighbouring sentences of one document in this batch: batch consecutive sentences")
-    i, j = i.to(scores.device), j.to(scores.device)
-    per_row = torch.bincount(i, minlength=len(scores)).float()
-    logp = scores.log_softmax(dim=1)[i, j]
-    return -(logp / per_row[i]).sum() / (per_row > 0).sum()
-
-
 def qt_objective(
     objective: Objective, zf: Tensor, zg: Tensor, doc: Tensor, context: int = CONTEXT
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """An Objective on a QT batch (Wang & Isola 2020, appendix, BookCorpus experiments): contrastive(tau) is
-    qt_contrastive_loss; align(alpha) is losses.align_loss between f(s_i) and g(s_j) over all neighbouring (i, j);
-    uniform(t) is the SUM losses.uniform_loss(f) + losses.uniform_loss(g). Returns the total and each term."""
-    values = {}
-    for term in objective.terms:
-        if term.name == "contrastive":
-            values[term.name] = qt_contrastive_loss(zf, zg, doc, context, term.param)
-        elif term.name == "align":
-            i, j = neighbour_pairs(doc.cpu(), context)
-            values[term.name] = align_loss(zf[i.to(zf.device)], zg[j.to(zg.device)], term.param)
-        elif term.name == "uniform":
-            values[term.name] = uniform_loss(zf, term.param) + uniform_loss(zg, term.param)
-        else:
-            raise ValueError(f"objective term {term.name!r} has no Quick-Thought form: use contrastive, align, uniform")
-    return sum(term.weight * values[term.name] for term in objective.terms), values
+    """An Objective on a QT batch (Wang & Isola 2020, appendix, BookCorpus experiments): each term's sentence form
+    (losses.TERMS: contrastive(tau) is qt_contrastive_loss, align(alpha) is align_loss between f(s_i) and g(s_j) over
+    all neighbouring (i, j), uniform(t) the SUM of f's and g's uniform_loss). Returns the total and each term."""
+    return objective.on("sentences", Batch(zf, zg, doc=doc, context=context))
 
 
 # ----------------------------------------------------------------------------- the domain (domains.TEXT)
@@ -880,10 +831,8 @@ def batch_loss(model: nn.Module, objective: Objective, data: TextData, idx: Tens
 
 def check(cfg) -> None:
     """What a sentence run cannot be (TrainConfig validation, before any data is loaded)."""
-    if bad := [
-        t.name for t in Objective.parse(cfg.objective).terms if t.name not in ("contrastive", "align", "uniform")
-    ]:
-        raise ValueError(f"objective term {bad[0]!r} has no Quick-Thought form: use contrastive, align and uniform")
+    if bad := Objective.parse(cfg.objective).lacking("sentences"):
+        raise ValueError(f"objective term {bad[0]!r} has no Quick-Thought form: use {with_form('sentences')}")
     if cfg.queue or cfg.augment or cfg.init:
         raise ValueError("a sentence run takes no queue, augmentation or init: remove them from its config")
     if cfg.dim % 2:
