@@ -3,11 +3,13 @@
     from hypersphere.train import TrainConfig, train
     run_dir = train(TrainConfig(dataset="digits", objective="align(alpha=2) + uniform(t=2)", epochs=30))
 
-The trainer's parts, one for every domain (domains/): `TrainState` (weights, optimiser, schedule, random streams
-and the epoch's progress; saved and restored exactly), a batch source (`ViewBatches`: random views of each input;
-`DomainBatches`: a domain's own order and loss), `batch_loss` (the objective on one global batch), `_step`,
-`_epoch` (the steps, mid-epoch saves, the divergence check), `_end_epoch` (log row, schedule, snapshot, saved
-state) and `_write_record` (checkpoint, then train.json).
+The file reads in the order a run goes, one trainer for every domain (domains/): the config; a run (`train`,
+`_train`, `_fresh_state`); an epoch (`_epoch`: the steps, mid-epoch saves, the divergence check; `_end_epoch`: log
+row, schedule, snapshot, saved state; `_write_record`: checkpoint, then train.json); a step (`train_step`:
+`batch_loss`, the objective on one global batch, then `_step`; its batch source `ViewBatches`, random views of each
+input, or `DomainBatches`, a domain's own order and loss); the state (`TrainState`: weights, optimiser, schedule,
+random streams and the epoch's progress, saved and restored exactly); loading data and encoders. Collectives
+(distributed.py) are called in the loop itself, by every process, never inside `if main`.
 
 The whole dataset sits on the training device as uint8 and the positive views are made there by
 batched tensor ops (augment.py), so a GPU never waits for CPU workers; a dataset too large for memory (ImageNet)
@@ -50,6 +52,7 @@ from .augment import recipe
 from .domains import domain_of
 from .losses import TERMS, Objective, with_form
 from .moco import EMATarget, MoCo
+
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
 # initialisation, optimiser, loss numerics, data preparation): cached runs of an older version are then
@@ -185,15 +188,12 @@ class TrainConfig:
 
 
 AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations from seed AUGMENT_SEED * s + r + 1
+
+
 # Views are drawn for as many consecutive batches at once as fit in this many values per view (64 MB of float32):
 # the whole epoch for small images (digits, the depth stand-in), where one call per batch cost 8x the call per
 # epoch; one batch at a time for 64 px and larger crops at the paper's batch sizes, as before.
 VIEW_VALUES = 2**24
-
-
-def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
-    """How many consecutive batches' views one augmentation call draws (VIEW_VALUES per view, at least one)."""
-    return max(1, VIEW_VALUES // (batch * channels * crop_size**2))
 
 
 # an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
@@ -204,47 +204,267 @@ class Diverged(RuntimeError):
     """The loss became NaN or inf; the run is recorded as failed with the epoch and reason."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device=cpu or auto")
-    return torch.device(device)
+# ---------------------------------------------------------------------------------------- a run, start to end
 
 
-def load_data(cfg: TrainConfig):
-    """The run's dataset, carrying the run's augmentation recipe. A recipe with another crop size scales the
-    evaluation view's resize along, so Resize(r) + CenterCrop(crop) keeps the dataset's ratio (70 / 64 for STL-10)."""
-    data = domain_of(cfg.dataset).load(cfg.dataset, cfg.data_dir, cfg.download)
-    if not cfg.augment:
-        return data
-    aug = recipe(cfg.augment)
-    return replace(data, augment=aug, eval_resize=round(data.eval_resize * aug.crop_size / data.augment.crop_size))
+def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
+    """Train one encoder; return its run directory. A finished run of this training-code version is not
+    retrained; one of an older version is, with a message saying why. A killed run resumes from its last
+    saved state (end of each epoch, and every `checkpoint_minutes` within one) and ends with the same
+    weights as an uninterrupted one. Raises runs.RunLocked when another live process trains the run.
+
+    `data` replaces the dataset named by the config (benchmarks use synthetic images of a given size).
+    Raises Diverged (after writing failed.json) when a loss becomes NaN/inf.
+    """
+    run_dir = cfg.run_dir()
+    if runs.train_status(run_dir, TRAIN_VERSION) == "done":
+        return run_dir
+    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 holds the lock for all
+    with runs.lock(run_dir) if first else contextlib.nullcontext():
+        status = runs.train_status(run_dir, TRAIN_VERSION)  # another process may have finished it meanwhile
+        if status != "done":
+            _train(cfg, run_dir, status, progress, data)
+    distributed.barrier()  # under torchrun, every process returns once process 0 has written the record
+    return run_dir
 
 
-def make_encoder(cfg: TrainConfig, data) -> nn.Module:
-    return domain_of(cfg.dataset).encoder(cfg.arch, cfg.dim, data)
+def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
+    """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
+    if status == "stale":
+        old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
+        print(
+            f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
+            file=sys.stderr,
+        )
+    saved = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
+    device, rank, world = distributed.init_from_env(resolve_device(cfg.device))  # torchrun's, else 0 and 1
+    main = rank == 0  # only the first process writes the record
+    if saved is None and main:
+        runs.start_training(run_dir, cfg.hashed())
+    distributed.barrier()
+    data = (data or load_data(cfg)).to(device)
+    objective = Objective.parse(cfg.objective)
+    state = _fresh_state(cfg, data, objective, device, rank, world, fresh=saved is None)
+    batches = batch_source(cfg, data, objective, state)
+    if saved is not None:
+        state.restore(saved, rank, device)
+    else:
+        _snapshot(cfg, run_dir, state, 0, main)
+    bar = tqdm(
+        total=cfg.epochs * batches.steps,
+        initial=(state.epoch - 1) * batches.steps + state.step,
+        desc=f"train {run_dir.name}",
+        unit="step",
+        disable=not (progress and main),
+        leave=False,
+    )
+    while state.epoch <= cfg.epochs:
+        t0, first_step = time.perf_counter(), state.step if state.perm is not None else 0
+        means = _epoch(cfg, run_dir, state, batches, bar, main)
+        _end_epoch(cfg, run_dir, state, batches, means, time.perf_counter() - t0, first_step, main)
+        bar.set_postfix(epoch=state.epoch - 1, loss=f"{means['loss']:.3f}")
+    bar.close()
+    if main:
+        _write_record(cfg, run_dir, state, batches, device)
 
 
-def _load_weights(encoder: nn.Module, path: Path, device="cpu") -> dict:
-    state = runs.load_checkpoint(path, device)
-    try:
-        encoder.load_state_dict(state["encoder"])
-    except (RuntimeError, KeyError) as e:
-        raise runs.RunError(f"{path} does not fit this encoder (arch/dim/dataset differ): {e}") from None
-    return state
+def _fresh_state(
+    cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool
+) -> TrainState:
+    """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
+    MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
+    optimiser and schedule, the random streams."""
+    torch.manual_seed(cfg.seed)
+    encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
+    if cfg.init and fresh:
+        if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
+            raise runs.RunError(
+                f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)"
+            )
+        _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
+    encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
+    model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
+    # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
+    moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device) if cfg.queue else None
+    head = None
+    if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
+        head = nn.Linear(cfg.dim, data.num_classes).to(device)
+        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    predictor = target = None
+    if objective.reads("predicted"):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
+        hidden = round(max(t.param for t in objective.terms if "predicted" in TERMS[t.name].reads) * cfg.dim)
+        predictor = nn.Sequential(
+            nn.Linear(cfg.dim, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, cfg.dim),
+        ).to(device)
+        target = EMATarget(model, cfg.ema).to(device) if objective.reads("targets") else None
+    params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
+    opt = (
+        torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam"
+        else torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    )
+    milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        if cfg.cosine
+        else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    )
+    return TrainState(
+        encoder=encoder,
+        model=model,
+        head=head,
+        moco=moco,
+        opt=opt,
+        sched=sched,
+        order=torch.Generator(device=device).manual_seed(cfg.seed),
+        gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
+        predictor=predictor,
+        target=target,
+    )
 
 
-def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data", snapshot: int | None = None):
-    """A finished run's encoder (eval mode; at a snapshot epoch if given), its config and its dataset."""
-    run_dir = Path(run_dir)
-    runs.load_summary(run_dir)  # checks the record is complete and consistent
-    cfg = TrainConfig.from_dict({**runs.read_json(run_dir / runs.CONFIG), "data_dir": data_dir, "init": ""})
-    data = load_data(cfg)
-    encoder = make_encoder(cfg, data)
-    path = run_dir / runs.CHECKPOINT if snapshot is None else runs.snapshot_path(run_dir, snapshot)
-    _load_weights(encoder, path, device)
-    return encoder.to(device).eval(), cfg, data
+# ---------------------------------------------------------------------------------------- an epoch
+
+
+def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, main: bool) -> dict[str, float]:
+    """The steps of `state.epoch` from `state.step` on, saving the state every `checkpoint_minutes` within it.
+    Returns the epoch's mean loss terms; raises Diverged (after recording why) when the epoch diverged."""
+    for module in (state.moco or state.encoder, state.predictor, state.target):
+        if module is not None:
+            module.train()
+    if state.perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
+        state.perm, state.sums, state.step = batches.order(state.order), {}, 0
+    last_save = time.perf_counter()
+    for step in range(state.step, batches.steps):
+        train_step(cfg, state, batches, step)
+        bar.update()
+        due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+        if step + 1 < batches.steps and distributed.agree(due):
+            state.step = step + 1
+            gens = distributed.all_gather(batches.gen_state(state.step))  # a collective: never under `if main`
+            state.save(run_dir / runs.STATE, cfg, gens, main)
+            last_save = time.perf_counter()
+    first_bad = int(state.sums.pop("first_bad"))
+    means = {k: float(v) / batches.steps for k, v in state.sums.items()}  # one device sync per epoch
+    if reason := _divergence(means, state.epoch, first_bad, batches.steps):
+        bar.close()
+        if main:  # the run's first step with a non-finite loss (features that left the sphere: the epoch's last step)
+            step_of_run = (state.epoch - 1) * batches.steps + min(first_bad, batches.steps - 1) + 1
+            runs.write_json(run_dir / runs.FAILED, {"epoch": state.epoch, "step": step_of_run, "reason": reason})
+            (run_dir / runs.STATE).unlink(missing_ok=True)
+        raise Diverged(f"{run_dir.name}: {reason}")
+    return means
+
+
+def _end_epoch(
+    cfg: TrainConfig,
+    run_dir: Path,
+    state: TrainState,
+    batches,
+    means: dict[str, float],
+    seconds: float,
+    first_step: int,
+    main: bool,
+) -> None:
+    """The epoch's log row, the schedule's step, a snapshot when asked for, and the saved state of the next epoch."""
+    state.log.append(
+        {
+            "epoch": state.epoch,
+            "lr": state.opt.param_groups[0]["lr"],
+            **{k: round(v, 6) for k, v in means.items()},
+            "seconds": round(seconds, 3),
+            "images_per_s": round(_images(batches, first_step) / seconds, 1),
+        }
+    )
+    state.sched.step()
+    if main:
+        runs.write_csv(run_dir / runs.LOG, state.log)
+    _snapshot(cfg, run_dir, state, state.epoch, main)
+    state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, {}
+    gens = distributed.all_gather(batches.gen_state(0))  # a collective: every process calls it
+    state.save(run_dir / runs.STATE, cfg, gens, main)
+
+
+def _accumulate(sums: dict, terms: dict[str, torch.Tensor], step: int, steps: int) -> None:
+    """Add a step's loss terms to the epoch's sums, and keep `first_bad`: the epoch's first step with a
+    non-finite loss (`steps` while none), without a device sync."""
+    for k, v in terms.items():
+        sums[k] = sums.get(k, 0.0) + v.detach()
+    bad = torch.where(torch.isfinite(terms["loss"].detach()), steps, step)
+    sums["first_bad"] = torch.minimum(sums.get("first_bad", bad), bad)
+
+
+def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int) -> str | None:
+    """Why the epoch diverged, or None: a non-finite mean loss, features that left the sphere (dead or non-finite
+    encoder outputs, which a finite loss can hide), or, for objectives without negatives, features that
+    collapsed to a point."""
+    if not math.isfinite(means["loss"]):
+        return f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
+    if not means["norm_error"] < 0.01:
+        return f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)"
+    if "spread" in means and not means["spread"] >= COLLAPSED:
+        return (
+            f"the features collapsed in epoch {epoch}: their spread (sqrt(dim) x the mean std of a dimension over "
+            f"the batch; about 1 when spread over the sphere) fell to {means['spread']:.3g}"
+        )
+    return None
+
+
+def _images(batches, first_step: int = 0) -> int:
+    """The views an epoch's steps from `first_step` on encode (a kept last batch may be partial)."""
+    return (min(batches.n, batches.steps * batches.batch) - first_step * batches.batch) * batches.objective.views
+
+
+def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, main: bool) -> None:
+    """Keep the encoder's weights at `epoch` when it is one of the config's snapshot epochs (Fig. 8)."""
+    if epoch in cfg.snapshot_epochs and main:
+        runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": state.encoder.state_dict()})
+
+
+def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
+    """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
+    runs.save_checkpoint(
+        run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None}
+    )
+    steps = cfg.epochs * batches.steps
+    train_seconds = sum(row["seconds"] for row in state.log)
+    runs.write_json(
+        run_dir / runs.TRAIN,
+        {
+            "config_hash": runs.config_hash(cfg.hashed()),
+            "train_version": TRAIN_VERSION,
+            "run": run_dir.name,
+            "steps": steps,
+            "resumed": state.resumed,
+            "final_loss": state.log[-1]["loss"] if state.log else None,
+            "train_seconds": round(train_seconds, 2),
+            "images_per_s": round(cfg.epochs * _images(batches) / train_seconds, 1) if train_seconds else None,
+            "device": str(device),
+            "torch": torch.__version__,
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+        },
+    )
+    (run_dir / runs.STATE).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------- a step
+
+
+def batch_source(cfg: TrainConfig, data, objective: Objective, state: TrainState):
+    """The domain's batches: its own order and loss (DomainBatches: sentences), else random views (ViewBatches)."""
+    return (DomainBatches if domain_of(cfg.dataset).batch_loss else ViewBatches)(cfg, data, objective, state)
+
+
+def train_step(cfg: TrainConfig, state: TrainState, batches, step: int) -> torch.Tensor:
+    """Step `step` of the epoch in `state.perm`: its loss, the optimiser's step, the epoch's sums. Returns the loss."""
+    loss, terms = batches.loss(state, step, state.perm[step * batches.batch : (step + 1) * batches.batch])
+    _step(state, loss, cfg.clip_grad)
+    _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
+    return loss
 
 
 def batch_loss(
@@ -307,104 +527,13 @@ def _norm_error(z: torch.Tensor) -> torch.Tensor:
     return (z.detach().norm(dim=1) - 1).abs().max()
 
 
-def train(cfg: TrainConfig, progress: bool = True, data=None) -> Path:
-    """Train one encoder; return its run directory. A finished run of this training-code version is not
-    retrained; one of an older version is, with a message saying why. A killed run resumes from its last
-    saved state (end of each epoch, and every `checkpoint_minutes` within one) and ends with the same
-    weights as an uninterrupted one. Raises runs.RunLocked when another live process trains the run.
-
-    `data` replaces the dataset named by the config (benchmarks use synthetic images of a given size).
-    Raises Diverged (after writing failed.json) when a loss becomes NaN/inf.
-    """
-    run_dir = cfg.run_dir()
-    if runs.train_status(run_dir, TRAIN_VERSION) == "done":
-        return run_dir
-    first = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 holds the lock for all
-    with runs.lock(run_dir) if first else contextlib.nullcontext():
-        status = runs.train_status(run_dir, TRAIN_VERSION)  # another process may have finished it meanwhile
-        if status != "done":
-            _train(cfg, run_dir, status, progress, data)
-    distributed.barrier()  # under torchrun, every process returns once process 0 has written the record
-    return run_dir
-
-
-# ---------------------------------------------------------------------------------------- the trainer's parts
-
-
-@dataclass
-class TrainState:
-    """Everything a run needs to continue exactly where it stopped: the trained modules, the optimiser and its
-    schedule, the random streams and the progress within the epoch. `save` and `restore` are exact inverses, so a
-    resumed run ends with the same weights as an uninterrupted one."""
-
-    encoder: nn.Module
-    model: nn.Module  # the encoder as the step calls it: DDP's wrapper under torchrun (not saved: it holds the encoder)
-    head: nn.Module | None  # the supervised head of xent() runs
-    moco: MoCo | None  # the EMA key encoder and the queue of MoCo runs
-    opt: torch.optim.Optimizer
-    sched: Any
-    order: torch.Generator  # the sample order: the same on every process
-    gen: torch.Generator  # the augmentations: one stream per process
-    epoch: int = 1
-    step: int = 0  # the next step of `epoch`
-    perm: torch.Tensor | None = None  # `epoch`'s sample order, once drawn
-    sums: dict = field(default_factory=dict)  # `epoch`'s running sums of the loss terms, on the device
-    log: list = field(default_factory=list)  # one row per finished epoch
-    resumed: list = field(default_factory=list)  # (epoch, step) where each restart continued
-    predictor: nn.Module | None = None  # SimSiam's and BYOL's predictor
-    target: EMATarget | None = None  # BYOL's EMA target encoder
-
-    def modules(self) -> dict[str, nn.Module | None]:
-        return {
-            "encoder": self.encoder,
-            "head": self.head,
-            "moco": self.moco,
-            "predictor": self.predictor,
-            "target": self.target,
-        }
-
-    def save(self, path: Path, cfg: TrainConfig, gen_state: torch.Tensor, main: bool) -> None:
-        """Write the state (process 0) with every process's augmentation stream `gen_state` (a collective)."""
-        gens = distributed.all_gather(gen_state)
-        if main:
-            runs.save_checkpoint(
-                path,
-                {
-                    "config_hash": runs.config_hash(cfg.hashed()),
-                    "train_version": TRAIN_VERSION,
-                    **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
-                    "opt": self.opt.state_dict(),
-                    "sched": self.sched.state_dict(),
-                    "order": self.order.get_state(),
-                    "gen": gens,
-                    "torch_rng": torch.get_rng_state(),
-                    **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")},
-                },
-            )
-        _kill_hook(path.parent.name, self.epoch, self.step)
-
-    def restore(self, saved: dict, rank: int, device: torch.device) -> None:
-        for k, m in self.modules().items():
-            if m is not None:
-                m.load_state_dict(saved[k])
-        self.opt.load_state_dict(saved["opt"]), self.sched.load_state_dict(saved["sched"])
-        self.order.set_state(saved["order"]), self.gen.set_state(saved["gen"][rank])
-        torch.set_rng_state(saved["torch_rng"])
-        self.epoch, self.step, self.log = saved["epoch"], saved["step"], saved["log"]
-        self.perm = None if saved["perm"] is None else saved["perm"].to(device)
-        self.sums = {k: v.to(device) for k, v in saved["sums"].items()}
-        self.resumed = saved["resumed"] + [{"epoch": self.epoch, "step": self.step}]
-
-
-def _kill_hook(run: str, epoch: int, step: int) -> None:
-    """Tests' deterministic SIGKILL (module docstring): once the state at (`epoch`, `step`) of `run` is saved."""
-    env = os.environ
-    if env.get("HYPERSPHERE_KILL_AT") != f"{epoch}:{step}" or env.get("HYPERSPHERE_KILL_RUN", run) != run:
-        return
-    distributed.barrier()  # every process passed the save point, and process 0 has written the state
-    rank = distributed.rank_world()[0]
-    if env.get("HYPERSPHERE_KILL_RANK", str(rank)) == str(rank):
-        os.kill(os.getpid(), signal.SIGKILL)
+def _step(state: TrainState, loss: torch.Tensor, clip_grad: float) -> None:
+    """One optimiser step on `loss` (gradients clipped to a global norm of `clip_grad` when > 0)."""
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_([p for group in state.opt.param_groups for p in group["params"]], clip_grad)
+    state.opt.step()
 
 
 class ViewBatches:
@@ -472,6 +601,11 @@ class ViewBatches:
         return self.gen.get_state() if step % self.chunk == 0 else self.drawn["gen"]
 
 
+def batches_per_draw(batch: int, channels: int, crop_size: int) -> int:
+    """How many consecutive batches' views one augmentation call draws (VIEW_VALUES per view, at least one)."""
+    return max(1, VIEW_VALUES // (batch * channels * crop_size**2))
+
+
 class DomainBatches:
     """The batches of a domain with its own `order` and `batch_loss` (sentences: windows of consecutive sentences,
     the loss on each window's neighbouring sentences)."""
@@ -491,241 +625,125 @@ class DomainBatches:
         return self.gen.get_state()
 
 
-def _fresh_state(
-    cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool
-) -> TrainState:
-    """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
-    MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
-    optimiser and schedule, the random streams."""
-    torch.manual_seed(cfg.seed)
-    encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
-    if cfg.init and fresh:
-        if runs.train_status(Path(cfg.init), TRAIN_VERSION) != "done":
-            raise runs.RunError(
-                f"init run {cfg.init} is not a finished run: train it first (sweeps order parents first)"
-            )
-        _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
-    encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
-    model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
-    # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
-    moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device) if cfg.queue else None
-    head = None
-    if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
-        head = nn.Linear(cfg.dim, data.num_classes).to(device)
-        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
-    predictor = target = None
-    if objective.reads("predicted"):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
-        hidden = round(max(t.param for t in objective.terms if "predicted" in TERMS[t.name].reads) * cfg.dim)
-        predictor = nn.Sequential(
-            nn.Linear(cfg.dim, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, cfg.dim),
-        ).to(device)
-        target = EMATarget(model, cfg.ema).to(device) if objective.reads("targets") else None
-    params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
-    opt = (
-        torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adam"
-        else torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    )
-    milestones = sorted({round(f * cfg.epochs) for f in cfg.lr_decay_at})
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-        if cfg.cosine
-        else torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    )
-    return TrainState(
-        encoder=encoder,
-        model=model,
-        head=head,
-        moco=moco,
-        opt=opt,
-        sched=sched,
-        order=torch.Generator(device=device).manual_seed(cfg.seed),
-        gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
-        predictor=predictor,
-        target=target,
-    )
+# ---------------------------------------------------------------------------------------- the state of a run
 
 
-def _train(cfg: TrainConfig, run_dir: Path, status: str, progress: bool, data) -> None:
-    """Train `run_dir` from its saved state (status "todo" with a state file) or from scratch."""
-    if status == "stale":
-        old = runs.read_json(run_dir / runs.TRAIN).get("train_version")
-        print(
-            f"retraining {run_dir.name}: trained by training-code version {old}, this is version {TRAIN_VERSION}",
-            file=sys.stderr,
-        )
-    saved = runs.load_state(run_dir, cfg.hashed(), TRAIN_VERSION) if status == "todo" else None
-    device, rank, world = distributed.init_from_env(resolve_device(cfg.device))  # torchrun's, else 0 and 1
-    main = rank == 0  # only the first process writes the record
-    if saved is None and main:
-        runs.start_training(run_dir, cfg.hashed())
-    distributed.barrier()
-    data = (data or load_data(cfg)).to(device)
-    objective = Objective.parse(cfg.objective)
-    state = _fresh_state(cfg, data, objective, device, rank, world, fresh=saved is None)
-    batches = batch_source(cfg, data, objective, state)
-    if saved is not None:
-        state.restore(saved, rank, device)
-    else:
-        _snapshot(cfg, run_dir, state, 0, main)
-    bar = tqdm(
-        total=cfg.epochs * batches.steps,
-        initial=(state.epoch - 1) * batches.steps + state.step,
-        desc=f"train {run_dir.name}",
-        unit="step",
-        disable=not (progress and main),
-        leave=False,
-    )
-    while state.epoch <= cfg.epochs:
-        t0, first_step = time.perf_counter(), state.step if state.perm is not None else 0
-        means = _epoch(cfg, run_dir, state, batches, bar, main)
-        _end_epoch(cfg, run_dir, state, batches, means, time.perf_counter() - t0, first_step, main)
-        bar.set_postfix(epoch=state.epoch - 1, loss=f"{means['loss']:.3f}")
-    bar.close()
-    if main:
-        _write_record(cfg, run_dir, state, batches, device)
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped: the trained modules, the optimiser and its
+    schedule, the random streams and the progress within the epoch. `save` and `restore` are exact inverses, so a
+    resumed run ends with the same weights as an uninterrupted one."""
 
+    encoder: nn.Module
+    model: nn.Module  # the encoder as the step calls it: DDP's wrapper under torchrun (not saved: it holds the encoder)
+    head: nn.Module | None  # the supervised head of xent() runs
+    moco: MoCo | None  # the EMA key encoder and the queue of MoCo runs
+    opt: torch.optim.Optimizer
+    sched: Any
+    order: torch.Generator  # the sample order: the same on every process
+    gen: torch.Generator  # the augmentations: one stream per process
+    epoch: int = 1
+    step: int = 0  # the next step of `epoch`
+    perm: torch.Tensor | None = None  # `epoch`'s sample order, once drawn
+    sums: dict = field(default_factory=dict)  # `epoch`'s running sums of the loss terms, on the device
+    log: list = field(default_factory=list)  # one row per finished epoch
+    resumed: list = field(default_factory=list)  # (epoch, step) where each restart continued
+    predictor: nn.Module | None = None  # SimSiam's and BYOL's predictor
+    target: EMATarget | None = None  # BYOL's EMA target encoder
 
-def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, main: bool) -> dict[str, float]:
-    """The steps of `state.epoch` from `state.step` on, saving the state every `checkpoint_minutes` within it.
-    Returns the epoch's mean loss terms; raises Diverged (after recording why) when the epoch diverged."""
-    for module in (state.moco or state.encoder, state.predictor, state.target):
-        if module is not None:
-            module.train()
-    if state.perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
-        state.perm, state.sums, state.step = batches.order(state.order), {}, 0
-    last_save = time.perf_counter()
-    for step in range(state.step, batches.steps):
-        train_step(cfg, state, batches, step)
-        bar.update()
-        due = time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
-        if step + 1 < batches.steps and distributed.agree(due):
-            state.step = step + 1
-            state.save(run_dir / runs.STATE, cfg, batches.gen_state(state.step), main)
-            last_save = time.perf_counter()
-    first_bad = int(state.sums.pop("first_bad"))
-    means = {k: float(v) / batches.steps for k, v in state.sums.items()}  # one device sync per epoch
-    if reason := _divergence(means, state.epoch, first_bad, batches.steps):
-        bar.close()
-        if main:  # the run's first step with a non-finite loss (features that left the sphere: the epoch's last step)
-            step_of_run = (state.epoch - 1) * batches.steps + min(first_bad, batches.steps - 1) + 1
-            runs.write_json(run_dir / runs.FAILED, {"epoch": state.epoch, "step": step_of_run, "reason": reason})
-            (run_dir / runs.STATE).unlink(missing_ok=True)
-        raise Diverged(f"{run_dir.name}: {reason}")
-    return means
-
-
-def batch_source(cfg: TrainConfig, data, objective: Objective, state: TrainState):
-    """The domain's batches: its own order and loss (DomainBatches: sentences), else random views (ViewBatches)."""
-    return (DomainBatches if domain_of(cfg.dataset).batch_loss else ViewBatches)(cfg, data, objective, state)
-
-
-def train_step(cfg: TrainConfig, state: TrainState, batches, step: int) -> torch.Tensor:
-    """Step `step` of the epoch in `state.perm`: its loss, the optimiser's step, the epoch's sums. Returns the loss."""
-    loss, terms = batches.loss(state, step, state.perm[step * batches.batch : (step + 1) * batches.batch])
-    _step(state, loss, cfg.clip_grad)
-    _accumulate(state.sums, {"loss": loss, **terms}, step, batches.steps)
-    return loss
-
-
-def _step(state: TrainState, loss: torch.Tensor, clip_grad: float) -> None:
-    """One optimiser step on `loss` (gradients clipped to a global norm of `clip_grad` when > 0)."""
-    state.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad:
-        nn.utils.clip_grad_norm_([p for group in state.opt.param_groups for p in group["params"]], clip_grad)
-    state.opt.step()
-
-
-def _accumulate(sums: dict, terms: dict[str, torch.Tensor], step: int, steps: int) -> None:
-    """Add a step's loss terms to the epoch's sums, and keep `first_bad`: the epoch's first step with a
-    non-finite loss (`steps` while none), without a device sync."""
-    for k, v in terms.items():
-        sums[k] = sums.get(k, 0.0) + v.detach()
-    bad = torch.where(torch.isfinite(terms["loss"].detach()), steps, step)
-    sums["first_bad"] = torch.minimum(sums.get("first_bad", bad), bad)
-
-
-def _divergence(means: dict[str, float], epoch: int, first_bad: int, steps: int) -> str | None:
-    """Why the epoch diverged, or None: a non-finite mean loss, features that left the sphere (dead or non-finite
-    encoder outputs, which a finite loss can hide), or, for objectives without negatives, features that
-    collapsed to a point."""
-    if not math.isfinite(means["loss"]):
-        return f"mean loss became {means['loss']} in epoch {epoch}, first at its step {first_bad + 1} of {steps}"
-    if not means["norm_error"] < 0.01:
-        return f"the features left the sphere in epoch {epoch} (dead or non-finite encoder outputs)"
-    if "spread" in means and not means["spread"] >= COLLAPSED:
-        return (
-            f"the features collapsed in epoch {epoch}: their spread (sqrt(dim) x the mean std of a dimension over "
-            f"the batch; about 1 when spread over the sphere) fell to {means['spread']:.3g}"
-        )
-    return None
-
-
-def _end_epoch(
-    cfg: TrainConfig,
-    run_dir: Path,
-    state: TrainState,
-    batches,
-    means: dict[str, float],
-    seconds: float,
-    first_step: int,
-    main: bool,
-) -> None:
-    """The epoch's log row, the schedule's step, a snapshot when asked for, and the saved state of the next epoch."""
-    state.log.append(
-        {
-            "epoch": state.epoch,
-            "lr": state.opt.param_groups[0]["lr"],
-            **{k: round(v, 6) for k, v in means.items()},
-            "seconds": round(seconds, 3),
-            "images_per_s": round(_images(batches, first_step) / seconds, 1),
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {
+            "encoder": self.encoder,
+            "head": self.head,
+            "moco": self.moco,
+            "predictor": self.predictor,
+            "target": self.target,
         }
-    )
-    state.sched.step()
-    if main:
-        runs.write_csv(run_dir / runs.LOG, state.log)
-    _snapshot(cfg, run_dir, state, state.epoch, main)
-    state.epoch, state.step, state.perm, state.sums = state.epoch + 1, 0, None, {}
-    state.save(run_dir / runs.STATE, cfg, batches.gen_state(0), main)
+
+    def save(self, path: Path, cfg: TrainConfig, gens: list[torch.Tensor], main: bool) -> None:
+        """Write the state (process 0), with `gens`, every process's augmentation stream (gathered by the caller)."""
+        if main:
+            runs.save_checkpoint(
+                path,
+                {
+                    "config_hash": runs.config_hash(cfg.hashed()),
+                    "train_version": TRAIN_VERSION,
+                    **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
+                    "opt": self.opt.state_dict(),
+                    "sched": self.sched.state_dict(),
+                    "order": self.order.get_state(),
+                    "gen": gens,
+                    "torch_rng": torch.get_rng_state(),
+                    **{k: getattr(self, k) for k in ("epoch", "step", "perm", "sums", "log", "resumed")},
+                },
+            )
+        _kill_hook(path.parent.name, self.epoch, self.step)
+
+    def restore(self, saved: dict, rank: int, device: torch.device) -> None:
+        for k, m in self.modules().items():
+            if m is not None:
+                m.load_state_dict(saved[k])
+        self.opt.load_state_dict(saved["opt"]), self.sched.load_state_dict(saved["sched"])
+        self.order.set_state(saved["order"]), self.gen.set_state(saved["gen"][rank])
+        torch.set_rng_state(saved["torch_rng"])
+        self.epoch, self.step, self.log = saved["epoch"], saved["step"], saved["log"]
+        self.perm = None if saved["perm"] is None else saved["perm"].to(device)
+        self.sums = {k: v.to(device) for k, v in saved["sums"].items()}
+        self.resumed = saved["resumed"] + [{"epoch": self.epoch, "step": self.step}]
 
 
-def _images(batches, first_step: int = 0) -> int:
-    """The views an epoch's steps from `first_step` on encode (a kept last batch may be partial)."""
-    return (min(batches.n, batches.steps * batches.batch) - first_step * batches.batch) * batches.objective.views
+def _kill_hook(run: str, epoch: int, step: int) -> None:
+    """Tests' deterministic SIGKILL (module docstring): once the state at (`epoch`, `step`) of `run` is saved."""
+    env = os.environ
+    if env.get("HYPERSPHERE_KILL_AT") != f"{epoch}:{step}" or env.get("HYPERSPHERE_KILL_RUN", run) != run:
+        return
+    distributed.barrier()  # every process passed the save point, and process 0 has written the state
+    rank = distributed.rank_world()[0]
+    if env.get("HYPERSPHERE_KILL_RANK", str(rank)) == str(rank):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, main: bool) -> None:
-    """Keep the encoder's weights at `epoch` when it is one of the config's snapshot epochs (Fig. 8)."""
-    if epoch in cfg.snapshot_epochs and main:
-        runs.save_checkpoint(runs.snapshot_path(run_dir, epoch), {"encoder": state.encoder.state_dict()})
+# ---------------------------------------------------------------------------------------- data and encoders
 
 
-def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
-    """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
-    runs.save_checkpoint(
-        run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None}
-    )
-    steps = cfg.epochs * batches.steps
-    train_seconds = sum(row["seconds"] for row in state.log)
-    runs.write_json(
-        run_dir / runs.TRAIN,
-        {
-            "config_hash": runs.config_hash(cfg.hashed()),
-            "train_version": TRAIN_VERSION,
-            "run": run_dir.name,
-            "steps": steps,
-            "resumed": state.resumed,
-            "final_loss": state.log[-1]["loss"] if state.log else None,
-            "train_seconds": round(train_seconds, 2),
-            "images_per_s": round(cfg.epochs * _images(batches) / train_seconds, 1) if train_seconds else None,
-            "device": str(device),
-            "torch": torch.__version__,
-            "pid": os.getpid(),
-            "host": os.uname().nodename,
-        },
-    )
-    (run_dir / runs.STATE).unlink(missing_ok=True)
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use device=cpu or auto")
+    return torch.device(device)
+
+
+def load_data(cfg: TrainConfig):
+    """The run's dataset, carrying the run's augmentation recipe. A recipe with another crop size scales the
+    evaluation view's resize along, so Resize(r) + CenterCrop(crop) keeps the dataset's ratio (70 / 64 for STL-10)."""
+    data = domain_of(cfg.dataset).load(cfg.dataset, cfg.data_dir, cfg.download)
+    if not cfg.augment:
+        return data
+    aug = recipe(cfg.augment)
+    return replace(data, augment=aug, eval_resize=round(data.eval_resize * aug.crop_size / data.augment.crop_size))
+
+
+def make_encoder(cfg: TrainConfig, data) -> nn.Module:
+    return domain_of(cfg.dataset).encoder(cfg.arch, cfg.dim, data)
+
+
+def _load_weights(encoder: nn.Module, path: Path, device="cpu") -> dict:
+    state = runs.load_checkpoint(path, device)
+    try:
+        encoder.load_state_dict(state["encoder"])
+    except (RuntimeError, KeyError) as e:
+        raise runs.RunError(f"{path} does not fit this encoder (arch/dim/dataset differ): {e}") from None
+    return state
+
+
+def load_encoder(run_dir: str | Path, device: str = "cpu", data_dir: str = "data", snapshot: int | None = None):
+    """A finished run's encoder (eval mode; at a snapshot epoch if given), its config and its dataset."""
+    run_dir = Path(run_dir)
+    runs.load_summary(run_dir)  # checks the record is complete and consistent
+    cfg = TrainConfig.from_dict({**runs.read_json(run_dir / runs.CONFIG), "data_dir": data_dir, "init": ""})
+    data = load_data(cfg)
+    encoder = make_encoder(cfg, data)
+    path = run_dir / runs.CHECKPOINT if snapshot is None else runs.snapshot_path(run_dir, snapshot)
+    _load_weights(encoder, path, device)
+    return encoder.to(device).eval(), cfg, data
