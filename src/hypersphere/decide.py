@@ -122,7 +122,8 @@ def make_plan(claims: dict[str, Claim], power: float = 0.8, most: int = 20) -> d
         }
     n = max(p["seeds"] for p in plan.values())
     for p in plan.values():
-        effect = abs(p["first_mean"] - p["bound"]) / p["first_sd"] if p["first_sd"] > 0 else np.inf
+        gap = abs(p["first_mean"] - p["bound"])
+        effect = gap / p["first_sd"] if p["first_sd"] > 0 else np.inf if gap > 0 else 0.0  # as second_stage
         p["power_at_plan"] = float(decision_power(effect, n, LEVEL))
     return {
         "first_seeds": list(FIRST_SEEDS),

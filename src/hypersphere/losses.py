@@ -334,7 +334,7 @@ def qt_contrastive_loss(
 @dataclass(frozen=True)
 class Batch:
     """What one step hands the objective: the two views' unit-norm features, and what some terms read besides
-    (`Term.reads`): the head's logits and the labels, the embeddings before l2-normalisation (`raw`), a predictor's
+    (`TermKind.reads`): the head's logits and the labels, the embeddings before l2-normalisation (`raw`), a predictor's
     outputs on both views and what they predict (`predicted`, `targets`), MoCo's queue, and for sentence windows
     each sentence's document (`doc`) and how many neighbours on each side are positives (`context`)."""
 
