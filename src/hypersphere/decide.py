@@ -30,7 +30,7 @@ import pandas as pd
 
 from . import runs
 from .items import fig8, load_results, table1, table2, table3, verdict
-from .stats import decide, decision_power, mean_interval, second_stage
+from .stats import decide, decision_power, effect_size, mean_interval, second_stage
 from .sweep import SweepRun
 
 PLAN = "decide_plan.json"
@@ -122,9 +122,7 @@ def make_plan(claims: dict[str, Claim], power: float = 0.8, most: int = 20) -> d
         }
     n = max(p["seeds"] for p in plan.values())
     for p in plan.values():
-        gap = abs(p["first_mean"] - p["bound"])
-        effect = gap / p["first_sd"] if p["first_sd"] > 0 else np.inf if gap > 0 else 0.0  # as second_stage
-        p["power_at_plan"] = float(decision_power(effect, n, LEVEL))
+        p["power_at_plan"] = float(decision_power(effect_size(p["first_mean"], p["first_sd"], p["bound"]), n, LEVEL))
     return {
         "first_seeds": list(FIRST_SEEDS),
         "new_seeds": list(range(len(FIRST_SEEDS), len(FIRST_SEEDS) + n)),

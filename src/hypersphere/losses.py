@@ -373,6 +373,10 @@ def _predictive(b: Batch, width: float) -> Tensor:
     return predictive_loss(b.predicted, b.targets if b.targets is not None else (b.zx, b.zy))
 
 
+def _align(b: Batch, alpha: float) -> Tensor:
+    return align_loss(b.zx, b.zy, alpha)
+
+
 def _sentence_align(b: Batch, alpha: float) -> Tensor:
     i, j = neighbour_pairs(b.doc.cpu(), b.context)
     return align_loss(b.zx[i.to(b.zx.device)], b.zy[j.to(b.zy.device)], alpha)
@@ -390,8 +394,8 @@ TERMS: dict[str, TermKind] = {
     "align": TermKind(
         "alpha",
         2.0,
-        batch=lambda b, alpha: align_loss(b.zx, b.zy, alpha),
-        queue=lambda b, alpha: align_loss(b.zx, b.zy, alpha),
+        batch=_align,
+        queue=_align,  # queries against their keys, as in a batch
         sentences=_sentence_align,
     ),
     # uniformity averages the two views (Sec. 4); against a queue it reads the queries; on sentence windows it is

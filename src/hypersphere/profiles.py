@@ -94,10 +94,6 @@ def load(name: str) -> Profile:
             f"{path(name)}: names no sweeps; add one line `sweeps: [cloud, lambda]` naming "
             f"files of configs/sweeps/{name}/ (`sweeps: []` for none)"
         )
-    sweeps_dir = resources.configs() / "sweeps" / spec.get("sweeps_from", name)
-    sweeps = tuple(spec["sweeps"] or [])
-    if missing := [s for s in sweeps if not (sweeps_dir / f"{s}.yaml").exists()]:
-        raise ValueError(f"{path(name)} names sweeps {missing} that {sweeps_dir} does not hold")
     workers = spec.get("workers", 1)
     workers = (os.cpu_count() or 1) if workers == "auto" else workers
     if not isinstance(workers, int) or workers < 1:
@@ -114,15 +110,18 @@ def load(name: str) -> Profile:
         raise ValueError(
             f"{path(name)}: decide must be {{power: a number in (0, 1), most: an integer of 2 or more}}, got {decide}"
         )
-    return Profile(
+    profile = Profile(
         name,
         spec.get("description") or "",
-        sweeps,
+        tuple(spec["sweeps"] or []),
         workers,
         spec.get("notebooks") or {},
         spec.get("sweeps_from", ""),
         decide,
     )
+    if missing := [s for s in profile.sweeps if not (profile.sweeps_dir / f"{s}.yaml").exists()]:
+        raise ValueError(f"{path(name)} names sweeps {missing} that {profile.sweeps_dir} does not hold")
+    return profile
 
 
 def new(name: str, base: str = "quick") -> Path:

@@ -159,6 +159,12 @@ def decision_power(effect: float, n, level: float = 0.95):
     return power if n.ndim else float(power)
 
 
+def effect_size(mean: float, sd: float, bound: float) -> float:
+    """How many standard deviations `mean` sits from `bound` (infinite for a spread of 0 off the bound, 0 on it)."""
+    gap = abs(mean - bound)
+    return gap / sd if sd > 0 else np.inf if gap > 0 else 0.0
+
+
 def second_stage(first, bound: float, level: float = 0.95, power: float = 0.8, most: int = 17) -> dict[str, Any]:
     """A two-stage design (after Stein, 1945) for a claim that the first seeds left undecided: from their
     differences, fixed before any new seed trains, the fewest new seeds (2 to `most`) whose own interval would
@@ -169,9 +175,8 @@ def second_stage(first, bound: float, level: float = 0.95, power: float = 0.8, m
     `power` is the planned number's power; below the target when `most` caps it."""
     d = np.asarray(first, float)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    effect = abs(mean - bound) / sd if sd > 0 else np.inf if mean != bound else 0.0
     seeds = np.arange(2, most + 1)
-    powers = decision_power(effect, seeds, level)
+    powers = decision_power(effect_size(mean, sd, bound), seeds, level)
     i = int(np.argmax(powers >= power)) if (powers >= power).any() else len(seeds) - 1
     return {"first_n": len(d), "first_mean": mean, "first_sd": sd, "seeds": int(seeds[i]), "power": float(powers[i])}
 
