@@ -276,9 +276,7 @@ class TrainerStep:
         objective, data = Objective.parse(cfg.objective), data.to(device)
         self.state = state = train._fresh_state(cfg, data, objective, device, 0, 1, fresh=True)
         self.batches = train.batch_source(cfg, data, objective, state)
-        for module in (state.moco or state.encoder, state.predictor, state.target):
-            if module is not None:
-                module.train()
+        state.encoder.train(), state.method.train()
 
     def __call__(self) -> torch.Tensor:
         """train.train_step on the next step (its views drawn when it starts a chunk)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypersphere.losses import Objective
+from hypersphere.losses import TERMS, Objective
 
 # samples an epoch iterates over, per paper dataset
 PAPER_DATA = {
@@ -29,16 +29,15 @@ ASSUMED = {"bookcorpus"}  # sizes above that are assumptions, said so in the pro
 
 def step_kind(cfg) -> str:
     """What sets a run's step time apart from another's, as a name: its dataset (the images' size), encoder, a MoCo
-    queue, BatchNorm groups, and the modules its objective adds (a supervised head, SimSiam's and BYOL's predictor,
-    BYOL's EMA target). Not part of it, because they barely move the time (the loss is a small share of a step): the
-    objective's terms and weights, the dim, the queue's length, lr and schedule; QT's unnormalised encoder (qt-raw:
-    the same GRUs); and the precision, which Measured keeps apart."""
+    queue, BatchNorm groups, and the modules its objective adds (its terms' own: a supervised head, SimSiam's and
+    BYOL's predictor, DINO's prototypes; an EMA target). Not part of it, because they barely move the time (the loss
+    is a small share of a step): the objective's terms and weights, the dim, the queue's length, lr and schedule;
+    QT's unnormalised encoder (qt-raw: the same GRUs); and the precision, which Measured keeps apart."""
     objective = Objective.parse(cfg.objective)
     extras = (
         ("queue", cfg.queue > 0),
         (f"bn_groups={cfg.bn_groups}", cfg.bn_groups > 1),
-        ("head", objective.needs_labels),
-        ("predictor", objective.reads("predicted")),
+        *((TERMS[t.name].key or t.name, TERMS[t.name].own is not None) for t in objective.terms),
         ("target", objective.reads("targets")),
     )
     return " ".join([cfg.dataset, cfg.arch.removesuffix("-raw")] + [name for name, on in extras if on])

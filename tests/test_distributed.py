@@ -21,9 +21,9 @@ from hypersphere.domains.image import load_dataset
 from hypersphere.domains import IMAGE
 from hypersphere.losses import Objective
 from hypersphere.models import DigitsNet
-from hypersphere.moco import MoCo
+from hypersphere.methods import Method
 from hypersphere.sweep import train_argv
-from hypersphere.train import TRAIN_VERSION, TrainConfig, batch_loss, train
+from hypersphere.train import TRAIN_VERSION, TrainConfig, train
 
 OBJECTIVES = (
     "contrastive(tau=0.5) + align(alpha=2) + uniform(t=2)",
@@ -35,7 +35,18 @@ BATCH, WORLD, QUEUE = 16, 2, 64
 
 def setup(seed: int = 0):
     torch.manual_seed(seed)
-    return DigitsNet(in_channels=1, dim=8, input_size=12), nn.Linear(8, 10)
+    return DigitsNet(in_channels=1, dim=8, input_size=12)
+
+
+def make_method(obj: Objective, with_queue: bool, model: nn.Module, data) -> Method:
+    """The trainer's method for `obj` (MoCo's queue and key encoder, xent's head), its head drawn at random: the
+    zero-initialised one would pass the encoder no gradient to compare."""
+    cfg = TrainConfig(dataset="digits", dim=8, batch_size=BATCH, queue=QUEUE if with_queue else 0, ema=0.9)
+    method = Method(cfg, obj, data, model)
+    torch.manual_seed(1)
+    for module in method.owned.values():
+        nn.init.normal_(module.weight, std=0.1)
+    return method
 
 
 def grads(*modules) -> dict[str, torch.Tensor]:
@@ -59,21 +70,19 @@ def worker(rank: int, port: int, objective: str, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     data = load_dataset("digits")
-    encoder, head = setup()
+    encoder = setup()
     model = nn.parallel.DistributedDataParallel(encoder)
     obj, with_queue = parse(objective)
-    moco = MoCo(model, QUEUE, momentum=0.9) if with_queue else None
+    method = make_method(obj, with_queue, model, data)
+    moco = method.moco
     gen = torch.Generator().manual_seed(100 + rank)
     idx = distributed.shard(torch.arange(BATCH))
     x = [IMAGE.views(data, data.train_images[idx], gen) for _ in range(obj.views)]
-    loss, _ = batch_loss(model, head if obj.needs_labels else None, obj, x, data.train_labels[:BATCH], moco)
+    loss, _ = method.loss(model, x, data.train_labels[:BATCH])
     loss.backward()
     if moco is not None:  # every process enqueued the keys of the global batch
         torch.save(moco.queue[:BATCH].clone(), f"{out}/queue{rank}.pt")
-    torch.save(
-        {"loss": loss.detach(), "grads": grads(encoder, head) if obj.needs_labels else grads(encoder)},
-        f"{out}/rank{rank}.pt",
-    )
+    torch.save({"loss": loss.detach(), "grads": grads(encoder, *method.owned.values())}, f"{out}/rank{rank}.pt")
     finish()
 
 
@@ -81,9 +90,10 @@ def reference(objective: str):
     """One process, the same global batch: each half encoded as its process encodes it (its own
     augmentation stream and BatchNorm statistics), the losses on the concatenated features."""
     data = load_dataset("digits")
-    encoder, head = setup()
+    encoder = setup()
     obj, with_queue = parse(objective)
-    moco = MoCo(encoder, QUEUE, momentum=0.9) if with_queue else None
+    method = make_method(obj, with_queue, encoder, data)
+    moco = method.moco
     if moco is not None:
         moco.momentum_update()
         perm = torch.randperm(BATCH)  # Shuffle-BN's permutation, as process 0 draws it (its global generator)
@@ -107,11 +117,10 @@ def reference(objective: str):
         with torch.no_grad():
             shuffled = torch.cat(key_views)[perm]
             zy = torch.cat([moco.encoder_k(part) for part in shuffled.chunk(WORLD)])[torch.argsort(perm)]
-    logits = head(zx) if obj.needs_labels else None
     queue = moco.queue.clone() if moco is not None else None
-    loss, _ = obj(zx, zy, logits=logits, labels=data.train_labels[:BATCH], queue=queue)
+    loss, _ = obj(zx, zy, owned=method.owned, labels=data.train_labels[:BATCH], queue=queue)
     loss.backward()
-    return loss.detach(), grads(encoder, head) if obj.needs_labels else grads(encoder), zy.detach()
+    return loss.detach(), grads(encoder, *method.owned.values()), zy.detach()
 
 
 def free_port() -> int:

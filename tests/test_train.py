@@ -17,6 +17,7 @@ from hypersphere import losses, runs, train as train_module
 from hypersphere.__main__ import main
 from hypersphere.augment import RECIPES, augment, recipe
 from hypersphere.losses import Objective
+from hypersphere.methods import Method
 from hypersphere.train import TRAIN_VERSION, Diverged, TrainConfig, load_data, load_encoder, train
 
 FAST = dict(dataset="digits", dim=16, epochs=2, batch_size=128, device="cpu")
@@ -123,10 +124,8 @@ def test_each_step_trains_on_the_views_of_its_own_batch(tmp_path, monkeypatch, b
     fixed = {"recipe": "digits", "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "jitter": [0.0] * 4}
     config = cfg(tmp_path, augment=fixed, epochs=1, batch_size=256, drop_last=drop_last)
     monkeypatch.setattr(train_module, "VIEW_VALUES", batches_per_draw * 256 * 12 * 12)  # 5 steps: 2 + 2 + 1, or 5
-    seen, real = [], train_module.batch_loss
-    monkeypatch.setattr(
-        train_module, "batch_loss", lambda enc, head, obj, x, *a: seen.append(x) or real(enc, head, obj, x, *a)
-    )
+    seen, real = [], Method.loss
+    monkeypatch.setattr(Method, "loss", lambda self, model, x, labels: seen.append(x) or real(self, model, x, labels))
     run_dir = train(config, progress=False)
     data = load_data(config)
     perm = torch.randperm(len(data.encoder_images), generator=torch.Generator().manual_seed(config.seed))
@@ -185,10 +184,10 @@ def test_bf16_is_an_explicit_option_on_cuda(tmp_path):
     torch.manual_seed(0)
     encoder, objective = DigitsNet(1, 16, 12).cuda(), Objective.parse("align + uniform")
     x = [torch.randn(64, 1, 12, 12, device="cuda") for _ in range(2)]
-    fp32, _ = train_module.batch_loss(encoder, None, objective, x, None)
+    fp32, _ = Method(cfg(tmp_path, dim=16), objective, None, encoder).loss(encoder, x, None)
     with torch.no_grad():
         reference, _ = objective(*encoder(torch.cat(x)).chunk(2))
-    bf16, _ = train_module.batch_loss(encoder, None, objective, x, None, None, True)
+    bf16, _ = Method(cfg(tmp_path, dim=16, bf16=True), objective, None, encoder).loss(encoder, x, None)
     assert fp32.item() == pytest.approx(reference.item(), rel=1e-5) and bf16.item() != fp32.item()
 
 
@@ -363,7 +362,7 @@ def test_a_run_locked_by_a_live_process_is_not_trained_twice(tmp_path):
 def crash_then_resume(tmp_path, monkeypatch, **kw):
     """An uninterrupted run (runs dir a) and the same config crashed in its fourth step, then run again (b)."""
     whole = train(cfg(tmp_path / "a", **kw), progress=False)
-    real, calls = train_module.batch_loss, []
+    real, calls = Method.loss, []
 
     def crash_on_the_fourth_step(*args):
         calls.append(1)
@@ -371,10 +370,10 @@ def crash_then_resume(tmp_path, monkeypatch, **kw):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(train_module, "batch_loss", crash_on_the_fourth_step)
+    monkeypatch.setattr(Method, "loss", crash_on_the_fourth_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tmp_path / "b", **kw), progress=False)
-    monkeypatch.setattr(train_module, "batch_loss", real)
+    monkeypatch.setattr(Method, "loss", real)
     return whole, train(cfg(tmp_path / "b", **kw), progress=False)
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Callable
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -255,6 +257,22 @@ def predictive_loss(p: tuple[Tensor, Tensor], t: tuple[Tensor, Tensor]) -> Tenso
     )
 
 
+def dino_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], centre: Tensor, tau: float) -> Tensor:
+    """DINO's loss (Caron et al. 2021, Eq. 1 and Algorithm 1) on two views: the mean over the two cross-view pairs of
+    H(P_t, P_s) = -sum_k P_t log P_s, P_s = softmax(s / DINO_STUDENT_TAU) from the student's scores of one view and
+    P_t = softmax((t - centre) / tau) from the teacher's scores of the other (centred, sharpened, no gradient)."""
+    loss = 0
+    for s, t in ((student[0], teacher[1]), (student[1], teacher[0])):
+        p_t = F.softmax((_fp32(t).detach() - centre) / tau, dim=1)
+        loss = loss - (p_t * F.log_softmax(_fp32(s) / DINO_STUDENT_TAU, dim=1)).sum(1).mean()
+    return loss / 2
+
+
+DINO_STUDENT_TAU = 0.1  # DINO's student temperature
+DINO_PROTOTYPES = 256  # K, the scores' dimension (DINO's 65,536 is sized for ImageNet)
+DINO_CENTRE_MOMENTUM = 0.9  # DINO's m in C <- m C + (1 - m) mean(teacher scores)
+
+
 def queue_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
     """MoCo's InfoNCE (He et al. 2020, Eq. 1): mean over i of -log softmax_0([q_i.k_i, q_i.queue_1, ...,
     q_i.queue_N] / tau), the positive at index 0. q, k [K, d], queue [N, d] -> scalar, in at least float32."""
@@ -334,21 +352,21 @@ def qt_contrastive_loss(
 @dataclass(frozen=True)
 class Batch:
     """What one step hands the objective: the two views' unit-norm features, and what some terms read besides
-    (`TermKind.reads`): the head's logits and the labels, the embeddings before l2-normalisation (`raw`), a predictor's
-    outputs on both views and what they predict (`predicted`, `targets`), MoCo's queue, and for sentence windows
-    each sentence's document (`doc`) and how many neighbours on each side are positives (`context`)."""
+    (`TermKind.reads`): the labels, the embeddings before l2-normalisation (`raw`), an EMA target encoder's features of
+    both views (`targets`), MoCo's queue, and for sentence windows each sentence's document (`doc`) and how many
+    neighbours on each side are positives (`context`). `own` is the module of the term being computed (TermKind.own),
+    set by Objective.on for each term."""
 
     zx: Tensor
     zy: Tensor | None = None
-    logits: Tensor | None = None
     labels: Tensor | None = None
     raw: tuple[Tensor, Tensor] | None = None
-    predicted: tuple[Tensor, Tensor] | None = None
     targets: tuple[Tensor, Tensor] | None = None
     queue: Tensor | None = None
     intra_batch: bool = True
     doc: Tensor | None = None
     context: int = CONTEXT
+    own: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -357,8 +375,9 @@ class TermKind:
     function (Batch, parameter) -> loss; None where it has no such form. `batch`: the two views of a batch;
     `queue`: MoCo's queries and keys against the queue; `sentences`: a window of consecutive sentences, zx and zy
     the f and g encoders' outputs (Quick-Thought). `reads`: what of Batch it needs beyond zx and zy, so the trainer
-    builds it (`labels`: a linear head; `raw`; `predicted`: a predictor MLP `param` times the output dim wide;
-    `targets`: an EMA target encoder). `collapse_prone` (no negatives): the trainer records the features' spread."""
+    builds it (`labels`; `raw`; `targets`: an EMA target encoder). `own`: (config, data, parameter) -> a module the
+    term trains and keeps (a head, a predictor), saved under `key` (default: the term's name) and handed to its loss as
+    Batch.own. `collapse_prone` (no negatives): the trainer records the features' spread."""
 
     param: str
     default: float | None
@@ -367,10 +386,74 @@ class TermKind:
     sentences: Callable[[Batch, float], Tensor] | None = None
     reads: tuple[str, ...] = ()
     collapse_prone: bool = False
+    own: Callable[[Any, Any, float], nn.Module] | None = None
+    key: str = ""
+
+
+def _head(cfg, data, scale: float) -> nn.Module:
+    """xent's linear head, zero-initialised: the scaled logits start uniform (cross-entropy log C)."""
+    head = nn.Linear(cfg.dim, data.num_classes)
+    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    return head
+
+
+def _predictor(cfg, data, width: float) -> nn.Module:
+    """SimSiam's predictor (Chen & He 2021), also BYOL's: Linear-BN-ReLU-Linear, its hidden layer `width` x the output
+    dimension (SimSiam's bottleneck is 1/4; BYOL's is wider)."""
+    hidden = round(width * cfg.dim)
+    return nn.Sequential(
+        nn.Linear(cfg.dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, cfg.dim),
+    )
+
+
+class Prototypes(nn.Module):
+    """DINO's last layer and centre (Caron et al. 2021, Sec. 3.1): the scores z . w_k of unit-norm features against
+    K unit-norm prototypes (a weight-normalised layer with its norm fixed at 1, after the l2-normalised bottleneck
+    DINO's head ends in, here the encoder's output); the teacher's prototypes, which follow the student's by an EMA
+    (momentum `ema`, applied before each use in training mode, as the EMA target encoder's); and the centre of the
+    teacher's scores."""
+
+    def __init__(self, dim: int, prototypes: int, ema: float):
+        super().__init__()
+        self.student = nn.Linear(dim, prototypes, bias=False)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.register_buffer("centre", torch.zeros(prototypes))
+        self.ema = ema
+
+    def forward(self, z: Tensor) -> Tensor:
+        return _fp32(z) @ F.normalize(self.student.weight, dim=1).T
+
+    @torch.no_grad()
+    def teach(self, targets: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The teacher's scores of both views' target features; in training mode, after the EMA step."""
+        if self.training:
+            self.teacher.weight.mul_(self.ema).add_(self.student.weight.detach() * (1 - self.ema))
+        w = F.normalize(self.teacher.weight, dim=1)
+        return tuple(_fp32(t) @ w.T for t in targets)
+
+    @torch.no_grad()
+    def recentre(self, scores: Tensor) -> None:
+        """C <- m C + (1 - m) mean of the teacher's scores over the (global) batch (DINO's Eq. 4)."""
+        if self.training:
+            self.centre.mul_(DINO_CENTRE_MOMENTUM).add_(scores.mean(0) * (1 - DINO_CENTRE_MOMENTUM))
+
+
+def _prototypes(cfg, data, tau: float) -> Prototypes:
+    return Prototypes(cfg.dim, DINO_PROTOTYPES, cfg.ema)
+
+
+def _dino(b: Batch, tau: float) -> Tensor:
+    teacher = b.own.teach(b.targets)
+    loss = dino_loss((b.own(b.zx), b.own(b.zy)), teacher, b.own.centre, tau)
+    b.own.recentre(torch.cat(teacher))
+    return loss
 
 
 def _predictive(b: Batch, width: float) -> Tensor:
-    return predictive_loss(b.predicted, b.targets if b.targets is not None else (b.zx, b.zy))
+    return predictive_loss((b.own(b.zx), b.own(b.zy)), b.targets if b.targets is not None else (b.zx, b.zy))
 
 
 def _align(b: Batch, alpha: float) -> Tensor:
@@ -411,7 +494,12 @@ TERMS: dict[str, TermKind] = {
     # `scale`, as cosine classifiers do. Unscaled, the logits can only be as large as the head's weights and
     # cross-entropy stays near log C for many epochs (digits-color at dim 2).
     "xent": TermKind(
-        "scale", 10.0, batch=lambda b, scale: F.cross_entropy(scale * _fp32(b.logits), b.labels), reads=("labels",)
+        "scale",
+        10.0,
+        batch=lambda b, scale: F.cross_entropy(scale * _fp32(b.own(b.zx)), b.labels),
+        reads=("labels",),
+        own=_head,
+        key="head",
     ),
     # Beyond the paper (notebook 10_beyond): SimCLR's NT-Xent; Barlow Twins and VICReg on the embeddings before
     # l2-normalisation; SimSiam (stop-gradient) and BYOL (an EMA target encoder, TrainConfig.ema) through a
@@ -421,8 +509,13 @@ TERMS: dict[str, TermKind] = {
         "lambd", 0.0051, batch=lambda b, lambd: barlow_loss(*b.raw, lambd), reads=("raw",), collapse_prone=True
     ),
     "vicreg": TermKind("nu", 1.0, batch=lambda b, nu: vicreg_loss(*b.raw, nu), reads=("raw",), collapse_prone=True),
-    "simsiam": TermKind("width", 4.0, batch=_predictive, reads=("predicted",), collapse_prone=True),
-    "byol": TermKind("width", 4.0, batch=_predictive, reads=("predicted", "targets"), collapse_prone=True),
+    "simsiam": TermKind("width", 4.0, batch=_predictive, collapse_prone=True, own=_predictor, key="predictor"),
+    "byol": TermKind(
+        "width", 4.0, batch=_predictive, reads=("targets",), collapse_prone=True, own=_predictor, key="predictor"
+    ),
+    # DINO: K prototypes scored by the student's and the EMA teacher's features, the teacher's scores centred and
+    # sharpened at temperature `tau`
+    "dino": TermKind("tau", 0.04, batch=_dino, reads=("targets",), collapse_prone=True, own=_prototypes, key="dino"),
 }
 FORMS = {"batch": "in-batch", "queue": "MoCo queue", "sentences": "Quick-Thought"}  # TermKind's forms, in words
 
@@ -541,13 +634,22 @@ class Objective:
         """The terms with no loss in `form` (a key of FORMS)."""
         return [term.name for term in self.terms if getattr(TERMS[term.name], form) is None]
 
-    def on(self, form: str, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """The weighted sum of the terms' losses in `form` on `batch`, and each unweighted term."""
+    def on(
+        self, form: str, batch: Batch, owned: dict[str, nn.Module] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted sum of the terms' losses in `form` on `batch`, and each unweighted term; `owned`: the terms'
+        own modules by term name (TermKind.own; methods.Method makes them)."""
         if bad := self.lacking(form):
             raise ValueError(f"objective {self}: {', '.join(bad)} has no {FORMS[form]} form; use {with_form(form)}")
-        values = {term.name: getattr(TERMS[term.name], form)(batch, term.param) for term in self.terms}
+        owned = owned or {}
+        values = {
+            term.name: getattr(TERMS[term.name], form)(replace(batch, own=owned.get(term.name)), term.param)
+            for term in self.terms
+        }
         return sum(term.weight * values[term.name] for term in self.terms), values
 
-    def __call__(self, zx: Tensor, zy: Tensor | None = None, **batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self, zx: Tensor, zy: Tensor | None = None, owned: dict[str, nn.Module] | None = None, **batch
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The objective on one batch of two views (Batch's fields by name); with `queue=`, against MoCo's queue."""
-        return self.on("batch" if batch.get("queue") is None else "queue", Batch(zx, zy, **batch))
+        return self.on("batch" if batch.get("queue") is None else "queue", Batch(zx, zy, **batch), owned)

@@ -186,7 +186,7 @@ class MoCo(nn.Module):
         """(q, k, queue) for a pair of views: q = f_q(im_q) with gradient, k = f_k(im_k) without, and a snapshot of
         the queue (the negatives for this step). In training mode this first applies the EMA (as after the
         previous optimiser step); the caller enqueues the keys after the loss (the keys of every process, under
-        DDP: train.batch_loss)."""
+        DDP: methods.Method.loss)."""
         q = self.encoder_q(im_q)
         with torch.no_grad():
             if self.training:

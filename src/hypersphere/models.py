@@ -160,16 +160,33 @@ def group_batchnorm(module: nn.Module, groups: int) -> nn.Module:
     return module
 
 
+def _projector(width: int, dim: int, head: str) -> nn.Module:
+    """The head between fc7 and the output: a Linear (the paper's fc8), or a projector of `HEADS`."""
+    if head == "-mlp":  # SimCLR (Chen et al. 2020)
+        return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+    if head == "-byol":  # BYOL (Grill et al. 2020, Sec. 3.3): BatchNorm after the hidden layer only
+        return nn.Sequential(fc_block(width, width), nn.Linear(width, dim))
+    if head == "-simsiam":  # SimSiam's CIFAR projector (Chen & He 2021, Sec. 5): BatchNorm on its output too
+        return nn.Sequential(fc_block(width, width), nn.Linear(width, dim, bias=False), nn.BatchNorm1d(dim))
+    return nn.Linear(width, dim)
+
+
+# an arch name's suffix: the head between fc7 (then the representation a probe reads, as those papers evaluate) and
+# the l2-normalised output (_projector)
+HEADS = ("", "-mlp", "-byol", "-simsiam")
+
+
 def build_encoder(arch: str, in_channels: int, dim: int, input_size: int) -> TapEncoder:
-    """Encoder by name: "smallalexnet" (STL-10 / CIFAR-10) or "digitsnet" (digits); with "-mlp" the linear head
-    becomes SimCLR's projection head Linear-ReLU-Linear (Chen et al. 2020), fc7 then being the representation
-    before the head and "output" the one after it."""
-    base = arch.removesuffix("-mlp")
-    if base not in ("smallalexnet", "digitsnet"):
-        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)} (each also with -mlp)")
+    """Encoder by name: "smallalexnet" (STL-10 / CIFAR-10) or "digitsnet" (digits), then a suffix of HEADS: none
+    keeps the linear fc8; "-mlp" is SimCLR's projection head Linear-ReLU-Linear (Chen et al. 2020), "-byol" BYOL's
+    projector Linear-BN-ReLU-Linear, "-simsiam" SimSiam's Linear-BN-ReLU-Linear-BN, each as wide as fc7, fc7 then
+    being the representation before the head and "output" the one after it."""
+    base = next((arch.removesuffix(h) for h in HEADS if h and arch.endswith(h)), arch)
+    if base not in ARCHS:
+        heads = ", ".join(HEADS[1:])
+        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)} (each also with {heads})")
     encoder = (SmallAlexNet if base == "smallalexnet" else DigitsNet)(in_channels, dim, input_size)
-    if arch.endswith("-mlp"):
-        width = encoder.feature_dims["fc7"]
-        encoder.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+    if head := arch.removeprefix(base):
+        encoder.head = _projector(encoder.feature_dims["fc7"], dim, head)
         init_weights_(encoder.head)
     return encoder

@@ -5,9 +5,10 @@
 
 The file reads in the order a run goes, one trainer for every domain (domains/): the config; a run (`train`,
 `_train`, `_fresh_state`); an epoch (`_epoch`: the steps, mid-epoch saves, the divergence check; `_end_epoch`: log
-row, schedule, snapshot, saved state; `_write_record`: checkpoint, then train.json); a step (`train_step`:
-`batch_loss`, the objective on one global batch, then `_step`; its batch source `ViewBatches`, random views of each
-input, or `DomainBatches`, a domain's own order and loss); the state (`TrainState`: weights, optimiser, schedule,
+row, schedule, snapshot, saved state; `_write_record`: checkpoint, then train.json); a step (`train_step`: the
+objective on one global batch, then `_step`; its batch source `ViewBatches`, random views of each input and the loss
+of the objective's method (methods.py: what it trains beside the encoder), or `DomainBatches`, a domain's own order
+and loss); the state (`TrainState`: weights, optimiser, schedule,
 random streams and the epoch's progress, saved and restored exactly); loading data and encoders. Collectives
 (distributed.py) are called in the loop itself, by every process, never inside `if main`.
 
@@ -44,14 +45,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
-from .losses import TERMS, Objective, with_form
-from .moco import EMATarget, MoCo
+from .losses import Objective, with_form
+from .methods import Method
 
 
 # The training-code version. Bump it in any commit that changes what a config trains to (augmentation,
@@ -196,7 +196,7 @@ AUGMENT_SEED = 1_000_003  # process r of a run with seed s draws augmentations f
 VIEW_VALUES = 2**24
 
 
-# an epoch's mean feature spread (_spread) below this: the run collapsed (objectives without negatives)
+# an epoch's mean feature spread (methods._spread) below this: the run collapsed (objectives without negatives)
 COLLAPSED = 0.05
 
 
@@ -272,8 +272,8 @@ def _fresh_state(
     cfg: TrainConfig, data, objective: Objective, device, rank: int, world: int, fresh: bool
 ) -> TrainState:
     """A run's state at its first step: the seeded encoder (the parent's weights when fine-tuning a `fresh` run),
-    MoCo's key encoder and queue, the supervised head, SimSiam's / BYOL's predictor and BYOL's EMA target, the
-    optimiser and schedule, the random streams."""
+    the objective's method (methods.Method: its head, predictor, EMA target or MoCo), the optimiser and schedule, the
+    random streams."""
     torch.manual_seed(cfg.seed)
     encoder = models.group_batchnorm(make_encoder(cfg, data), cfg.bn_groups)
     if cfg.init and fresh:
@@ -284,23 +284,8 @@ def _fresh_state(
         _load_weights(encoder, Path(cfg.init) / runs.CHECKPOINT)
     encoder = encoder.to(device, memory_format=torch.channels_last)  # faster convs and pools on CPU and GPU
     model = nn.parallel.DistributedDataParallel(encoder) if world > 1 else encoder
-    # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
-    moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device) if cfg.queue else None
-    head = None
-    if objective.needs_labels:  # zero init: the scaled logits start uniform (cross-entropy log C)
-        head = nn.Linear(cfg.dim, data.num_classes).to(device)
-        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
-    predictor = target = None
-    if objective.reads("predicted"):  # SimSiam's predictor (Chen & He 2021): Linear-BN-ReLU-Linear
-        hidden = round(max(t.param for t in objective.terms if "predicted" in TERMS[t.name].reads) * cfg.dim)
-        predictor = nn.Sequential(
-            nn.Linear(cfg.dim, hidden, bias=False),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, cfg.dim),
-        ).to(device)
-        target = EMATarget(model, cfg.ema).to(device) if objective.reads("targets") else None
-    params = [p for m in (encoder, head, predictor) if m is not None for p in m.parameters()]
+    method = Method(cfg, objective, data, model)
+    params = [*encoder.parameters(), *method.parameters()]
     opt = (
         torch.optim.Adam(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adam"
@@ -315,14 +300,11 @@ def _fresh_state(
     return TrainState(
         encoder=encoder,
         model=model,
-        head=head,
-        moco=moco,
+        method=method,
         opt=opt,
         sched=sched,
         order=torch.Generator(device=device).manual_seed(cfg.seed),
         gen=torch.Generator(device=device).manual_seed(AUGMENT_SEED * cfg.seed + rank + 1),
-        predictor=predictor,
-        target=target,
     )
 
 
@@ -332,9 +314,7 @@ def _fresh_state(
 def _epoch(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, bar, main: bool) -> dict[str, float]:
     """The steps of `state.epoch` from `state.step` on, saving the state every `checkpoint_minutes` within it.
     Returns the epoch's mean loss terms; raises Diverged (after recording why) when the epoch diverged."""
-    for module in (state.moco or state.encoder, state.predictor, state.target):
-        if module is not None:
-            module.train()
+    state.encoder.train(), state.method.train()
     if state.perm is None:  # a new epoch (a resumed one continues with its saved order and sums)
         state.perm, state.sums, state.step = batches.order(state.order), {}, 0
     last_save = time.perf_counter()
@@ -426,9 +406,7 @@ def _snapshot(cfg: TrainConfig, run_dir: Path, state: TrainState, epoch: int, ma
 
 def _write_record(cfg: TrainConfig, run_dir: Path, state: TrainState, batches, device: torch.device) -> None:
     """The final checkpoint, then train.json (written last: the run is finished once it exists)."""
-    runs.save_checkpoint(
-        run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items() if m is not None}
-    )
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, {k: m.state_dict() for k, m in state.modules().items()})
     steps = cfg.epochs * batches.steps
     train_seconds = sum(row["seconds"] for row in state.log)
     runs.write_json(
@@ -467,66 +445,6 @@ def train_step(cfg: TrainConfig, state: TrainState, batches, step: int) -> torch
     return loss
 
 
-def batch_loss(
-    encoder: nn.Module,
-    head: nn.Module | None,
-    objective: Objective,
-    x: list[torch.Tensor],
-    labels: torch.Tensor | None,
-    moco: MoCo | None = None,
-    bf16: bool = False,
-    predictor: nn.Module | None = None,
-    target: EMATarget | None = None,
-):
-    """Loss and its unweighted terms on one global batch, from this process's share of it as `objective.views`
-    random views `x` (drawn for chunks of batches, VIEW_VALUES): the objective on all views after one forward pass (as
-    the official code), or with `moco` on its queries, keys and queue (the batch's keys are enqueued afterwards). Under
-    torchrun each process encodes its share and the losses see the gathered global batch (distributed.py); `labels` are
-    the global batch's. With `bf16` (CUDA only) the encoders run under bf16 autocast; augmentation and losses stay
-    fp32."""
-    device = x[0].device.type
-    bf16 = bf16 and device == "cuda"
-    if moco is not None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            q, k, queue = moco(*(v.contiguous(memory_format=torch.channels_last) for v in x))
-        q, k = distributed.gather(q.float()), distributed.gather(k.float())
-        loss, terms = objective(q, k, queue=queue, intra_batch=moco.intra_batch)
-        moco.enqueue(k)
-        return loss, {**terms, "norm_error": _norm_error(q)}
-    raw = objective.reads("raw")  # Barlow Twins and VICReg read the embeddings before l2-normalisation
-    both = torch.cat(x).contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        out = encoder(both, normalize=False) if raw else encoder(both)
-    out = [distributed.gather(v) for v in out.float().chunk(objective.views)]
-    z = [F.normalize(v, dim=1) for v in out] if raw else out
-    # the heads run on the global batch: the same on every process
-    logits = head(z[0]) if head is not None else None
-    extra = {"raw": (out[0], out[-1])} if raw else {}
-    if predictor is not None:
-        extra["predicted"] = (predictor(z[0]), predictor(z[-1]))
-    if target is not None:  # BYOL: the EMA target encoder's outputs on both views
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            t = target(both)
-        extra["targets"] = tuple(distributed.gather(v) for v in t.float().chunk(objective.views))
-    loss, terms = objective(z[0], z[-1], logits=logits, labels=labels, **extra)
-    terms["norm_error"] = _norm_error(z[0])
-    if objective.collapse_prone:
-        terms["spread"] = _spread(z[0])
-    return loss, terms
-
-
-def _spread(z: torch.Tensor) -> torch.Tensor:
-    """sqrt(d) times the mean over dimensions of the features' std over the batch: about 1 for features spread over
-    the sphere, 0 for a collapsed encoder (every input mapped to one point)."""
-    return z.detach().std(0).mean() * z.shape[1] ** 0.5
-
-
-def _norm_error(z: torch.Tensor) -> torch.Tensor:
-    """max | ||z_i|| - 1 |: 0 for features on the sphere, 1 for an encoder whose outputs died to zero (a finite
-    loss can hide it: all-zero features give the contrastive loss log(2K - 1))."""
-    return (z.detach().norm(dim=1) - 1).abs().max()
-
-
 def _step(state: TrainState, loss: torch.Tensor, clip_grad: float) -> None:
     """One optimiser step on `loss` (gradients clipped to a global norm of `clip_grad` when > 0)."""
     state.opt.zero_grad(set_to_none=True)
@@ -541,7 +459,7 @@ class ViewBatches:
     drawn for a chunk of consecutive batches at once (VIEW_VALUES) from this process's augmentation stream."""
 
     def __init__(self, cfg: TrainConfig, data, objective: Objective, state: TrainState):
-        supervised = state.head is not None  # xent() trains on the labelled images
+        supervised = objective.needs_labels  # xent() trains on the labelled images
         self.images = data.train_images if supervised else data.encoder_images
         self.labels = data.train_labels if supervised else None
         self.n, self.batch = len(self.images), min(cfg.batch_size, len(self.images))
@@ -582,9 +500,7 @@ class ViewBatches:
         start = (step - c0) * (self.batch // distributed.rank_world()[1])  # only a chunk's last batch can be partial
         x = [v[start : start + len(distributed.shard(idx))] for v in self.drawn["x"]]
         labels = None if self.labels is None else self.labels[idx]
-        return batch_loss(
-            state.model, state.head, self.objective, x, labels, state.moco, self.bf16, state.predictor, state.target
-        )
+        return state.method.loss(state.model, x, labels)
 
     def _rows(self, perm: torch.Tensor, c0: int) -> torch.Tensor:
         """This process's shares of batches c0, c0 + 1, ... of the chunk that starts at step c0."""
@@ -636,8 +552,7 @@ class TrainState:
 
     encoder: nn.Module
     model: nn.Module  # the encoder as the step calls it: DDP's wrapper under torchrun (not saved: it holds the encoder)
-    head: nn.Module | None  # the supervised head of xent() runs
-    moco: MoCo | None  # the EMA key encoder and the queue of MoCo runs
+    method: Method  # what the objective trains beside the encoder, and its loss
     opt: torch.optim.Optimizer
     sched: Any
     order: torch.Generator  # the sample order: the same on every process
@@ -648,17 +563,9 @@ class TrainState:
     sums: dict = field(default_factory=dict)  # `epoch`'s running sums of the loss terms, on the device
     log: list = field(default_factory=list)  # one row per finished epoch
     resumed: list = field(default_factory=list)  # (epoch, step) where each restart continued
-    predictor: nn.Module | None = None  # SimSiam's and BYOL's predictor
-    target: EMATarget | None = None  # BYOL's EMA target encoder
 
-    def modules(self) -> dict[str, nn.Module | None]:
-        return {
-            "encoder": self.encoder,
-            "head": self.head,
-            "moco": self.moco,
-            "predictor": self.predictor,
-            "target": self.target,
-        }
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, **self.method.modules()}
 
     def save(self, path: Path, cfg: TrainConfig, gens: list[torch.Tensor], main: bool) -> None:
         """Write the state (process 0), with `gens`, every process's augmentation stream (gathered by the caller)."""
@@ -668,7 +575,7 @@ class TrainState:
                 {
                     "config_hash": runs.config_hash(cfg.hashed()),
                     "train_version": TRAIN_VERSION,
-                    **{k: m.state_dict() if m is not None else None for k, m in self.modules().items()},
+                    **{k: m.state_dict() for k, m in self.modules().items()},
                     "opt": self.opt.state_dict(),
                     "sched": self.sched.state_dict(),
                     "order": self.order.get_state(),
@@ -681,8 +588,7 @@ class TrainState:
 
     def restore(self, saved: dict, rank: int, device: torch.device) -> None:
         for k, m in self.modules().items():
-            if m is not None:
-                m.load_state_dict(saved[k])
+            m.load_state_dict(saved[k])
         self.opt.load_state_dict(saved["opt"]), self.sched.load_state_dict(saved["sched"])
         self.order.set_state(saved["order"]), self.gen.set_state(saved["gen"][rank])
         torch.set_rng_state(saved["torch_rng"])

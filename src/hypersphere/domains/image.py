@@ -443,7 +443,11 @@ RESNETS = {  # MoCo's encoders (Fig. 9a): "-mlp" is MoCo v2's projection head, e
     # a quarter of smallresnet's widths: ~6x faster on a CPU, for the quick profile's MoCo cloud on 28 px digits
     "tinyresnet": lambda dim, mlp, channels: moco.small_resnet_moco(dim, mlp, (8, 16, 32, 64), in_channels=channels),
 }
-ARCHS = ("auto",) + tuple(f"{a}{mlp}" for a in (*models.ARCHS, *RESNETS) for mlp in ("", "-mlp"))
+ARCHS = (
+    ("auto",)
+    + tuple(f"{a}{head}" for a in models.ARCHS for head in models.HEADS)
+    + tuple(f"{a}{mlp}" for a in RESNETS for mlp in ("", "-mlp"))
+)
 EMBEDDED = ("digits", "digits-color", "scenes")  # small images: DigitsNet by default
 
 
