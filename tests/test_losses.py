@@ -426,11 +426,57 @@ def test_predictive_loss_is_byols_and_stops_the_targets_gradient():
     assert t1.grad is None and t2.grad is None and p1.grad.abs().sum() > 0
 
 
-def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
-    objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(nu=2) + simsiam + byol(width=2)")
-    assert str(objective) == (
-        "ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(nu=2) + simsiam(width=4) + byol(width=2)"
+def test_dino_loss_against_scipy_and_its_centre_and_teacher():
+    """DINO (Caron et al. 2021, Algorithm 1): the cross-entropy of the student's softmax at 0.1 against the teacher's
+    centred softmax at tau, both cross-view pairs averaged, the teacher without gradient; the centre and the teacher's
+    prototypes follow by EMA in training mode only."""
+    from scipy.special import log_softmax, softmax
+
+    from hypersphere.losses import DINO_CENTRE_MOMENTUM, Prototypes, dino_loss
+
+    g = torch.Generator().manual_seed(0)
+    s1, s2, t1, t2 = (torch.randn(16, 12, generator=g, dtype=torch.float64) for _ in range(4))
+    centre, tau = torch.randn(12, generator=g, dtype=torch.float64), 0.04
+    s1.requires_grad_(), t1.requires_grad_()
+    expected = np.mean(
+        [
+            -(softmax((t.detach().numpy() - centre.numpy()) / tau, axis=1) * log_softmax(s.detach().numpy() / 0.1, 1))
+            .sum(1)
+            .mean()
+            for s, t in ((s1, t2), (s2, t1))
+        ]
     )
+    loss = dino_loss((s1, s2), (t1, t2), centre, tau)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    loss.backward()
+    assert t1.grad is None and s1.grad.abs().sum() > 0
+
+    torch.manual_seed(0)
+    head = Prototypes(dim=8, prototypes=12, ema=0.9).train()
+    z = F.normalize(torch.randn(16, 8, generator=g), dim=1)
+    w = head.student.weight.detach().clone()
+    assert torch.allclose(head(z), z @ F.normalize(w, dim=1).T)  # cosines with unit-norm prototypes
+    with torch.no_grad():
+        head.student.weight.add_(1.0)
+    teacher = head.teach((z, z))
+    moved = 0.9 * w + 0.1 * (w + 1)
+    assert torch.allclose(head.teacher.weight, moved) and torch.allclose(teacher[0], z @ F.normalize(moved, dim=1).T)
+    head.recentre(torch.cat(teacher))
+    assert torch.allclose(head.centre, (1 - DINO_CENTRE_MOMENTUM) * teacher[0].mean(0))
+    head.eval()
+    head.teach((z, z)), head.recentre(torch.cat(teacher))
+    assert torch.allclose(head.teacher.weight, moved) and torch.allclose(
+        head.centre, (1 - DINO_CENTRE_MOMENTUM) * teacher[0].mean(0)
+    )
+
+
+def test_objectives_beyond_the_paper_parse_and_refuse_a_queue():
+    objective = Objective.parse("ntxent(tau=0.5) + 0.5*barlow + vicreg(nu=2) + byol(width=2) + dino")
+    assert str(objective) == (
+        "ntxent(tau=0.5) + 0.5*barlow(lambd=0.0051) + vicreg(nu=2) + byol(width=2) + dino(tau=0.04)"
+    )
+    with pytest.raises(ValueError, match="simsiam and byol each own a predictor; train them apart"):
+        Objective.parse("simsiam + byol")
     with pytest.raises(ValueError, match="needs its parameter"):
         Objective.parse("ntxent")
     x, y = (F.normalize(v.float(), dim=1) for v in _pairs())

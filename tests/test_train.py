@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hypersphere import losses, runs, train as train_module
+from hypersphere import losses, methods, runs, train as train_module
 from hypersphere.__main__ import main
 from hypersphere.augment import RECIPES, augment, recipe
 from hypersphere.losses import Objective
@@ -409,14 +409,17 @@ def test_a_moco_run_trains_and_resumes_its_queue_and_key_encoder_exactly(tmp_pat
         ("vicreg", ()),
         ("simsiam", ("predictor",)),
         ("byol", ("predictor", "target")),
+        ("dino", ("dino", "target")),
     ],
 )
 def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypatch, objective, modules):
-    """SimCLR's NT-Xent (with the MLP projection head), Barlow Twins, VICReg, SimSiam and BYOL: a crash mid-epoch,
-    then the same command, ends with the weights (predictor and EMA target included) of an uninterrupted run."""
+    """SimCLR's NT-Xent (with the MLP projection head), Barlow Twins, VICReg, SimSiam and BYOL (with their papers'
+    projectors), DINO: a crash mid-epoch, then the same command, ends with the weights (predictor, EMA target, DINO's
+    prototypes and centre included) of an uninterrupted run."""
+    heads = {"ntxent": "-mlp", "simsiam": "-simsiam", "byol": "-byol", "dino": "-mlp"}
     kw = dict(
         objective=objective,
-        arch="digitsnet-mlp" if objective.startswith("ntxent") else "auto",
+        arch="digitsnet" + heads.get(objective.split("(")[0], ""),
         epochs=1,
         ema=0.9,
         checkpoint_minutes=0.0,
@@ -424,7 +427,7 @@ def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypa
     )  # the quick recipe's lr: at 0.06 VICReg's loss (x25) diverges
     whole, resumed = crash_then_resume(tmp_path, monkeypatch, **kw)
     a, b = runs.load_checkpoint(whole / runs.CHECKPOINT), runs.load_checkpoint(resumed / runs.CHECKPOINT)
-    assert set(modules) == {k for k in ("predictor", "target") if k in a}
+    assert set(modules) == {k for k in ("predictor", "target", "dino") if k in a}
     for module in ("encoder", *modules):
         assert all(torch.equal(a[module][k], b[module][k]) for k in a[module]), module
     log = list(csv.DictReader((whole / runs.LOG).open()))
@@ -437,9 +440,9 @@ def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypat
     """_spread measures how far the features spread: ~1 for points spread over the sphere, 0 for one point; an
     epoch whose mean spread falls under COLLAPSED fails the run like a divergence, failed.json saying why."""
     spread_out = torch.nn.functional.normalize(torch.randn(4096, 32, generator=torch.Generator().manual_seed(0)), dim=1)
-    assert train_module._spread(spread_out).item() == pytest.approx(1.0, abs=0.02)
-    assert train_module._spread(spread_out[:1].expand(64, -1)).item() == 0.0
-    monkeypatch.setattr(train_module, "_spread", lambda z: torch.tensor(0.01))  # as a collapsed encoder's
+    assert methods._spread(spread_out).item() == pytest.approx(1.0, abs=0.02)
+    assert methods._spread(spread_out[:1].expand(64, -1)).item() == 0.0
+    monkeypatch.setattr(methods, "_spread", lambda z: torch.tensor(0.01))  # as a collapsed encoder's
     with pytest.raises(Diverged, match="collapsed in epoch 1"):
         train(cfg(tmp_path, objective="simsiam", epochs=1), progress=False)
     (run,) = (tmp_path / "runs").iterdir()

@@ -581,6 +581,11 @@ class Objective:
         terms = tuple(found[n] for n in TERMS if n in found)
         if all(term.weight == 0 for term in terms):
             raise ValueError(f"objective {spec!r} has all weights zero: give at least one term a positive weight")
+        owners = [term.name for term in terms if TERMS[term.name].own is not None]
+        keys = [TERMS[name].key or name for name in owners]
+        if shared := next((k for k in keys if keys.count(k) > 1), None):
+            both = " and ".join(n for n, k in zip(owners, keys) if k == shared)
+            raise ValueError(f"objective {spec!r}: {both} each own a {shared}; train them apart")
         return cls(tuple(term for term in terms if term.weight > 0))
 
     @staticmethod

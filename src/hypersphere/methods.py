@@ -40,9 +40,6 @@ class Method:
             if TERMS[term.name].own is not None
         }
         self.target = EMATarget(model, cfg.ema).to(device) if objective.reads("targets") else None
-        keys = [TERMS[name].key or name for name in self.owned]
-        if len(set(keys)) < len(keys):
-            raise ValueError(f"objective {objective}: two terms own a {keys[0]}; train them in separate runs")
 
     def modules(self) -> dict[str, nn.Module]:
         """What the checkpoint keeps beside the encoder, by its keys there ("head", "moco", "predictor", "target")."""
