@@ -1305,6 +1305,22 @@ def test_beyond_outcomes_give_the_reason_in_numbers(tmp_path):
         "below 80%; effective rank 13.3 of 32 (random init 12.8)"
     )
     assert out.loc[("simsiam(width=4)", "digits-color"), "outcome"] == "failed: the features collapsed in epoch 41"
+    # an encoder with a projection head is probed on its backbone (fc7), against the random encoder's fc7
+    head = dict(run, arch="digitsnet-simsiam", objective="simsiam(width=0.25)", dim=128, val_output_linear=30.0)
+    rows += [
+        dict(head, val_fc7_linear=55.0, rankme=40.0),
+        dict(head, dataset="digits", val_fc7_linear=90.0, rankme=50.0),
+        dict(run, arch="digitsnet-mlp", objective="ntxent(tau=0.2)", val_output_linear=70.0, val_fc7_linear=85.0),
+    ]
+    rows[0]["val_fc7_linear"] = 60.0
+    pd.DataFrame(rows).to_csv(tmp_path / "beyond.csv")
+    out = beyond.objectives(tmp_path).set_index(["objective", "dataset"])
+    assert out.loc[("simsiam(width=0.25)", "digits-color"), "outcome"] == (
+        "below 80% (fc7); effective rank 40.0 of 128 (random init 12.8 of 32); under the random-init encoder's 60.0% "
+        "(fc7); 90.0% on grey digits"
+    )
+    assert out.loc[("ntxent(tau=0.2)", "digits-color"), "outcome"] == "reached 80% (fc7)"
+    assert out.loc[("byol(width=4)", "digits-color"), "probed"] == "output"
 
 
 def test_beyond_joins_only_the_beyond_encoders_on_the_clouds_data(tmp_path):
