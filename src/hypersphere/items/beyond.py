@@ -111,8 +111,8 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
     a divergence); for a run below TARGET, its effective rank (RankMe) against a random-init encoder's (a run whose id
     starts with `random`, on the same data, of the run's dim where there is one: fewer effective dimensions than a
     random encoder of the same dim has is a dimensional collapse), its `accuracy` against that encoder's at the same
-    representation, and what the same objective and arch reach on grey `digits`, a control where colour is no
-    nuisance."""
+    representation, and what the same objective, arch and optimiser reach on grey `digits`, a control where colour
+    is no nuisance."""
     if row["id"].startswith("random"):
         return "the random-init reference"
     if row["status"] == "failed":
@@ -136,11 +136,9 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
             parts.append(f"under the random-init encoder's {reference:.1f}%{where}")
     else:
         parts.append(rank)
+    recipe = ["objective", "arch", "optimizer", "lr", "dim"]
     control = done[
-        (done["objective"] == row["objective"])
-        & (done["arch"] == row["arch"])
-        & (done["dataset"] == "digits")
-        & (row["dataset"] != "digits")
+        (done[recipe] == row[recipe]).all(axis=1) & (done["dataset"] == "digits") & (row["dataset"] != "digits")
     ]
     if len(control):
         parts.append(f"{control['accuracy'].iloc[0]:.1f}% on grey digits")
