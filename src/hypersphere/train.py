@@ -8,8 +8,8 @@ The file reads in the order a run goes, one trainer for every domain (domains/):
 row, schedule, snapshot, saved state; `_write_record`: checkpoint, then train.json); a step (`train_step`: the
 objective on one global batch, then `_step`; its batch source `ViewBatches`, random views of each input and the loss
 of the objective's method (methods.py: what it trains beside the encoder), or `DomainBatches`, a domain's own order
-and loss); the state (`TrainState`: weights, optimiser, schedule,
-random streams and the epoch's progress, saved and restored exactly); loading data and encoders. Collectives
+and loss); the state (`TrainState`: weights, optimiser, schedule, random streams and the epoch's progress, saved and
+restored exactly); loading data and encoders. Collectives
 (distributed.py) are called in the loop itself, by every process, never inside `if main`.
 
 The whole dataset sits on the training device as uint8 and the positive views are made there by
