@@ -262,7 +262,7 @@ def test_scene_depth_from_random_conv5_features_beats_the_mean_depth_map_clearly
 def test_depth_data_serves_the_pair_metrics_and_moves_devices(scenes):
     """DepthData names its splits as ImageData does, so the Fig. 5 axes (L_align, L_uniform) apply unchanged."""
     torch.manual_seed(0)
-    m = pair_metrics(DigitsNet(3, 32, 32), scenes, torch.Generator().manual_seed(0))
+    m = pair_metrics(DigitsNet(3, 32, 32), scenes)
     assert 0 <= m["align"] <= 4 and -4 <= m["uniform"] <= 0
     moved = scenes.to("meta")
     assert moved.train_depth.device.type == "meta" and moved.encoder_images is moved.train_images

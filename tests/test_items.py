@@ -134,10 +134,10 @@ def fig5_cloud(n: int, acc_of, seed: int = 0, noise: float = 0.3) -> pd.DataFram
     return df.assign(align=align, uniform=uniform, acc=acc_of(align, uniform) + noise * rng.normal(size=n))
 
 
-def fig5_verdict(cloud: pd.DataFrame, better: str = "higher", target: str = "acc") -> dict:
+def fig5_verdict(cloud: pd.DataFrame, target: str = "acc") -> dict:
     cloud, targets, _ = fig5.usable(cloud, {target: "A"})
-    table, fits = fig5.statistics(cloud, targets, better=better, n_boot=300)
-    return fig5.judge("Figure 5a", cloud, targets, table, fits, better=better)
+    table, fits = fig5.statistics(cloud, targets, n_boot=300)
+    return fig5.judge("Figure 5a", cloud, targets, table, fits)
 
 
 def test_fig5_usable_drops_runs_without_family_or_finite_metrics_and_incomplete_targets():
@@ -170,7 +170,7 @@ def test_fig5_corner_counts_the_best_tenth_in_the_lower_left_quadrant():
     acc[[2, 4]] = [10.0, 20.0]  # the worst two: both inside
     cloud = pd.DataFrame({"align": align, "uniform": uniform, "acc": acc})
     assert fig5.corner(cloud, "acc") == {"top": 2, "top_in_corner": 1, "share_top": 0.5, "share_all": 0.45}
-    assert fig5.corner(cloud, "acc", better="lower") == {
+    assert fig5.corner(cloud.rename(columns={"acc": "mse"}), "mse") == {  # an error: the lowest tenth is the best
         "top": 2,
         "top_in_corner": 2,
         "share_top": 1.0,
@@ -201,8 +201,8 @@ def test_fig5_statistics_against_scipy_and_the_picked_encoder():
 def test_fig5_statistics_for_an_error_is_the_mirror_image_of_accuracy():
     acc_cloud = fig5_cloud(25, lambda a, u: 60 - 10 * (a + u), noise=3.0)
     mse_cloud = acc_cloud.assign(mse=50 - acc_cloud["acc"])  # lower is better
-    hi, hi_fits = fig5.statistics(acc_cloud, {"acc": "A"}, better="higher", n_boot=300)
-    lo, lo_fits = fig5.statistics(mse_cloud, {"mse": "A"}, better="lower", n_boot=300)
+    hi, hi_fits = fig5.statistics(acc_cloud, {"acc": "A"}, n_boot=300)
+    lo, lo_fits = fig5.statistics(mse_cloud, {"mse": "A"}, n_boot=300)  # "mse": lower is better
     assert lo["spearman"].to_numpy() == pytest.approx(-hi["spearman"].to_numpy())
     assert lo["ci_low"].to_numpy() == pytest.approx(-hi["ci_high"].to_numpy())
     assert lo["ci_high"].to_numpy() == pytest.approx(-hi["ci_low"].to_numpy())
@@ -211,19 +211,19 @@ def test_fig5_statistics_for_an_error_is_the_mirror_image_of_accuracy():
     assert lo["picked percentile"].tolist() == hi["picked percentile"].tolist()
     assert lo["R2_cv"].to_numpy() == pytest.approx(hi["R2_cv"].to_numpy(), nan_ok=True)
     assert lo_fits["mse"]["weights"][1:] == pytest.approx(hi_fits["acc"]["weights"][1:])  # both of -MSE
-    v_hi = fig5.judge("F", acc_cloud, {"acc": "A"}, hi, hi_fits, better="higher")
-    v_lo = fig5.judge("F", mse_cloud, {"mse": "A"}, lo, lo_fits, better="lower")
+    v_hi = fig5.judge("F", acc_cloud, {"acc": "A"}, hi, hi_fits)
+    v_lo = fig5.judge("F", mse_cloud, {"mse": "A"}, lo, lo_fits)
     assert v_hi["holds"] is True and v_lo["holds"] is True
     assert "lower error" in v_lo["claim"] and "higher accuracy" in v_hi["claim"]
 
 
 @pytest.mark.parametrize(
-    "better, sign, holds", [("higher", -1, True), ("higher", +1, False), ("lower", +1, True), ("lower", -1, False)]
+    "target, sign, holds", [("acc", -1, True), ("acc", +1, False), ("mse", +1, True), ("mse", -1, False)]
 )
-def test_fig5_verdict_follows_the_sign_of_the_relation(better, sign, holds):
-    # accuracy (better = "higher") or error ("lower") = sign * (align + uniform) + small noise
+def test_fig5_verdict_follows_the_sign_of_the_relation(target, sign, holds):
+    # an accuracy (higher is better) or an error ("mse": lower is better) = sign * (align + uniform) + small noise
     cloud = fig5_cloud(30, lambda a, u: 50 + sign * 10 * (a + u))
-    assert fig5_verdict(cloud, better)["holds"] is holds
+    assert fig5_verdict(cloud.rename(columns={"acc": target}), target)["holds"] is holds
 
 
 def test_fig5_verdict_fails_when_one_fitted_weight_points_the_wrong_way():

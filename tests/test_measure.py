@@ -102,7 +102,7 @@ def test_a_run_and_a_module_on_a_dataset_of_this_project(tmp_path, capsys, monke
     from hypersphere.train import load_encoder
 
     encoder, _, data = load_encoder(run)
-    expected = pair_metrics(encoder, data, torch.Generator().manual_seed(0), "cpu")
+    expected = pair_metrics(encoder, data, seed=0, device="cpu")
     assert by_run["n"] == 450 and by_run["align"] == pytest.approx(expected["align"], rel=1e-5)
     assert by_run["uniform"] == pytest.approx(expected["uniform"], rel=1e-5)
     # the same weights as any module: module:callable on the digits dataset

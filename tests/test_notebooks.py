@@ -380,7 +380,7 @@ def test_binomial_standard_error_matches_scipys_binomial_distribution():
 
 
 def test_selection_rule_and_families():
-    pick = stats.selection_rule([3.0, 1.0, 2.0, np.nan], [50.0, 70.0, 60.0, 99.0], higher_is_better=False)
+    pick = stats.selection_rule([-3.0, -1.0, -2.0, np.nan], [50.0, 70.0, 60.0, 99.0])  # a score oriented up
     assert pick == {"chosen": 70.0, "best": 70.0, "median": 60.0, "percentile": 100.0}
     assert stats.selection_rule([1.0, 2.0, 3.0], [50.0, 70.0, 60.0])["chosen"] == 60.0
     assert loss_family(1, 0, 0) == "contrastive only"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -432,17 +433,18 @@ def test_pair_metrics_are_exact_below_the_sample_size_and_a_seeded_sample_above_
     torch.manual_seed(0)
     model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
     held = held_stream()
-    full = T.pair_metrics(model, held, tau=0.5, batch_size=100)
+    data = SimpleNamespace(held=held)  # what pair_metrics reads of a TextData
+    full = T.pair_metrics(model, data, tau=0.5, batch_size=100)
     zf, zg = T.encode_ids(model, held)
     i, j = T.neighbour_pairs(torch.as_tensor(held.doc))
     assert full["align"] == alignment(zf[i], zg[j], normalize=True) and full["uniform_n"] == 3000
     assert full["uniform_f"] == uniformity(zf, normalize=True) and full["uniform_g"] == uniformity(zg, normalize=True)
     encoded, encode_ids = [], T.encode_ids
     monkeypatch.setattr(T, "encode_ids", lambda model, ids, *a: encoded.append(len(ids)) or encode_ids(model, ids, *a))
-    sub = T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=0)
+    sub = T.pair_metrics(model, data, tau=0.5, batch_size=100, sample=300, seed=0)
     assert sub["uniform_n"] == 300 and encoded[0] <= 2 * 300 + 3 * 100
-    assert sub == T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=0)
-    assert sub["uniform"] != T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=300, seed=1)["uniform"]
+    assert sub == T.pair_metrics(model, data, tau=0.5, batch_size=100, sample=300, seed=0)
+    assert sub["uniform"] != T.pair_metrics(model, data, tau=0.5, batch_size=100, sample=300, seed=1)["uniform"]
     assert abs(sub["uniform"] - full["uniform"]) < 4 * sub["uniform_se"] and 0 < full["uniform_se"] < sub["uniform_se"]
     assert sub["align"] == pytest.approx(full["align"], rel=0.05)
     assert sub["contrastive"] == pytest.approx(full["contrastive"], rel=0.05)
@@ -450,16 +452,16 @@ def test_pair_metrics_are_exact_below_the_sample_size_and_a_seeded_sample_above_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_held_out_metrics_and_label_free_statistics_run_on_the_models_device():
-    from types import SimpleNamespace
 
     from hypersphere.metrics import label_free
 
     torch.manual_seed(0)
     model = T.QuickThought(vocab_size=50, word_dim=8, dim=8)
     held = held_stream()
-    cpu = T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=500)
+    data = SimpleNamespace(held=held)
+    cpu = T.pair_metrics(model, data, tau=0.5, batch_size=100, sample=500)
     model.cuda()
-    assert T.pair_metrics(model, held, tau=0.5, batch_size=100, sample=500) == pytest.approx(cpu, rel=1e-3)
+    assert T.pair_metrics(model, data, tau=0.5, batch_size=100, sample=500) == pytest.approx(cpu, rel=1e-3)
     feats = T.validation_features(model, SimpleNamespace(held=held), SimpleNamespace(seed=0), "cuda")
     assert feats.is_cuda and len(feats) == 3000
     assert label_free(feats) == pytest.approx(label_free(feats.cpu()), rel=1e-3)

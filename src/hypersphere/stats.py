@@ -101,15 +101,16 @@ def combination_score(X, y, folds: int = 5, repeats: int = 10, seed: int = 0) ->
     return {"spearman": spearman(pred, y), "r2": float(r2), "pred": pred, "weights": fit_linear(X, y)}
 
 
-def selection_rule(score, accuracy, higher_is_better: bool = True) -> dict[str, float]:
+def selection_rule(score, accuracy) -> dict[str, float]:
     """Model selection by a label-free or out-of-sample score: the accuracy of the encoder the score ranks
-    first, next to the best and the median accuracy, and the chosen one's percentile (100 = the best)."""
+    first (its highest), next to the best and the median accuracy, and the chosen one's percentile (100 = the best).
+    Both are "higher is better" (items.oriented)."""
     score, accuracy = np.asarray(score, float), np.asarray(accuracy, float)
     ok = np.isfinite(score) & np.isfinite(accuracy)
     score, accuracy = score[ok], accuracy[ok]
     if len(score) == 0:
         return {"chosen": float("nan"), "best": float("nan"), "median": float("nan"), "percentile": float("nan")}
-    i = int(np.argmax(score) if higher_is_better else np.argmin(score))
+    i = int(np.argmax(score))
     return {
         "chosen": float(accuracy[i]),
         "best": float(accuracy.max()),

@@ -503,6 +503,5 @@ def evaluate(
                 **({f"cv_{tap}_mse": r["cv_mse"]} if "cv_mse" in r else {}),
             }
         )
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
+    out.update(pair_metrics(encoder, data, tau, batch_size, cfg.seed, device=device))
     return out

@@ -492,10 +492,11 @@ def validation_features(encoder: nn.Module, data, cfg, device) -> Tensor:
 def pair_metrics(
     encoder: nn.Module,
     data: ImageData,
-    generator: torch.Generator,
-    device=None,
     tau: float | None = None,
     batch_size: int = 768,
+    seed: int = 0,
+    *,
+    device=None,
     chunk_size: int = 512,
 ) -> dict[str, float]:
     """L_align(alpha=2) and L_uniform(t=2) of the encoder's outputs on the VALIDATION split (Fig. 5 axes).
@@ -505,10 +506,11 @@ def pair_metrics(
     split (metrics.alignment over all pairs; metrics.uniformity over all distinct pairs, averaged over the two
     views as the paper's estimator does). With `tau`, also L_contrastive(tau): losses.contrastive_loss over
     shuffled batches of `batch_size` pairs (the run's batch size; a last incomplete batch is dropped unless it is
-    the only one), averaged. Encoder in eval mode (mode restored afterwards). `generator` must live on `device`
-    (the encoder's by default), as augment() requires.
+    the only one), averaged. Encoder in eval mode (mode restored afterwards); the views and batches are drawn from
+    a generator seeded `seed` on `device` (the encoder's by default). The same signature in every domain (text.py).
     """
     device = device or next(encoder.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     fx, fy = view_pairs(encoder, data, generator, device, chunk_size)
     out = {"align": alignment(fx, fy, alpha=2.0), "uniform": (uniformity(fx, t=2.0) + uniformity(fy, t=2.0)) / 2}
     if tau is not None:
@@ -582,6 +584,5 @@ def evaluate(
             out[f"cv_{tap}_{cfg.knn_k}nn"] = cross_validate(
                 train_f[tap], data.train_labels, knn, cfg.cv_folds, cfg.seed
             )
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    out.update(pair_metrics(encoder, data, generator, device, tau, batch_size))
+    out.update(pair_metrics(encoder, data, tau, batch_size, cfg.seed, device=device))
     return out

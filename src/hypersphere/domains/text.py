@@ -909,15 +909,17 @@ def held_sample(n: int, size: int = HELD_OUT_SAMPLE, seed: int = 0) -> np.ndarra
 
 def pair_metrics(
     model: QuickThought,
-    held: Packed,
+    data: TextData,
     tau: float | None = None,
     batch_size: int = 400,
+    seed: int = 0,
+    *,
     context: int = CONTEXT,
     sample: int = HELD_OUT_SAMPLE,
-    seed: int = 0,
 ) -> dict[str, float]:
-    """L_align(alpha=2) and L_uniform(t=2) on the held-out stream (Fig. 9b's axes), over all of it when it has at
-    most `sample` sentences, else over held_sample(n, sample, seed), computed on the model's device:
+    """L_align(alpha=2) and L_uniform(t=2) on the held-out stream `data.held` (Fig. 9b's axes; image.pair_metrics'
+    signature), over all of it when it has at most `sample` sentences, else over held_sample(n, sample, seed),
+    computed on the model's device:
     "uniform" is the SUM L_uniform(f) + L_uniform(g) (each over all distinct pairs of the sample), the form the paper
     trains with in this domain (appendix, BookCorpus), so it lies in [-4t, 0] = [-8, 0]; "uniform_f" and "uniform_g"
     are the two terms, "uniform_n" the sample's size and "uniform_se" the standard error of "uniform"
@@ -927,6 +929,7 @@ def pair_metrics(
     if the model does not. With `tau`, also "contrastive": qt_contrastive_loss(tau) on the held-out stream's
     consecutive windows of `batch_size` sentences (a shorter last one kept) that hold a neighbouring pair, averaged
     (a seeded sample of sample // batch_size windows when the stream is larger)."""
+    held = data.held
     n, doc = len(held), torch.from_numpy(np.asarray(held.doc, dtype=np.int64))
     s = torch.from_numpy(held_sample(n, sample, seed))
     i, j = [], []
@@ -1017,5 +1020,5 @@ def evaluate(
             feats, labelled.labels[keep], folds=cfg.cv_folds, inner_folds=cfg.l2_folds, seed=cfg.seed
         )
         out.update({f"val_{task}": r["acc"], f"cv_{task}": r["cv"], f"n_{task}": len(keep)})
-    out.update(pair_metrics(model, data.held, tau, batch_size, seed=cfg.seed))
+    out.update(pair_metrics(model, data, tau, batch_size, cfg.seed))
     return out

@@ -151,13 +151,25 @@ def reference_cloud(name: str) -> pd.DataFrame:
     return add_family(d)
 
 
-def best_of(cloud: pd.DataFrame, family: str, by: str, lower: bool = False) -> tuple[pd.Series, int]:
-    """The encoder of `family` with the highest (`lower`: lowest) `by` among those that have one, and how many
-    had one; an empty Series when none had, so that .get(column, default) fills a table's row either way."""
+def higher_is_better(column: str) -> bool:
+    """The one direction rule for a performance column: better when higher (accuracies), except errors, whose names
+    end in "mse" (depth). Read a metric through `oriented` once; after that, higher is better everywhere."""
+    return not column.endswith("mse")
+
+
+def oriented(values, column: str) -> np.ndarray:
+    """`values` of `column` as "higher is better" (errors negated); applied again, back in the column's units."""
+    values = np.asarray(values, float)
+    return values if higher_is_better(column) else -values
+
+
+def best_of(cloud: pd.DataFrame, family: str, by: str) -> tuple[pd.Series, int]:
+    """The encoder of `family` with the best `by` (higher_is_better) among those that have one, and how many had
+    one; an empty Series when none had, so that .get(column, default) fills a table's row either way."""
     cands = cloud[(cloud["family"] == family) & cloud[by].notna()]
     if cands.empty:
         return pd.Series(dtype=object), 0
-    return cands.loc[cands[by].idxmin() if lower else cands[by].idxmax()], len(cands)
+    return cands.loc[cands[by].idxmax() if higher_is_better(by) else cands[by].idxmin()], len(cands)
 
 
 def cell(ours: float, paper: float, fmt: str = ".2f") -> str:

@@ -22,28 +22,30 @@ import pandas as pd
 from .. import stats
 from ..metrics import LABEL_FREE
 from ..models import HEADS
-from . import fig9b, load_results, verdict
+from . import fig9b, load_results, oriented, verdict
 
-# statistic -> (how to compute it from a results table, whether higher is better)
-STATISTICS: dict[str, tuple[Any, bool]] = {
-    "L_align": (lambda d: d["align"], False),
-    "L_uniform": (lambda d: d["uniform"], False),
-    "L_align + L_uniform": (lambda d: d["align"] + d["uniform"], False),
-    "RankMe": (lambda d: d["rankme"], True),
-    "centred L_uniform": (lambda d: d["uniform_centred"], False),
-    "|alpha - 1| (alpha-ReQ)": (lambda d: (d["eigen_decay"] - 1).abs(), False),
+# statistic -> how to compute it from a results table, oriented so that higher ranks an encoder first (a statistic
+# that is better when lower, negated)
+STATISTICS: dict[str, Any] = {
+    "L_align": lambda d: -d["align"],
+    "L_uniform": lambda d: -d["uniform"],
+    "L_align + L_uniform": lambda d: -(d["align"] + d["uniform"]),
+    "RankMe": lambda d: d["rankme"],
+    "centred L_uniform": lambda d: -d["uniform_centred"],
+    "|alpha - 1| (alpha-ReQ)": lambda d: -(d["eigen_decay"] - 1).abs(),
 }
 PAPER_PAIR = "L_align + L_uniform"
 MARGIN = 0.1  # rho the paper's pair may trail the best statistic by and still rank "as well"
 MIN_ENCODERS = 8
+PICKS = {"picked": "chosen", "best": "best", "median": "median"}  # table column -> stats.selection_rule's key
 TARGET = 80.0  # % linear accuracy an objective beyond the paper should reach on the quick recipe (or collapse)
 
-# sweep -> (domain, performance column, higher is better, its name)
+# sweep -> (domain, performance column, its name); which way is better comes from the column (higher_is_better)
 DOMAINS = {
-    "cloud": ("images", "val_output_linear", True, "output + linear accuracy (%)"),
-    "depth": ("depth", "val_conv5_mse", False, "conv5 depth MSE"),
-    "moco": ("MoCo", "val_penultimate_linear", True, "penultimate + linear top-1 (%)"),
-    "sentences": ("sentences", "val_tasks", True, "mean accuracy of the two sentence tasks (%)"),
+    "cloud": ("images", "val_output_linear", "output + linear accuracy (%)"),
+    "depth": ("depth", "val_conv5_mse", "conv5 depth MSE"),
+    "moco": ("MoCo", "val_penultimate_linear", "penultimate + linear top-1 (%)"),
+    "sentences": ("sentences", "val_tasks", "mean accuracy of the two sentence tasks (%)"),
 }
 
 
@@ -54,7 +56,7 @@ def load(results_dir, sweeps) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     was left out."""
     clouds, notes = {}, {}
     for sweep in (s for s in DOMAINS if s in sweeps):
-        domain, col, _, name = DOMAINS[sweep]
+        domain, col, name = DOMAINS[sweep]
         parts = [sweep] + (["beyond"] if sweep == "cloud" and "beyond" in sweeps else [])
         loaded = [load_results(results_dir, part, need=["align", "uniform", *LABEL_FREE]) for part in parts]
         df, said = pd.concat([d for d, _ in loaded], ignore_index=True), [note for _, note in loaded]
@@ -145,16 +147,14 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def _higher(domain: str) -> bool:
-    """Whether the domain's performance is better when higher (accuracy) or lower (depth MSE)."""
-    return next(h for d, _, h, _ in DOMAINS.values() if d == domain)
+def _column(domain: str) -> str:
+    """The domain's performance column."""
+    return next(col for d, col, _ in DOMAINS.values() if d == domain)
 
 
 def goodness(cloud: pd.DataFrame, statistic: str) -> np.ndarray:
     """The statistic oriented so that higher ranks an encoder first."""
-    compute, higher = STATISTICS[statistic]
-    values = compute(cloud).to_numpy(float)
-    return values if higher else -values
+    return STATISTICS[statistic](cloud).to_numpy(float)
 
 
 def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -162,14 +162,13 @@ def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) ->
     encoder the statistic ranks first, the best and the median performance, and the pick's percentile."""
     rows = []
     for domain, cloud in clouds.items():
-        higher = _higher(domain)
-        y = cloud["performance"].to_numpy(float) * (1 if higher else -1)
+        col = _column(domain)
+        y = oriented(cloud["performance"], col)
         for name in STATISTICS:
             g = goodness(cloud, name)
             ok = np.isfinite(g) & np.isfinite(y)
             rho, lo, hi = stats.bootstrap_spearman(g[ok], y[ok], n_boot=n_boot, seed=seed)
-            pick = stats.selection_rule(g[ok], y[ok], higher_is_better=True)
-            sign = 1 if higher else -1
+            pick = stats.selection_rule(g[ok], y[ok])
             rows.append(
                 {
                     "domain": domain,
@@ -178,9 +177,7 @@ def table(clouds: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0) ->
                     "spearman": rho,
                     "ci_low": lo,
                     "ci_high": hi,
-                    "picked": sign * pick["chosen"],
-                    "best": sign * pick["best"],
-                    "median": sign * pick["median"],
+                    **{k: oriented(pick[v], col).item() for k, v in PICKS.items()},  # in the column's units
                     "picked percentile": pick["percentile"],
                 }
             )
@@ -202,7 +199,7 @@ def judge(domain: str, cloud: pd.DataFrame, t: pd.DataFrame, n_boot: int = 2000,
             ["beyond_statistics"],
         )
     rival = rows["spearman"].drop(PAPER_PAIR).idxmax()
-    y = cloud["performance"].to_numpy(float) * (1 if _higher(domain) else -1)
+    y = oriented(cloud["performance"], _column(domain))
     diff, lo, hi = stats.bootstrap_spearman_difference(
         goodness(cloud, PAPER_PAIR), goodness(cloud, rival), y, n_boot=n_boot, seed=seed
     )

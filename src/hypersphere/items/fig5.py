@@ -9,7 +9,7 @@ plot and gives no statistic. Here, per performance column:
 
 The verdict: for every panel, the fitted combination ranks encoders out of sample with a 95% interval on the
 right side of zero, and both fitted weights point the paper's way (lower metrics, better performance).
-`better` is "higher" for accuracies and "lower" for errors (depth MSE).
+Which way is better comes from each performance column (items.higher_is_better: accuracies up, depth MSE down).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from .. import stats
 from ..resources import reference, reference_table
 from ..sweep import repeated_rows
-from . import FAMILIES, FAMILY_MARKERS, add_family, verdict
+from . import FAMILIES, FAMILY_MARKERS, add_family, higher_is_better, oriented, verdict
 
 X_LABEL, Y_LABEL = r"$\mathcal{L}_\mathsf{uniform}(t=2)$", r"$\mathcal{L}_\mathsf{align}(\alpha=2)$"
 MIN_ENCODERS = 8  # fewer: undecided
@@ -45,14 +45,14 @@ def usable(cloud: pd.DataFrame, targets: dict[str, str]) -> tuple[pd.DataFrame, 
 
 
 def statistics(
-    cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", n_boot: int = 2000, seed: int = 0
+    cloud: pd.DataFrame, targets: dict[str, str], n_boot: int = 2000, seed: int = 0
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    """Per target and score (lower = better encoder): Spearman rho with its bootstrap CI, the cross-validated
-    R^2 of the fitted combination, and what picking the best-scored encoder gives. Returns (table, fits)."""
-    sign = 1.0 if better == "higher" else -1.0  # performance as "higher is better"
+    """Per target and score (lower = better encoder): Spearman rho with the target in its own units (negative is the
+    paper's way for an accuracy, positive for an error) and its bootstrap CI, the cross-validated R^2 of the fitted
+    combination, and what picking the best-scored encoder gives, in the target's units. Returns (table, fits)."""
     rows, fits = [], {}
     for col, name in targets.items():
-        y = sign * cloud[col].to_numpy(float)
+        y = oriented(cloud[col], col)  # performance, higher is better: what the fit and the picks read
         scores = {
             "L_align": cloud["align"].to_numpy(),
             "L_uniform": cloud["uniform"].to_numpy(),
@@ -64,8 +64,8 @@ def statistics(
             )
             scores["fitted combination (CV)"] = -fits[col]["pred"]
         for score_name, score in scores.items():
-            rho, lo, hi = stats.bootstrap_spearman(score, sign * y, n_boot=n_boot, seed=seed)
-            pick = stats.selection_rule(score, y, higher_is_better=False)
+            rho, lo, hi = stats.bootstrap_spearman(score, cloud[col].to_numpy(float), n_boot=n_boot, seed=seed)
+            pick = stats.selection_rule(-score, y)
             rows.append(
                 {
                     "target": name,
@@ -75,7 +75,7 @@ def statistics(
                     "ci_high": hi,
                     "R2_cv": fits[col]["r2"] if score_name.startswith("fitted") else np.nan,
                     **{
-                        f"{k} {name}": sign * v
+                        f"{k} {name}": oriented(v, col).item()
                         for k, v in (("picked", pick["chosen"]), ("best", pick["best"]), ("median", pick["median"]))
                     },
                     "picked percentile": pick["percentile"],
@@ -84,11 +84,11 @@ def statistics(
     return pd.DataFrame(rows), fits
 
 
-def corner(cloud: pd.DataFrame, col: str, better: str = "higher") -> dict[str, float]:
-    """How many of the best tenth (at least one) lie in the lower-left quadrant, against all encoders."""
+def corner(cloud: pd.DataFrame, col: str) -> dict[str, float]:
+    """How many of the best tenth (at least one) by `col` lie in the lower-left quadrant, against all encoders."""
     lower_left = (cloud["align"] <= cloud["align"].median()) & (cloud["uniform"] <= cloud["uniform"].median())
     n = max(1, len(cloud) // 10)
-    top = cloud.nlargest(n, col) if better == "higher" else cloud.nsmallest(n, col)
+    top = cloud.nlargest(n, col) if higher_is_better(col) else cloud.nsmallest(n, col)
     return {
         "top": n,
         "top_in_corner": int(lower_left[top.index].sum()),
@@ -167,7 +167,6 @@ def judge(
     targets: dict[str, str],
     table: pd.DataFrame,
     fits: dict,
-    better: str = "higher",
     agreement: dict | None = None,
     figures=(),
 ) -> dict[str, Any]:
@@ -179,13 +178,13 @@ def judge(
         line = f"{name}: rho align {s.loc['L_align', 'spearman']:+.2f}, uniform {s.loc['L_uniform', 'spearman']:+.2f}"
         if col in fits:
             f, (_, b, c) = s.loc["fitted combination (CV)"], fits[col]["weights"]
-            ok.append(f["ci_high"] < 0 if better == "higher" else f["ci_low"] > 0)
+            ok.append(f["ci_high"] < 0 if higher_is_better(col) else f["ci_low"] > 0)
             ok[-1] = ok[-1] and b < 0 and c < 0  # weights of the "higher is better" performance
             line += (
                 f", fitted combination {f['spearman']:+.2f} [{f['ci_low']:+.2f}, {f['ci_high']:+.2f}], "
                 f"weights align {b:+.2f} uniform {c:+.2f}"
             )
-        k = corner(cloud, col, better)
+        k = corner(cloud, col)
         line += (
             f"; {k['top_in_corner']} of the best {k['top']} in the lower-left quadrant ({k['share_all']:.0%} of all)"
         )
@@ -195,7 +194,7 @@ def judge(
             f"ours vs paper, {targets.get(col, col)}: Spearman {a['spearman']:.2f}, mean diff {a['mean_diff']:+.2f}"
         )
     decided = len(cloud) >= MIN_ENCODERS and len(fits) == len(targets) and len(targets) > 0
-    direction = "higher accuracy" if better == "higher" else "lower error"
+    direction = "higher accuracy" if all(map(higher_is_better, targets)) else "lower error"
     return verdict(
         item,
         f"encoders with lower L_align and lower L_uniform (lower-left) have {direction}",
@@ -205,13 +204,11 @@ def judge(
     )
 
 
-def figure(
-    cloud: pd.DataFrame, targets: dict[str, str], better: str = "higher", label: str = "validation accuracy (%)"
-):
+def figure(cloud: pd.DataFrame, targets: dict[str, str], label: str = "validation accuracy (%)"):
     """The scatter panels: one per target, colour range the 2nd-98th percentile, blue = better."""
     fig, axes = plt.subplots(1, len(targets), figsize=(6.4 * len(targets), 4.8), squeeze=False)
-    cmap = "coolwarm_r" if better == "higher" else "coolwarm"
     for ax, (col, name) in zip(axes[0], targets.items()):
+        cmap = "coolwarm_r" if higher_is_better(col) else "coolwarm"
         lo, hi = np.nanpercentile(cloud[col], [2, 98])
         norm = Normalize(lo, hi if hi > lo else lo + 1)
         for fam in FAMILIES:

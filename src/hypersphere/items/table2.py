@@ -57,7 +57,7 @@ def select(trained: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per family: the encoder with the lowest `by`, its conv5 and conv4 MSE, and the paper's."""
     paper, rows = paper_table(), []
     for fam in FAMILIES:
-        best, n = best_of(trained, fam, by, lower=True)
+        best, n = best_of(trained, fam, by)
         rows.append(
             {
                 "family": fam,
