@@ -1275,7 +1275,9 @@ def test_beyond_ranks_statistics_orients_them_and_judges_the_papers_pair():
 def test_beyond_outcomes_give_the_reason_in_numbers(tmp_path):
     from hypersphere.items import beyond
 
-    run = dict(id="", dataset="digits-color", arch="auto", lr=0.005, status="done", dim=32, failed_reason=np.nan)
+    run = dict(
+        id="", dataset="digits-color", arch="auto", lr=0.005, epochs=120, status="done", dim=32, failed_reason=np.nan
+    )
     rows = [
         dict(run, id="random", objective="align(alpha=2) + uniform(t=2)", val_output_linear=23.6, rankme=12.8),
         dict(run, objective="vicreg(nu=30)", val_output_linear=92.9, rankme=28.9),

@@ -90,6 +90,7 @@ def objectives(results_dir) -> pd.DataFrame:
         "arch",
         "optimizer",
         "lr",
+        "epochs",
         "status",
         "val_output_linear",
         "val_fc7_linear",
@@ -98,7 +99,7 @@ def objectives(results_dir) -> pd.DataFrame:
         "failed_reason",
     ]
     df = df.reindex(columns=cols).assign(
-        id=lambda d: d["id"].fillna(""), optimizer=lambda d: d["optimizer"].fillna("sgd")
+        id=lambda d: d["id"].astype(object).fillna(""), optimizer=lambda d: d["optimizer"].astype(object).fillna("sgd")
     )
     projector = df["arch"].astype(str).str.endswith(tuple(HEADS[1:]))
     df = df.assign(
@@ -113,8 +114,8 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
     a divergence); for a run below TARGET, its effective rank (RankMe) against a random-init encoder's (a run whose id
     starts with `random`, on the same data, of the run's dim where there is one: fewer effective dimensions than a
     random encoder of the same dim has is a dimensional collapse), its `accuracy` against that encoder's at the same
-    representation, and what the same objective, arch and optimiser reach on grey `digits`, a control where colour
-    is no nuisance."""
+    representation, and what the same recipe (objective, arch, optimiser, dim, epochs) reaches on grey `digits`, a
+    control where colour is no nuisance."""
     if row["id"].startswith("random"):
         return "the random-init reference"
     if row["status"] == "failed":
@@ -138,7 +139,7 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
             parts.append(f"under the random-init encoder's {reference:.1f}%{where}")
     else:
         parts.append(rank)
-    recipe = ["objective", "arch", "optimizer", "lr", "dim"]
+    recipe = ["objective", "arch", "optimizer", "lr", "dim", "epochs"]
     control = done[
         (done[recipe] == row[recipe]).all(axis=1) & (done["dataset"] == "digits") & (row["dataset"] != "digits")
     ]
