@@ -37,7 +37,7 @@ def step_kind(cfg) -> str:
     extras = (
         ("queue", cfg.queue > 0),
         (f"bn_groups={cfg.bn_groups}", cfg.bn_groups > 1),
-        *((TERMS[t.name].key or t.name, TERMS[t.name].own is not None) for t in objective.terms),
+        *((TERMS[t.name].key, TERMS[t.name].own is not None) for t in objective.terms),
         ("target", objective.reads("targets")),
     )
     return " ".join([cfg.dataset, cfg.arch.removesuffix("-raw")] + [name for name, on in extras if on])

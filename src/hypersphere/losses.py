@@ -9,9 +9,9 @@ All losses compute in at least float32 whatever the input precision (under `bf16
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -257,6 +257,11 @@ def predictive_loss(p: tuple[Tensor, Tensor], t: tuple[Tensor, Tensor]) -> Tenso
     )
 
 
+DINO_STUDENT_TAU = 0.1  # DINO's student temperature
+DINO_PROTOTYPES = 256  # K, the scores' dimension (DINO's 65,536 is sized for ImageNet)
+DINO_CENTRE_MOMENTUM = 0.9  # DINO's m in C <- m C + (1 - m) mean(teacher scores)
+
+
 def dino_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], centre: Tensor, tau: float) -> Tensor:
     """DINO's loss (Caron et al. 2021, Eq. 1 and Algorithm 1) on two views: the mean over the two cross-view pairs of
     H(P_t, P_s) = -sum_k P_t log P_s, P_s = softmax(s / DINO_STUDENT_TAU) from the student's scores of one view and
@@ -266,11 +271,6 @@ def dino_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], ce
         p_t = F.softmax((_fp32(t).detach() - centre) / tau, dim=1)
         loss = loss - (p_t * F.log_softmax(_fp32(s) / DINO_STUDENT_TAU, dim=1)).sum(1).mean()
     return loss / 2
-
-
-DINO_STUDENT_TAU = 0.1  # DINO's student temperature
-DINO_PROTOTYPES = 256  # K, the scores' dimension (DINO's 65,536 is sized for ImageNet)
-DINO_CENTRE_MOMENTUM = 0.9  # DINO's m in C <- m C + (1 - m) mean(teacher scores)
 
 
 def queue_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float) -> Tensor:
@@ -376,8 +376,8 @@ class TermKind:
     `queue`: MoCo's queries and keys against the queue; `sentences`: a window of consecutive sentences, zx and zy
     the f and g encoders' outputs (Quick-Thought). `reads`: what of Batch it needs beyond zx and zy, so the trainer
     builds it (`labels`; `raw`; `targets`: an EMA target encoder). `own`: (config, data, parameter) -> a module the
-    term trains and keeps (a head, a predictor), saved under `key` (default: the term's name) and handed to its loss as
-    Batch.own. `collapse_prone` (no negatives): the trainer records the features' spread."""
+    term trains and keeps (a head, a predictor), saved under `key` (`register` defaults it to the term's name) and
+    handed to its loss as Batch.own. `collapse_prone` (no negatives): the trainer records the features' spread."""
 
     param: str
     default: float | None
@@ -532,7 +532,7 @@ def register(name: str, kind: TermKind) -> None:
     `objective: "toy(w=0.5) + uniform(t=2)"` in a config. A form it lacks is refused before training."""
     if not name.isidentifier() or name in TERMS:
         raise ValueError(f"cannot register term {name!r}: it must be a new identifier (known: {', '.join(TERMS)})")
-    TERMS[name] = kind
+    TERMS[name] = replace(kind, key=kind.key or name)
 
 
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
@@ -582,7 +582,7 @@ class Objective:
         if all(term.weight == 0 for term in terms):
             raise ValueError(f"objective {spec!r} has all weights zero: give at least one term a positive weight")
         owners = [term.name for term in terms if TERMS[term.name].own is not None]
-        keys = [TERMS[name].key or name for name in owners]
+        keys = [TERMS[name].key for name in owners]
         if shared := next((k for k in keys if keys.count(k) > 1), None):
             both = " and ".join(n for n, k in zip(owners, keys) if k == shared)
             raise ValueError(f"objective {spec!r}: {both} each own a {shared}; train them apart")

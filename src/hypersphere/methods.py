@@ -43,7 +43,7 @@ class Method:
 
     def modules(self) -> dict[str, nn.Module]:
         """What the checkpoint keeps beside the encoder, by its keys there ("head", "moco", "predictor", "target")."""
-        owned = {TERMS[name].key or name: m for name, m in self.owned.items()}
+        owned = {TERMS[name].key: m for name, m in self.owned.items()}
         return {k: m for k, m in {"moco": self.moco, **owned, "target": self.target}.items() if m is not None}
 
     def parameters(self) -> list[nn.Parameter]:
