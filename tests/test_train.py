@@ -17,6 +17,7 @@ from hypersphere import losses, methods, runs, train as train_module
 from hypersphere.__main__ import main
 from hypersphere.augment import RECIPES, augment, recipe
 from hypersphere.losses import Objective
+from hypersphere.domains import IMAGE
 from hypersphere.methods import Method
 from hypersphere.train import TRAIN_VERSION, Diverged, TrainConfig, load_data, load_encoder, train
 
@@ -434,6 +435,32 @@ def test_objectives_beyond_the_paper_train_and_resume_exactly(tmp_path, monkeypa
     assert ("spread" in log[0]) == (not objective.startswith("ntxent")) and float(log[0]["loss"]) == float(
         log[0]["loss"]
     )
+
+
+def test_the_predictor_reads_the_projection_before_normalisation_when_asked(tmp_path):
+    """predictor_on "projection" (SimSiam's and BYOL's code): the predictor reads the projector's output before the
+    l2-normalisation; by default ("output") the unit-norm output. Hashed only when set; refused without a predictor."""
+    norms = {}
+    for where in ("output", "projection"):
+        config = cfg(tmp_path, objective="simsiam(width=0.25)", arch="digitsnet-simsiam", predictor_on=where)
+        torch.manual_seed(0)
+        data = load_data(config)
+        encoder = train_module.make_encoder(config, data)
+        method = Method(config, Objective.parse(config.objective), data, encoder)
+        seen = []
+        method.owned["simsiam"][0].register_forward_pre_hook(lambda m, args: seen.append(args[0].norm(dim=1)))
+        x = [IMAGE.views(data, data.train_images[:32], torch.Generator().manual_seed(i)) for i in range(2)]
+        loss, _ = method.loss(encoder.train(), x, None)
+        assert torch.isfinite(loss) and len(seen) == 2
+        norms[where] = torch.cat(seen)
+    assert torch.allclose(norms["output"], torch.ones(64), atol=1e-5)
+    assert not torch.allclose(norms["projection"], torch.ones(64), atol=0.1)  # BatchNorm'd: about sqrt(16) each
+    assert "predictor_on" not in cfg(tmp_path, objective="simsiam").hashed()
+    assert cfg(tmp_path, objective="simsiam", predictor_on="projection").hashed()["predictor_on"] == "projection"
+    with pytest.raises(ValueError, match="predictor_on applies to objectives with a predictor"):
+        cfg(tmp_path, objective="align + uniform", predictor_on="projection")
+    with pytest.raises(ValueError, match="predictor_on must be output or projection"):
+        cfg(tmp_path, objective="simsiam", predictor_on="raw")
 
 
 def test_a_collapse_is_recorded_as_a_failure_with_its_reason(tmp_path, monkeypatch):

@@ -352,15 +352,16 @@ def qt_contrastive_loss(
 @dataclass(frozen=True)
 class Batch:
     """What one step hands the objective: the two views' unit-norm features, and what some terms read besides
-    (`TermKind.reads`): the labels, the embeddings before l2-normalisation (`raw`), an EMA target encoder's features of
-    both views (`targets`), MoCo's queue, and for sentence windows each sentence's document (`doc`) and how many
-    neighbours on each side are positives (`context`). `own` is the module of the term being computed (TermKind.own),
-    set by Objective.on for each term."""
+    (`TermKind.reads`): the labels, the embeddings before l2-normalisation (`raw`; `projected` when the predictor
+    reads them, TrainConfig.predictor_on), an EMA target encoder's features of both views (`targets`), MoCo's queue,
+    and for sentence windows each sentence's document (`doc`) and how many neighbours on each side are positives
+    (`context`). `own` is the module of the term being computed (TermKind.own), set by Objective.on for each term."""
 
     zx: Tensor
     zy: Tensor | None = None
     labels: Tensor | None = None
     raw: tuple[Tensor, Tensor] | None = None
+    projected: tuple[Tensor, Tensor] | None = None
     targets: tuple[Tensor, Tensor] | None = None
     queue: Tensor | None = None
     intra_batch: bool = True
@@ -453,7 +454,8 @@ def _dino(b: Batch, tau: float) -> Tensor:
 
 
 def _predictive(b: Batch, width: float) -> Tensor:
-    return predictive_loss((b.own(b.zx), b.own(b.zy)), b.targets if b.targets is not None else (b.zx, b.zy))
+    x, y = b.projected if b.projected is not None else (b.zx, b.zy)
+    return predictive_loss((b.own(x), b.own(y)), b.targets if b.targets is not None else (b.zx, b.zy))
 
 
 def _align(b: Batch, alpha: float) -> Tensor:

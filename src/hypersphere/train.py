@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from . import distributed, models, runs
 from .augment import recipe
 from .domains import domain_of
-from .losses import Objective, with_form
+from .losses import TERMS, Objective, with_form
 from .methods import Method
 
 
@@ -86,6 +86,9 @@ class TrainConfig:
     queue: int = 0
     ema: float = 0.999
     intra_batch: bool = True  # L_uniform also over distinct pairs of the batch's queries (paper appendix)
+    # SimSiam's and BYOL's predictor reads the unit-norm output ("output"), or the projector's output before the
+    # l2-normalisation ("projection"), as those papers' code does
+    predictor_on: str = "output"
     # the official STL-10 code's details (docs/paper.md, "Differences from the official code")
     drop_last: bool = True  # False: keep each epoch's last partial batch, as the official loader does
     # > 1: BatchNorm normalises that many equal parts of the views' batch apart, as nn.DataParallel on that many GPUs
@@ -103,7 +106,14 @@ class TrainConfig:
     NOT_HASHED = ("name", "data_dir", "download", "device", "runs_dir", "checkpoint_minutes")
     # fields added after runs were cached: hashed only when they differ from these defaults, so older runs keep their
     # names
-    HASHED_UNLESS = {"optimizer": "sgd", "clip_grad": 0.0, "drop_last": True, "bn_groups": 1, "bf16": False}
+    HASHED_UNLESS = {
+        "optimizer": "sgd",
+        "clip_grad": 0.0,
+        "drop_last": True,
+        "bn_groups": 1,
+        "bf16": False,
+        "predictor_on": "output",
+    }
 
     def __post_init__(self) -> None:
         """Reject bad configs before any data is loaded (one line naming the problem and the fix)."""
@@ -136,6 +146,10 @@ class TrainConfig:
             raise ValueError(
                 f"a MoCo run (queue > 0) takes {with_form('queue')} terms only; {bad[0]} has no queue form"
             )
+        if self.predictor_on not in ("output", "projection"):
+            raise ValueError(f"predictor_on must be output or projection, got {self.predictor_on!r}")
+        if self.predictor_on != "output" and "predictor" not in [TERMS[t.name].key for t in objective.terms]:
+            raise ValueError("predictor_on applies to objectives with a predictor (simsiam, byol); leave it at output")
         if self.bn_groups < 1 or self.batch_size % self.bn_groups:
             raise ValueError(f"bn_groups must be >= 1 and divide batch_size {self.batch_size}, got {self.bn_groups}")
         if self.bn_groups > 1 and (self.queue or domain.batch_loss):

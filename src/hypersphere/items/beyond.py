@@ -91,6 +91,7 @@ def objectives(results_dir) -> pd.DataFrame:
         "optimizer",
         "lr",
         "epochs",
+        "predictor_on",
         "status",
         "val_output_linear",
         "val_fc7_linear",
@@ -99,14 +100,23 @@ def objectives(results_dir) -> pd.DataFrame:
         "failed_reason",
     ]
     df = df.reindex(columns=cols).assign(
-        id=lambda d: d["id"].astype(object).fillna(""), optimizer=lambda d: d["optimizer"].astype(object).fillna("sgd")
+        id=lambda d: d["id"].astype(object).fillna(""),
+        optimizer=lambda d: d["optimizer"].astype(object).fillna("sgd"),
+        predictor_on=lambda d: d["predictor_on"].astype(object).fillna("output"),
     )
     projector = df["arch"].astype(str).str.endswith(tuple(HEADS[1:]))
     df = df.assign(
+        recipe=[_recipe(row) for _, row in df.iterrows()],
         probed=np.where(projector, "fc7", "output"),
         accuracy=np.where(projector, df["val_fc7_linear"], df["val_output_linear"]),
     )
     return df.assign(outcome=[outcome(row, df) for _, row in df.iterrows()]).drop(columns="failed_reason")
+
+
+def _recipe(run: pd.Series) -> str:
+    """How a beyond run trained, in words: "digitsnet-mlp, sgd lr 0.005, 120 epochs"."""
+    predictor = ", predictor on the projection" if run["predictor_on"] == "projection" else ""
+    return f"{run['arch']}, {run['optimizer']} lr {run['lr']:g}, {run['epochs']:g} epochs{predictor}"
 
 
 def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
@@ -114,7 +124,8 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
     a divergence); for a run below TARGET, its effective rank (RankMe) against a random-init encoder's (a run whose id
     starts with `random`, on the same data, of the run's dim where there is one: fewer effective dimensions than a
     random encoder of the same dim has is a dimensional collapse), its `accuracy` against that encoder's at the same
-    representation, and what the same recipe (objective, arch, optimiser, dim, epochs) reaches on grey `digits`, a
+    representation, and what the same recipe (objective, arch, optimiser, dim, epochs, predictor input) reaches on grey
+    `digits`, a
     control where colour is no nuisance."""
     if row["id"].startswith("random"):
         return "the random-init reference"
@@ -139,7 +150,7 @@ def outcome(row: pd.Series, runs: pd.DataFrame) -> str:
             parts.append(f"under the random-init encoder's {reference:.1f}%{where}")
     else:
         parts.append(rank)
-    recipe = ["objective", "arch", "optimizer", "lr", "dim", "epochs"]
+    recipe = ["objective", "arch", "optimizer", "lr", "dim", "epochs", "predictor_on"]
     control = done[
         (done[recipe] == row[recipe]).all(axis=1) & (done["dataset"] == "digits") & (row["dataset"] != "digits")
     ]
