@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .moco import ema_update
+
 
 def _fp32(x: Tensor) -> Tensor:
     """Half-precision inputs are promoted to float32; float32 and float64 stay as they are."""
@@ -431,7 +433,7 @@ class Prototypes(nn.Module):
     def teach(self, targets: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The teacher's scores of both views' target features; in training mode, after the EMA step."""
         if self.training:
-            self.teacher.weight.mul_(self.ema).add_(self.student.weight.detach() * (1 - self.ema))
+            ema_update(self.teacher, self.student, self.ema)
         w = F.normalize(self.teacher.weight, dim=1)
         return tuple(_fp32(t) @ w.T for t in targets)
 

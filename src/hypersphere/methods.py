@@ -32,7 +32,8 @@ class Method:
         global generator in this order (MoCo, then each term's module in the objective's order)."""
         device = next(model.parameters()).device
         self.objective, self.bf16 = objective, cfg.bf16
-        self.projected = cfg.predictor_on == "projection"  # the predictor reads the output before l2-normalisation
+        # Barlow Twins and VICReg read the embeddings before l2-normalisation, and the predictor may (predictor_on)
+        self.raw, self.projected = objective.reads("raw"), cfg.predictor_on == "projection"
         # the query encoder is trained (through DDP's wrapper); the key encoder follows it by EMA
         self.moco = MoCo(model, cfg.queue, cfg.ema, cfg.seed, cfg.intra_batch).to(device) if cfg.queue else None
         self.owned = {
@@ -72,14 +73,13 @@ class Method:
             loss, terms = objective(q, k, queue=queue, intra_batch=self.moco.intra_batch)
             self.moco.enqueue(k)
             return loss, {**terms, "norm_error": _norm_error(q)}
-        # Barlow Twins and VICReg read the embeddings before l2-normalisation, and so may the predictor
-        raw = objective.reads("raw") or self.projected
+        raw = self.raw or self.projected
         both = torch.cat(x).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             out = model(both, normalize=False) if raw else model(both)
         out = [distributed.gather(v) for v in out.float().chunk(objective.views)]
         z = [F.normalize(v, dim=1) for v in out] if raw else out
-        extra = {"raw": (out[0], out[-1])} if objective.reads("raw") else {}
+        extra = {"raw": (out[0], out[-1])} if self.raw else {}
         if self.projected:
             extra["projected"] = (out[0], out[-1])
         if self.target is not None:  # the EMA target encoder's outputs on both views

@@ -52,7 +52,8 @@ def statistics(
     combination, and what picking the best-scored encoder gives, in the target's units. Returns (table, fits)."""
     rows, fits = [], {}
     for col, name in targets.items():
-        y = oriented(cloud[col], col)  # performance, higher is better: what the fit and the picks read
+        raw = cloud[col].to_numpy(float)  # rho is reported against the target in its own units
+        y = oriented(raw, col)  # performance, higher is better: what the fit and the picks read
         scores = {
             "L_align": cloud["align"].to_numpy(),
             "L_uniform": cloud["uniform"].to_numpy(),
@@ -64,7 +65,7 @@ def statistics(
             )
             scores["fitted combination (CV)"] = -fits[col]["pred"]
         for score_name, score in scores.items():
-            rho, lo, hi = stats.bootstrap_spearman(score, cloud[col].to_numpy(float), n_boot=n_boot, seed=seed)
+            rho, lo, hi = stats.bootstrap_spearman(score, raw, n_boot=n_boot, seed=seed)
             pick = stats.selection_rule(-score, y)
             rows.append(
                 {
